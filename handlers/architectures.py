@@ -1,0 +1,170 @@
+"""torchvision architectures -> modules with the documented tensor contract (export time only).
+
+Every exported graph takes one float32 N×3×S×S batch (already normalised) and returns:
+classification ``logits`` N×C; segmentation ``logits`` N×C×S×S; detection ``boxes`` N×A×4
+(model-input pixels) and ``scores`` N×A×C (softmax; column 0 is background).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+DEFAULT_ARCHITECTURES = {
+    "classification": "mobilenet_v3_small",
+    "segmentation": "lraspp_mobilenet_v3_large",
+    "detection": "ssdlite320_mobilenet_v3_large",
+}
+RANDOM_WEIGHTS_SCORE_THRESHOLD = 0.03
+OUTPUT_NAMES = {"classification": ["logits"], "segmentation": ["logits"], "detection": ["boxes", "scores"]}
+
+
+@dataclass
+class Exportable:
+    task: str
+    architecture: str
+    module: nn.Module
+    settings: dict
+    labels: List[str]
+    random_weights: bool
+    output_names: List[str] = field(default_factory=list)
+
+
+class SegmentationLogits(nn.Module):
+    """torchvision segmentation models return {"out": ..., "aux": ...}; keep "out"."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)["out"]
+
+
+class SSDBoxesScores(nn.Module):
+    """An SSD/SSDlite detector up to decoded boxes and class probabilities, for a fixed input size.
+
+    Anchors depend only on the input size, so they are computed once here and stored; the
+    batch axis stays free. NMS and the mapping to original pixels run in the handler.
+    """
+
+    def __init__(self, model: nn.Module, input_size: int) -> None:
+        super().__init__()
+        from torchvision.models.detection.image_list import ImageList
+
+        self.backbone, self.head = model.backbone, model.head
+        weights = torch.tensor(model.box_coder.weights, dtype=torch.float32)
+        self.register_buffer("coder_weights", weights)
+        self.clip = float(model.box_coder.bbox_xform_clip)
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, input_size, input_size)
+            features = list(model.backbone(probe).values())
+            anchors = model.anchor_generator(ImageList(probe, [(input_size, input_size)]), features)[0]
+        self.register_buffer("anchors", anchors[None])
+
+    def forward(self, images: torch.Tensor):
+        features = list(self.backbone(images).values())
+        head = self.head(features)
+        deltas, logits = head["bbox_regression"], head["cls_logits"]
+        widths = self.anchors[..., 2] - self.anchors[..., 0]
+        heights = self.anchors[..., 3] - self.anchors[..., 1]
+        centre_x = self.anchors[..., 0] + 0.5 * widths
+        centre_y = self.anchors[..., 1] + 0.5 * heights
+        wx, wy, ww, wh = self.coder_weights[0], self.coder_weights[1], self.coder_weights[2], self.coder_weights[3]
+        cx = deltas[..., 0] / wx * widths + centre_x
+        cy = deltas[..., 1] / wy * heights + centre_y
+        w = torch.exp(torch.clamp(deltas[..., 2] / ww, max=self.clip)) * widths
+        h = torch.exp(torch.clamp(deltas[..., 3] / wh, max=self.clip)) * heights
+        boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+        return boxes, torch.softmax(logits, dim=-1)
+
+
+def build_exportable(
+    task: str,
+    architecture: Optional[str] = None,
+    checkpoint: Optional[Path] = None,
+    num_classes: Optional[int] = None,
+    labels: Optional[List[str]] = None,
+    seed: int = 0,
+) -> Exportable:
+    """Instantiate ``architecture`` (seeded random weights, or ``checkpoint``) for ``task``."""
+    import torchvision
+
+    architecture = architecture or DEFAULT_ARCHITECTURES[task]
+    weights_enum = torchvision.models.get_model_weights(architecture)
+    preset = weights_enum.DEFAULT
+    if labels is None:
+        labels = list(preset.meta["categories"])
+    num_classes = num_classes or len(labels)
+    torch.manual_seed(seed)
+    extra = {"weights_backbone": None} if task != "classification" else {}
+    model = torchvision.models.get_model(architecture, weights=None, num_classes=num_classes, **extra)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    model.eval()
+
+    if task == "classification":
+        transforms = preset.transforms()
+        module = model
+        settings = {"input_size": transforms.crop_size[0], "resize_size": transforms.resize_size[0],
+                    "mean": list(transforms.mean), "std": list(transforms.std)}
+    elif task == "segmentation":
+        transforms = preset.transforms()
+        module = SegmentationLogits(model)
+        settings = {"input_size": transforms.resize_size[0], "resize_mode": "letterbox",
+                    "mean": list(transforms.mean), "std": list(transforms.std)}
+    else:
+        if not hasattr(model, "anchor_generator") or not hasattr(model, "box_coder") or not hasattr(model.head, "classification_head"):
+            raise ValueError(f"{architecture}: only SSD/SSDlite detectors export to the boxes/scores contract; "
+                             "export other detectors yourself (see docs/models.md)")
+        size = int(model.transform.fixed_size[0]) if model.transform.fixed_size else int(model.transform.min_size[0])
+        module = SSDBoxesScores(model, size)
+        settings = {"input_size": size, "resize_mode": "stretch", "mean": list(model.transform.image_mean),
+                    "std": list(model.transform.image_std), "background_index": 0,
+                    "iou_threshold": float(model.nms_thresh)}
+    random_weights = checkpoint is None
+    if random_weights:
+        calibrate_batchnorm(module, settings["input_size"], seed)
+        if task == "detection":
+            # Untrained class scores sit near 1/C (top around 0.036 for COCO's 91): at the usual
+            # 0.5 nothing would be shown, so the demo shows its (meaningless) top boxes instead.
+            settings["score_threshold"] = RANDOM_WEIGHTS_SCORE_THRESHOLD
+    return Exportable(task, architecture, module.eval(), settings, labels, random_weights, OUTPUT_NAMES[task])
+
+
+def load_checkpoint(model: nn.Module, path: Path) -> None:
+    """Strictly load a state dict saved with ``torch.save`` (plain, or under "state_dict"/"model")."""
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+
+
+def calibrate_batchnorm(module: nn.Module, input_size: int, seed: int, steps: int = 4, batch: int = 4) -> None:
+    """Give random weights usable activation scales: BatchNorm statistics from seeded noise.
+
+    Freshly initialised networks shrink activations layer by layer (logits near 1e-10), so
+    the ranking of outputs is numerical noise. Recomputing the BatchNorm running statistics
+    on random inputs keeps the weights random but the outputs well-conditioned. It teaches
+    the model nothing.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    generator = torch.Generator().manual_seed(seed)
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    module.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            module(torch.randn(batch, 3, input_size, input_size, generator=generator))
+    module.eval()

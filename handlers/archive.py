@@ -1,0 +1,118 @@
+"""Build one self-contained ``.mar``: model file + handler package + labels + model-config.yaml.
+
+    python -m handlers.archive --model FILE (--settings settings.json | --task TASK)
+                               [--labels FILE] --name NAME [--version 1.0] [--store model_store]
+
+The model is first run through the real task pipeline on a synthetic image, so a file that
+does not meet the task's contract (docs/models.md) fails here, not in a TorchServe worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from handlers.export import parse_overrides
+from handlers.settings import TASKS, Settings, load_labels
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+EXPORT_ONLY = {"architectures.py", "export.py", "archive.py"}  # need torchvision at export time only
+
+
+def check_model(model: Path, settings: Settings) -> object:
+    """Run the model through its task on an odd-sized synthetic image; return the answer."""
+    from handlers.task import build_task
+
+    task = build_task(model, Settings.from_mapping({**settings.to_mapping(), "labels": None}))
+    ramp = np.linspace(0, 255, 333 * 777 * 3).reshape(333, 777, 3).astype(np.uint8)
+    answer = task.run([Image.fromarray(ramp)])[0]
+    if isinstance(answer, Exception):
+        raise ValueError(f"{model} rejected a synthetic test image: {answer}")
+    return answer
+
+
+def model_config(settings: Settings, batch_size: int, max_batch_delay: int, workers: int) -> dict:
+    return {
+        "minWorkers": workers,
+        "maxWorkers": workers,
+        "batchSize": batch_size,
+        "maxBatchDelay": max_batch_delay,
+        "responseTimeout": 120,
+        "handler": settings.to_mapping(),
+    }
+
+
+def build_archive(model: Path, settings: Settings, labels: Optional[Path], name: str, version: str, store: Path,
+                  batch_size: int = 8, max_batch_delay: int = 20, workers: int = 1) -> Path:
+    store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tsvision-archive-") as tmp:
+        stage = Path(tmp) / "extra"
+        package = stage / "handlers"
+        package.mkdir(parents=True)
+        for source in PACKAGE_DIR.glob("*.py"):
+            if source.name not in EXPORT_ONLY:
+                shutil.copy2(source, package / source.name)
+        if labels is not None:
+            (stage / "labels.json").write_text(json.dumps(load_labels(labels)) + "\n")
+        settings = Settings.from_mapping({**settings.to_mapping(), "labels": "labels.json" if labels is not None else None})
+        config = Path(tmp) / "model-config.yaml"
+        config.write_text(yaml.safe_dump(model_config(settings, batch_size, max_batch_delay, workers), sort_keys=False))
+        command = [
+            str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name, "--version", version,
+            "--serialized-file", str(model), "--handler", str(PACKAGE_DIR / "torchserve_handler.py"),
+            "--extra-files", str(stage), "--config-file", str(config), "--export-path", str(store), "--force",
+        ]
+        subprocess.run(command, check=True)
+    archive = store / f"{name}.mar"
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    archive.with_suffix(".mar.sha256").write_text(f"{digest}  {archive.name}\n")
+    return archive
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m handlers.archive", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="TorchScript (.pt) or ONNX (.onnx) file")
+    parser.add_argument("--settings", type=Path, help="settings.json written by handlers.export")
+    parser.add_argument("--task", choices=TASKS, help="task, when there is no settings.json (your own model)")
+    parser.add_argument("--labels", type=Path, help="class names: JSON list, JSON {index: name} or .txt, one per line")
+    parser.add_argument("--name", required=True, help="model name in TorchServe, e.g. classification_onnx")
+    parser.add_argument("--version", default="1.0")
+    parser.add_argument("--store", type=Path, default=Path("model_store"))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-batch-delay", type=int, default=20, help="milliseconds a batch may wait to fill")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="handler setting, e.g. --set input_size=320 --set score_threshold=0.4")
+    args = parser.parse_args(argv)
+
+    values = json.loads(args.settings.read_text()) if args.settings else {}
+    if args.task:
+        values["task"] = args.task
+    values.update(parse_overrides(args.overrides))
+    labels = args.labels
+    if labels is None and args.settings and values.get("labels"):
+        labels = args.settings.parent / values["labels"]
+    values.pop("labels", None)
+    settings = Settings.from_mapping(values)
+    answer = check_model(args.model, settings)
+    print(f"{args.name}: the model answers a 333x777 test image ({type(answer).__name__} of {len(answer)})")
+    archive = build_archive(args.model, settings, labels, args.name, args.version, args.store,
+                            args.batch_size, args.max_batch_delay, args.workers)
+    print(f"{args.name}: wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB)"
+          + ("  [RANDOM weights: answers are meaningless]" if settings.random_weights else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Classification: centre crop in, top-k ``{"label", "index", "score"}`` out."""
+
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+from PIL import Image
+
+from handlers.geometry import resize_center_crop
+from handlers.task import VisionTask
+
+
+class ClassificationTask(VisionTask):
+    def prepare(self, image: Image.Image):
+        return resize_center_crop(image, self.settings.resize_size, self.settings.input_size), None
+
+    def finish(self, outputs: List[np.ndarray], meta) -> list:
+        scores = outputs[0].astype(np.float64).reshape(-1)
+        if self.settings.output == "logits":
+            scores = np.exp(scores - scores.max())
+            scores /= scores.sum()
+        k = min(self.settings.top_k, scores.size)
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [{"label": self.label(int(i)), "index": int(i), "score": float(scores[i])} for i in top]

@@ -1,0 +1,151 @@
+"""Export a torchvision architecture (random seeded weights or a checkpoint) to TorchScript
+and ONNX, check both, and report parity, parameters and FLOPs.
+
+    python -m handlers.export --task classification [--arch NAME] [--checkpoint FILE]
+                              [--labels FILE] [--out DIR] [--set key=value ...]
+
+Writes ``model.pt``, ``model.onnx``, ``labels.json``, ``settings.json`` (the handler settings)
+and ``report.json`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from handlers.architectures import DEFAULT_ARCHITECTURES, Exportable, build_exportable
+from handlers.settings import TASKS, Settings, load_labels
+
+
+def export_files(exportable: Exportable, out_dir: Path, tolerance: float = 1e-3) -> dict:
+    """Write TorchScript and ONNX for ``exportable.module``, reload both, compare, report."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module, size = exportable.module, exportable.settings["input_size"]
+    generator = torch.Generator().manual_seed(1)
+    sample = torch.randn(2, 3, size, size, generator=generator)
+    ts_path, onnx_path = out_dir / "model.pt", out_dir / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.jit.trace(module, sample, check_trace=False).save(str(ts_path))
+        export_onnx(module, sample, onnx_path, exportable.output_names)
+    parity = compare_backends(module, ts_path, onnx_path, torch.randn(3, 3, size, size, generator=generator))
+    report = {
+        "task": exportable.task,
+        "architecture": exportable.architecture,
+        "random_weights": exportable.random_weights,
+        "input": [None, 3, size, size],
+        "outputs": exportable.output_names,
+        "parameters": sum(p.numel() for p in module.parameters()),
+        "flops_per_image": count_flops(module, size),
+        "max_abs_diff": parity,
+        "tolerance": tolerance,
+        "ok": all(v <= tolerance for v in parity.values()),
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def export_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path, output_names: List[str]) -> None:
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.onnx.export(
+        module, (sample,), str(path), input_names=["images"], output_names=output_names,
+        dynamic_shapes=({0: batch},), dynamo=True, verbose=False, external_data=False,
+    )
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def compare_backends(module: torch.nn.Module, ts_path: Path, onnx_path: Path, batch: torch.Tensor) -> Dict[str, float]:
+    """Largest absolute difference of every output between eager, TorchScript and ONNX Runtime."""
+    from handlers.runtimes import load_runtime
+
+    with torch.no_grad():
+        eager = module(batch)
+    eager = [t.numpy() for t in (eager if isinstance(eager, (tuple, list)) else [eager])]
+    torchscript = load_runtime(ts_path).run(batch.numpy())
+    onnx = load_runtime(onnx_path).run(batch.numpy())
+
+    def diff(a, b):
+        return float(max(np.abs(x - y).max() for x, y in zip(a, b)))
+
+    return {"torchscript_vs_eager": diff(torchscript, eager), "onnx_vs_eager": diff(onnx, eager), "onnx_vs_torchscript": diff(onnx, torchscript)}
+
+
+def count_flops(module: torch.nn.Module, size: int) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module(torch.zeros(1, 3, size, size))
+    return int(counter.get_total_flops())
+
+
+def parse_overrides(pairs: List[str]) -> dict:
+    """``key=value`` strings -> settings, values parsed as JSON where they parse."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def write_settings(exportable: Exportable, out_dir: Path, overrides: dict) -> Settings:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    values = {"task": exportable.task, "labels": "labels.json", "random_weights": exportable.random_weights,
+              "description": f"{exportable.architecture} ({'random seeded weights' if exportable.random_weights else 'checkpoint'})"}
+    values.update(exportable.settings)
+    values.update(overrides)
+    settings = Settings.from_mapping(values)
+    (out_dir / "labels.json").write_text(json.dumps(exportable.labels) + "\n")
+    (out_dir / "settings.json").write_text(json.dumps(settings.to_mapping(), indent=2) + "\n")
+    return settings
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m handlers.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--arch", help="torchvision architecture (default per task: %s)" % DEFAULT_ARCHITECTURES)
+    parser.add_argument("--checkpoint", type=Path, help="state dict for the architecture (torch.save); strict load")
+    parser.add_argument("--labels", type=Path, help="class names: JSON list, JSON {index: name} or one per line (.txt)")
+    parser.add_argument("--num-classes", type=int, help="output classes (default: the number of labels)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
+    parser.add_argument("--out", type=Path, help="output folder (default build/<task>)")
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="largest accepted backend difference")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a handler setting, e.g. --set score_threshold=0.3")
+    args = parser.parse_args(argv)
+
+    out_dir = args.out or Path("build") / args.task
+    labels = load_labels(args.labels) if args.labels else None
+    started = time.time()
+    exportable = build_exportable(args.task, args.arch, args.checkpoint, args.num_classes, labels, args.seed)
+    if exportable.random_weights:
+        print(f"WARNING: {exportable.architecture} has RANDOM weights (seed {args.seed}); nothing can be downloaded here. "
+              "Its predictions are meaningless. Pass --checkpoint FILE for a trained model.", file=sys.stderr)
+    write_settings(exportable, out_dir, parse_overrides(args.overrides))
+    report = export_files(exportable, out_dir, args.tolerance)
+    diffs = ", ".join(f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items())
+    print(f"{args.task}: {exportable.architecture} -> {out_dir}/model.pt, {out_dir}/model.onnx in {time.time() - started:.0f} s")
+    print(f"  weights: {'RANDOM (seed %d)' % args.seed if exportable.random_weights else args.checkpoint}")
+    print(f"  parameters: {report['parameters']:,}  FLOPs/image: {report['flops_per_image'] / 1e9:.3f} G")
+    print(f"  max |difference|: {diffs} (tolerance {args.tolerance:g}) -> {'OK' if report['ok'] else 'TOO LARGE'}")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Image -> fixed-size model input, and model coordinates -> original-image coordinates.
+
+Images of any size become the same square input so a whole batch runs in one forward pass.
+``Placement`` remembers where the original image sits in that input, so boxes and masks
+can be mapped back to the pixels of the image the client sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+RESAMPLE = Image.BILINEAR
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The original ``width``×``height`` image occupies the top-left ``content_width``×
+    ``content_height`` pixels of a square model input of side ``input_size``."""
+
+    width: int
+    height: int
+    content_width: int
+    content_height: int
+    input_size: int
+
+    def boxes_to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """Map N×4 ``x1, y1, x2, y2`` boxes from model-input pixels to original pixels, clipped."""
+        scale = np.array([self.width / self.content_width, self.height / self.content_height] * 2, dtype=np.float32)
+        mapped = boxes.astype(np.float32) * scale
+        np.clip(mapped[:, 0::2], 0, self.width, out=mapped[:, 0::2])
+        np.clip(mapped[:, 1::2], 0, self.height, out=mapped[:, 1::2])
+        return mapped
+
+
+def fit_square(image: Image.Image, size: int, mode: str, fill: Sequence[int]) -> Tuple[np.ndarray, Placement]:
+    """Resize ``image`` into a ``size``×``size`` uint8 array.
+
+    ``stretch`` scales each axis to ``size`` (what SSD-style detectors are trained on);
+    ``letterbox`` keeps the aspect ratio and pads the right/bottom with ``fill``.
+    """
+    width, height = image.size
+    if mode == "stretch":
+        content_w = content_h = size
+    else:
+        scale = size / max(width, height)
+        content_w, content_h = max(1, round(width * scale)), max(1, round(height * scale))
+    resized = np.asarray(image.resize((content_w, content_h), RESAMPLE))
+    if (content_w, content_h) == (size, size):
+        array = resized
+    else:
+        array = np.empty((size, size, 3), dtype=np.uint8)
+        array[...] = np.asarray(fill, dtype=np.uint8)
+        array[:content_h, :content_w] = resized
+    return array, Placement(width, height, content_w, content_h, size)
+
+
+def resize_center_crop(image: Image.Image, resize_size: int, crop_size: int) -> np.ndarray:
+    """torchvision's classification preset: shorter side to ``resize_size``, centre crop."""
+    width, height = image.size
+    scale = resize_size / min(width, height)
+    new_w, new_h = max(crop_size, round(width * scale)), max(crop_size, round(height * scale))
+    left, top = (new_w - crop_size) // 2, (new_h - crop_size) // 2
+    # Resize only the region that survives the crop: same pixels, less work.
+    box = (left / scale, top / scale, (left + crop_size) / scale, (top + crop_size) / scale)
+    return np.asarray(image.resize((crop_size, crop_size), RESAMPLE, box=box))
+
+
+def normalize(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """N×H×W×3 uint8 -> N×3×H×W float32, ``(x / 255 - mean) / std``."""
+    scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float32)))
+    offset = np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
+    chw = batch.transpose(0, 3, 1, 2).astype(np.float32)
+    chw *= scale[None, :, None, None]
+    chw -= offset[None, :, None, None]
+    return np.ascontiguousarray(chw)
+
+
+def mean_fill(mean: Sequence[float]) -> Tuple[int, int, int]:
+    """The uint8 colour that normalises to (about) zero: padding that looks like 'nothing'."""
+    return tuple(int(round(m * 255)) for m in mean)

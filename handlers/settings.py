@@ -1,0 +1,91 @@
+"""Handler settings: the ``handler:`` section of an archive's ``model-config.yaml``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from handlers.images import DEFAULT_MAX_PIXELS
+
+TASKS = ("classification", "segmentation", "detection")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a task needs besides the model file. Unknown keys are rejected."""
+
+    task: str
+    labels: Optional[str] = None          # JSON list of names (or {"index": name}), relative to the model dir
+    input_size: int = 224                  # side of the square tensor the model sees
+    resize_size: int = 256                 # classification: shorter side before the centre crop
+    resize_mode: str = "stretch"           # segmentation/detection: "stretch" or "letterbox"
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    top_k: int = 5
+    output: str = "logits"                 # classification: "logits" (softmax applied) or "probabilities"
+    score_threshold: float = 0.5
+    iou_threshold: float = 0.5
+    max_detections: int = 100
+    pre_nms_top_k: int = 1000
+    background_index: Optional[int] = None  # detection: class column that means "no object"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    threads: int = 0                       # 0: the runtime's default
+    random_weights: bool = False           # recorded by the export step; logged at load
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "Settings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown handler setting(s) {unknown}; known: {sorted(known)}")
+        values = dict(values)
+        if values.get("task") not in TASKS:
+            raise ValueError(f"handler setting 'task' must be one of {TASKS}, got {values.get('task')!r}")
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = tuple(float(v) for v in values[key])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.resize_mode not in ("stretch", "letterbox"):
+            raise ValueError(f"resize_mode must be 'stretch' or 'letterbox', got {self.resize_mode!r}")
+        if self.output not in ("logits", "probabilities"):
+            raise ValueError(f"output must be 'logits' or 'probabilities', got {self.output!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need three values each, std > 0")
+        if self.input_size < 8 or self.top_k < 1 or self.max_detections < 1 or self.max_pixels < 1:
+            raise ValueError("input_size >= 8, top_k >= 1, max_detections >= 1 and max_pixels >= 1 are required")
+
+    def to_mapping(self) -> dict:
+        values = asdict(self)
+        values["mean"], values["std"] = list(self.mean), list(self.std)
+        return {k: v for k, v in values.items() if not (k == "extra" and not v)}
+
+
+def load_labels(path: Optional[Path]) -> list:
+    """Label names by class index from a JSON list, a JSON {index: name} map, or a text file."""
+    if path is None:
+        return []
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix == ".txt":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    data = json.loads(text)
+    if isinstance(data, dict):
+        size = max(int(k) for k in data) + 1 if data else 0
+        names = [str(i) for i in range(size)]
+        for key, name in data.items():
+            names[int(key)] = name[-1] if isinstance(name, list) else str(name)
+        return names
+    return [str(name) for name in data]
+
+
+def label_for(labels: list, index: int) -> str:
+    return labels[index] if 0 <= index < len(labels) else str(index)

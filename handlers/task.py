@@ -1,0 +1,90 @@
+"""The shared batch pipeline: decode each item, prepare it, one forward pass, finish each item."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+from handlers.errors import InputError
+from handlers.geometry import normalize
+from handlers.images import decode_image
+from handlers.runtimes import Runtime, load_runtime
+from handlers.settings import Settings, label_for, load_labels
+
+Item = Union[bytes, bytearray, Image.Image, InputError]
+
+
+class VisionTask:
+    """Base of the three tasks. Subclasses define ``prepare`` and ``finish``.
+
+    ``run`` answers every item: a result, or the ``InputError`` that item raised. One bad item
+    never fails the others, and all good items share one forward pass.
+    """
+
+    def __init__(self, runtime: Runtime, settings: Settings, labels: Sequence[str] = ()) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.labels = list(labels)
+
+    def prepare(self, image: Image.Image) -> Tuple[np.ndarray, Any]:
+        """RGB image -> (input_size×input_size×3 uint8 array, whatever ``finish`` needs)."""
+        raise NotImplementedError
+
+    def finish(self, outputs: List[np.ndarray], meta: Any) -> Any:
+        """This item's slice of every model output -> its JSON-ready answer."""
+        raise NotImplementedError
+
+    def label(self, index: int) -> str:
+        return label_for(self.labels, index)
+
+    def run(self, items: Sequence[Item]) -> List[Any]:
+        results: List[Any] = [None] * len(items)
+        arrays, metas, positions = [], [], []
+        for position, item in enumerate(items):
+            try:
+                array, meta = self.prepare(self._image(item))
+            except InputError as error:
+                results[position] = error
+                continue
+            arrays.append(array)
+            metas.append(meta)
+            positions.append(position)
+        if arrays:
+            batch = normalize(np.stack(arrays), self.settings.mean, self.settings.std)
+            outputs = self.runtime.run(batch)
+            for row, (position, meta) in enumerate(zip(positions, metas)):
+                results[position] = self.finish([output[row] for output in outputs], meta)
+        return results
+
+    def warm_up(self, batch_size: int = 2, rounds: int = 2) -> None:
+        """Run the model on blank input so the first real requests are not slow (TorchScript
+        optimises on its first calls)."""
+        size = self.settings.input_size
+        blank = np.zeros((batch_size, size, size, 3), dtype=np.uint8)
+        for _ in range(rounds):
+            self.runtime.run(normalize(blank, self.settings.mean, self.settings.std))
+
+    def _image(self, item: Item) -> Image.Image:
+        if isinstance(item, InputError):
+            raise item
+        if isinstance(item, Image.Image):
+            return item.convert("RGB")
+        return decode_image(bytes(item), self.settings.max_pixels)
+
+
+def build_task(model_path: Path, settings: Settings, base_dir: Optional[Path] = None) -> VisionTask:
+    """Load the model file with the runtime its suffix names and wrap it in the settings' task."""
+    from handlers.classification import ClassificationTask
+    from handlers.detection import DetectionTask
+    from handlers.segmentation import SegmentationTask
+
+    task_class = {"classification": ClassificationTask, "segmentation": SegmentationTask, "detection": DetectionTask}[settings.task]
+    labels_path = None
+    if settings.labels:
+        labels_path = Path(settings.labels)
+        if not labels_path.is_absolute() and base_dir is not None:
+            labels_path = Path(base_dir) / labels_path
+    return task_class(load_runtime(Path(model_path), settings.threads), settings, load_labels(labels_path))
