@@ -27,7 +27,7 @@ from handlers.export import parse_overrides
 from handlers.settings import TASKS, Settings, load_labels
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-EXPORT_ONLY = {"architectures.py", "export.py", "archive.py"}  # need torchvision at export time only
+TOOLING_ONLY = {"architectures.py", "export.py", "archive.py", "server.py"}  # not needed inside an archive
 
 
 def check_model(model: Path, settings: Settings) -> object:
@@ -61,7 +61,7 @@ def build_archive(model: Path, settings: Settings, labels: Optional[Path], name:
         package = stage / "handlers"
         package.mkdir(parents=True)
         for source in PACKAGE_DIR.glob("*.py"):
-            if source.name not in EXPORT_ONLY:
+            if source.name not in TOOLING_ONLY:
                 shutil.copy2(source, package / source.name)
         if labels is not None:
             (stage / "labels.json").write_text(json.dumps(load_labels(labels)) + "\n")

@@ -59,13 +59,19 @@ def fit_square(image: Image.Image, size: int, mode: str, fill: Sequence[int]) ->
 
 
 def resize_center_crop(image: Image.Image, resize_size: int, crop_size: int) -> np.ndarray:
-    """torchvision's classification preset: shorter side to ``resize_size``, centre crop."""
+    """torchvision's classification preset: shorter side to ``resize_size``, centre crop.
+
+    Sizes and offsets follow torchvision's arithmetic (long side truncated, offsets rounded),
+    but only the region that survives the crop is resized: same pixels, less work.
+    """
     width, height = image.size
-    scale = resize_size / min(width, height)
-    new_w, new_h = max(crop_size, round(width * scale)), max(crop_size, round(height * scale))
-    left, top = (new_w - crop_size) // 2, (new_h - crop_size) // 2
-    # Resize only the region that survives the crop: same pixels, less work.
-    box = (left / scale, top / scale, (left + crop_size) / scale, (top + crop_size) / scale)
+    if width <= height:
+        new_w, new_h = resize_size, int(resize_size * height / width)
+    else:
+        new_w, new_h = int(resize_size * width / height), resize_size
+    scale_x, scale_y = new_w / width, new_h / height
+    left, top = int(round((new_w - crop_size) / 2.0)), int(round((new_h - crop_size) / 2.0))
+    box = (left / scale_x, top / scale_y, (left + crop_size) / scale_x, (top + crop_size) / scale_y)
     return np.asarray(image.resize((crop_size, crop_size), RESAMPLE, box=box))
 
 

@@ -49,6 +49,7 @@ class VisionHandler(BaseHandler):
         responses = []
         for index, result in enumerate(results):
             context.set_response_content_type(index, "application/json")
+            context.set_response_header(index, "X-Batch-Size", str(len(results)))
             if isinstance(result, InputError):
                 context.set_response_status(result.status, result.phrase, idx=index)
                 result = result.to_body()

@@ -1,0 +1,185 @@
+"""Start, wait for and stop a real TorchServe (used by the demo, the examples and the tests).
+
+Each instance runs in its own working directory with its own TMPDIR, so its pid file, key
+file, logs and worker sockets never collide with another TorchServe on the same machine.
+Stopping is by process id, the frontend and its workers, never by process name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterable, Optional
+
+import requests
+
+REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.properties"
+PORT_KEYS = ("inference", "management", "metrics", "grpc_inference", "grpc_management", "initial_worker")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_properties(path: Path) -> Dict[str, str]:
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+class TorchServe:
+    """One TorchServe process tree. ``ports=None`` keeps the config's ports; ``"free"`` picks free ones."""
+
+    def __init__(self, model_store: Path, workdir: Path, models: str = "all", base_config: Path = REPO_CONFIG,
+                 free_ports: bool = True, overrides: Optional[Dict[str, str]] = None) -> None:
+        self.model_store = Path(model_store).resolve()
+        self.workdir = Path(workdir).resolve()
+        self.models = models
+        self.properties = read_properties(base_config)
+        self.properties["model_store"] = str(self.model_store)
+        if free_ports:
+            for key in ("inference", "management", "metrics"):
+                self.properties[f"{key}_address"] = f"http://127.0.0.1:{free_port()}"
+            self.properties["grpc_inference_port"] = str(free_port())
+            self.properties["grpc_management_port"] = str(free_port())
+            self.properties["initial_worker_port"] = str(free_port())
+        self.properties.update(overrides or {})
+        self.pid: Optional[int] = None
+        self._session = requests.Session()
+
+    # -- addresses and credentials -------------------------------------------------------
+    @property
+    def inference_url(self) -> str:
+        return self.properties["inference_address"]
+
+    @property
+    def management_url(self) -> str:
+        return self.properties["management_address"]
+
+    @property
+    def metrics_url(self) -> str:
+        return self.properties["metrics_address"]
+
+    def key(self, api: str = "inference") -> Optional[str]:
+        """The token for ``api`` ("inference" or "management") from key_file.json, if auth is on."""
+        path = self.workdir / "key_file.json"
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())[api]["key"]
+
+    def headers(self, api: str = "inference") -> Dict[str, str]:
+        key = self.key(api)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    # -- life cycle ------------------------------------------------------------------------
+    def start(self, timeout: float = 300) -> "TorchServe":
+        for sub in ("tmp", "logs"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "config.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in self.properties.items()))
+        env = dict(os.environ, TMPDIR=str(self.workdir / "tmp"), LOG_LOCATION=str(self.workdir / "logs"),
+                   METRICS_LOCATION=str(self.workdir / "logs"))
+        torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
+        command = [torchserve, "--start", "--ncs", "--ts-config", str(config), "--model-store", str(self.model_store)]
+        if self.models:
+            command += ["--models", self.models]
+        subprocess.run(command, cwd=self.workdir, env=env, check=True, stdout=subprocess.DEVNULL)
+        pid_file = self.workdir / "tmp" / ".model_server.pid"
+        deadline = time.time() + 30
+        while not pid_file.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        self.pid = int(pid_file.read_text().strip())
+        self.wait_ready(timeout=timeout)
+        return self
+
+    def wait_ready(self, names: Optional[Iterable[str]] = None, timeout: float = 300) -> None:
+        """Wait until every model (or ``names``) has all its workers READY."""
+        deadline = time.time() + timeout
+        last = "no answer yet"
+        while time.time() < deadline:
+            if self.pid is not None and not _alive(self.pid):
+                raise RuntimeError(f"TorchServe exited; see {self.workdir / 'logs'}")
+            try:
+                wanted = list(names) if names is not None else [m["modelName"] for m in self.list_models()]
+                if wanted and all(self._ready(name) for name in wanted):
+                    return
+                last = f"models {wanted} not all READY"
+            except (requests.RequestException, KeyError, ValueError) as error:
+                last = str(error)
+            time.sleep(0.5)
+        raise TimeoutError(f"TorchServe not ready after {timeout:.0f} s ({last}); logs in {self.workdir / 'logs'}")
+
+    def list_models(self) -> list:
+        response = self._session.get(f"{self.management_url}/models", headers=self.headers("management"), timeout=10)
+        response.raise_for_status()
+        return response.json()["models"]
+
+    def describe(self, name: str, version: str = "all") -> list:
+        response = self._session.get(f"{self.management_url}/models/{name}/{version}", headers=self.headers("management"), timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def _ready(self, name: str) -> bool:
+        versions = self.describe(name)
+        return all(v["workers"] and all(w["status"] == "READY" for w in v["workers"]) for v in versions)
+
+    def predict(self, name: str, body: bytes, version: Optional[str] = None, content_type: str = "application/octet-stream",
+                timeout: float = 60) -> requests.Response:
+        url = f"{self.inference_url}/predictions/{name}" + (f"/{version}" if version else "")
+        headers = {"Content-Type": content_type, **self.headers("inference")}
+        return self._session.post(url, data=body, headers=headers, timeout=timeout)
+
+    def worker_pids(self, name: str) -> list:
+        return sorted(w["pid"] for v in self.describe(name) for w in v["workers"])
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop the frontend and its workers by pid: SIGTERM, then SIGKILL after ``timeout``."""
+        if self.pid is None:
+            return
+        import psutil
+
+        try:
+            frontend = psutil.Process(self.pid)
+            tree = [frontend] + frontend.children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        for process in tree:
+            try:
+                process.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(tree, timeout=timeout)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=10)
+        self.pid = None
+
+    def __enter__(self) -> "TorchServe":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

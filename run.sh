@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The two entry points (see README.md):
+#   bash run.sh demo   set up, build the six archives, start TorchServe, send a photo to each model
+#   bash run.sh test   set up and run the whole test suite (unit + end-to-end against TorchServe)
+set -euo pipefail
+cd "$(dirname "$0")"
+command=${1:-demo}
+shift || true
+bash scripts/setup.sh
+case "$command" in
+  demo)
+    ./archive.sh
+    .venv/bin/python -m examples.demo "$@"
+    ;;
+  test)
+    .venv/bin/python -m pytest -ra "$@"
+    ;;
+  *)
+    echo "usage: bash run.sh demo|test [args]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install everything tsvision needs into .venv (idempotent; about 2 minutes the first time).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! java -version 2>&1 | grep -q 'version "17'; then
+  echo "setup: installing Java 17 (TorchServe's frontend needs it)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.tsvision-installed
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[test,examples]"
+  touch "$stamp"
+fi
+.venv/bin/python -c "import torch, torchvision, onnxruntime, ts; print(f'setup: torch {torch.__version__}, torchvision {torchvision.__version__}, onnxruntime {onnxruntime.__version__}, torchserve ready')"

@@ -1,0 +1,108 @@
+"""Shared fixtures: exported models, toy models, archives and one real TorchServe per session."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import skimage.data
+from PIL import Image
+
+from handlers.architectures import Exportable, build_exportable
+from handlers.archive import main as archive_main
+from handlers.export import export_files, write_settings
+from handlers.server import TorchServe
+from handlers.settings import Settings
+from handlers.task import build_task
+from tests.toy_models import TOY_DETECTION_LABELS, TOY_SEGMENTATION_LABELS, BrightestBoxDetector, ColourSegmenter
+
+TASKS = ("classification", "segmentation", "detection")
+BACKENDS = {"torchscript": "model.pt", "onnx": "model.onnx"}
+TOY_INPUT_SIZE = 640
+TOY_SETTINGS = {
+    "detection": {"input_size": TOY_INPUT_SIZE, "mean": [0, 0, 0], "std": [1, 1, 1], "background_index": 0,
+                  "score_threshold": 0.5, "resize_mode": "letterbox"},
+    "segmentation": {"input_size": TOY_INPUT_SIZE, "mean": [0, 0, 0], "std": [1, 1, 1], "resize_mode": "stretch"},
+}
+
+
+def jpeg(image: Image.Image, quality: int = 92) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photos() -> Dict[str, Image.Image]:
+    """Real photos of different sizes from scikit-image."""
+    return {name: Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+            for name in ("astronaut", "chelsea", "coffee", "rocket")}
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory) -> Path:
+    """The three default torchvision models exported to TorchScript and ONNX (random weights)."""
+    root = tmp_path_factory.mktemp("exports")
+    for task in TASKS:
+        exportable = build_exportable(task)
+        write_settings(exportable, root / task, {})
+        report = export_files(exportable, root / task)
+        assert report["ok"], report
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_exports(tmp_path_factory) -> Path:
+    """The toy detector and segmenter, exported by the same export code."""
+    root = tmp_path_factory.mktemp("toys")
+    toys = {
+        "detection": (BrightestBoxDetector(TOY_INPUT_SIZE), TOY_DETECTION_LABELS, ["boxes", "scores"]),
+        "segmentation": (ColourSegmenter(), TOY_SEGMENTATION_LABELS, ["logits"]),
+    }
+    for task, (module, labels, outputs) in toys.items():
+        exportable = Exportable(task, f"toy-{task}", module.eval(), dict(TOY_SETTINGS[task]), labels, False, outputs)
+        report = export_files(exportable, root / task)
+        assert report["ok"], report
+        (root / task / "labels.json").write_text(json.dumps(labels))
+    return root
+
+
+def load_task(folder: Path, backend: str, **overrides):
+    """A task in-process from an export folder's files (settings.json or the toy settings)."""
+    settings_file = folder / "settings.json"
+    values = json.loads(settings_file.read_text()) if settings_file.exists() else {"task": folder.name, "labels": "labels.json", **TOY_SETTINGS[folder.name]}
+    values.update(overrides)
+    return build_task(folder / BACKENDS[backend], Settings.from_mapping(values), folder)
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory, exports, toy_exports) -> Path:
+    """Six default archives plus four toy archives, built with the archive CLI."""
+    store = tmp_path_factory.mktemp("model_store")
+    for task in TASKS:
+        for backend, filename in BACKENDS.items():
+            assert archive_main(["--model", str(exports / task / filename), "--settings", str(exports / task / "settings.json"),
+                                 "--name", f"{task}_{backend}", "--store", str(store)]) == 0
+    for task in ("detection", "segmentation"):
+        overrides = [f"--set={key}={json.dumps(value)}" for key, value in TOY_SETTINGS[task].items()]
+        for backend, filename in BACKENDS.items():
+            # Bring-your-own path: a model file plus a labels file, no settings.json. A long
+            # batch delay makes concurrent requests share a batch.
+            assert archive_main(["--model", str(toy_exports / task / filename), "--task", task,
+                                 "--labels", str(toy_exports / task / "labels.json"), "--name", f"toy_{task}_{backend}",
+                                 "--store", str(store), "--max-batch-delay", "300", *overrides]) == 0
+    return store
+
+
+@pytest.fixture(scope="session")
+def served(model_store, tmp_path_factory):
+    """A real TorchServe on free loopback ports with every archive READY; always stopped."""
+    server = TorchServe(model_store, tmp_path_factory.mktemp("torchserve"))
+    try:
+        server.start(timeout=300)
+        yield server
+    finally:
+        server.stop()

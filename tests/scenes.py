@@ -1,0 +1,39 @@
+"""Synthetic pictures whose right answer is known to the pixel."""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+GEOMETRY_SIZES = [(333, 777), (777, 333), (1280, 720)]  # width × height
+
+
+def bright_box_scene(width: int, height: int) -> Tuple[Image.Image, List[float]]:
+    """A white rectangle at an odd place on dark noise, with a grey distractor.
+
+    Returns the image and the true box ``[x1, y1, x2, y2]`` (x2/y2 exclusive, in pixels).
+    """
+    rng = np.random.default_rng(width * 7 + height)
+    pixels = rng.integers(0, 60, size=(height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    x1, y1 = round(width * 0.31) + 1, round(height * 0.23) + 1
+    x2, y2 = round(width * 0.77), round(height * 0.64)
+    draw.rectangle([round(width * 0.05), round(height * 0.7), round(width * 0.25), round(height * 0.95)], fill=(90, 90, 90))
+    draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=(250, 250, 250))  # PIL's rectangle includes x2 - 1, y2 - 1
+    return image, [float(x1), float(y1), float(x2), float(y2)]
+
+
+def colour_scene(width: int, height: int) -> Tuple[Image.Image, np.ndarray]:
+    """Red, green and blue shapes on black; returns the image and its true class mask
+    (0 background, 1 red, 2 green, 3 blue)."""
+    truth = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(truth)
+    draw.rectangle([width * 0.1, height * 0.1, width * 0.45, height * 0.4], fill=1)
+    draw.ellipse([width * 0.5, height * 0.2, width * 0.93, height * 0.55], fill=2)
+    draw.polygon([(width * 0.2, height * 0.9), (width * 0.55, height * 0.6), (width * 0.8, height * 0.97)], fill=3)
+    mask = np.asarray(truth)
+    palette = np.array([[0, 0, 0], [230, 20, 20], [20, 230, 20], [20, 20, 230]], dtype=np.uint8)
+    return Image.fromarray(palette[mask]), mask

@@ -1,0 +1,118 @@
+"""The three tasks in-process, on both backends: schema, backend agreement, geometry, batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from handlers.errors import InputError
+from handlers.segmentation import decode_png
+from tests.agreement import assert_same_classification, assert_same_detections, mask_agreement
+from tests.conftest import BACKENDS, jpeg, load_task
+from tests.scenes import GEOMETRY_SIZES, bright_box_scene, colour_scene
+
+
+@pytest.fixture(scope="module")
+def tasks(exports):
+    return {(task, backend): load_task(exports / task, backend)
+            for task in ("classification", "segmentation", "detection") for backend in BACKENDS}
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_classification_top_k(tasks, photos, backend):
+    task = tasks["classification", backend]
+    for answer in task.run([jpeg(p) for p in photos.values()]):
+        assert len(answer) == 5
+        scores = [x["score"] for x in answer]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6
+        assert all(x["label"] == task.labels[x["index"]] for x in answer)
+        assert len({x["index"] for x in answer}) == 5
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_segmentation_mask_at_original_resolution(tasks, photos, backend):
+    task = tasks["segmentation", backend]
+    images = list(photos.values())
+    for image, answer in zip(images, task.run([jpeg(p) for p in images])):
+        mask = decode_png(answer["mask"])
+        assert mask.shape == (image.height, image.width) and mask.dtype == np.uint8
+        assert (answer["width"], answer["height"]) == image.size
+        counts = np.bincount(mask.reshape(-1), minlength=21)
+        assert {c["index"]: c["pixels"] for c in answer["classes"]} == {i: int(n) for i, n in enumerate(counts) if n}
+        assert sum(c["pixels"] for c in answer["classes"]) == image.width * image.height
+        assert abs(sum(c["fraction"] for c in answer["classes"]) - 1) < 1e-4
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_detection_boxes_inside_original_image(tasks, photos, backend):
+    task = tasks["detection", backend]
+    images = list(photos.values())
+    answers = task.run([jpeg(p) for p in images])
+    assert any(answers), "random-weights archives are set up to show some boxes"
+    for image, answer in zip(images, answers):
+        assert len(answer) <= task.settings.max_detections
+        assert [d["score"] for d in answer] == sorted((d["score"] for d in answer), reverse=True)
+        for det in answer:
+            x1, y1, x2, y2 = det["box"]
+            assert 0 <= x1 <= x2 <= image.width and 0 <= y1 <= y2 <= image.height
+            assert det["index"] != 0 and det["score"] > task.settings.score_threshold
+
+
+def test_backends_agree_in_process(tasks, photos):
+    data = [jpeg(p) for p in photos.values()]
+    for a, b in zip(tasks["classification", "torchscript"].run(data), tasks["classification", "onnx"].run(data)):
+        assert_same_classification(a, b)
+    for a, b in zip(tasks["detection", "torchscript"].run(data), tasks["detection", "onnx"].run(data)):
+        assert_same_detections(a, b)
+    for a, b in zip(tasks["segmentation", "torchscript"].run(data), tasks["segmentation", "onnx"].run(data)):
+        assert mask_agreement(a, b) >= 0.995
+
+
+def test_bad_items_do_not_disturb_the_batch(tasks, photos):
+    task = tasks["classification", "onnx"]
+    good = [jpeg(photos["chelsea"]), jpeg(photos["rocket"])]
+    alone = [task.run([item])[0] for item in good]
+    mixed = task.run([b"", good[0], b"not an image", InputError(415, "UnsupportedMediaType", "x"), good[1]])
+    assert [r.status for r in (mixed[0], mixed[2], mixed[3])] == [400, 400, 415]
+    assert mixed[1] == alone[0] and mixed[4] == alone[1]
+
+
+@pytest.mark.parametrize("task_name", ["classification", "segmentation", "detection"])
+def test_mixed_sizes_in_one_batch_equal_one_by_one(tasks, photos, task_name):
+    task = tasks[task_name, "onnx"]
+    data = [jpeg(p) for p in photos.values()] + [jpeg(Image.fromarray(np.full((41, 333, 3), 128, np.uint8)))]
+    batched = task.run(data)
+    for item, answer in zip(data, batched):
+        single = task.run([item])[0]
+        if task_name == "classification":
+            assert_same_classification(answer, single, score_tol=1e-5)
+        elif task_name == "detection":
+            assert_same_detections(answer, single, box_tol=0.05, score_tol=1e-5)
+        else:
+            assert mask_agreement(answer, single) >= 0.9999
+
+
+# -- geometry with models whose answer is known ----------------------------------------
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("mode", ["letterbox", "stretch"])
+def test_toy_detector_boxes_land_on_the_rectangle(toy_exports, backend, mode):
+    task = load_task(toy_exports / "detection", backend, resize_mode=mode)
+    scenes = [bright_box_scene(w, h) for w, h in GEOMETRY_SIZES]
+    answers = task.run([jpeg(image, quality=95) for image, _ in scenes])
+    for (image, truth), answer in zip(scenes, answers):
+        assert len(answer) == 1 and answer[0]["label"] == "bright rectangle"
+        error = np.abs(np.subtract(answer[0]["box"], truth)).max()
+        assert error <= 2.0, (image.size, mode, answer[0]["box"], truth)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("mode", ["letterbox", "stretch"])
+def test_toy_segmenter_masks_match_at_original_resolution(toy_exports, backend, mode):
+    task = load_task(toy_exports / "segmentation", backend, resize_mode=mode)
+    scenes = [colour_scene(w, h) for w, h in GEOMETRY_SIZES]
+    answers = task.run([image for image, _ in scenes])  # lossless: the truth is exact
+    for (image, truth), answer in zip(scenes, answers):
+        mask = decode_png(answer["mask"])
+        assert mask.shape == truth.shape
+        assert (mask == truth).mean() >= 0.99, (image.size, mode, (mask == truth).mean())
