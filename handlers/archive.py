@@ -34,9 +34,13 @@ def check_model(model: Path, settings: Settings) -> object:
     """Run the model through its task on an odd-sized synthetic image; return the answer."""
     from handlers.task import build_task
 
-    task = build_task(model, Settings.from_mapping({**settings.to_mapping(), "labels": None}))
     ramp = np.linspace(0, 255, 333 * 777 * 3).reshape(333, 777, 3).astype(np.uint8)
-    answer = task.run([Image.fromarray(ramp)])[0]
+    try:
+        task = build_task(model, Settings.from_mapping({**settings.to_mapping(), "labels": None}))
+        answer = task.run([Image.fromarray(ramp)])[0]
+    except Exception as error:
+        raise ValueError(f"{model} does not meet the {settings.task} contract (docs/models.md): "
+                         f"{type(error).__name__}: {error}") from error
     if isinstance(answer, Exception):
         raise ValueError(f"{model} rejected a synthetic test image: {answer}")
     return answer
@@ -104,8 +108,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if labels is None and args.settings and values.get("labels"):
         labels = args.settings.parent / values["labels"]
     values.pop("labels", None)
-    settings = Settings.from_mapping(values)
-    answer = check_model(args.model, settings)
+    try:
+        settings = Settings.from_mapping(values)
+        answer = check_model(args.model, settings)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"{args.name}: the model answers a 333x777 test image ({type(answer).__name__} of {len(answer)})")
     archive = build_archive(args.model, settings, labels, args.name, args.version, args.store,
                             args.batch_size, args.max_batch_delay, args.workers)

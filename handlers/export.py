@@ -133,7 +133,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     out_dir = args.out or Path("build") / args.task
     labels = load_labels(args.labels) if args.labels else None
     started = time.time()
-    exportable = build_exportable(args.task, args.arch, args.checkpoint, args.num_classes, labels, args.seed)
+    try:
+        exportable = build_exportable(args.task, args.arch, args.checkpoint, args.num_classes, labels, args.seed)
+    except (ValueError, RuntimeError, OSError) as error:
+        print(f"error: cannot build {args.arch or DEFAULT_ARCHITECTURES[args.task]}"
+              f"{' from ' + str(args.checkpoint) if args.checkpoint else ''}: {error}", file=sys.stderr)
+        return 2
     if exportable.random_weights:
         print(f"WARNING: {exportable.architecture} has RANDOM weights (seed {args.seed}); nothing can be downloaded here. "
               "Its predictions are meaningless. Pass --checkpoint FILE for a trained model.", file=sys.stderr)

@@ -8,7 +8,8 @@ from PIL import Image
 
 from handlers.errors import InputError
 from handlers.segmentation import decode_png
-from tests.agreement import assert_same_classification, assert_same_detections, mask_agreement
+from tests.checks import (assert_same_classification, assert_same_detections, check_classification, check_detection,
+                          check_segmentation, mask_agreement)
 from tests.conftest import BACKENDS, jpeg, load_task
 from tests.scenes import GEOMETRY_SIZES, bright_box_scene, colour_scene
 
@@ -23,11 +24,7 @@ def tasks(exports):
 def test_classification_top_k(tasks, photos, backend):
     task = tasks["classification", backend]
     for answer in task.run([jpeg(p) for p in photos.values()]):
-        assert len(answer) == 5
-        scores = [x["score"] for x in answer]
-        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6
-        assert all(x["label"] == task.labels[x["index"]] for x in answer)
-        assert len({x["index"] for x in answer}) == 5
+        check_classification(answer, task.labels)
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
@@ -35,13 +32,7 @@ def test_segmentation_mask_at_original_resolution(tasks, photos, backend):
     task = tasks["segmentation", backend]
     images = list(photos.values())
     for image, answer in zip(images, task.run([jpeg(p) for p in images])):
-        mask = decode_png(answer["mask"])
-        assert mask.shape == (image.height, image.width) and mask.dtype == np.uint8
-        assert (answer["width"], answer["height"]) == image.size
-        counts = np.bincount(mask.reshape(-1), minlength=21)
-        assert {c["index"]: c["pixels"] for c in answer["classes"]} == {i: int(n) for i, n in enumerate(counts) if n}
-        assert sum(c["pixels"] for c in answer["classes"]) == image.width * image.height
-        assert abs(sum(c["fraction"] for c in answer["classes"]) - 1) < 1e-4
+        check_segmentation(answer, image.width, image.height, len(task.labels))
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
@@ -51,12 +42,7 @@ def test_detection_boxes_inside_original_image(tasks, photos, backend):
     answers = task.run([jpeg(p) for p in images])
     assert any(answers), "random-weights archives are set up to show some boxes"
     for image, answer in zip(images, answers):
-        assert len(answer) <= task.settings.max_detections
-        assert [d["score"] for d in answer] == sorted((d["score"] for d in answer), reverse=True)
-        for det in answer:
-            x1, y1, x2, y2 = det["box"]
-            assert 0 <= x1 <= x2 <= image.width and 0 <= y1 <= y2 <= image.height
-            assert det["index"] != 0 and det["score"] > task.settings.score_threshold
+        check_detection(answer, image.width, image.height, task.settings.score_threshold, task.settings.max_detections)
 
 
 def test_backends_agree_in_process(tasks, photos):
