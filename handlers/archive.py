@@ -28,6 +28,7 @@ from handlers.settings import TASKS, Settings, load_labels
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TOOLING_ONLY = {"architectures.py", "export.py", "archive.py", "server.py"}  # not needed inside an archive
+AT_ARCHIVE_ROOT = {"torchserve_handler.py"}  # the --handler file, copied to the root by the archiver
 
 
 def check_model(model: Path, settings: Settings) -> object:
@@ -65,7 +66,7 @@ def build_archive(model: Path, settings: Settings, labels: Optional[Path], name:
         package = stage / "handlers"
         package.mkdir(parents=True)
         for source in PACKAGE_DIR.glob("*.py"):
-            if source.name not in TOOLING_ONLY:
+            if source.name not in TOOLING_ONLY | AT_ARCHIVE_ROOT:
                 shutil.copy2(source, package / source.name)
         if labels is not None:
             (stage / "labels.json").write_text(json.dumps(load_labels(labels)) + "\n")

@@ -101,8 +101,14 @@ class TorchServe:
         deadline = time.time() + 30
         while not pid_file.exists() and time.time() < deadline:
             time.sleep(0.1)
+        if not pid_file.exists():
+            raise RuntimeError(f"TorchServe wrote no pid file within 30 s; see {self.workdir / 'logs'}")
         self.pid = int(pid_file.read_text().strip())
-        self.wait_ready(timeout=timeout)
+        try:
+            self.wait_ready(timeout=timeout)
+        except BaseException:
+            self.stop()  # a half-started server must not outlive the caller
+            raise
         return self
 
     def wait_ready(self, names: Optional[Iterable[str]] = None, timeout: float = 300) -> None:

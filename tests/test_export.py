@@ -75,6 +75,7 @@ def test_own_model_archive_is_self_contained(toy_exports, tmp_path):
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
     assert {"model.onnx", "torchserve_handler.py", "labels.json", "handlers/task.py", "handlers/segmentation.py"} <= names
     assert "handlers/export.py" not in names and "handlers/architectures.py" not in names
+    assert "handlers/torchserve_handler.py" not in names  # the adapter sits at the root only
     assert config["batchSize"] == 4 and config["handler"]["task"] == "segmentation" and config["handler"]["input_size"] == 640
     assert config["handler"]["labels"] == "labels.json" and manifest["model"]["modelVersion"] == "2.1"
     digest = (tmp_path / "mine.mar.sha256").read_text().split()[0]

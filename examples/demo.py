@@ -1,0 +1,104 @@
+"""The README's first command: start TorchServe on the six archives, send a real photo to
+each model, print the answers and draw them.
+
+    python -m examples.demo [--image photo.jpg] [--keep-running]
+
+Run ``./archive.sh`` first (``bash run.sh demo`` does both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import socket
+import sys
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from examples import draw
+from handlers.server import REPO_CONFIG, TorchServe, read_properties
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = [f"{task}_{backend}" for task in ("classification", "segmentation", "detection") for backend in ("torchscript", "onnx")]
+
+
+def port_in_use(address: str) -> bool:
+    port = int(address.rsplit(":", 1)[1])
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def summarize(model: str, answer) -> str:
+    if model.startswith("classification"):
+        return ", ".join(f"{x['label']} {x['score']:.4f}" for x in answer[:3])
+    if model.startswith("segmentation"):
+        biggest = sorted(answer["classes"], key=lambda c: -c["pixels"])[:3]
+        return f"{answer['width']}x{answer['height']} mask; " + ", ".join(f"{c['label']} {c['fraction']:.1%}" for c in biggest)
+    top = ", ".join(f"{d['label']} {d['score']:.3f} at {[round(v) for v in d['box']]}" for d in answer[:2])
+    return f"{len(answer)} boxes; {top}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image", type=Path, help="photo to send (default: scikit-image's astronaut)")
+    parser.add_argument("--store", type=Path, default=REPO / "model_store")
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "demo", help="where the pictures go")
+    parser.add_argument("--keep-running", action="store_true", help="leave TorchServe running afterwards")
+    args = parser.parse_args(argv)
+
+    missing = [m for m in MODELS if not (args.store / f"{m}.mar").exists()]
+    if missing:
+        print(f"missing archives {missing}: run ./archive.sh first", file=sys.stderr)
+        return 2
+    if args.image:
+        photo = ImageOps.exif_transpose(Image.open(args.image)).convert("RGB")
+        data = args.image.read_bytes()
+    else:
+        import skimage.data
+
+        photo = Image.fromarray(skimage.data.astronaut())
+        buffer = io.BytesIO()
+        photo.save(buffer, format="JPEG", quality=92)
+        data = buffer.getvalue()
+
+    shipped = read_properties(REPO_CONFIG)
+    busy = any(port_in_use(shipped[k]) for k in ("inference_address", "management_address", "metrics_address"))
+    server = TorchServe(args.store, REPO / "build" / "torchserve", free_ports=busy)
+    print("=" * 78)
+    print("NOTE: the default archives carry RANDOM weights (nothing can be downloaded here).")
+    print("      The answers below show the formats and the pipeline, not knowledge.")
+    print("=" * 78)
+    print(f"starting TorchServe{' (default ports busy: using free ones)' if busy else ''} ...", flush=True)
+    server.start()
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        print(f"inference {server.inference_url}  management {server.management_url}  metrics {server.metrics_url}")
+        print(f"token: {server.workdir / 'key_file.json'}\n")
+        for model in MODELS:
+            response = server.predict(model, data)
+            if response.status_code != 200:
+                print(f"{model:28s} HTTP {response.status_code}: {response.text}")
+                continue
+            answer = response.json()
+            picture = args.out / f"{model}.png"
+            if model.startswith("classification"):
+                draw.draw_classification(answer, picture)
+            elif model.startswith("segmentation"):
+                draw.draw_segmentation(photo, answer, picture)
+            else:
+                draw.draw_detection(photo, answer, picture)
+            print(f"{model:28s} {summarize(model, answer)}")
+        print(f"\npictures of the answers: {args.out}/")
+    finally:
+        if args.keep_running:
+            print(f"TorchServe keeps running (pid {server.pid}); stop it with: "
+                  f"TMPDIR={server.workdir / 'tmp'} {Path(sys.executable).parent / 'torchserve'} --stop")
+        else:
+            server.stop()
+            print("TorchServe stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The example clients: drawing in-process, and (e2e) every client against a real TorchServe."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image, ImageDraw
+
+from examples import classify, client, detect, segment
+from examples.draw import draw, draw_classification, draw_detection, draw_segmentation, main as draw_main, palette
+from handlers.server import TorchServe
+from tests.checks import check_classification, check_detection, check_segmentation
+
+WHITE = (255, 255, 255)
+DETECTION = [{"label": "cat", "index": 17, "score": 0.9, "box": [40, 60, 120, 140]}]
+
+
+def png_b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def segmentation_answer(width: int = 64, height: int = 48, region=(20, 10, 49, 29), index: int = 3) -> dict:
+    """A mask of class 0 with one rectangle (inclusive corners) of class ``index``."""
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).rectangle(region, fill=index)
+    pixels = (region[2] - region[0] + 1) * (region[3] - region[1] + 1)
+    classes = [{"index": 0, "label": "background", "pixels": width * height - pixels, "fraction": 1 - pixels / (width * height)},
+               {"index": index, "label": "thing", "pixels": pixels, "fraction": pixels / (width * height)}]
+    return {"width": width, "height": height, "mask": png_b64(mask), "classes": classes}
+
+
+def test_palette_is_fixed_and_distinct():
+    colours = palette()
+    assert colours.shape == (256, 3) and colours.dtype == np.uint8
+    assert tuple(colours[0]) == (0, 0, 0) and tuple(colours[1]) == (128, 0, 0) and tuple(colours[2]) == (0, 128, 0)
+    assert len({tuple(c) for c in colours}) == 256
+
+
+def test_detection_box_edges_change_and_far_pixels_do_not(tmp_path):
+    out = tmp_path / "det.png"
+    draw_detection(Image.new("RGB", (200, 160), WHITE), DETECTION, out)
+    picture = np.asarray(Image.open(out).convert("RGB"))
+    colour = tuple(int(c) for c in palette()[17])
+    x1, y1, x2, y2 = DETECTION[0]["box"]
+    for x, y in ((x1, 100), (x2, 100), (80, y1), (80, y2), (x1 + 1, 100), (x2 - 1, 100)):  # width-2 outline
+        assert tuple(picture[y, x]) == colour, (x, y)
+    assert tuple(picture[100, 80]) == WHITE  # inside the box
+    changed = (picture != 255).any(axis=2)
+    assert changed[: y1, x1:x2].any()  # the "cat 0.90" label above the box
+    assert not changed[:, : x1].any() and not changed[:, x2 + 1:].any() and not changed[y2 + 1:].any()
+
+
+def test_segmentation_overlay_changes_exactly_the_region(tmp_path):
+    photo, answer = noise(64, 48), segmentation_answer()
+    draw_segmentation(photo, answer, tmp_path / "plain.png", alpha=0.5, legend=False)
+    before = np.asarray(photo).astype(np.float64)
+    after = np.asarray(Image.open(tmp_path / "plain.png").convert("RGB")).astype(np.float64)
+    region = np.zeros((48, 64), dtype=bool)
+    region[10:30, 20:50] = True
+    assert np.array_equal(after[~region], before[~region])  # background pixels keep the photo
+    expected = np.round(0.5 * before[region] + 0.5 * palette()[3])
+    assert np.abs(after[region] - expected).max() <= 1
+
+    draw_segmentation(photo, answer, tmp_path / "legend.png", alpha=0.5)
+    with_legend = np.asarray(Image.open(tmp_path / "legend.png").convert("RGB"))
+    assert with_legend.shape[1] > 64 and np.array_equal(with_legend[:48, :64], after)  # legend beside, photo untouched
+
+
+def test_segmentation_refuses_an_image_of_another_size(tmp_path):
+    with pytest.raises(ValueError, match="64x48"):
+        draw_segmentation(noise(48, 64), segmentation_answer(), tmp_path / "x.png")
+
+
+def test_classification_chart_is_a_png_with_bars(tmp_path):
+    answer = [{"label": f"class {i}", "index": i, "score": s} for i, s in enumerate((0.5, 0.2, 0.1, 0.05, 0.01))]
+    out = tmp_path / "chart.png"
+    draw_classification(answer, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(out) as chart:
+        assert chart.format == "PNG" and chart.width > 200 and chart.height > 200
+        pixels = np.asarray(chart.convert("RGB")).reshape(-1, 3)
+    assert ((pixels == (31, 119, 180)).all(axis=1)).sum() > 1000  # tab:blue bars
+
+
+def test_draw_cli_matches_the_function(tmp_path):
+    buffer = io.BytesIO()
+    noise(200, 160).save(buffer, format="PNG")
+    (tmp_path / "photo.png").write_bytes(buffer.getvalue())
+    (tmp_path / "answer.json").write_text(json.dumps(DETECTION))
+    assert draw_main(["--task", "detection", "--answer", str(tmp_path / "answer.json"), "--image", str(tmp_path / "photo.png"),
+                      "--out", str(tmp_path / "cli.png")]) == 0
+    draw("detection", DETECTION, tmp_path / "direct.png", buffer.getvalue())
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cli.png")), np.asarray(Image.open(tmp_path / "direct.png")))
+    with pytest.raises(SystemExit):  # detection without --image is a usage error
+        draw_main(["--task", "detection", "--answer", str(tmp_path / "answer.json"), "--out", str(tmp_path / "x.png")])
+
+
+def test_client_helpers(tmp_path):
+    assert [client.task_of(m) for m in ("classification_onnx", "segmentation_torchscript", "detection_onnx", "resnet")] == \
+        ["classification", "segmentation", "detection", None]
+    assert client.read_token(tmp_path / "missing.json") is None
+    (tmp_path / "key_file.json").write_text(json.dumps({"inference": {"key": "abc"}, "management": {"key": "def"}}))
+    assert client.read_token(tmp_path / "key_file.json") == "abc"
+
+
+def run_clients_against(server: TorchServe) -> None:
+    """Every example client against a started TorchServe serving the six default archives."""
+    photo = client.sample_photo("chelsea")
+    width, height = Image.open(io.BytesIO(photo)).size
+    token = server.key("inference")
+    for task in client.TASKS:
+        for backend in ("torchscript", "onnx"):
+            model = f"{task}_{backend}"
+            with zipfile.ZipFile(server.model_store / f"{model}.mar") as archive:
+                labels = json.loads(archive.read("labels.json"))
+                settings = yaml.safe_load(archive.read("model-config.yaml"))["handler"]
+            status, answer = client.predict(server.inference_url, model, photo, token)
+            assert status == 200, (model, answer)
+            if task == "classification":
+                check_classification(answer, labels, settings["top_k"])
+            elif task == "segmentation":
+                check_segmentation(answer, width, height, len(labels))
+            else:
+                check_detection(answer, width, height, settings["score_threshold"], settings["max_detections"])
+
+    status, answer = client.predict(server.inference_url, "classification_onnx", photo, None)  # no token
+    assert 400 <= status < 500 and {"code", "type", "message"} <= set(answer)
+
+    common = ["--url", server.inference_url, "--key-file", str(server.workdir / "key_file.json")]
+    with tempfile.TemporaryDirectory() as folder:
+        for script, lines in ((classify, 5), (segment, 2), (detect, 1)):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                assert script.main(common) == 0
+            assert len(out.getvalue().splitlines()) >= lines, out.getvalue()
+        picture = Path(folder) / "segmentation.png"
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            assert client.main(["--model", "segmentation_onnx", *common, "--draw", str(picture)]) == 0
+        answer = json.loads(out.getvalue())
+        assert Image.open(picture).size[1] == answer["height"] == 512  # the astronaut photo, legend beside it
+
+
+@pytest.mark.e2e
+def test_example_clients_against_torchserve(served):
+    run_clients_against(served)
