@@ -40,10 +40,10 @@ def check_model(model: Path, settings: Settings) -> object:
         task = build_task(model, Settings.from_mapping({**settings.to_mapping(), "labels": None}))
         answer = task.run([Image.fromarray(ramp)])[0]
     except Exception as error:
-        raise ValueError(f"{model} does not meet the {settings.task} contract (docs/models.md): "
-                         f"{type(error).__name__}: {error}") from error
+        answer = error
     if isinstance(answer, Exception):
-        raise ValueError(f"{model} rejected a synthetic test image: {answer}")
+        raise ValueError(f"{model} does not meet the {settings.task} contract (docs/models.md): "
+                         f"{type(answer).__name__}: {answer}")
     return answer
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from http import HTTPStatus
 
 
-class InputError(Exception):
-    """A request the handler cannot answer; the other requests in the batch are unaffected.
+class RequestError(Exception):
+    """A request (or one image of it) that gets an error answer; the rest of the batch is unaffected.
 
     ``status`` is the HTTP status for this request only, ``kind`` a stable machine-readable
     name, ``message`` says what was wrong and what is accepted.
@@ -26,4 +26,4 @@ class InputError(Exception):
         return {"code": self.status, "type": self.kind, "message": self.message}
 
     def __repr__(self) -> str:
-        return f"InputError({self.status}, {self.kind!r}, {self.message!r})"
+        return f"RequestError({self.status}, {self.kind!r}, {self.message!r})"

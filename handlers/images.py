@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from handlers.errors import InputError
+from handlers.errors import RequestError
 
 DEFAULT_MAX_PIXELS = 40_000_000
 ACCEPTED = "JPEG, PNG, WebP, BMP, GIF or TIFF"
@@ -20,20 +21,20 @@ Image.MAX_IMAGE_PIXELS = None
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode ``data`` into an RGB image with its EXIF orientation applied.
 
-    Raises ``InputError`` 400 for empty or unreadable data and 413 when the image declares
+    Raises ``RequestError`` 400 for empty or unreadable data and 413 when the image declares
     more than ``max_pixels`` pixels (checked from the header, before any pixel is decoded).
     """
     if not data:
-        raise InputError(400, "EmptyInput", f"the request carried no image data; send a {ACCEPTED} file")
+        raise RequestError(400, "EmptyInput", f"the request carried no image data; send a {ACCEPTED} file")
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise InputError(
+        raise RequestError(
             400, "UnreadableImage", f"the data ({len(data)} bytes) is not an image this server can read; send a {ACCEPTED} file"
         ) from None
     width, height = image.size
     if width * height > max_pixels:
-        raise InputError(
+        raise RequestError(
             413,
             "ImageTooLarge",
             f"the image is {width}x{height} = {width * height} pixels, over this model's limit of {max_pixels} pixels",
@@ -45,7 +46,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
             image = ImageOps.exif_transpose(image)
         return to_rgb(image)
     except (OSError, ValueError, SyntaxError) as error:
-        raise InputError(400, "UnreadableImage", f"the {image.format or 'image'} data could not be decoded ({error}); send a complete {ACCEPTED} file") from None
+        raise RequestError(400, "UnreadableImage", f"the {image.format or 'image'} data could not be decoded ({error}); send a complete {ACCEPTED} file") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -57,7 +58,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grey: keep the most significant 8 bits rather than clipping at 255.
-        return image.point(lambda value: value / 256).convert("L").convert("RGB")
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # 16-bit (or wider) grey: keep the most significant 8 of 16 bits rather than clipping at 255.
+        values = np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257.0
+        return Image.fromarray(np.round(values).astype(np.uint8), mode="L").convert("RGB")
     return image.convert("RGB")

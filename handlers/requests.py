@@ -1,60 +1,176 @@
-"""TorchServe request rows -> image payloads (bytes), or an ``InputError`` for that request.
+"""One TorchServe request -> its images, and the images' answers -> that request's response.
 
-A row is what TorchServe hands the handler for one request: ``{"data": ...}`` or
-``{"body": ...}`` holding raw bytes, text, or JSON already parsed by the worker.
+A request row is what TorchServe hands the handler: ``{name: value}`` with one entry per body
+part (``body``/``data`` for a plain body, the field names for multipart form data). Values
+are bytes, text, or JSON the worker already parsed. Supported shapes:
+
+- raw image bytes (``image/*``, ``application/octet-stream``, or no content type);
+- text holding base64; JSON ``{"data": "<base64>"}`` (also ``image``/``b64``, a data URL,
+  URL-safe base64, ``{"b64": ...}``);
+- several images: ``{"instances": [...]}`` (KServe v1, answered ``{"predictions": [...]}``),
+  a JSON list, ``{"data": [...]}``, or several multipart files (answered as a list);
+- KServe v2 / Open Inference Protocol: ``{"inputs": [{"datatype": "BYTES", "data": [...]}]}``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, List, Mapping, Union
+import json
+from dataclasses import dataclass, field
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
-from handlers.errors import InputError
+from handlers.errors import RequestError
 
 JSON_IMAGE_FIELDS = ("data", "image", "b64", "bytes")
 HOW_TO_SEND = 'send the image bytes as the body, or JSON {"data": "<base64 image>"}'
+ACCEPTED_TYPES = "image/*, application/octet-stream, application/json, text/plain or multipart/form-data"
+DEFAULT_MAX_IMAGES = 64
+
+Item = Union[bytes, RequestError]
 
 
-def payload_from_row(row: Any) -> Union[bytes, InputError]:
-    """The image bytes of one TorchServe request row."""
+@dataclass
+class ParsedRequest:
+    """The images of one request and the shape its answer must take."""
+
+    items: List[Item]
+    shape: str = "single"                   # single | list | kserve_v1 | kserve_v2
+    extra: dict = field(default_factory=dict)  # kserve_v2: the request id and input name
+
+
+def parse_request(row: Any, content_types: Optional[Mapping[str, str]] = None,
+                  max_images: int = DEFAULT_MAX_IMAGES) -> Union[ParsedRequest, RequestError]:
+    """Parse one request row; a request-level problem (415, malformed JSON...) is returned."""
     try:
-        return _payload(_unwrap(row))
-    except InputError as error:
+        parsed = _parse(row, {k: _media_type(v) for k, v in (content_types or {}).items()})
+    except RequestError as error:
+        return error
+    if not parsed.items:
+        return RequestError(400, "MissingImage", f"the request holds no image; {HOW_TO_SEND}")
+    if len(parsed.items) > max_images:
+        return RequestError(413, "TooManyImages", f"the request holds {len(parsed.items)} images; at most {max_images} per request")
+    return parsed
+
+
+def format_response(parsed: ParsedRequest, answers: Sequence[Any], model_name: str = "", model_version: str = "") -> Any:
+    """The JSON body for one request, or the ``RequestError`` of its first bad image.
+
+    A request with several images is answered whole or not at all: one bad image fails that
+    request (its status and which image), never the other requests of the batch.
+    """
+    for position, answer in enumerate(answers):
+        if isinstance(answer, RequestError):
+            if len(answers) == 1:
+                return answer
+            return RequestError(answer.status, answer.kind, f"image {position} of {len(answers)}: {answer.message}")
+    if parsed.shape == "single":
+        return answers[0]
+    if parsed.shape == "kserve_v1":
+        return {"predictions": list(answers)}
+    if parsed.shape == "kserve_v2":
+        return {
+            "id": parsed.extra.get("id", ""),
+            "model_name": model_name,
+            "model_version": model_version,
+            "outputs": [{"name": "answers", "shape": [len(answers)], "datatype": "BYTES",
+                         "data": [json.dumps(a) for a in answers]}],
+        }
+    return list(answers)
+
+
+# -- parsing -------------------------------------------------------------------------------
+def _media_type(content_type: Any) -> str:
+    if isinstance(content_type, Mapping):  # TorchServe's per-part headers: {"content-type": ...}
+        content_type = content_type.get("content-type", "")
+    return str(content_type or "").split(";")[0].strip().lower()
+
+
+def _parse(row: Any, content_types: Mapping[str, str]) -> ParsedRequest:
+    if not isinstance(row, Mapping):
+        return ParsedRequest([_image_bytes(row, "")])
+    parts = [name for name in ("body", "data") if row.get(name) is not None][:1] or list(row)
+    if not parts:
+        raise RequestError(400, "MissingImage", f"the request has no body; {HOW_TO_SEND}")
+    if len(parts) == 1:
+        return _parse_value(row[parts[0]], content_types.get(parts[0], ""))
+    # multipart form data with several fields: one image per field, in order
+    return ParsedRequest([_single(_parse_value(row[name], content_types.get(name, "")), name) for name in parts], "list")
+
+
+def _single(parsed: ParsedRequest, name: str) -> Item:
+    if len(parsed.items) != 1:
+        raise RequestError(400, "BadRequest", f"form field {name!r} holds {len(parsed.items)} images; send one image per field")
+    return parsed.items[0]
+
+
+def _parse_value(value: Any, media_type: str) -> ParsedRequest:
+    if media_type and not _accepted(media_type):
+        raise RequestError(415, "UnsupportedMediaType", f"content type {media_type!r} is not accepted; send {ACCEPTED_TYPES}")
+    if isinstance(value, (bytes, bytearray)) and (media_type == "application/json" or media_type.endswith("+json")):
+        raise RequestError(400, "BadJson", f"the body is not valid JSON; {HOW_TO_SEND}")
+    if isinstance(value, Mapping):
+        return _parse_json_object(value)
+    if isinstance(value, list):
+        return ParsedRequest([_instance(v) for v in value], "list")
+    return ParsedRequest([_image_bytes(value, media_type)])
+
+
+def _accepted(media_type: str) -> bool:
+    return (media_type.startswith("image/") or media_type.endswith("+json") or media_type in (
+        "application/octet-stream", "application/json", "text/plain", "multipart/form-data", "binary/octet-stream"))
+
+
+def _parse_json_object(body: Mapping) -> ParsedRequest:
+    if "instances" in body:
+        instances = body["instances"]
+        if not isinstance(instances, list):
+            raise RequestError(400, "BadJson", '"instances" must be a list of images')
+        return ParsedRequest([_instance(v) for v in instances], "kserve_v1")
+    if "inputs" in body:
+        return _parse_kserve_v2(body)
+    for key in JSON_IMAGE_FIELDS:
+        if key in body and isinstance(body[key], list):
+            return ParsedRequest([_instance(v) for v in body[key]], "list")
+    return ParsedRequest([_instance(body)])
+
+
+def _parse_kserve_v2(body: Mapping) -> ParsedRequest:
+    inputs = body["inputs"]
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], Mapping):
+        raise RequestError(400, "BadJson", '"inputs" must hold exactly one input: {"name": ..., "datatype": "BYTES", "shape": [n], "data": ["<base64>", ...]}')
+    tensor = inputs[0]
+    if tensor.get("datatype") != "BYTES" or not isinstance(tensor.get("data"), list):
+        raise RequestError(400, "BadJson", 'the input must have "datatype": "BYTES" and "data": a list of base64 images')
+    return ParsedRequest([_instance(v) for v in tensor["data"]], "kserve_v2", {"id": str(body.get("id", "")), "input": tensor.get("name", "")})
+
+
+def _instance(value: Any) -> Item:
+    """One image inside a JSON body; a bad one becomes that image's error."""
+    try:
+        if isinstance(value, str):
+            return decode_base64(value)
+        if isinstance(value, Mapping):
+            for key in JSON_IMAGE_FIELDS:
+                if key in value:
+                    field_value = value[key]
+                    if isinstance(field_value, Mapping) and "b64" in field_value:  # {"data": {"b64": ...}}
+                        field_value = field_value["b64"]
+                    if not isinstance(field_value, str):
+                        raise RequestError(400, "BadJson", f'JSON field "{key}" must be a base64 string; {HOW_TO_SEND}')
+                    return decode_base64(field_value)
+            raise RequestError(400, "MissingImage", f"the JSON has no image field (one of {list(JSON_IMAGE_FIELDS)}); {HOW_TO_SEND}")
+        raise RequestError(400, "BadJson", f"an image in JSON must be a base64 string or an object, not {type(value).__name__}")
+    except RequestError as error:
         return error
 
 
-def payloads_from_rows(rows: List[Any]) -> List[Union[bytes, InputError]]:
-    return [payload_from_row(row) for row in rows]
-
-
-def _unwrap(row: Any) -> Any:
-    if isinstance(row, Mapping):
-        for key in ("data", "body"):
-            if row.get(key) is not None:
-                return row[key]
-        if len(row) == 1:  # multipart form data: one field, any name
-            return next(iter(row.values()))
-        raise InputError(400, "MissingImage", f"the request has no image; {HOW_TO_SEND}")
-    return row
-
-
-def _payload(value: Any) -> bytes:
+def _image_bytes(value: Any, media_type: str) -> Item:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if isinstance(value, str):
-        return decode_base64(value)
-    if isinstance(value, Mapping):
-        for key in JSON_IMAGE_FIELDS:
-            if key in value:
-                field = value[key]
-                if isinstance(field, Mapping) and "b64" in field:  # {"data": {"b64": ...}} (TF serving style)
-                    field = field["b64"]
-                if not isinstance(field, str):
-                    raise InputError(400, "BadJson", f'JSON field "{key}" must be a base64 string; {HOW_TO_SEND}')
-                return decode_base64(field)
-        raise InputError(400, "MissingImage", f"the JSON has no image field (one of {list(JSON_IMAGE_FIELDS)}); {HOW_TO_SEND}")
-    raise InputError(400, "BadRequest", f"cannot read a request of type {type(value).__name__}; {HOW_TO_SEND}")
+        return _instance(value)
+    return RequestError(400, "BadRequest", f"cannot read a request of type {type(value).__name__}; {HOW_TO_SEND}")
 
 
 def decode_base64(text: str) -> bytes:
@@ -63,7 +179,8 @@ def decode_base64(text: str) -> bytes:
     if text.startswith("data:") and "," in text:
         text = text.split(",", 1)[1]
     text = "".join(text.split())
+    altchars = b"-_" if ("-" in text or "_" in text) else None
     try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if ("-" in text or "_" in text) else None, validate=True)
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=altchars, validate=True)
     except (binascii.Error, ValueError):
-        raise InputError(400, "BadBase64", f"the image text is not valid base64; {HOW_TO_SEND}") from None
+        raise RequestError(400, "BadBase64", f"the image text is not valid base64; {HOW_TO_SEND}") from None

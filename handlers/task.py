@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
-from handlers.errors import InputError
+from handlers.errors import RequestError
 from handlers.geometry import normalize
 from handlers.images import decode_image
 from handlers.runtimes import Runtime, load_runtime
 from handlers.settings import Settings, label_for, load_labels
 
-Item = Union[bytes, bytearray, Image.Image, InputError]
+Item = Union[bytes, bytearray, Image.Image, RequestError]
+logger = logging.getLogger(__name__)
 
 
 class VisionTask:
     """Base of the three tasks. Subclasses define ``prepare`` and ``finish``.
 
-    ``run`` answers every item: a result, or the ``InputError`` that item raised. One bad item
+    ``run`` answers every item: a result, or the ``RequestError`` that item raised. One bad item
     never fails the others, and all good items share one forward pass.
     """
 
@@ -46,7 +48,7 @@ class VisionTask:
         for position, item in enumerate(items):
             try:
                 array, meta = self.prepare(self._image(item))
-            except InputError as error:
+            except RequestError as error:
                 results[position] = error
                 continue
             arrays.append(array)
@@ -54,9 +56,20 @@ class VisionTask:
             positions.append(position)
         if arrays:
             batch = normalize(np.stack(arrays), self.settings.mean, self.settings.std)
-            outputs = self.runtime.run(batch)
+            try:
+                outputs = self.runtime.run(batch)
+            except Exception as error:  # the model failed: its items get 500, the worker lives on
+                logger.exception("the model failed on a batch of %d", len(arrays))
+                failure = RequestError(500, "InferenceError", f"the model failed on this batch: {error}")
+                for position in positions:
+                    results[position] = failure
+                return results
             for row, (position, meta) in enumerate(zip(positions, metas)):
-                results[position] = self.finish([output[row] for output in outputs], meta)
+                try:
+                    results[position] = self.finish([output[row] for output in outputs], meta)
+                except Exception as error:
+                    logger.exception("post-processing failed")
+                    results[position] = RequestError(500, "PostprocessError", f"post-processing this image failed: {error}")
         return results
 
     def warm_up(self, batch_size: int = 2, rounds: int = 2) -> None:
@@ -68,7 +81,7 @@ class VisionTask:
             self.runtime.run(normalize(blank, self.settings.mean, self.settings.std))
 
     def _image(self, item: Item) -> Image.Image:
-        if isinstance(item, InputError):
+        if isinstance(item, RequestError):
             raise item
         if isinstance(item, Image.Image):
             return item.convert("RGB")

@@ -1,4 +1,4 @@
-"""The TorchServe adapter: context -> task, rows -> payloads, per-request status and JSON.
+"""The TorchServe adapter: context -> task, rows -> responses, per-request status and JSON.
 
 This file is the archive's ``--handler``. It must define exactly one class (TorchServe's rule
 for custom handlers); all task logic lives in the ``handlers`` package shipped beside it.
@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from http import HTTPStatus
 from pathlib import Path
 
 from ts.torch_handler.base_handler import BaseHandler
 
-from handlers.errors import InputError
-from handlers.requests import payloads_from_rows
+from handlers.service import answer_requests
 from handlers.settings import Settings
 from handlers.task import build_task
 
@@ -27,31 +27,25 @@ class VisionHandler(BaseHandler):
     def initialize(self, context) -> None:
         started = time.time()
         model_dir = Path(context.system_properties["model_dir"])
-        serialized = context.manifest["model"]["serializedFile"]
+        model = context.manifest["model"]
         config = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
         self.settings = Settings.from_mapping(config)
-        self.task = build_task(model_dir / serialized, self.settings, model_dir)
+        self.task = build_task(model_dir / model["serializedFile"], self.settings, model_dir)
         self.task.warm_up()
-        self.context = context
+        self.model_name, self.model_version = model.get("modelName", ""), model.get("modelVersion", "")
         self.initialized = True
         if self.settings.random_weights:
-            logger.warning("%s: this model has RANDOM weights; its answers are meaningless", serialized)
+            logger.warning("%s: this model has RANDOM weights; its answers are meaningless", self.model_name)
         logger.info("tsvision %s on %s ready in %.1f s", self.settings.task, self.task.runtime.name, time.time() - started)
 
     def handle(self, data, context):
-        payloads = payloads_from_rows(data)
-        try:
-            results = self.task.run(payloads)
-        except Exception as error:  # the model itself failed: answer every request, keep the worker
-            logger.exception("inference failed")
-            failure = InputError(500, "InferenceError", f"the model failed on this batch: {error}")
-            results = [p if isinstance(p, InputError) else failure for p in payloads]
-        responses = []
-        for index, result in enumerate(results):
+        headers = [context.get_all_request_header(index) or {} for index in range(len(data))]
+        responses = answer_requests(self.task, data, headers, self.model_name, self.model_version)
+        bodies = []
+        for index, response in enumerate(responses):
             context.set_response_content_type(index, "application/json")
-            context.set_response_header(index, "X-Batch-Size", str(len(results)))
-            if isinstance(result, InputError):
-                context.set_response_status(result.status, result.phrase, idx=index)
-                result = result.to_body()
-            responses.append(json.dumps(result))
-        return responses
+            context.set_response_header(index, "X-Batch-Size", str(len(data)))
+            if response.status != 200:
+                context.set_response_status(response.status, HTTPStatus(response.status).phrase, idx=index)
+            bodies.append(json.dumps(response.body))
+        return bodies

@@ -80,12 +80,16 @@ def load_task(folder: Path, backend: str, **overrides):
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory, exports, toy_exports) -> Path:
-    """Six default archives plus four toy archives, built with the archive CLI."""
+    """Six default archives, a long-delay classifier and four toy archives, built with the archive CLI."""
     store = tmp_path_factory.mktemp("model_store")
     for task in TASKS:
         for backend, filename in BACKENDS.items():
             assert archive_main(["--model", str(exports / task / filename), "--settings", str(exports / task / "settings.json"),
                                  "--name", f"{task}_{backend}", "--store", str(store)]) == 0
+    # For the input tests: batch size 8 and a delay long enough that concurrent requests share a batch.
+    assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
+                         str(exports / "classification" / "settings.json"), "--name", "classification_batched",
+                         "--store", str(store), "--batch-size", "8", "--max-batch-delay", "300"]) == 0
     for task in ("detection", "segmentation"):
         overrides = [f"--set={key}={json.dumps(value)}" for key, value in TOY_SETTINGS[task].items()]
         for backend, filename in BACKENDS.items():

@@ -5,35 +5,18 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from handlers.errors import InputError
+from handlers.errors import RequestError
 from handlers.geometry import Placement, fit_square, normalize, resize_center_crop
 from handlers.images import decode_image
-from handlers.requests import payload_from_row
+from handlers.requests import format_response, parse_request
 from handlers.settings import Settings, load_labels
 from tests.conftest import jpeg
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A PNG header that claims ``width``×``height`` pixels (a decompression-bomb shape)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
-
-
-def with_orientation(image: Image.Image, orientation: int) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", exif=exif.tobytes())
-    return buffer.getvalue()
+from tests.corpus import png_declaring, with_orientation
 
 
 # -- images ------------------------------------------------------------------------------
@@ -52,7 +35,7 @@ def test_exif_orientation_is_applied_before_anything_else():
     (png_declaring(100_000, 100_000), 413, "ImageTooLarge"),
 ])
 def test_bad_images_raise_input_errors(data, status, kind):
-    with pytest.raises(InputError) as caught:
+    with pytest.raises(RequestError) as caught:
         decode_image(data)
     assert (caught.value.status, caught.value.kind) == (status, kind)
     body = caught.value.to_body()
@@ -61,7 +44,7 @@ def test_bad_images_raise_input_errors(data, status, kind):
 
 def test_truncated_jpeg_is_a_400(photos):
     data = jpeg(photos["chelsea"])
-    with pytest.raises(InputError) as caught:
+    with pytest.raises(RequestError) as caught:
         decode_image(data[: len(data) // 3])
     assert caught.value.status == 400
 
@@ -69,7 +52,7 @@ def test_truncated_jpeg_is_a_400(photos):
 def test_pixel_limit_is_configurable():
     data = jpeg(Image.new("RGB", (100, 100)))
     assert decode_image(data, max_pixels=10_000).size == (100, 100)
-    with pytest.raises(InputError):
+    with pytest.raises(RequestError):
         decode_image(data, max_pixels=9_999)
 
 
@@ -83,24 +66,74 @@ def test_every_mode_becomes_rgb(mode):
 
 
 # -- requests ----------------------------------------------------------------------------
+def items_of(row, headers=None):
+    parsed = parse_request(row, headers)
+    assert not isinstance(parsed, RequestError), parsed
+    return parsed.items
+
+
 def test_request_shapes_give_the_same_bytes():
     data = jpeg(Image.new("RGB", (8, 8)))
     text = base64.b64encode(data).decode()
     rows = [{"body": data}, {"data": bytearray(data)}, {"body": {"data": text}}, {"body": text},
             {"body": f"data:image/jpeg;base64,{text}"}, {"file": data}, {"body": {"image": {"b64": text}}},
-            {"body": base64.urlsafe_b64encode(data).decode().rstrip("=")}]
-    assert all(payload_from_row(row) == data for row in rows)
+            {"body": base64.urlsafe_b64encode(data).decode().rstrip("=")}, data]
+    assert all(items_of(row) == [data] for row in rows)
 
 
-@pytest.mark.parametrize("row, kind", [
-    ({"body": {"data": "***not base64***"}}, "BadBase64"),
-    ({"body": {"picture": "aGVsbG8="}}, "MissingImage"),
-    ({"body": {"data": 12}}, "BadJson"),
-    ({}, "MissingImage"),
+def test_several_images_in_one_request_keep_their_order():
+    images = [jpeg(Image.new("RGB", (8, 8), (i * 40, 0, 0))) for i in range(3)]
+    texts = [base64.b64encode(d).decode() for d in images]
+    shapes = {
+        "kserve_v1": {"body": {"instances": [{"data": t} for t in texts]}},
+        "list": {"body": [{"data": t} for t in texts]},
+        "kserve_v2": {"body": {"id": "r1", "inputs": [{"name": "images", "shape": [3], "datatype": "BYTES", "data": texts}]}},
+    }
+    for shape, row in shapes.items():
+        parsed = parse_request(row)
+        assert parsed.shape == shape and parsed.items == images
+    assert parse_request({"body": {"data": texts}}).items == images
+    multipart = parse_request({"a": images[0], "b": images[1], "c": images[2]},
+                              {"a": {"content-type": "image/jpeg"}, "b": {"content-type": "image/jpeg"}, "c": {"content-type": "application/octet-stream"}})
+    assert multipart.shape == "list" and multipart.items == images
+
+
+@pytest.mark.parametrize("row, headers, status, kind", [
+    ({"body": {"data": "***not base64***"}}, None, 400, "BadBase64"),
+    ({"body": {"picture": "aGVsbG8="}}, None, 400, "MissingImage"),
+    ({"body": {"data": 12}}, None, 400, "BadJson"),
+    ({"body": b'{"data": '}, {"body": {"content-type": "application/json"}}, 400, "BadJson"),
+    ({"body": "<html></html>"}, {"body": {"content-type": "text/html; charset=utf-8"}}, 415, "UnsupportedMediaType"),
+    ({"body": {"inputs": [{"datatype": "FP32", "data": [1.0]}]}}, None, 400, "BadJson"),
+    ({"body": {"instances": []}}, None, 400, "MissingImage"),
+    ({"body": {"instances": ["aGVsbG8="] * 65}}, None, 413, "TooManyImages"),
+    ({}, None, 400, "MissingImage"),
 ])
-def test_malformed_requests_are_400(row, kind):
-    error = payload_from_row(row)
-    assert isinstance(error, InputError) and error.status == 400 and error.kind == kind
+def test_malformed_requests_get_their_status(row, headers, status, kind):
+    error = parse_request(row, headers)
+    if not isinstance(error, RequestError):  # an image-level error inside a valid request
+        error = next(item for item in error.items if isinstance(item, RequestError))
+    assert (error.status, error.kind) == (status, kind)
+    assert error.message
+
+
+def test_multi_image_answers_take_the_shape_of_the_request():
+    parsed = parse_request({"body": {"instances": ["aGVsbG8=", "aGVsbG8="]}})
+    assert format_response(parsed, [["a"], ["b"]]) == {"predictions": [["a"], ["b"]]}
+    failed = format_response(parsed, [["a"], RequestError(413, "ImageTooLarge", "too big")])
+    assert (failed.status, failed.kind) == (413, "ImageTooLarge") and failed.message.startswith("image 1 of 2: ")
+    v2 = format_response(parse_request({"body": {"id": "x", "inputs": [{"name": "i", "datatype": "BYTES", "shape": [1], "data": ["aGVsbG8="]}]}}),
+                         [{"k": 1}], "m", "1.0")
+    assert v2 == {"id": "x", "model_name": "m", "model_version": "1.0",
+                  "outputs": [{"name": "answers", "shape": [1], "datatype": "BYTES", "data": ['{"k": 1}']}]}
+
+
+def test_sixteen_bit_grey_keeps_its_range():
+    from tests.corpus import sixteen_bit_png
+
+    decoded = np.asarray(decode_image(sixteen_bit_png()))
+    assert decoded.shape == (100, 200, 3) and decoded.min() == 0 and decoded.max() == 255
+    assert len(np.unique(decoded)) > 200  # not clipped to black/white
 
 
 # -- geometry ----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def ask(served: TorchServe, model: str, data: bytes):
 
 def test_all_archives_are_ready(served):
     names = {m["modelName"] for m in served.list_models()}
-    assert names == set(DEFAULT_MODELS + TOY_MODELS)
+    assert names == set(DEFAULT_MODELS + TOY_MODELS + ["classification_batched"])
     for name in names:
         workers = served.describe(name)[0]["workers"]
         assert workers and all(w["status"] == "READY" for w in workers)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handlers.errors import InputError
+from handlers.errors import RequestError
 from handlers.segmentation import decode_png
 from tests.checks import (assert_same_classification, assert_same_detections, check_classification, check_detection,
                           check_segmentation, mask_agreement)
@@ -59,7 +59,7 @@ def test_bad_items_do_not_disturb_the_batch(tasks, photos):
     task = tasks["classification", "onnx"]
     good = [jpeg(photos["chelsea"]), jpeg(photos["rocket"])]
     alone = [task.run([item])[0] for item in good]
-    mixed = task.run([b"", good[0], b"not an image", InputError(415, "UnsupportedMediaType", "x"), good[1]])
+    mixed = task.run([b"", good[0], b"not an image", RequestError(415, "UnsupportedMediaType", "x"), good[1]])
     assert [r.status for r in (mixed[0], mixed[2], mixed[3])] == [400, 400, 415]
     assert mixed[1] == alone[0] and mixed[4] == alone[1]
 

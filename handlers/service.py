@@ -1,0 +1,43 @@
+"""A batch of requests -> one response each, with no TorchServe in sight.
+
+All images of all good requests go through the task together (one forward pass); each
+request then gets its own status and JSON body. The TorchServe adapter only moves data in and
+out of this function, so tests and other servers can call it directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Mapping, Optional, Sequence
+
+from handlers.errors import RequestError
+from handlers.requests import ParsedRequest, format_response, parse_request
+from handlers.task import VisionTask
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any  # JSON-ready
+
+
+def answer_requests(task: VisionTask, rows: Sequence[Any], content_types: Optional[Sequence[Mapping[str, Any]]] = None,
+                    model_name: str = "", model_version: str = "") -> List[Response]:
+    content_types = content_types or [{}] * len(rows)
+    parsed = [parse_request(row, types, task.settings.max_images) for row, types in zip(rows, content_types)]
+    good = [p for p in parsed if isinstance(p, ParsedRequest)]
+    items = [item for p in good for item in p.items]
+    answers = task.run(items) if items else []
+    responses, start = [], 0
+    for request in parsed:
+        if isinstance(request, RequestError):
+            responses.append(_error(request))
+            continue
+        body = format_response(request, answers[start:start + len(request.items)], model_name, model_version)
+        start += len(request.items)
+        responses.append(_error(body) if isinstance(body, RequestError) else Response(200, body))
+    return responses
+
+
+def _error(error: RequestError) -> Response:
+    return Response(error.status, error.to_body())
