@@ -155,7 +155,6 @@ def test_stretch_maps_each_axis():
 
 
 def test_centre_crop_matches_torchvision_preset(photos):
-    import torch
     from torchvision.transforms import v2
 
     reference = v2.Compose([v2.PILToTensor(), v2.Resize(256, antialias=True), v2.CenterCrop(224)])
