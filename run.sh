@@ -2,6 +2,7 @@
 # The two entry points (see README.md):
 #   bash run.sh demo   set up, build the six archives, start TorchServe, send a photo to each model
 #   bash run.sh test   set up and run the whole test suite (unit + end-to-end against TorchServe)
+#   bash run.sh ab     set up, build, and run an A/B split (three versions behind nginx)
 set -euo pipefail
 cd "$(dirname "$0")"
 command=${1:-demo}
@@ -12,11 +13,15 @@ case "$command" in
     ./archive.sh
     .venv/bin/python -m examples.demo "$@"
     ;;
+  ab)
+    [ -f build/classification/model.onnx ] || ./archive.sh
+    .venv/bin/python -m examples.ab_demo "$@"
+    ;;
   test)
     .venv/bin/python -m pytest -ra "$@"
     ;;
   *)
-    echo "usage: bash run.sh demo|test [args]" >&2
+    echo "usage: bash run.sh demo|test|ab [args]" >&2
     exit 2
     ;;
 esac

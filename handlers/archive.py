@@ -27,8 +27,10 @@ from handlers.export import parse_overrides
 from handlers.settings import TASKS, Settings, load_labels
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-TOOLING_ONLY = {"architectures.py", "export.py", "archive.py", "server.py"}  # not needed inside an archive
-AT_ARCHIVE_ROOT = {"torchserve_handler.py"}  # the --handler file, copied to the root by the archiver
+# The modules a TorchServe worker needs; tooling (export, archive, server, manage, routing...)
+# stays out of the archive. torchserve_handler.py is the --handler, copied to the root.
+SHIPPED = {"__init__.py", "errors.py", "images.py", "requests.py", "service.py", "settings.py", "geometry.py",
+           "runtimes.py", "task.py", "classification.py", "segmentation.py", "detection.py"}
 
 
 def check_model(model: Path, settings: Settings) -> object:
@@ -59,15 +61,15 @@ def model_config(settings: Settings, batch_size: int, max_batch_delay: int, work
 
 
 def build_archive(model: Path, settings: Settings, labels: Optional[Path], name: str, version: str, store: Path,
-                  batch_size: int = 8, max_batch_delay: int = 20, workers: int = 1) -> Path:
+                  batch_size: int = 8, max_batch_delay: int = 20, workers: int = 1, archive_file: Optional[str] = None) -> Path:
+    """Write ``store/<archive_file or name>.mar`` and its ``.sha256``; return the archive path."""
     store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tsvision-archive-") as tmp:
         stage = Path(tmp) / "extra"
         package = stage / "handlers"
         package.mkdir(parents=True)
-        for source in PACKAGE_DIR.glob("*.py"):
-            if source.name not in TOOLING_ONLY | AT_ARCHIVE_ROOT:
-                shutil.copy2(source, package / source.name)
+        for module in sorted(SHIPPED):
+            shutil.copy2(PACKAGE_DIR / module, package / module)
         if labels is not None:
             (stage / "labels.json").write_text(json.dumps(load_labels(labels)) + "\n")
         settings = Settings.from_mapping({**settings.to_mapping(), "labels": "labels.json" if labels is not None else None})
@@ -76,10 +78,12 @@ def build_archive(model: Path, settings: Settings, labels: Optional[Path], name:
         command = [
             str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name, "--version", version,
             "--serialized-file", str(model), "--handler", str(PACKAGE_DIR / "torchserve_handler.py"),
-            "--extra-files", str(stage), "--config-file", str(config), "--export-path", str(store), "--force",
+            "--extra-files", str(stage), "--config-file", str(config), "--export-path", tmp, "--force",
         ]
         subprocess.run(command, check=True)
-    archive = store / f"{name}.mar"
+        # Built aside, then moved: a second version never overwrites the first one's file.
+        archive = store / f"{archive_file or name}.mar"
+        shutil.move(str(Path(tmp) / f"{name}.mar"), str(archive))
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     archive.with_suffix(".mar.sha256").write_text(f"{digest}  {archive.name}\n")
     return archive
@@ -93,6 +97,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--labels", type=Path, help="class names: JSON list, JSON {index: name} or .txt, one per line")
     parser.add_argument("--name", required=True, help="model name in TorchServe, e.g. classification_onnx")
     parser.add_argument("--version", default="1.0")
+    parser.add_argument("--archive-file", help="file name without .mar (default: --name); give each version its own, "
+                        "e.g. --name classifier --version 2.0 --archive-file classifier-2.0")
     parser.add_argument("--store", type=Path, default=Path("model_store"))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batch-delay", type=int, default=20, help="milliseconds a batch may wait to fill")
@@ -117,7 +123,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     print(f"{args.name}: the model answers a 333x777 test image ({type(answer).__name__} of {len(answer)})")
     archive = build_archive(args.model, settings, labels, args.name, args.version, args.store,
-                            args.batch_size, args.max_batch_delay, args.workers)
+                            args.batch_size, args.max_batch_delay, args.workers, args.archive_file)
     print(f"{args.name}: wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB)"
           + ("  [RANDOM weights: answers are meaningless]" if settings.random_weights else ""))
     return 0

@@ -15,6 +15,9 @@ class ClassificationTask(VisionTask):
     def prepare(self, image: Image.Image):
         return resize_center_crop(image, self.settings.resize_size, self.settings.input_size), None
 
+    def headline(self, answer: list) -> str:
+        return answer[0]["label"] if answer else ""
+
     def finish(self, outputs: List[np.ndarray], meta) -> list:
         scores = outputs[0].astype(np.float64).reshape(-1)
         if self.settings.output == "logits":

@@ -21,6 +21,9 @@ class DetectionTask(VisionTask):
     def prepare(self, image: Image.Image):
         return fit_square(image, self.settings.input_size, self.settings.resize_mode, mean_fill(self.settings.mean))
 
+    def headline(self, answer: list) -> str:
+        return answer[0]["label"] if answer else ""
+
     def finish(self, outputs: List[np.ndarray], placement: Placement) -> list:
         import torch
         from torchvision.ops import batched_nms

@@ -19,6 +19,9 @@ class SegmentationTask(VisionTask):
     def prepare(self, image: Image.Image):
         return fit_square(image, self.settings.input_size, self.settings.resize_mode, mean_fill(self.settings.mean))
 
+    def headline(self, answer: dict) -> str:
+        return max(answer["classes"], key=lambda c: c["pixels"])["label"] if answer["classes"] else ""
+
     def finish(self, outputs: List[np.ndarray], placement: Placement) -> dict:
         mask = upsample_argmax(outputs[0], placement)
         counts = np.bincount(mask.reshape(-1), minlength=1)

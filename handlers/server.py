@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Sequence, Union
 
 import requests
 
@@ -43,7 +43,7 @@ def read_properties(path: Path) -> Dict[str, str]:
 class TorchServe:
     """One TorchServe process tree. ``ports=None`` keeps the config's ports; ``"free"`` picks free ones."""
 
-    def __init__(self, model_store: Path, workdir: Path, models: str = "all", base_config: Path = REPO_CONFIG,
+    def __init__(self, model_store: Path, workdir: Path, models: Union[str, Sequence[str]] = "all", base_config: Path = REPO_CONFIG,
                  free_ports: bool = True, overrides: Optional[Dict[str, str]] = None) -> None:
         self.model_store = Path(model_store).resolve()
         self.workdir = Path(workdir).resolve()
@@ -95,7 +95,7 @@ class TorchServe:
         torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
         command = [torchserve, "--start", "--ncs", "--ts-config", str(config), "--model-store", str(self.model_store)]
         if self.models:
-            command += ["--models", self.models]
+            command += ["--models", *([self.models] if isinstance(self.models, str) else self.models)]
         subprocess.run(command, cwd=self.workdir, env=env, check=True, stdout=subprocess.DEVNULL)
         pid_file = self.workdir / "tmp" / ".model_server.pid"
         deadline = time.time() + 30

@@ -19,6 +19,7 @@ from handlers.task import VisionTask
 class Response:
     status: int
     body: Any  # JSON-ready
+    headline: str = ""  # one-image answers: the label that sums it up (X-Top-Label)
 
 
 def answer_requests(task: VisionTask, rows: Sequence[Any], content_types: Optional[Sequence[Mapping[str, Any]]] = None,
@@ -35,7 +36,10 @@ def answer_requests(task: VisionTask, rows: Sequence[Any], content_types: Option
             continue
         body = format_response(request, answers[start:start + len(request.items)], model_name, model_version)
         start += len(request.items)
-        responses.append(_error(body) if isinstance(body, RequestError) else Response(200, body))
+        if isinstance(body, RequestError):
+            responses.append(_error(body))
+        else:
+            responses.append(Response(200, body, task.headline(body) if request.shape == "single" else ""))
     return responses
 
 

@@ -39,6 +39,10 @@ class VisionTask:
         """This item's slice of every model output -> its JSON-ready answer."""
         raise NotImplementedError
 
+    def headline(self, answer: Any) -> str:
+        """The one label that sums up an answer (logged per A/B variant); '' if none."""
+        raise NotImplementedError
+
     def label(self, index: int) -> str:
         return label_for(self.labels, index)
 

@@ -11,6 +11,7 @@ import logging
 import time
 from http import HTTPStatus
 from pathlib import Path
+from urllib.parse import quote
 
 from ts.torch_handler.base_handler import BaseHandler
 
@@ -45,6 +46,8 @@ class VisionHandler(BaseHandler):
         for index, response in enumerate(responses):
             context.set_response_content_type(index, "application/json")
             context.set_response_header(index, "X-Batch-Size", str(len(data)))
+            if response.headline:
+                context.set_response_header(index, "X-Top-Label", quote(response.headline, safe=" '"))
             if response.status != 200:
                 context.set_response_status(response.status, HTTPStatus(response.status).phrase, idx=index)
             bodies.append(json.dumps(response.body))

@@ -1,0 +1,122 @@
+"""An A/B split running, in one command: three versions of a classifier behind nginx.
+
+    python -m examples.ab_demo [--routing examples/routing.yaml] [--keys 2000]
+
+Builds versions 1.0, 2.0 and 3.0 of ``classification_onnx`` (same random weights, top-k 5, 3
+and 1, so each answer shows which version produced it) into ``build/ab_store``, starts
+TorchServe with registration on (the development profile), registers 3.0 and sets the
+default explicitly, puts nginx in front from the routing file, sends keyed requests, reloads
+to 50/50 under load, prints the per-variant report, and stops everything. Needs
+``./archive.sh`` first (``bash run.sh ab`` does both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+from PIL import Image
+
+from handlers.archive import main as archive_main
+from handlers.manage import Management
+from handlers.proxy import Nginx
+from handlers.report import format_table, served_by_version, variant_report
+from handlers.routing import Routing
+from handlers.server import TorchServe, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+TOP_K = {"1.0": 5, "2.0": 3, "3.0": 1}
+
+
+def build_versions(store: Path, model: str) -> None:
+    export = REPO / "build" / "classification"
+    if not (export / "model.onnx").exists():
+        raise SystemExit("missing build/classification: run ./archive.sh first")
+    for version, top_k in TOP_K.items():
+        archive_main(["--model", str(export / "model.onnx"), "--settings", str(export / "settings.json"), "--name", model,
+                      "--version", version, "--archive-file", f"{model}-{version}", "--store", str(store), "--set", f"top_k={top_k}"])
+
+
+def send(url: str, server: TorchServe, keys, image: bytes) -> Counter:
+    """POST ``image`` once per key (as X-User-Id); count the versions that answered."""
+    headers = {"Content-Type": "image/jpeg", **server.headers()}
+
+    def one(key):
+        response = requests.post(url, data=image, headers={**headers, "X-User-Id": key}, timeout=60)
+        return response.headers.get("X-Model-Version") if response.ok else f"HTTP {response.status_code}"
+
+    with ThreadPoolExecutor(8) as pool:
+        return Counter(pool.map(one, keys))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--routing", type=Path, default=REPO / "examples" / "routing.yaml")
+    parser.add_argument("--keys", type=int, default=2000)
+    args = parser.parse_args(argv)
+    routing = Routing.load(args.routing)
+    store = REPO / "build" / "ab_store"
+    print("NOTE: random weights; the versions differ only in top-k, which shows who answered.\n")
+    build_versions(store, routing.model)
+    server = TorchServe(store, REPO / "build" / "ab_torchserve", models=[f"{routing.model}-1.0.mar", f"{routing.model}-2.0.mar"],
+                        overrides={"enable_model_api": "true"})
+    proxy = Nginx(REPO / "build" / "nginx", free_port(), "")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (30, 140, 200)).save(buffer, format="JPEG")
+    image = buffer.getvalue()
+    try:
+        server.start()
+        proxy.torchserve = server.inference_url
+        manage = Management(server.management_url, server.workdir / "key_file.json")
+        if routing.shadow:
+            manage.register(f"{routing.model}-{routing.shadow}.mar")
+        print(f"default version set explicitly: {manage.set_default(routing.model, routing.variants[0].version)} (verified)")
+        for name, versions in manage.summary().items():
+            print(f"  {name}: " + ", ".join(f"{v['version']}{' (default)' if v['default'] else ''} {v['ready']} worker" for v in versions))
+        proxy.start(routing)
+        url = f"{proxy.url}/predictions/{routing.model}"
+        print(f"\nnginx on {proxy.url} -> TorchServe {server.inference_url}; routing {args.routing.name}: "
+              + ", ".join(f"{v.version} {v.weight:g}%" for v in routing.variants) + (f", shadow {routing.shadow}" if routing.shadow else ""))
+        split = send(url, server, [f"user-{i}" for i in range(args.keys)], image)
+        print(f"{args.keys} users: " + ", ".join(f"{k} {n / args.keys:.1%}" for k, n in sorted(split.items())))
+        again = send(url, server, [f"user-{i}" for i in range(args.keys)], image)
+        print(f"same users again: {'same split' if again == split else 'DIFFERENT: ' + str(again)}")
+
+        fifty = Routing(routing.model, [type(routing.variants[0])(v.version, 100 / len(routing.variants)) for v in routing.variants],
+                        routing.sticky_header, routing.shadow)
+        failures, stop = Counter(), threading.Event()
+
+        def load():
+            while not stop.is_set():
+                failures.update(k for k in send(url, server, [f"load-{time.time_ns()}"], image) if k.startswith("HTTP"))
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        time.sleep(1)
+        proxy.reload(fifty)
+        time.sleep(2)
+        stop.set()
+        loader.join()
+        split = send(url, server, [f"new-user-{i}" for i in range(args.keys)], image)
+        print(f"reloaded to an even split under load: {sum(failures.values())} failed requests; new users: "
+              + ", ".join(f"{k} {n / args.keys:.1%}" for k, n in sorted(split.items())))
+        time.sleep(1)
+        served = served_by_version(requests.get(f"{server.metrics_url}/metrics", timeout=10).text, routing.model)
+        print("\n" + format_table(variant_report(proxy.access_log), served))
+        print(f"\nlog: {proxy.access_log}   kubernetes: python -m handlers.routing kubernetes {args.routing}")
+    finally:
+        proxy.stop()
+        server.stop()
+        print("nginx and TorchServe stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

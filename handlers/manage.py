@@ -1,0 +1,160 @@
+"""Drive TorchServe's management API: versions, defaults, workers, promotion and rollback.
+
+    python -m handlers.manage [--management URL] [--key-file key_file.json] COMMAND ...
+
+Commands: list, register ARCHIVE, scale NAME VERSION WORKERS, set-default NAME VERSION,
+promote NAME VERSION, rollback NAME [--to VERSION], retire NAME VERSION.
+
+TorchServe ignores ``defaultVersion`` when several versions load at start-up
+(pytorch/serve#2744), so defaults are always set explicitly and then read back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import requests
+
+
+class ManagementError(RuntimeError):
+    pass
+
+
+def version_key(version: str) -> tuple:
+    """'1.10' sorts after '1.9': numeric parts compare as numbers."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in version.replace("-", ".").split("."))
+
+
+class Management:
+    def __init__(self, url: str = "http://127.0.0.1:8081", key_file: Optional[Path] = Path("key_file.json"),
+                 timeout: float = 120) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        if key_file is not None and Path(key_file).exists():
+            key = json.loads(Path(key_file).read_text())["management"]["key"]
+            self.session.headers["Authorization"] = f"Bearer {key}"
+
+    def _call(self, method: str, path: str, **params) -> object:
+        response = self.session.request(method, f"{self.url}{path}", params=params or None, timeout=self.timeout)
+        if response.status_code == 405 and method == "POST" and path == "/models":
+            raise ManagementError("TorchServe refuses registration: the model API is off (enable_model_api=false, the "
+                                  "serving profile). Use the development profile (config.dev.properties) to register.")
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("message", response.text)
+            except ValueError:
+                message = response.text
+            raise ManagementError(f"{method} {path}: HTTP {response.status_code}: {message}")
+        return response.json() if response.content else {}
+
+    # -- reading -------------------------------------------------------------------------
+    def models(self) -> List[str]:
+        return [m["modelName"] for m in self._call("GET", "/models")["models"]]
+
+    def versions(self, name: str) -> List[dict]:
+        return sorted(self._call("GET", f"/models/{name}/all"), key=lambda d: version_key(d["modelVersion"]))
+
+    def default_version(self, name: str) -> str:
+        return self._call("GET", f"/models/{name}")[0]["modelVersion"]
+
+    def summary(self) -> Dict[str, List[dict]]:
+        """{name: [{"version", "default", "workers", "ready"}]} for every model."""
+        result = {}
+        for name in self.models():
+            default = self.default_version(name)
+            result[name] = [{"version": d["modelVersion"], "default": d["modelVersion"] == default,
+                             "workers": len(d["workers"]), "ready": sum(w["status"] == "READY" for w in d["workers"])}
+                            for d in self.versions(name)]
+        return result
+
+    # -- changing ------------------------------------------------------------------------
+    def register(self, archive: str, workers: int = 1) -> dict:
+        """Register an archive that is already in TorchServe's model store (a file name, no URL)."""
+        if "://" in archive or "/" in archive:
+            raise ManagementError(f"{archive!r}: give the file name of an archive in the model store, not a path or URL")
+        return self._call("POST", "/models", url=archive, initial_workers=workers, synchronous="true")
+
+    def scale(self, name: str, version: str, workers: int) -> dict:
+        return self._call("PUT", f"/models/{name}/{version}", min_worker=workers, max_worker=workers, synchronous="true")
+
+    def set_default(self, name: str, version: str) -> str:
+        self._call("PUT", f"/models/{name}/{version}/set-default")
+        actual = self.default_version(name)
+        if actual != version:
+            raise ManagementError(f"{name}: asked for default {version}, TorchServe reports {actual}")
+        return actual
+
+    def promote(self, name: str, version: str) -> str:
+        """Make ``version`` the default once it has READY workers (scaled to 1 if it has none)."""
+        described = {d["modelVersion"]: d for d in self.versions(name)}
+        if version not in described:
+            raise ManagementError(f"{name} has no version {version}; registered: {sorted(described, key=version_key)}")
+        if not any(w["status"] == "READY" for w in described[version]["workers"]):
+            self.scale(name, version, 1)
+        return self.set_default(name, version)
+
+    def rollback(self, name: str, to: Optional[str] = None) -> str:
+        """Default back to ``to``, or to the highest version below the current default."""
+        current = self.default_version(name)
+        if to is None:
+            older = [d["modelVersion"] for d in self.versions(name) if version_key(d["modelVersion"]) < version_key(current)]
+            if not older:
+                raise ManagementError(f"{name}: no version older than the default {current} to roll back to")
+            to = older[-1]
+        return self.promote(name, to)
+
+    def retire(self, name: str, version: str) -> dict:
+        if self.default_version(name) == version and len(self.versions(name)) > 1:
+            raise ManagementError(f"{name} {version} is the default: promote another version first")
+        return self._call("DELETE", f"/models/{name}/{version}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m handlers.manage", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--management", default="http://127.0.0.1:8081", help="management API address")
+    parser.add_argument("--key-file", type=Path, default=Path("key_file.json"), help="TorchServe's key file (token auth)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="models, versions, defaults and workers")
+    register = commands.add_parser("register", help="register an archive from the model store")
+    register.add_argument("archive")
+    register.add_argument("--workers", type=int, default=1)
+    scale = commands.add_parser("scale", help="set a version's worker count")
+    scale.add_argument("name"), scale.add_argument("version"), scale.add_argument("workers", type=int)
+    for command in ("set-default", "promote", "retire"):
+        sub = commands.add_parser(command)
+        sub.add_argument("name"), sub.add_argument("version")
+    rollback = commands.add_parser("rollback", help="default back to the previous version")
+    rollback.add_argument("name")
+    rollback.add_argument("--to")
+    args = parser.parse_args(argv)
+
+    client = Management(args.management, args.key_file)
+    try:
+        if args.command == "list":
+            for name, versions in client.summary().items():
+                for v in versions:
+                    print(f"{name:28s} {v['version']:8s} {'default' if v['default'] else '':8s} workers {v['ready']}/{v['workers']} READY")
+        elif args.command == "register":
+            print(client.register(args.archive, args.workers).get("status", "registered"))
+        elif args.command == "scale":
+            print(client.scale(args.name, args.version, args.workers).get("status", "scaled"))
+        elif args.command in ("set-default", "promote"):
+            method = client.set_default if args.command == "set-default" else client.promote
+            print(f"{args.name}: default version is now {method(args.name, args.version)} (verified)")
+        elif args.command == "rollback":
+            print(f"{args.name}: rolled back; default version is now {client.rollback(args.name, args.to)} (verified)")
+        elif args.command == "retire":
+            print(client.retire(args.name, args.version).get("status", "unregistered"))
+    except (ManagementError, requests.RequestException) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The routing file, the nginx configuration and Kubernetes manifests made from it, the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from handlers.manage import version_key
+from handlers.proxy import Nginx
+from handlers.report import served_by_version, variant_report
+from handlers.routing import Routing, render_kubernetes
+
+EXAMPLE = {"model": "classification_onnx", "sticky_header": "X-User-Id", "shadow": "3.0",
+           "variants": [{"version": "1.0", "weight": 90}, {"version": "2.0", "weight": 10}]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"variants": [{"version": "1.0", "weight": 90}, {"version": "2.0", "weight": 20}]}, "sum to 100"),
+    ({"variants": [{"version": "1.0", "weight": 50}, {"version": "1.0", "weight": 50}]}, "twice"),
+    ({"variants": []}, "at least one variant"),
+    ({"shadow": "1.0"}, "also a variant"),
+    ({"model": "../etc"}, "model name"),
+    ({"sticky_header": "X User"}, "header name"),
+    ({"weights": {}}, "unknown routing keys"),
+])
+def test_bad_routing_files_are_refused_with_a_reason(change, message):
+    with pytest.raises(ValueError, match=message):
+        Routing.from_mapping({**EXAMPLE, **change})
+
+
+def test_the_shipped_routing_file_loads():
+    routing = Routing.load("examples/routing.yaml")
+    assert routing.model == "classification_onnx" and [v.weight for v in routing.variants] == [90, 10]
+
+
+def test_nginx_accepts_the_generated_configuration(tmp_path):
+    proxy = Nginx(tmp_path, 18090, "http://127.0.0.1:8080")
+    proxy.write(Routing.from_mapping(EXAMPLE))  # runs nginx -t, raises if nginx rejects it
+    text = proxy.config.read_text()
+    assert 'split_clients "$ab_key"' in text and '90% "1.0";' in text and '* "2.0";' in text
+    assert "map $http_x_user_id $ab_key" in text and "mirror /_shadow;" in text
+    assert "proxy_pass http://torchserve/predictions/classification_onnx/3.0;" in text
+    assert "add_header X-Model-Version $ab_variant always;" in text and "listen 127.0.0.1:18090;" in text
+    check = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(proxy.config)], capture_output=True)
+    assert check.returncode == 0
+
+
+def test_kubernetes_manifests_carry_the_weights_versions_and_shadow():
+    documents = list(yaml.safe_load_all(render_kubernetes(Routing.from_mapping(EXAMPLE), "registry/ts:1")))
+    kinds = [d["kind"] for d in documents]
+    assert kinds.count("Deployment") == 3 and {"Service", "DestinationRule", "VirtualService", "InferenceService"} <= set(kinds)
+    deployments = {d["spec"]["template"]["metadata"]["annotations"]["tsvision/model-version"]: d for d in documents if d["kind"] == "Deployment"}
+    assert set(deployments) == {"1.0", "2.0", "3.0"}
+    assert "classification_onnx=classification_onnx-2.0.mar" in deployments["2.0"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    rule = next(d for d in documents if d["kind"] == "DestinationRule")
+    subsets = {s["name"]: s["labels"]["version"] for s in rule["spec"]["subsets"]}
+    service = next(d for d in documents if d["kind"] == "VirtualService")["spec"]["http"][0]
+    weights = {subsets[r["destination"]["subset"]]: r["weight"] for r in service["route"]}
+    assert weights == {"v1-0": 90, "v2-0": 10} and sum(weights.values()) == 100
+    assert subsets[service["mirror"]["subset"]] == "v3-0" and service["mirrorPercentage"]["value"] == 100
+    kserve = next(d for d in documents if d["kind"] == "InferenceService")
+    assert kserve["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert kserve["metadata"]["annotations"]["tsvision/canary-version"] == "2.0"
+
+
+def test_report_counts_errors_latency_and_labels(tmp_path):
+    rows = [("1.0", 200, 0.010, "cat"), ("1.0", 200, 0.030, "dog"), ("1.0", 503, 0.020, ""), ("1.0", 200, 0.040, "cat"),
+            ("2.0", 200, 0.100, "tiger%20cat")]
+    log = tmp_path / "access.log"
+    log.write_text("".join(json.dumps({"variant": v, "status": s, "request_time": t, "top_label": label}) + "\n"
+                           for v, s, t, label in rows))
+    report = variant_report(log)
+    assert report["1.0"]["requests"] == 4 and report["1.0"]["errors"] == 1 and report["1.0"]["error_rate"] == 0.25
+    assert report["1.0"]["p50_ms"] == pytest.approx(25.0) and report["1.0"]["top_labels"] == {"cat": 0.5, "dog": 0.25}
+    assert report["2.0"]["top_labels"] == {"tiger cat": 1.0}
+    metrics = ('ts_inference_requests_total{model_name="m",model_version="1.0",hostname="h",} 12.0\n'
+               'ts_inference_requests_total{model_name="m",model_version="3.0",hostname="h",} 7.0\n'
+               'ts_inference_requests_total{model_name="other",model_version="1.0",hostname="h",} 99.0\n')
+    assert served_by_version(metrics, "m") == {"1.0": 12.0, "3.0": 7.0}
+
+
+def test_versions_sort_numerically():
+    assert sorted(["1.10", "1.9", "2.0", "1.0"], key=version_key) == ["1.0", "1.9", "1.10", "2.0"]
