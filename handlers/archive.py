@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -80,7 +81,11 @@ def build_archive(model: Path, settings: Settings, labels: Optional[Path], name:
             "--serialized-file", str(model), "--handler", str(PACKAGE_DIR / "torchserve_handler.py"),
             "--extra-files", str(stage), "--config-file", str(config), "--export-path", tmp, "--force",
         ]
-        subprocess.run(command, check=True)
+        # The archiver stages in $TMPDIR/<model name> and deletes it first: give it a private
+        # TMPDIR so two builds of the same model name cannot destroy each other's files.
+        private_tmp = Path(tmp) / "archiver-tmp"
+        private_tmp.mkdir()
+        subprocess.run(command, check=True, env={**os.environ, "TMPDIR": str(private_tmp)})
         # Built aside, then moved: a second version never overwrites the first one's file.
         archive = store / f"{archive_file or name}.mar"
         shutil.move(str(Path(tmp) / f"{name}.mar"), str(archive))

@@ -107,8 +107,15 @@ def _single(parsed: ParsedRequest, name: str) -> Item:
 def _parse_value(value: Any, media_type: str) -> ParsedRequest:
     if media_type and not _accepted(media_type):
         raise RequestError(415, "UnsupportedMediaType", f"content type {media_type!r} is not accepted; send {ACCEPTED_TYPES}")
-    if isinstance(value, (bytes, bytearray)) and (media_type == "application/json" or media_type.endswith("+json")):
-        raise RequestError(400, "BadJson", f"the body is not valid JSON; {HOW_TO_SEND}")
+    if isinstance(value, (bytes, bytearray)):
+        if media_type == "application/json" or media_type.endswith("+json"):
+            raise RequestError(400, "BadJson", f"the body is not valid JSON; {HOW_TO_SEND}")
+        if media_type in ("", "application/octet-stream") and bytes(value[:1]) in (b"{", b"["):
+            # JSON sent without a JSON content type (tritonclient does this): no image starts with "{" or "[".
+            try:
+                value = json.loads(bytes(value).decode("utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                pass
     if isinstance(value, Mapping):
         return _parse_json_object(value)
     if isinstance(value, list):

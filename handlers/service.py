@@ -7,6 +7,7 @@ out of this function, so tests and other servers can call it directly.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional, Sequence
 
@@ -37,11 +38,19 @@ def answer_requests(task: VisionTask, rows: Sequence[Any], content_types: Option
         body = format_response(request, answers[start:start + len(request.items)], model_name, model_version)
         start += len(request.items)
         if isinstance(body, RequestError):
-            responses.append(_error(body))
+            responses.append(_error(body, request, model_name, model_version))
         else:
             responses.append(Response(200, body, task.headline(body) if request.shape == "single" else ""))
     return responses
 
 
-def _error(error: RequestError) -> Response:
-    return Response(error.status, error.to_body())
+def _error(error: RequestError, request: Optional[ParsedRequest] = None, model_name: str = "", model_version: str = "") -> Response:
+    body = error.to_body()
+    if request is not None and request.shape == "kserve_v2":
+        # Open Inference Protocol errors keep the v2 envelope: TorchServe's gRPC frontend reads
+        # id/model_name/model_version/outputs from every answer and fails the worker without them.
+        # Over gRPC the frontend also drops our status, so the error travels as an "error" output.
+        error_tensor = {"name": "error", "datatype": "BYTES", "shape": [1], "data": [json.dumps(body)]}
+        body = {"id": request.extra.get("id", ""), "model_name": model_name, "model_version": model_version,
+                "outputs": [error_tensor], "error": f"{error.status} {error.kind}: {error.message}", **body}
+    return Response(error.status, body)

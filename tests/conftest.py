@@ -21,6 +21,8 @@ from tests.toy_models import TOY_DETECTION_LABELS, TOY_SEGMENTATION_LABELS, Brig
 
 TASKS = ("classification", "segmentation", "detection")
 BACKENDS = {"torchscript": "model.pt", "onnx": "model.onnx"}
+AB_MODEL = "ab_classifier"
+AB_TOP_K = {"1.0": 5, "2.0": 3, "3.0": 1}  # the length of an answer tells which version answered
 TOY_INPUT_SIZE = 640
 TOY_SETTINGS = {
     "detection": {"input_size": TOY_INPUT_SIZE, "mean": [0, 0, 0], "std": [1, 1, 1], "background_index": 0,
@@ -107,6 +109,25 @@ def served(model_store, tmp_path_factory):
     server = TorchServe(model_store, tmp_path_factory.mktemp("torchserve"))
     try:
         server.start(timeout=300)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ab_server(exports, tmp_path_factory):
+    """A second TorchServe in the development profile (registration on), with versions 1.0 and 2.0
+    of a classifier loaded and 3.0 in the store; the versions differ in top_k only."""
+    store = tmp_path_factory.mktemp("ab_store")
+    for version, top_k in AB_TOP_K.items():
+        assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
+                             str(exports / "classification" / "settings.json"), "--name", AB_MODEL, "--version", version,
+                             "--archive-file", f"{AB_MODEL}-{version}", "--store", str(store), "--set", f"top_k={top_k}"]) == 0
+    # Development profile: registration through the management API is on.
+    server = TorchServe(store, tmp_path_factory.mktemp("ab_torchserve"), models=[f"{AB_MODEL}-1.0.mar", f"{AB_MODEL}-2.0.mar"],
+                        overrides={"enable_model_api": "true"})
+    try:
+        server.start()
         yield server
     finally:
         server.stop()

@@ -12,34 +12,16 @@ import pytest
 import requests
 from PIL import Image
 
-from handlers.archive import main as archive_main
 from handlers.manage import Management
 from handlers.manage import main as manage_main
 from handlers.proxy import Nginx
 from handlers.report import served_by_version, variant_report
 from handlers.routing import Routing
-from handlers.server import TorchServe, free_port
+from handlers.server import free_port
 
 pytestmark = pytest.mark.e2e
-MODEL = "ab_classifier"
-TOP_K = {"1.0": 5, "2.0": 3, "3.0": 1}  # the length of an answer tells which version answered
-
-
-@pytest.fixture(scope="module")
-def ab_server(exports, tmp_path_factory):
-    store = tmp_path_factory.mktemp("ab_store")
-    for version, top_k in TOP_K.items():
-        assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
-                             str(exports / "classification" / "settings.json"), "--name", MODEL, "--version", version,
-                             "--archive-file", f"{MODEL}-{version}", "--store", str(store), "--set", f"top_k={top_k}"]) == 0
-    # Development profile: registration through the management API is on.
-    server = TorchServe(store, tmp_path_factory.mktemp("ab_torchserve"), models=[f"{MODEL}-1.0.mar", f"{MODEL}-2.0.mar"],
-                        overrides={"enable_model_api": "true"})
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+from tests.conftest import AB_MODEL as MODEL
+from tests.conftest import AB_TOP_K as TOP_K
 
 
 @pytest.fixture(scope="module")

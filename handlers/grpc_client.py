@@ -1,0 +1,134 @@
+"""A gRPC client for TorchServe: inference, the Open Inference Protocol, and management.
+
+Token metadata and TLS are supported; message limits are raised on the client (TorchServe's
+server takes its inbound limit from ``max_request_size``, 25 MB in our config).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any, List, Optional
+
+import grpc
+
+from handlers.grpc_stubs import load
+
+DEFAULT_MESSAGE_LIMIT = 64 * 1024 * 1024
+
+
+def decode_oip_bytes(element: bytes) -> Any:
+    """An answer from a BYTES output over gRPC. TorchServe serialises each BYTES element as JSON
+    text, so a string element arrives with its quotes: decode until a non-string remains."""
+    value: Any = element.decode("utf-8")
+    for _ in range(2):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                break
+    return value
+
+
+class PredictionError(RuntimeError):
+    """A request the handler (or the size limit) refused: ``code``, ``kind``, ``message``."""
+
+    def __init__(self, code: int, kind: str, message: str) -> None:
+        super().__init__(f"{code} {kind}: {message}")
+        self.code, self.kind, self.message = code, kind, message
+
+
+class GrpcClient:
+    def __init__(self, inference: str = "127.0.0.1:7070", management: str = "127.0.0.1:7071",
+                 key_file: Optional[Path] = None, root_certificate: Optional[Path] = None,
+                 message_limit: int = DEFAULT_MESSAGE_LIMIT, timeout: float = 120,
+                 max_request_size: int = 26214400) -> None:
+        self.stubs = load()
+        self.max_request_size = max_request_size  # the server's limit; larger messages are reset unexplained
+        self.timeout = timeout
+        options = [("grpc.max_send_message_length", message_limit), ("grpc.max_receive_message_length", message_limit)]
+        keys = json.loads(Path(key_file).read_text()) if key_file and Path(key_file).exists() else None
+        self._metadata = {api: ([("authorization", f"Bearer {keys[api]['key']}")] if keys else []) for api in ("inference", "management")}
+
+        def channel(address: str) -> grpc.Channel:
+            if root_certificate:
+                credentials = grpc.ssl_channel_credentials(Path(root_certificate).read_bytes())
+                return grpc.secure_channel(address, credentials, options=options)
+            return grpc.insecure_channel(address, options=options)
+
+        s = self.stubs
+        self._inference_channel, self._management_channel = channel(inference), channel(management)
+        self.inference = s.inference_pb2_grpc.InferenceAPIsServiceStub(self._inference_channel)
+        self.open_inference = s.open_inference_grpc_pb2_grpc.GRPCInferenceServiceStub(self._inference_channel)
+        self.management = s.management_pb2_grpc.ManagementAPIsServiceStub(self._management_channel)
+
+    # -- inference -------------------------------------------------------------------------
+    def ping(self) -> str:
+        empty = self.stubs.inference_pb2.google_dot_protobuf_dot_empty__pb2.Empty()
+        return json.loads(self.inference.Ping(empty, metadata=self._metadata["inference"], timeout=self.timeout).health)["status"]
+
+    def predict(self, model: str, image: bytes, version: str = "") -> Any:
+        """The JSON answer for one image; ``PredictionError`` for the handler's refusal.
+
+        TorchServe's gRPC frontend drops the handler's per-request status: an error arrives as
+        a successful call whose prediction is our error body, so it is recognised here."""
+        self._check_size(image)
+        request = self.stubs.inference_pb2.PredictionsRequest(model_name=model, model_version=version, input={"data": image})
+        response = self.inference.Predictions(request, metadata=self._metadata["inference"], timeout=self.timeout)
+        answer = json.loads(response.prediction)
+        if isinstance(answer, dict) and set(answer) == {"code", "type", "message"}:
+            raise PredictionError(answer["code"], answer["type"], answer["message"])
+        return answer
+
+    def _check_size(self, *images: bytes) -> None:
+        size = sum(len(image) for image in images)
+        if size > self.max_request_size:
+            raise PredictionError(413, "RequestTooLarge", f"{size} bytes of images is over the server's limit of "
+                                  f"{self.max_request_size} bytes (max_request_size in config.properties)")
+
+    def infer_v2(self, model: str, images: List[bytes], version: str = "") -> List[Any]:
+        """Open Inference Protocol ``ModelInfer``: input ``images`` (BYTES: the image files), output ``answers``."""
+        self._check_size(*images)
+        pb = self.stubs.open_inference_grpc_pb2
+        tensor = pb.ModelInferRequest.InferInputTensor(
+            name="images", datatype="BYTES", shape=[len(images)],
+            contents=pb.InferTensorContents(bytes_contents=list(images)))  # TorchServe base64-encodes them itself
+        request = pb.ModelInferRequest(model_name=model, model_version=version, id=str(uuid.uuid4()), inputs=[tensor])
+        response = self.open_inference.ModelInfer(request, metadata=self._metadata["inference"], timeout=self.timeout)
+        outputs = {o.name: [decode_oip_bytes(e) for e in o.contents.bytes_contents] for o in response.outputs}
+        if "answers" not in outputs:
+            error = (outputs.get("error") or [{}])[0]
+            raise PredictionError(error.get("code", 500), error.get("type", "Unknown"), error.get("message", f"no answers in {response}"))
+        return outputs["answers"]
+
+    # -- management ----------------------------------------------------------------------
+    def _manage(self, method: str, **fields) -> Any:
+        request = getattr(self.stubs.management_pb2, f"{method}Request")(**fields)
+        response = getattr(self.management, method)(request, metadata=self._metadata["management"], timeout=self.timeout)
+        try:
+            return json.loads(response.msg)
+        except ValueError:
+            return response.msg
+
+    def list_models(self) -> Any:
+        return self._manage("ListModels", limit=100)
+
+    def describe(self, model: str, version: str = "") -> Any:
+        return self._manage("DescribeModel", model_name=model, model_version=version)
+
+    def register(self, archive: str, workers: int = 1) -> Any:
+        return self._manage("RegisterModel", url=archive, initial_workers=workers, synchronous=True)
+
+    def scale(self, model: str, version: str, workers: int) -> Any:
+        return self._manage("ScaleWorker", model_name=model, model_version=version, min_worker=workers, max_worker=workers, synchronous=True)
+
+    def set_default(self, model: str, version: str) -> Any:
+        return self._manage("SetDefault", model_name=model, model_version=version)
+
+    def unregister(self, model: str, version: str) -> Any:
+        return self._manage("UnregisterModel", model_name=model, model_version=version)
+
+    def close(self) -> None:
+        self._inference_channel.close()
+        self._management_channel.close()

@@ -1,0 +1,77 @@
+"""Send an image to a model over REST, gRPC or the Open Inference Protocol; print the answer.
+
+    python -m handlers.predict --model classification_onnx --image photo.jpg [--protocol rest|grpc|oip-rest|oip-grpc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import requests
+
+PROTOCOLS = ("rest", "grpc", "oip-rest", "oip-grpc")
+
+
+def read_key(key_file: Optional[Path]) -> Optional[str]:
+    if key_file and Path(key_file).exists():
+        return json.loads(Path(key_file).read_text())["inference"]["key"]
+    return None
+
+
+def predict_rest(url: str, model: str, image: bytes, key: Optional[str] = None, version: str = "") -> Any:
+    headers = {"Content-Type": "application/octet-stream", **({"Authorization": f"Bearer {key}"} if key else {})}
+    response = requests.post(f"{url}/predictions/{model}" + (f"/{version}" if version else ""), data=image, headers=headers, timeout=120)
+    if response.status_code != 200:
+        raise RuntimeError(f"HTTP {response.status_code}: {response.text}")
+    return response.json()
+
+
+def predict_oip_rest(url: str, model: str, images: List[bytes], key: Optional[str] = None, version: str = "") -> List[Any]:
+    """KServe v2 over REST: input ``images`` BYTES (base64), output ``answers`` (JSON text per image)."""
+    body = {"inputs": [{"name": "images", "shape": [len(images)], "datatype": "BYTES",
+                        "data": [base64.b64encode(image).decode("ascii") for image in images]}]}
+    path = f"{url}/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+    response = requests.post(path, json=body, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=120)
+    if response.status_code != 200:
+        raise RuntimeError(f"HTTP {response.status_code}: {response.json().get('error', response.text)}")
+    output = next(o for o in response.json()["outputs"] if o["name"] == "answers")
+    return [json.loads(text) for text in output["data"]]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m handlers.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--image", type=Path, required=True)
+    parser.add_argument("--version", default="")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="rest")
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="REST inference address")
+    parser.add_argument("--grpc", default="127.0.0.1:7070", help="gRPC inference address")
+    parser.add_argument("--key-file", type=Path, default=Path("key_file.json"), help="TorchServe's key file")
+    parser.add_argument("--tls-cert", type=Path, help="CA certificate for gRPC over TLS")
+    args = parser.parse_args(argv)
+    image = args.image.read_bytes()
+    key = read_key(args.key_file)
+    try:
+        if args.protocol == "rest":
+            answer = predict_rest(args.url, args.model, image, key, args.version)
+        elif args.protocol == "oip-rest":
+            answer = predict_oip_rest(args.url, args.model, [image], key, args.version)[0]
+        else:
+            from handlers.grpc_client import GrpcClient
+
+            client = GrpcClient(args.grpc, key_file=args.key_file, root_certificate=args.tls_cert)
+            answer = client.predict(args.model, image, args.version) if args.protocol == "grpc" else client.infer_v2(args.model, [image], args.version)[0]
+    except Exception as error:  # every failure is reported the same way, with its reason
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
