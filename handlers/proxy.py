@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from handlers.processes import stop_tree
 from handlers.routing import Routing, render_nginx
 
 
@@ -64,20 +65,10 @@ class Nginx:
         os.kill(self.pid, signal.SIGHUP)
 
     def stop(self, timeout: float = 15) -> None:
-        if self.pid is None:
-            return
-        import psutil
-
-        try:
-            master = psutil.Process(self.pid)
-            tree = [master] + master.children(recursive=True)
-            master.send_signal(signal.SIGQUIT)  # graceful shutdown
-        except psutil.NoSuchProcess:
-            tree = []
-        _, alive = psutil.wait_procs(tree, timeout=timeout)
-        for process in alive:
-            process.kill()
-        self.pid = None
+        """Graceful shutdown of the master (SIGQUIT lets workers finish), SIGKILL after ``timeout``."""
+        if self.pid is not None:
+            stop_tree(self.pid, signal.SIGQUIT, timeout, whole_tree=False)
+            self.pid = None
 
     def __enter__(self) -> "Nginx":
         return self

@@ -20,6 +20,8 @@ from typing import Dict, Iterable, Optional, Sequence, Union
 
 import requests
 
+from handlers.processes import stop_tree
+
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.properties"
 PORT_KEYS = ("inference", "management", "metrics", "grpc_inference", "grpc_management", "initial_worker")
 
@@ -153,28 +155,9 @@ class TorchServe:
 
     def stop(self, timeout: float = 30) -> None:
         """Stop the frontend and its workers by pid: SIGTERM, then SIGKILL after ``timeout``."""
-        if self.pid is None:
-            return
-        import psutil
-
-        try:
-            frontend = psutil.Process(self.pid)
-            tree = [frontend] + frontend.children(recursive=True)
-        except psutil.NoSuchProcess:
-            tree = []
-        for process in tree:
-            try:
-                process.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(tree, timeout=timeout)
-        for process in alive:
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=10)
-        self.pid = None
+        if self.pid is not None:
+            stop_tree(self.pid, signal.SIGTERM, timeout)
+            self.pid = None
 
     def __enter__(self) -> "TorchServe":
         return self.start()
