@@ -29,7 +29,7 @@ from handlers.manage import Management
 from handlers.proxy import Nginx
 from handlers.report import format_table, served_by_version, variant_report
 from handlers.routing import Routing
-from handlers.server import TorchServe, free_port
+from handlers.server import DEVELOPMENT_PROFILE, TorchServe, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TOP_K = {"1.0": 5, "2.0": 3, "3.0": 1}
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     print("NOTE: random weights; the versions differ only in top-k, which shows who answered.\n")
     build_versions(store, routing.model)
     server = TorchServe(store, REPO / "build" / "ab_torchserve", models=[f"{routing.model}-1.0.mar", f"{routing.model}-2.0.mar"],
-                        overrides={"enable_model_api": "true"})
+                        overrides=DEVELOPMENT_PROFILE)
     proxy = Nginx(REPO / "build" / "nginx", free_port(), "")
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), (30, 140, 200)).save(buffer, format="JPEG")
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         proxy.torchserve = server.inference_url
         manage = Management(server.management_url, server.workdir / "key_file.json")
         if routing.shadow:
-            manage.register(f"{routing.model}-{routing.shadow}.mar")
+            manage.register(f"{routing.model}-{routing.shadow}.mar", store=store)  # checks its recorded SHA-256
         print(f"default version set explicitly: {manage.set_default(routing.model, routing.variants[0].version)} (verified)")
         for name, versions in manage.summary().items():
             print(f"  {name}: " + ", ".join(f"{v['version']}{' (default)' if v['default'] else ''} {v['ready']} worker" for v in versions))

@@ -29,6 +29,23 @@ def version_key(version: str) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in version.replace("-", ".").split("."))
 
 
+def verify_archive(path: Path) -> str:
+    """The archive's SHA-256 if it matches the one recorded beside it; ``ManagementError`` if not."""
+    import hashlib
+
+    recorded = path.with_suffix(".mar.sha256")
+    if not path.exists():
+        raise ManagementError(f"{path} does not exist")
+    if not recorded.exists():
+        raise ManagementError(f"{path.name} has no recorded hash ({recorded.name}); build it with handlers.archive")
+    expected = recorded.read_text().split()[0]
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != expected:
+        raise ManagementError(f"{path.name} does not match its recorded SHA-256 (recorded {expected[:16]}..., "
+                              f"found {actual[:16]}...): refusing to register a changed archive")
+    return actual
+
+
 class Management:
     def __init__(self, url: str = "http://127.0.0.1:8081", key_file: Optional[Path] = Path("key_file.json"),
                  timeout: float = 120) -> None:
@@ -73,10 +90,15 @@ class Management:
         return result
 
     # -- changing ------------------------------------------------------------------------
-    def register(self, archive: str, workers: int = 1) -> dict:
-        """Register an archive that is already in TorchServe's model store (a file name, no URL)."""
+    def register(self, archive: str, workers: int = 1, store: Optional[Path] = None) -> dict:
+        """Register an archive that is already in TorchServe's model store (a file name, no URL).
+
+        With ``store`` (the model store as this machine sees it) the archive's SHA-256 must match
+        the ``.mar.sha256`` recorded when it was built; otherwise it is refused."""
         if "://" in archive or "/" in archive:
             raise ManagementError(f"{archive!r}: give the file name of an archive in the model store, not a path or URL")
+        if store is not None:
+            verify_archive(Path(store) / archive)
         return self._call("POST", "/models", url=archive, initial_workers=workers, synchronous="true")
 
     def scale(self, name: str, version: str, workers: int) -> dict:
@@ -123,6 +145,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     register = commands.add_parser("register", help="register an archive from the model store")
     register.add_argument("archive")
     register.add_argument("--workers", type=int, default=1)
+    register.add_argument("--store", type=Path, default=Path("model_store"),
+                          help="the model store on this machine, to check the archive's recorded SHA-256")
+    register.add_argument("--skip-integrity-check", action="store_true",
+                          help="register without checking the hash (when the store is not on this machine)")
     scale = commands.add_parser("scale", help="set a version's worker count")
     scale.add_argument("name"), scale.add_argument("version"), scale.add_argument("workers", type=int)
     for command in ("set-default", "promote", "retire"):
@@ -140,7 +166,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for v in versions:
                     print(f"{name:28s} {v['version']:8s} {'default' if v['default'] else '':8s} workers {v['ready']}/{v['workers']} READY")
         elif args.command == "register":
-            print(client.register(args.archive, args.workers).get("status", "registered"))
+            store = None if args.skip_integrity_check else args.store
+            print(client.register(args.archive, args.workers, store).get("status", "registered"))
         elif args.command == "scale":
             print(client.scale(args.name, args.version, args.workers).get("status", "scaled"))
         elif args.command in ("set-default", "promote"):

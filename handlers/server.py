@@ -23,6 +23,9 @@ import requests
 from handlers.processes import stop_tree
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.properties"
+# The development profile: the shipped (serving) configuration plus model registration through
+# the management API. Never expose a server running it.
+DEVELOPMENT_PROFILE = {"enable_model_api": "true"}
 PORT_KEYS = ("inference", "management", "metrics", "grpc_inference", "grpc_management", "initial_worker")
 
 
@@ -61,6 +64,8 @@ class TorchServe:
         self.properties.update(overrides or {})
         self.pid: Optional[int] = None
         self._session = requests.Session()
+        if self.properties.get("certificate_file"):  # TLS: trust the server's own certificate
+            self._session.verify = self.properties["certificate_file"]
 
     # -- addresses and credentials -------------------------------------------------------
     @property

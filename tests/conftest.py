@@ -14,7 +14,7 @@ from PIL import Image
 from handlers.architectures import Exportable, build_exportable
 from handlers.archive import main as archive_main
 from handlers.export import export_files, write_settings
-from handlers.server import TorchServe
+from handlers.server import DEVELOPMENT_PROFILE, TorchServe
 from handlers.settings import Settings
 from handlers.task import build_task
 from tests.toy_models import TOY_DETECTION_LABELS, TOY_SEGMENTATION_LABELS, BrightestBoxDetector, ColourSegmenter
@@ -125,7 +125,7 @@ def ab_server(exports, tmp_path_factory):
                              "--archive-file", f"{AB_MODEL}-{version}", "--store", str(store), "--set", f"top_k={top_k}"]) == 0
     # Development profile: registration through the management API is on.
     server = TorchServe(store, tmp_path_factory.mktemp("ab_torchserve"), models=[f"{AB_MODEL}-1.0.mar", f"{AB_MODEL}-2.0.mar"],
-                        overrides={"enable_model_api": "true"})
+                        overrides=DEVELOPMENT_PROFILE)
     try:
         server.start()
         yield server

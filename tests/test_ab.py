@@ -80,7 +80,7 @@ def versions_for(keys, proxy, server, image, workers=8):
 def test_versions_are_managed_and_the_default_is_set_explicitly(ab_server, manage_args, management, capsys):
     assert manage_main(manage_args + ["set-default", MODEL, "1.0"]) == 0
     assert "default version is now 1.0 (verified)" in capsys.readouterr().out
-    assert manage_main(manage_args + ["register", f"{MODEL}-3.0.mar"]) == 0
+    assert manage_main(manage_args + ["register", f"{MODEL}-3.0.mar", "--store", str(ab_server.model_store)]) == 0
     assert manage_main(manage_args + ["scale", MODEL, "2.0", "2"]) == 0
     versions = {v["version"]: v for v in management.summary()[MODEL]}
     assert set(versions) == {"1.0", "2.0", "3.0"} and versions["1.0"]["default"]
