@@ -88,7 +88,7 @@ def _media_type(content_type: Any) -> str:
 
 def _parse(row: Any, content_types: Mapping[str, str]) -> ParsedRequest:
     if not isinstance(row, Mapping):
-        return ParsedRequest([_image_bytes(row, "")])
+        return ParsedRequest([_image_bytes(row)])
     parts = [name for name in ("body", "data") if row.get(name) is not None][:1] or list(row)
     if not parts:
         raise RequestError(400, "MissingImage", f"the request has no body; {HOW_TO_SEND}")
@@ -120,7 +120,7 @@ def _parse_value(value: Any, media_type: str) -> ParsedRequest:
         return _parse_json_object(value)
     if isinstance(value, list):
         return ParsedRequest([_instance(v) for v in value], "list")
-    return ParsedRequest([_image_bytes(value, media_type)])
+    return ParsedRequest([_image_bytes(value)])
 
 
 def _accepted(media_type: str) -> bool:
@@ -172,7 +172,7 @@ def _instance(value: Any) -> Item:
         return error
 
 
-def _image_bytes(value: Any, media_type: str) -> Item:
+def _image_bytes(value: Any) -> Item:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if isinstance(value, str):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -37,7 +37,6 @@ class Settings:
     threads: int = 0                       # 0: the runtime's default
     random_weights: bool = False           # recorded by the export step; logged at load
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "Settings":
@@ -68,7 +67,7 @@ class Settings:
     def to_mapping(self) -> dict:
         values = asdict(self)
         values["mean"], values["std"] = list(self.mean), list(self.std)
-        return {k: v for k, v in values.items() if not (k == "extra" and not v)}
+        return values
 
 
 def load_labels(path: Optional[Path]) -> list:
