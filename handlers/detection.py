@@ -30,8 +30,8 @@ class DetectionTask(VisionTask):
 
         s = self.settings
         boxes, scores = outputs[0], outputs[1]
-        scores = scores.copy() if s.background_index is not None else scores
-        if s.background_index is not None:
+        if s.background_index is not None:  # "no object" is never a detection
+            scores = scores.copy()
             scores[:, s.background_index] = 0.0
         anchor_ids, class_ids = np.nonzero(scores > s.score_threshold)
         candidate_scores = scores[anchor_ids, class_ids]
