@@ -7,8 +7,10 @@ Stopping is by process id, the frontend and its workers, never by process name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -16,8 +18,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Union
 
+import psutil
 import requests
 
 from handlers.processes import stop_tree
@@ -26,6 +29,9 @@ REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.properties"
 # The development profile: the shipped (serving) configuration plus model registration through
 # the management API. Never expose a server running it.
 DEVELOPMENT_PROFILE = {"enable_model_api": "true"}
+# What a client needs from a restored snapshot to reach the server (Java escapes ':' in it).
+RESTORED_KEYS = ("inference_address", "management_address", "metrics_address", "grpc_inference_port",
+                 "grpc_management_port", "certificate_file")
 PORT_KEYS = ("inference", "management", "metrics", "grpc_inference", "grpc_management", "initial_worker")
 
 
@@ -64,8 +70,15 @@ class TorchServe:
         self.properties.update(overrides or {})
         self.pid: Optional[int] = None
         self._session = requests.Session()
-        if self.properties.get("certificate_file"):  # TLS: trust the server's own certificate
-            self._session.verify = self.properties["certificate_file"]
+
+    @property
+    def verify(self) -> Union[str, bool]:
+        """What to verify the server's TLS certificate with: its own certificate file, if it has one.
+
+        Pass it with every request (``verify=server.verify``): a Session's ``verify`` attribute is
+        silently replaced by ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` when either is set
+        (psf/requests#3829), and the handshake then fails with "self-signed certificate"."""
+        return self.properties.get("certificate_file") or True
 
     # -- addresses and credentials -------------------------------------------------------
     @property
@@ -92,18 +105,30 @@ class TorchServe:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     # -- life cycle ------------------------------------------------------------------------
-    def start(self, timeout: float = 300) -> "TorchServe":
+    def start(self, timeout: float = 300, snapshot: bool = False) -> "TorchServe":
+        """Start and wait until every model is READY.
+
+        ``snapshot=False`` (the default) starts from the configuration alone (``--ncs``: no
+        snapshots written or read). ``snapshot=True`` lets TorchServe write its snapshots to
+        ``logs/config/`` (after start-up, after each management change, at shutdown) and, when
+        that folder already holds one, restores the latest: models, versions, defaults and worker
+        counts come from it. TorchServe reads a snapshot only when started without
+        ``--ts-config``, so a restore passes neither the configuration file nor ``models``."""
         for sub in ("tmp", "logs"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "config.properties"
-        config.write_text("".join(f"{k}={v}\n" for k, v in self.properties.items()))
-        env = dict(os.environ, TMPDIR=str(self.workdir / "tmp"), LOG_LOCATION=str(self.workdir / "logs"),
-                   METRICS_LOCATION=str(self.workdir / "logs"))
-        torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
-        command = [torchserve, "--start", "--ncs", "--ts-config", str(config), "--model-store", str(self.model_store)]
-        if self.models:
-            command += ["--models", *([self.models] if isinstance(self.models, str) else self.models)]
-        subprocess.run(command, cwd=self.workdir, env=env, check=True, stdout=subprocess.DEVNULL)
+        command = [_torchserve(), "--start", "--model-store", str(self.model_store)]
+        if not snapshot:
+            command.append("--ncs")
+        if snapshot and self.snapshots():
+            restored = read_properties(self.snapshots()[-1])  # where the restored server will listen
+            self.properties.update({key: _unescape(restored[key]) for key in RESTORED_KEYS if key in restored})
+        else:
+            config = self.workdir / "config.properties"
+            config.write_text("".join(f"{k}={v}\n" for k, v in self.properties.items()))
+            command += ["--ts-config", str(config)]
+            if self.models:
+                command += ["--models", *([self.models] if isinstance(self.models, str) else self.models)]
+        subprocess.run(command, cwd=self.workdir, env=self._env(), check=True, stdout=subprocess.DEVNULL)
         pid_file = self.workdir / "tmp" / ".model_server.pid"
         deadline = time.time() + 30
         while not pid_file.exists() and time.time() < deadline:
@@ -117,6 +142,16 @@ class TorchServe:
             self.stop()  # a half-started server must not outlive the caller
             raise
         return self
+
+    def _env(self) -> Dict[str, str]:
+        env = dict(os.environ, TMPDIR=str(self.workdir / "tmp"), LOG_LOCATION=str(self.workdir / "logs"),
+                   METRICS_LOCATION=str(self.workdir / "logs"))
+        env.pop("TS_CONFIG_FILE", None)  # it would take precedence over both the file and the snapshot
+        return env
+
+    def snapshots(self) -> List[Path]:
+        """TorchServe's configuration snapshots in this working directory, oldest first."""
+        return sorted((self.workdir / "logs" / "config").glob("*.cfg"))
 
     def wait_ready(self, names: Optional[Iterable[str]] = None, timeout: float = 300) -> None:
         """Wait until every model (or ``names``) has all its workers READY."""
@@ -136,12 +171,14 @@ class TorchServe:
         raise TimeoutError(f"TorchServe not ready after {timeout:.0f} s ({last}); logs in {self.workdir / 'logs'}")
 
     def list_models(self) -> list:
-        response = self._session.get(f"{self.management_url}/models", headers=self.headers("management"), timeout=10)
+        response = self._session.get(f"{self.management_url}/models", headers=self.headers("management"), timeout=10,
+                                     verify=self.verify)
         response.raise_for_status()
         return response.json()["models"]
 
     def describe(self, name: str, version: str = "all") -> list:
-        response = self._session.get(f"{self.management_url}/models/{name}/{version}", headers=self.headers("management"), timeout=10)
+        response = self._session.get(f"{self.management_url}/models/{name}/{version}", headers=self.headers("management"),
+                                     timeout=10, verify=self.verify)
         response.raise_for_status()
         return response.json()
 
@@ -153,7 +190,7 @@ class TorchServe:
                 timeout: float = 60) -> requests.Response:
         url = f"{self.inference_url}/predictions/{name}" + (f"/{version}" if version else "")
         headers = {"Content-Type": content_type, **self.headers("inference")}
-        return self._session.post(url, data=body, headers=headers, timeout=timeout)
+        return self._session.post(url, data=body, headers=headers, timeout=timeout, verify=self.verify)
 
     def worker_pids(self, name: str) -> list:
         return sorted(w["pid"] for v in self.describe(name) for w in v["workers"])
@@ -164,11 +201,40 @@ class TorchServe:
             stop_tree(self.pid, signal.SIGTERM, timeout)
             self.pid = None
 
+    def stop_with_cli(self, timeout: float = 60) -> None:
+        """Stop as a user does: ``torchserve --stop`` sends SIGTERM to the frontend, which saves its
+        shutdown snapshot and stops its workers. Waits up to ``timeout`` for the whole tree to exit,
+        then kills whatever is left by pid."""
+        if self.pid is None:
+            return
+        try:
+            tree = [psutil.Process(self.pid)] + psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        try:
+            subprocess.run([_torchserve(), "--stop"], cwd=self.workdir, env=self._env(), check=True,
+                           stdout=subprocess.DEVNULL, timeout=60)
+            psutil.wait_procs(tree, timeout=timeout)
+        finally:
+            self.stop()  # by pid, if the frontend is still there
+            for process in tree:  # workers left behind by a frontend that exited without them
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+
     def __enter__(self) -> "TorchServe":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _torchserve() -> str:
+    return shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
+
+
+def _unescape(value: str) -> str:
+    """A value as java.util.Properties wrote it (``http\\://127.0.0.1\\:8080``) back to plain text."""
+    return re.sub(r"\\(.)", lambda match: {"n": "\n", "t": "\t", "r": "\r", "f": "\f"}.get(match.group(1), match.group(1)), value)
 
 
 def _alive(pid: int) -> bool:
