@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import grpc
 
 from handlers.grpc_stubs import load
+from handlers.requests import STREAM_FIELD
 
 DEFAULT_MESSAGE_LIMIT = 64 * 1024 * 1024
 
@@ -37,6 +38,14 @@ class PredictionError(RuntimeError):
     def __init__(self, code: int, kind: str, message: str) -> None:
         super().__init__(f"{code} {kind}: {message}")
         self.code, self.kind, self.message = code, kind, message
+
+
+def _answer(response: Any) -> Any:
+    """A ``PredictionResponse``'s JSON answer; our error body becomes a ``PredictionError``."""
+    answer = json.loads(response.prediction)
+    if isinstance(answer, dict) and set(answer) == {"code", "type", "message"}:
+        raise PredictionError(answer["code"], answer["type"], answer["message"])
+    return answer
 
 
 class GrpcClient:
@@ -76,10 +85,16 @@ class GrpcClient:
         self._check_size(image)
         request = self.stubs.inference_pb2.PredictionsRequest(model_name=model, model_version=version, input={"data": image})
         response = self.inference.Predictions(request, metadata=self._metadata["inference"], timeout=self.timeout)
-        answer = json.loads(response.prediction)
-        if isinstance(answer, dict) and set(answer) == {"code", "type", "message"}:
-            raise PredictionError(answer["code"], answer["type"], answer["message"])
-        return answer
+        return _answer(response)
+
+    def stream_predict(self, model: str, image: bytes, version: str = "") -> Iterator[Any]:
+        """TorchServe's ``StreamPredictions``: yields the answer's messages as they arrive. A vision
+        answer is complete at once, so our handlers send one message and close the stream."""
+        self._check_size(image)
+        request = self.stubs.inference_pb2.PredictionsRequest(model_name=model, model_version=version,
+                                                              input={"data": image, STREAM_FIELD: b"1"})
+        for response in self.inference.StreamPredictions(request, metadata=self._metadata["inference"], timeout=self.timeout):
+            yield _answer(response)
 
     def _check_size(self, *images: bytes) -> None:
         size = sum(len(image) for image in images)

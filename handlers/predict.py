@@ -1,6 +1,6 @@
 """Send an image to a model over REST, gRPC or the Open Inference Protocol; print the answer.
 
-    python -m handlers.predict --model classification_onnx --image photo.jpg [--protocol rest|grpc|oip-rest|oip-grpc]
+    python -m handlers.predict --model classification_onnx --image photo.jpg [--protocol rest|grpc|grpc-stream|oip-rest|oip-grpc]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 
 import requests
 
-PROTOCOLS = ("rest", "grpc", "oip-rest", "oip-grpc")
+PROTOCOLS = ("rest", "grpc", "grpc-stream", "oip-rest", "oip-grpc")
 
 
 def read_key(key_file: Optional[Path]) -> Optional[str]:
@@ -65,7 +65,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             from handlers.grpc_client import GrpcClient
 
             client = GrpcClient(args.grpc, key_file=args.key_file, root_certificate=args.tls_cert)
-            answer = client.predict(args.model, image, args.version) if args.protocol == "grpc" else client.infer_v2(args.model, [image], args.version)[0]
+            if args.protocol == "grpc":
+                answer = client.predict(args.model, image, args.version)
+            elif args.protocol == "grpc-stream":
+                answer = list(client.stream_predict(args.model, image, args.version))[-1]
+            else:
+                answer = client.infer_v2(args.model, [image], args.version)[0]
     except Exception as error:  # every failure is reported the same way, with its reason
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

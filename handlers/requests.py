@@ -26,6 +26,9 @@ JSON_IMAGE_FIELDS = ("data", "image", "b64", "bytes")
 HOW_TO_SEND = 'send the image bytes as the body, or JSON {"data": "<base64 image>"}'
 ACCEPTED_TYPES = "image/*, application/octet-stream, application/json, text/plain or multipart/form-data"
 DEFAULT_MAX_IMAGES = 64
+# A gRPC StreamPredictions call carries this input next to "data" (GrpcClient.stream_predict sends
+# it): TorchServe gives the handler no other way to tell a stream from a plain request.
+STREAM_FIELD = "tsvision_stream"
 
 Item = Union[bytes, RequestError]
 
@@ -80,6 +83,11 @@ def format_response(parsed: ParsedRequest, answers: Sequence[Any], model_name: s
 
 
 # -- parsing -------------------------------------------------------------------------------
+def is_stream(row: Any) -> bool:
+    """Whether the row came from a gRPC StreamPredictions call marked by our client."""
+    return isinstance(row, Mapping) and STREAM_FIELD in row
+
+
 def _media_type(content_type: Any) -> str:
     if isinstance(content_type, Mapping):  # TorchServe's per-part headers: {"content-type": ...}
         content_type = content_type.get("content-type", "")
@@ -89,7 +97,7 @@ def _media_type(content_type: Any) -> str:
 def _parse(row: Any, content_types: Mapping[str, str]) -> ParsedRequest:
     if not isinstance(row, Mapping):
         return ParsedRequest([_image_bytes(row)])
-    parts = [name for name in ("body", "data") if row.get(name) is not None][:1] or list(row)
+    parts = [name for name in ("body", "data") if row.get(name) is not None][:1] or [n for n in row if n != STREAM_FIELD]
     if not parts:
         raise RequestError(400, "MissingImage", f"the request has no body; {HOW_TO_SEND}")
     if len(parts) == 1:

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from ts.torch_handler.base_handler import BaseHandler
 
+from handlers.requests import is_stream
 from handlers.service import answer_requests
 from handlers.settings import Settings
 from handlers.task import build_task
@@ -48,6 +49,10 @@ class VisionHandler(BaseHandler):
             context.set_response_header(index, "X-Batch-Size", str(len(data)))
             if response.headline:
                 context.set_response_header(index, "X-Top-Label", quote(response.headline, safe=" '"))
+            if is_stream(data[index]):
+                # StreamPredictions: this one message is the whole answer; TorchServe closes the
+                # stream on "false" (and fails without the header). Never set for REST.
+                context.set_response_header(index, "ts_stream_next", "false")
             if response.status != 200:
                 context.set_response_status(response.status, HTTPStatus(response.status).phrase, idx=index)
             bodies.append(json.dumps(response.body))

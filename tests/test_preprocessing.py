@@ -13,7 +13,7 @@ from PIL import Image
 from handlers.errors import RequestError
 from handlers.geometry import Placement, fit_square, normalize, resize_center_crop
 from handlers.images import decode_image
-from handlers.requests import format_response, parse_request
+from handlers.requests import STREAM_FIELD, format_response, is_stream, parse_request
 from handlers.settings import Settings, load_labels
 from tests.conftest import jpeg
 from tests.corpus import png_declaring, with_orientation
@@ -77,8 +77,10 @@ def test_request_shapes_give_the_same_bytes():
     text = base64.b64encode(data).decode()
     rows = [{"body": data}, {"data": bytearray(data)}, {"body": {"data": text}}, {"body": text},
             {"body": f"data:image/jpeg;base64,{text}"}, {"file": data}, {"body": {"image": {"b64": text}}},
-            {"body": base64.urlsafe_b64encode(data).decode().rstrip("=")}, data]
+            {"body": base64.urlsafe_b64encode(data).decode().rstrip("=")}, data,
+            {"data": data, STREAM_FIELD: b"1"}, {"file": data, STREAM_FIELD: b"1"}]  # gRPC stream marker is no image
     assert all(items_of(row) == [data] for row in rows)
+    assert [is_stream(row) for row in rows[-3:]] == [False, True, True]
 
 
 def test_several_images_in_one_request_keep_their_order():

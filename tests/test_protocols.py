@@ -12,8 +12,10 @@ from PIL import Image
 
 from handlers.archive import main as archive_main
 from handlers.grpc_client import GrpcClient, PredictionError
+from handlers.oip_gateway import OipGateway
 from handlers.predict import main as predict_main
 from handlers.predict import predict_oip_rest, predict_rest
+from handlers.server import free_port
 from tests.conftest import AB_MODEL, BACKENDS, TASKS, jpeg
 
 pytestmark = pytest.mark.e2e
@@ -64,6 +66,47 @@ def test_tritonclient_http_calls_our_models(served, photos):
         client.infer("classification_onnx", [bad], headers=served.headers())
 
 
+@pytest.fixture(scope="module")
+def gateway(served):
+    gateway = OipGateway(f"127.0.0.1:{free_port()}", f"127.0.0.1:{served.properties['grpc_inference_port']}").start()
+    yield gateway
+    gateway.stop()
+
+
+def test_tritonclient_grpc_calls_our_models_through_the_gateway(served, gateway, photos):
+    """tritonclient's gRPC client, used as its documentation shows (raw tensors), through the gateway."""
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    token = {"authorization": f"Bearer {served.key('inference')}"}
+    client = triton.InferenceServerClient(f"127.0.0.1:{gateway.port}")
+    assert client.is_server_live(headers=token)
+    assert client.is_model_ready("detection_torchscript", headers=token)
+    assert client.get_model_metadata("segmentation_onnx", headers=token).name == "segmentation_onnx"
+
+    def infer(model, images, **options):
+        tensor = triton.InferInput("images", [len(images)], "BYTES")
+        tensor.set_data_from_numpy(np.array(images, dtype=object))  # sent as raw_input_contents
+        return [json.loads(text) for text in client.infer(model, [tensor], **options).as_numpy("answers")]
+
+    photo = jpeg(photos["coffee"])
+    for model in MODELS:
+        assert infer(model, [photo], headers=token) == [predict_rest(served.inference_url, model, photo, served.key())], model
+    images = [jpeg(photos["chelsea"]), jpeg(photos["rocket"])]  # two images in one tensor
+    assert infer("detection_onnx", images, headers=token) == [predict_rest(served.inference_url, "detection_onnx", i, served.key())
+                                                              for i in images]
+    pids = served.worker_pids("classification_onnx")
+    bad = triton.InferInput("images", [1], "BYTES")
+    bad.set_data_from_numpy(np.array([b"not an image"], dtype=object))
+    with pytest.raises(InferenceServerException, match="400 UnreadableImage") as caught:
+        client.infer("classification_onnx", [bad], headers=token)
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    with pytest.raises(InferenceServerException, match="(?i)token"):  # TorchServe's refusal, passed through
+        infer("classification_onnx", [photo])
+    assert served.worker_pids("classification_onnx") == pids
+    client.close()
+
+
 def test_errors_over_grpc_are_clear_and_harmless(served, grpc_client, photos):
     pids = served.worker_pids("classification_onnx")
     with pytest.raises(PredictionError) as caught:
@@ -73,6 +116,16 @@ def test_errors_over_grpc_are_clear_and_harmless(served, grpc_client, photos):
         grpc_client.infer_v2("classification_onnx", [b"not an image"])
     assert grpc_client.infer_v2("classification_onnx", [jpeg(photos["chelsea"])])  # the worker is fine
     assert served.worker_pids("classification_onnx") == pids
+
+
+def test_grpc_streaming_gives_the_answer_in_one_message(served, grpc_client, photos):
+    data = jpeg(photos["rocket"])
+    for model in ("segmentation_onnx", "detection_torchscript"):
+        assert list(grpc_client.stream_predict(model, data)) == [predict_rest(served.inference_url, model, data, served.key())]
+    with pytest.raises(PredictionError, match="UnreadableImage"):
+        list(grpc_client.stream_predict("classification_onnx", b"not an image"))
+    # The stream marker never reaches REST: a plain request right after is answered whole.
+    assert predict_rest(served.inference_url, "classification_onnx", data, served.key())
 
 
 def test_a_10_mb_image_over_grpc_and_the_limit(served, grpc_client):
@@ -118,7 +171,7 @@ def test_predict_cli_prints_the_same_answer_for_every_protocol(served, photos, t
     common = ["--model", "detection_onnx", "--image", str(image), "--url", served.inference_url,
               "--grpc", f"127.0.0.1:{served.properties['grpc_inference_port']}", "--key-file", str(served.workdir / "key_file.json")]
     answers = []
-    for protocol in ("rest", "grpc", "oip-rest", "oip-grpc"):
+    for protocol in ("rest", "grpc", "grpc-stream", "oip-rest", "oip-grpc"):
         assert predict_main(common + ["--protocol", protocol]) == 0
         answers.append(json.loads(capsys.readouterr().out))
     assert answers[0] and all(a == answers[0] for a in answers)
