@@ -15,6 +15,12 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq nginx-light >/dev/null
 fi
 
+if ! command -v wrk >/dev/null; then
+  echo "setup: installing wrk (the benchmark's load generator)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
@@ -22,7 +28,7 @@ fi
 stamp=.venv/.tsvision-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test,examples]"
+  .venv/bin/python -m pip install -q -e ".[test,examples,bench]"
   touch "$stamp"
 fi
 .venv/bin/python -m handlers.grpc_stubs >/dev/null  # gRPC stubs from the installed TorchServe's .proto files

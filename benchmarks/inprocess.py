@@ -1,0 +1,47 @@
+"""In-process throughput of the whole pipeline: bytes -> decode -> preprocess -> infer ->
+postprocess -> JSON text, through ``answer_requests`` exactly as a TorchServe worker calls it."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Iterable, List
+
+from handlers.service import answer_requests
+from handlers.settings import Settings
+from handlers.task import build_task
+
+
+def load_task(folder: Path, model_file: str, overrides: dict | None = None):
+    values = json.loads((folder / "settings.json").read_text())
+    values.update(overrides or {})
+    return build_task(folder / model_file, Settings.from_mapping(values), folder)
+
+
+def measure_batches(task, photo: bytes, batch_sizes: Iterable[int], seconds: float) -> List[dict]:
+    """Images per second and per-batch latency (median) for each batch size, after one warm-up batch."""
+    results = []
+    for batch_size in batch_sizes:
+        rows = [{"body": photo} for _ in range(batch_size)]
+        types = [{"body": "image/jpeg"}] * batch_size
+        _answer(task, rows, types)  # warm-up
+        durations = []
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds or len(durations) < 3:
+            tick = time.perf_counter()
+            _answer(task, rows, types)
+            durations.append(time.perf_counter() - tick)
+        total = sum(durations)
+        results.append({"batch_size": batch_size, "batches": len(durations),
+                        "images_per_s": round(batch_size * len(durations) / total, 2),
+                        "latency_ms_p50": round(statistics.median(durations) * 1000, 2)})
+    return results
+
+
+def _answer(task, rows, types) -> None:
+    for response in answer_requests(task, rows, types):
+        if response.status != 200:
+            raise RuntimeError(f"in-process answer {response.status}: {response.body}")
+        json.dumps(response.body)

@@ -1,0 +1,57 @@
+"""Served load with ``wrk`` (Debian's package): closed loop, C connections, one wrk thread.
+
+wrk is a small C program: on a 2-core machine it leaves the CPU to the server far better than a
+Python client would. ``wrk_post.lua`` posts the photo and writes wrk's own summary as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Dict
+
+SCRIPT = Path(__file__).resolve().parent / "wrk_post.lua"
+
+
+def wrk_path() -> str:
+    path = shutil.which("wrk")
+    if path is None:
+        raise RuntimeError("wrk is not installed: run scripts/setup.sh (apt-get install wrk)")
+    return path
+
+
+def run_wrk(url: str, body: Path, headers: Dict[str, str], connections: int, seconds: float,
+            timeout: float = 60.0, content_type: str = "image/jpeg") -> dict:
+    """Load ``url`` with ``connections`` concurrent clients for ``seconds``; return wrk's summary plus
+    ``throughput`` (answered requests per second, non-2xx excluded) and latencies in ms."""
+    with tempfile.TemporaryDirectory(prefix="tsvision-wrk-") as tmp:
+        out = Path(tmp) / "summary.json"
+        command = [wrk_path(), "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={timeout:g}s",
+                   "-s", str(SCRIPT)]
+        for name, value in headers.items():
+            command += ["-H", f"{name}: {value}"]
+        command.append(url)
+        env = dict(os.environ, BENCH_BODY=str(body), BENCH_OUT=str(out), BENCH_CONTENT_TYPE=content_type)
+        completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + timeout + 30)
+        if completed.returncode != 0 or not out.exists():
+            raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr.strip() or completed.stdout.strip()}")
+        summary = json.loads(out.read_text())
+    errors = summary["errors"]
+    failed = errors["status"] + errors["timeout"] + errors["connect"] + errors["read"] + errors["write"]
+    ok = max(0, summary["requests"] - errors["status"])
+    seconds_run = summary["duration_us"] / 1e6
+    return {
+        "connections": connections,
+        "seconds": round(seconds_run, 2),
+        "requests": summary["requests"],
+        "failed": failed,
+        "errors": errors,
+        "throughput": round(ok / seconds_run, 2) if seconds_run else 0.0,
+        # wrk counts only requests completed within the run: with none, there is no latency to report
+        "latency_ms": {k: round(v / 1000.0, 2) for k, v in summary["latency_us"].items()} if summary["requests"] else None,
+        "bytes_per_response": round(summary["bytes"] / summary["requests"]) if summary["requests"] else None,
+    }

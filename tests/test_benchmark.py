@@ -1,0 +1,72 @@
+"""The performance harness end to end in a tiny mode: real exports, real archives (ours and the
+stock handler's), a real TorchServe and real wrk load. Asserts what was measured, never how fast."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from benchmarks.run import main as bench_main
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> dict:
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is not installed: run scripts/setup.sh")
+    out = tmp_path_factory.mktemp("bench")
+    assert bench_main(["--tasks", "classification", "--backends", "onnx", "--quick", "--seconds", "3", "--warmup", "3",
+                       "--concurrency", "1,4", "--batch-sizes", "1,2", "--exports", str(out / "exports"),
+                       "--out", str(out / "results")]) == 0
+    data = json.loads((out / "results" / "results.json").read_text())
+    data["_out"] = out / "results"
+    return data
+
+
+def test_results_cover_ours_and_the_stock_peer(bench):
+    assert {r["variant"] for r in bench["results"]} == {"tsvision-onnx", "stock-torchscript"}
+    assert bench["machine"]["cores"] >= 1 and bench["machine"]["cpu"]
+    assert bench["config"]["batch_size"] == 8 and bench["config"]["max_batch_delay"] == 20
+
+
+def test_inprocess_throughput_by_batch_size(bench):
+    ours = next(r for r in bench["results"] if r["variant"] == "tsvision-onnx")
+    assert [r["batch_size"] for r in ours["inprocess"]] == [1, 2]
+    assert all(r["images_per_s"] > 0 and r["latency_ms_p50"] > 0 for r in ours["inprocess"])
+
+
+def test_served_points_answered_without_failures(bench):
+    for result in bench["results"]:
+        assert [s["connections"] for s in result["served"]] == [1, 4]
+        # A shared, busy machine can leave a short point with no completed request; not all of them.
+        assert sum(point["requests"] for point in result["served"]) > 0, result["served"]
+        for point in result["served"]:
+            assert point["failed"] == 0, point
+            if point["requests"]:
+                assert point["throughput"] > 0 and point["bytes_per_response"] > 0
+                latency = point["latency_ms"]
+                assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+        assert result["rss_mb"] > 50  # a worker with torch loaded
+
+
+def test_the_stock_handler_answered_the_photo(bench):
+    stock = next(r for r in bench["results"] if r["variant"] == "stock-torchscript")
+    assert stock["probe"]["status"] == 200
+    assert stock["probe"]["json_items"] == 5  # the stock classifier's {label: probability} top 5
+    ours = next(r for r in bench["results"] if r["variant"] == "tsvision-onnx")
+    assert ours["probe"]["status"] == 200 and ours["probe"]["json_items"] == 5
+    assert ours["probe"]["excerpt"].startswith('[{"label"')
+
+
+def test_goals_table_and_plot_written(bench):
+    goals = {g["goal"] for g in bench["goals"]}
+    assert any(g.startswith("served throughput vs stock handler") for g in goals)
+    assert any(g.startswith("c=1 p50") for g in goals)
+    for goal in bench["goals"]:
+        assert goal["value"] is not None and goal["met"] in (True, False) and goal["detail"]
+    table = (bench["_out"] / "results.md").read_text()
+    assert "| classification | stock-torchscript |" in table and "| goal |" in table
+    assert (bench["_out"] / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
