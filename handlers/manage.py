@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import requests
 
@@ -48,19 +48,22 @@ def verify_archive(path: Path) -> str:
 
 class Management:
     def __init__(self, url: str = "http://127.0.0.1:8081", key_file: Optional[Path] = Path("key_file.json"),
-                 timeout: float = 120) -> None:
+                 timeout: float = 120, verify: Union[bool, str] = True) -> None:
+        """``verify``: over https, the server's certificate (or CA) file to trust; True for the system's CAs."""
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.verify = verify  # passed per request: REQUESTS_CA_BUNDLE would override Session.verify (psf/requests#3829)
         self.session = requests.Session()
         if key_file is not None and Path(key_file).exists():
             key = json.loads(Path(key_file).read_text())["management"]["key"]
             self.session.headers["Authorization"] = f"Bearer {key}"
 
     def _call(self, method: str, path: str, **params) -> object:
-        response = self.session.request(method, f"{self.url}{path}", params=params or None, timeout=self.timeout)
+        response = self.session.request(method, f"{self.url}{path}", params=params or None, timeout=self.timeout,
+                                        verify=self.verify)
         if response.status_code == 405 and method == "POST" and path == "/models":
             raise ManagementError("TorchServe refuses registration: the model API is off (enable_model_api=false, the "
-                                  "serving profile). Use the development profile (config.dev.properties) to register.")
+                                  "serving profile). Use the development profile (enable_model_api=true, handlers.server.DEVELOPMENT_PROFILE) to register.")
         if response.status_code >= 400:
             try:
                 message = response.json().get("message", response.text)
@@ -140,6 +143,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m handlers.manage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--management", default="http://127.0.0.1:8081", help="management API address")
     parser.add_argument("--key-file", type=Path, default=Path("key_file.json"), help="TorchServe's key file (token auth)")
+    parser.add_argument("--tls-cert", help="over https: the server's certificate (or its CA) to trust")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="models, versions, defaults and workers")
     register = commands.add_parser("register", help="register an archive from the model store")
@@ -159,7 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rollback.add_argument("--to")
     args = parser.parse_args(argv)
 
-    client = Management(args.management, args.key_file)
+    client = Management(args.management, args.key_file, verify=args.tls_cert or True)
     try:
         if args.command == "list":
             for name, versions in client.summary().items():

@@ -128,7 +128,9 @@ class TorchServe:
             command += ["--ts-config", str(config)]
             if self.models:
                 command += ["--models", *([self.models] if isinstance(self.models, str) else self.models)]
-        subprocess.run(command, cwd=self.workdir, env=self._env(), check=True, stdout=subprocess.DEVNULL)
+        # The frontend inherits this stdout: configuration errors (a bad key file, say) appear only there.
+        with open(self.console_log, "ab") as console:
+            subprocess.run(command, cwd=self.workdir, env=self._env(), check=True, stdout=console)
         pid_file = self.workdir / "tmp" / ".model_server.pid"
         deadline = time.time() + 30
         while not pid_file.exists() and time.time() < deadline:
@@ -142,6 +144,11 @@ class TorchServe:
             self.stop()  # a half-started server must not outlive the caller
             raise
         return self
+
+    @property
+    def console_log(self) -> Path:
+        """The frontend's console output (its log lines, and errors it writes nowhere else)."""
+        return self.workdir / "logs" / "console.log"
 
     def _env(self) -> Dict[str, str]:
         env = dict(os.environ, TMPDIR=str(self.workdir / "tmp"), LOG_LOCATION=str(self.workdir / "logs"),
@@ -159,7 +166,7 @@ class TorchServe:
         last = "no answer yet"
         while time.time() < deadline:
             if self.pid is not None and not _alive(self.pid):
-                raise RuntimeError(f"TorchServe exited; see {self.workdir / 'logs'}")
+                raise RuntimeError(f"TorchServe exited{_reason(self.console_log)}; see {self.workdir / 'logs'}")
             try:
                 wanted = list(names) if names is not None else [m["modelName"] for m in self.list_models()]
                 if wanted and all(self._ready(name) for name in wanted):
@@ -230,6 +237,13 @@ class TorchServe:
 
 def _torchserve() -> str:
     return shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
+
+
+def _reason(console_log: Path) -> str:
+    """The frontend's own explanation of why it stopped, if its console has one."""
+    lines = console_log.read_text(errors="replace").splitlines() if console_log.exists() else []
+    found = [line for line in lines if line.startswith("Invalid configuration") or "Exception in thread \"main\"" in line]
+    return f" ({found[-1].strip()})" if found else ""
 
 
 def _unescape(value: str) -> str:
