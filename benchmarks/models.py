@@ -60,16 +60,17 @@ def stock_module(exportable: Exportable, sample: torch.Tensor) -> torch.jit.Scri
         return torch.jit.script(StockDetector(model.eval()))
 
 
-def prepare_exports(task: str, root: Path, fresh: bool = False) -> Path:
-    """Export ``task``'s default model (random seeded weights) and its stock-handler TorchScript into
-    ``root/task`` once; later runs reuse the files unless ``fresh``."""
+def prepare_exports(task: str, root: Path, fresh: bool = False, pt2: bool = False) -> Path:
+    """Export ``task``'s default model (random seeded weights; with ``pt2`` also the AOTInductor
+    package) and its stock-handler TorchScript into ``root/task`` once; later runs reuse the files
+    unless ``fresh``."""
     folder = root / task
-    wanted = [folder / name for name in ("model.pt", "model.onnx", "settings.json", "labels.json", "stock.pt")]
-    if not fresh and all(p.exists() for p in wanted):
+    names = ("model.pt", "model.onnx", "settings.json", "labels.json", "stock.pt") + (("model.pt2",) if pt2 else ())
+    if not fresh and all((folder / name).exists() for name in names):
         return folder
     exportable = build_exportable(task)
     write_settings(exportable, folder, {})
-    report = export_files(exportable, folder)
+    report = export_files(exportable, folder, pt2=pt2)
     if not report["ok"]:
         raise RuntimeError(f"{task}: the export's backends disagree: {report['max_abs_diff']}")
     size = exportable.settings["input_size"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import sys
@@ -24,12 +25,13 @@ from benchmarks.inprocess import load_task, measure_batches
 from benchmarks.load import run_wrk, wrk_path
 from benchmarks.models import MODEL_FILES, build_ours, build_stock, prepare_exports
 from benchmarks.photo import make_photo
+from benchmarks.warmup import warm_batch_sizes
 from handlers.server import TorchServe
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
-FULL = {"concurrency": "1,8,32", "seconds": 8.0, "warmup": 2.0, "inprocess_seconds": 3.0}
-QUICK = {"concurrency": "1,8", "seconds": 2.0, "warmup": 1.0, "inprocess_seconds": 1.0}
+FULL = {"concurrency": "1,8,32", "seconds": 6.0, "warmup": 2.0, "inprocess_seconds": 3.0, "shape_warmup": 120.0}
+QUICK = {"concurrency": "1,8", "seconds": 2.0, "warmup": 1.0, "inprocess_seconds": 1.0, "shape_warmup": 20.0}
 
 
 def machine() -> dict:
@@ -81,13 +83,18 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--backends", default="torchscript,onnx", help="of: " + ",".join(MODEL_FILES))
     parser.add_argument("--no-stock", action="store_true", help="skip TorchServe's stock handlers")
     parser.add_argument("--concurrency", help="default 1,8,32 (--quick: 1,8)")
-    parser.add_argument("--seconds", type=float, help="per served measurement, default 8 (--quick: 2)")
+    parser.add_argument("--seconds", type=float, help="per served measurement, default 6 (--quick: 2)")
     parser.add_argument("--warmup", type=float, help="unrecorded load before each served measurement, default 2 (--quick: 1)")
+    parser.add_argument("--shape-warmup", type=float, help="seconds at most per model for bursts of every batch size "
+                        "before it is measured (benchmarks/warmup.py), default 120 (--quick: 20)")
     parser.add_argument("--batch-sizes", default="1,8", help="in-process batch sizes")
     parser.add_argument("--inprocess-seconds", type=float, help="per batch size, default 3 (--quick: 1)")
     parser.add_argument("--batch-size", type=int, default=8, help="served batch size (ours and stock)")
     parser.add_argument("--max-batch-delay", type=int, default=20, help="ms (ours and stock)")
     parser.add_argument("--workers", type=int, default=1, help="workers per model (ours and stock)")
+    parser.add_argument("--torchscript-fuser", action="store_true",
+                        help="leave TorchScript's NNC fuser on in the server (off by default: PYTORCH_TENSOREXPR=0, "
+                             "without which the stock handlers stall for seconds on every new batch size)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="handler setting for our archives and in-process runs, e.g. --set threads=1")
     parser.add_argument("--exports", type=Path, default=ROOT / "build" / "bench", help="exported models, reused between runs")
@@ -121,10 +128,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"bench: {len(chosen)} models x {len(concurrency)} concurrencies, about "
           f"{points * (args.seconds + args.warmup) / 60:.1f} min of load plus exports, in-process and start-up -> {out}", flush=True)
 
+    if not args.torchscript_fuser:
+        os.environ["PYTORCH_TENSOREXPR"] = "0"  # inherited by the TorchServe frontend and its workers
     photo = make_photo()
     photo_path = out / "photo.jpg"
     photo_path.write_bytes(photo)
-    folders = {task: prepare_exports(task, args.exports, args.fresh) for task in tasks}
+    folders = {task: prepare_exports(task, args.exports, args.fresh, pt2="pt2" in backends) for task in tasks}
 
     results = []
     for variant in chosen:
@@ -154,6 +163,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         for variant, result in zip(chosen, results):
             url = f"{server.inference_url}/predictions/{variant['model']}"
             result["probe"] = probe(server, variant["model"], photo)
+            result["warmup"] = warm_batch_sizes(url, photo, headers, args.batch_size, budget_s=args.shape_warmup)
+            print(f"  warm-up    {variant['task']:<14} {variant['variant']:<22} {result['warmup']['rounds']} bursts "
+                  f"in {result['warmup']['seconds']} s", flush=True)
             result["served"] = []
             for connections in concurrency:
                 run_wrk(url, photo_path, headers, connections, args.warmup)
@@ -173,6 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "config": {"tasks": tasks, "variants": list(dict.fromkeys(v["variant"] for v in chosen)), "concurrency": concurrency,
                    "seconds": args.seconds, "warmup": args.warmup, "batch_sizes": batch_sizes,
                    "batch_size": args.batch_size, "max_batch_delay": args.max_batch_delay, "workers": args.workers,
+                   "torchscript_fuser": args.torchscript_fuser,
                    "overrides": overrides, "photo": f"scikit-image astronaut, 1280x720 JPEG, {len(photo):,} bytes"},
         "results": results,
     }

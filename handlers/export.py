@@ -25,8 +25,9 @@ from handlers.architectures import DEFAULT_ARCHITECTURES, Exportable, build_expo
 from handlers.settings import TASKS, Settings, load_labels
 
 
-def export_files(exportable: Exportable, out_dir: Path, tolerance: float = 1e-3) -> dict:
-    """Write TorchScript and ONNX for ``exportable.module``, reload both, compare, report."""
+def export_files(exportable: Exportable, out_dir: Path, tolerance: float = 1e-3, pt2: bool = False) -> dict:
+    """Write TorchScript and ONNX (and with ``pt2`` an AOTInductor package) for ``exportable.module``,
+    reload them, compare, report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     module, size = exportable.module, exportable.settings["input_size"]
     generator = torch.Generator().manual_seed(1)
@@ -37,7 +38,13 @@ def export_files(exportable: Exportable, out_dir: Path, tolerance: float = 1e-3)
         with torch.no_grad():
             torch.jit.trace(module, sample, check_trace=False).save(str(ts_path))
         export_onnx(module, sample, onnx_path, exportable.output_names)
-    parity = compare_backends(module, ts_path, onnx_path, torch.randn(3, 3, size, size, generator=generator))
+    pt2_seconds = None
+    if pt2:
+        started = time.time()
+        export_pt2(module, sample, out_dir / "model.pt2")
+        pt2_seconds = round(time.time() - started, 1)
+    parity = compare_backends(module, ts_path, onnx_path, torch.randn(3, 3, size, size, generator=generator),
+                              out_dir / "model.pt2" if pt2 else None)
     report = {
         "task": exportable.task,
         "architecture": exportable.architecture,
@@ -47,6 +54,7 @@ def export_files(exportable: Exportable, out_dir: Path, tolerance: float = 1e-3)
         "parameters": sum(p.numel() for p in module.parameters()),
         "flops_per_image": count_flops(module, size),
         "max_abs_diff": parity,
+        "pt2_compile_seconds": pt2_seconds,
         "tolerance": tolerance,
         "ok": all(v <= tolerance for v in parity.values()),
     }
@@ -65,8 +73,21 @@ def export_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path, outpu
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def compare_backends(module: torch.nn.Module, ts_path: Path, onnx_path: Path, batch: torch.Tensor) -> Dict[str, float]:
-    """Largest absolute difference of every output between eager, TorchScript and ONNX Runtime."""
+def export_pt2(module: torch.nn.Module, sample: torch.Tensor, path: Path) -> None:
+    """``torch.export`` with a dynamic batch axis, compiled for this CPU by AOTInductor (needs a C++
+    compiler; a minute or more per model on 2 cores)."""
+    import torch._inductor
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with torch.no_grad():
+        program = torch.export.export(module, (sample,), dynamic_shapes=({0: batch},))
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+
+
+def compare_backends(module: torch.nn.Module, ts_path: Path, onnx_path: Path, batch: torch.Tensor,
+                     pt2_path: Optional[Path] = None) -> Dict[str, float]:
+    """Largest absolute difference of every output between eager, TorchScript, ONNX Runtime (and the
+    AOTInductor package)."""
     from handlers.runtimes import load_runtime
 
     with torch.no_grad():
@@ -78,7 +99,10 @@ def compare_backends(module: torch.nn.Module, ts_path: Path, onnx_path: Path, ba
     def diff(a, b):
         return float(max(np.abs(x - y).max() for x, y in zip(a, b)))
 
-    return {"torchscript_vs_eager": diff(torchscript, eager), "onnx_vs_eager": diff(onnx, eager), "onnx_vs_torchscript": diff(onnx, torchscript)}
+    diffs = {"torchscript_vs_eager": diff(torchscript, eager), "onnx_vs_eager": diff(onnx, eager), "onnx_vs_torchscript": diff(onnx, torchscript)}
+    if pt2_path is not None:
+        diffs["pt2_vs_eager"] = diff(load_runtime(pt2_path).run(batch.numpy()), eager)
+    return diffs
 
 
 def count_flops(module: torch.nn.Module, size: int) -> int:
@@ -126,6 +150,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
     parser.add_argument("--out", type=Path, help="output folder (default build/<task>)")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest accepted backend difference")
+    parser.add_argument("--pt2", action="store_true", help="also write model.pt2 (torch.export + AOTInductor; "
+                        "compiles C++ with g++, a minute or more per model)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a handler setting, e.g. --set score_threshold=0.3")
     args = parser.parse_args(argv)
@@ -143,9 +169,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"WARNING: {exportable.architecture} has RANDOM weights (seed {args.seed}); nothing can be downloaded here. "
               "Its predictions are meaningless. Pass --checkpoint FILE for a trained model.", file=sys.stderr)
     write_settings(exportable, out_dir, parse_overrides(args.overrides))
-    report = export_files(exportable, out_dir, args.tolerance)
+    report = export_files(exportable, out_dir, args.tolerance, pt2=args.pt2)
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items())
-    print(f"{args.task}: {exportable.architecture} -> {out_dir}/model.pt, {out_dir}/model.onnx in {time.time() - started:.0f} s")
+    written = ", ".join(f"{out_dir}/{name}" for name in ("model.pt", "model.onnx") + (("model.pt2",) if args.pt2 else ()))
+    print(f"{args.task}: {exportable.architecture} -> {written} in {time.time() - started:.0f} s")
     print(f"  weights: {'RANDOM (seed %d)' % args.seed if exportable.random_weights else args.checkpoint}")
     print(f"  parameters: {report['parameters']:,}  FLOPs/image: {report['flops_per_image'] / 1e9:.3f} G")
     print(f"  max |difference|: {diffs} (tolerance {args.tolerance:g}) -> {'OK' if report['ok'] else 'TOO LARGE'}")

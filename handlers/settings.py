@@ -34,7 +34,8 @@ class Settings:
     background_index: Optional[int] = None  # detection: class column that means "no object"
     max_pixels: int = DEFAULT_MAX_PIXELS    # decompression-bomb guard, per image
     max_images: int = 64                   # images in one request (lists, instances)
-    threads: int = 0                       # 0: the runtime's default
+    threads: int = 0                       # model runtime threads; 0: the runtime's default
+    preprocess_threads: int = 0            # threads decoding/resizing a batch's images; 0: one per CPU, 1: serial
     random_weights: bool = False           # recorded by the export step; logged at load
     description: str = ""
 
@@ -61,7 +62,7 @@ class Settings:
             raise ValueError(f"output must be 'logits' or 'probabilities', got {self.output!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need three values each, std > 0")
-        if self.input_size < 8 or self.top_k < 1 or self.max_detections < 1 or self.max_pixels < 1 or self.max_images < 1:
+        if self.input_size < 8 or self.top_k < 1 or self.max_detections < 1 or self.max_pixels < 1 or self.max_images < 1 or self.preprocess_threads < 0:
             raise ValueError("input_size >= 8, top_k, max_detections, max_pixels and max_images >= 1 are required")
 
     def to_mapping(self) -> dict:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -30,6 +32,8 @@ class VisionTask:
         self.runtime = runtime
         self.settings = settings
         self.labels = list(labels)
+        threads = settings.preprocess_threads or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tsvision") if threads > 1 else None
 
     def prepare(self, image: Image.Image) -> Tuple[np.ndarray, Any]:
         """RGB image -> (input_size×input_size×3 uint8 array, whatever ``finish`` needs)."""
@@ -49,14 +53,12 @@ class VisionTask:
     def run(self, items: Sequence[Item]) -> List[Any]:
         results: List[Any] = [None] * len(items)
         arrays, metas, positions = [], [], []
-        for position, item in enumerate(items):
-            try:
-                array, meta = self.prepare(self._image(item))
-            except RequestError as error:
-                results[position] = error
+        for position, prepared in enumerate(self._map(self._prepare_item, items)):
+            if isinstance(prepared, RequestError):
+                results[position] = prepared
                 continue
-            arrays.append(array)
-            metas.append(meta)
+            arrays.append(prepared[0])
+            metas.append(prepared[1])
             positions.append(position)
         if arrays:
             batch = normalize(np.stack(arrays), self.settings.mean, self.settings.std)
@@ -68,13 +70,30 @@ class VisionTask:
                 for position in positions:
                     results[position] = failure
                 return results
-            for row, (position, meta) in enumerate(zip(positions, metas)):
-                try:
-                    results[position] = self.finish([output[row] for output in outputs], meta)
-                except Exception as error:
-                    logger.exception("post-processing failed")
-                    results[position] = RequestError(500, "PostprocessError", f"post-processing this image failed: {error}")
+            rows = [([output[row] for output in outputs], meta) for row, meta in enumerate(metas)]
+            for position, answer in zip(positions, self._map(self._finish_item, rows)):
+                results[position] = answer
         return results
+
+    def _prepare_item(self, item: Item) -> Union[Tuple[np.ndarray, Any], RequestError]:
+        try:
+            return self.prepare(self._image(item))
+        except RequestError as error:
+            return error
+
+    def _finish_item(self, row: Tuple[List[np.ndarray], Any]) -> Any:
+        try:
+            return self.finish(*row)
+        except Exception as error:
+            logger.exception("post-processing failed")
+            return RequestError(500, "PostprocessError", f"post-processing this image failed: {error}")
+
+    def _map(self, function: Callable, values: Sequence) -> List[Any]:
+        """``function`` over ``values``, on the worker's thread pool when there are several: decoding,
+        resizing and most numpy work release the GIL, so the images of a batch use every core."""
+        if self._pool is None or len(values) < 2:
+            return [function(value) for value in values]
+        return list(self._pool.map(function, values))
 
     def warm_up(self, batch_size: int = 2, rounds: int = 2) -> None:
         """Run the model on blank input so the first real requests are not slow (TorchScript

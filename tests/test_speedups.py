@@ -1,0 +1,115 @@
+"""The speed-ups keep the answers: the edge-only mask upsampling equals resizing every class, a
+batch prepared on several threads equals one prepared serially, and the AOTInductor (.pt2)
+backend matches eager PyTorch and the other backends."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from handlers.architectures import Exportable
+from handlers.export import export_files
+from handlers.geometry import Placement
+from handlers.segmentation import upsample_argmax
+from handlers.settings import Settings
+from handlers.task import build_task
+from tests.conftest import TOY_SETTINGS, jpeg, load_task
+from tests.scenes import colour_scene
+from tests.toy_models import TOY_SEGMENTATION_LABELS, ColourSegmenter
+
+
+def reference_upsample(logits: np.ndarray, placement: Placement) -> np.ndarray:
+    """The previous implementation: every class resized bilinearly (C×H×W); the argmax follows."""
+    import math
+
+    _, out_h, out_w = logits.shape
+    rows = min(out_h, math.ceil(placement.content_height * out_h / placement.input_size))
+    cols = min(out_w, math.ceil(placement.content_width * out_w / placement.input_size))
+    region = torch.from_numpy(np.ascontiguousarray(logits[:, :rows, :cols]))[None]
+    full = F.interpolate(region, size=(placement.height, placement.width), mode="bilinear", align_corners=False)
+    return full[0].numpy()
+
+
+def assert_same_mask(fast: np.ndarray, full: np.ndarray) -> None:
+    """Equal to the argmax of ``full``, except where its two best classes tie within float rounding."""
+    reference = full.argmax(0)
+    assert fast.shape == reference.shape
+    ys, xs = np.nonzero(fast != reference)
+    if ys.size:
+        top2 = np.sort(full[:, ys, xs], axis=0)[-2:]
+        assert np.all(top2[1] - top2[0] <= 1e-5 * np.maximum(1, np.abs(top2[1]))), (ys.size, (top2[1] - top2[0]).max())
+    assert ys.size <= fast.size * 1e-4
+
+
+@pytest.mark.parametrize("width,height,stretch", [(1280, 720, False), (333, 777, False), (300, 451, True), (521, 520, True)])
+def test_edge_only_upsampling_equals_resizing_every_class(width, height, stretch):
+    size, classes = 520, 21
+    generator = torch.Generator().manual_seed(width)
+    # smooth blobs, like a real segmenter's logits: noise at 1/8 resolution, resized up
+    coarse = torch.randn(1, classes, size // 8, size // 8, generator=generator) * 4
+    logits = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[0].numpy()
+    if stretch:
+        placement = Placement(width, height, size, size, size)
+    else:
+        scale = size / max(width, height)
+        placement = Placement(width, height, round(width * scale), round(height * scale), size)
+    fast = upsample_argmax(logits, placement)
+    assert fast.shape == (height, width)
+    assert_same_mask(fast, reference_upsample(logits, placement))
+
+
+def test_segmentation_answers_equal_the_reference_on_photos(exports, photos):
+    task = load_task(exports / "segmentation", "onnx")
+    for name, photo in photos.items():
+        array, placement = task.prepare(photo)
+        logits = task.runtime.run(np.ascontiguousarray(
+            ((array[None].astype(np.float32) / 255 - task.settings.mean) / task.settings.std).transpose(0, 3, 1, 2),
+            dtype=np.float32))[0][0]
+        assert_same_mask(upsample_argmax(logits, placement), reference_upsample(logits, placement))
+
+
+@pytest.mark.parametrize("task_name", ["classification", "segmentation", "detection"])
+def test_threaded_preparation_equals_serial(exports, photos, task_name):
+    images = [jpeg(photo) for photo in photos.values()] * 2
+    serial = load_task(exports / task_name, "onnx", preprocess_threads=1).run(images)
+    threaded = load_task(exports / task_name, "onnx", preprocess_threads=4).run(images)
+    assert threaded == serial
+
+
+@pytest.fixture(scope="module")
+def toy_pt2(tmp_path_factory):
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.fail("AOTInductor needs a C++ compiler (g++); scripts/setup.sh's machine has one")
+    folder = tmp_path_factory.mktemp("pt2") / "segmentation"
+    exportable = Exportable("segmentation", "toy-segmentation", ColourSegmenter().eval(), dict(TOY_SETTINGS["segmentation"]),
+                            TOY_SEGMENTATION_LABELS, False, ["logits"])
+    report = export_files(exportable, folder, pt2=True)
+    (folder / "labels.json").write_text(json.dumps(TOY_SEGMENTATION_LABELS))
+    return folder, report
+
+
+def test_pt2_export_matches_eager(toy_pt2):
+    folder, report = toy_pt2
+    assert (folder / "model.pt2").stat().st_size > 0
+    assert report["ok"] and report["max_abs_diff"]["pt2_vs_eager"] <= report["tolerance"]
+    assert report["pt2_compile_seconds"] > 0
+
+
+def toy_task(folder, model_file: str):
+    settings = Settings.from_mapping({"task": "segmentation", "labels": "labels.json", **TOY_SETTINGS["segmentation"]})
+    return build_task(folder / model_file, settings, folder)
+
+
+def test_pt2_task_answers_like_onnx_on_any_batch(toy_pt2):
+    folder, _ = toy_pt2
+    scene, truth = colour_scene(333, 777)
+    images = [jpeg(scene, quality=98)] * 3  # a batch size the export never saw
+    pt2_task = toy_task(folder, "model.pt2")
+    pt2, onnx = pt2_task.run(images), toy_task(folder, "model.onnx").run(images)
+    assert pt2_task.runtime.name == "pt2"
+    assert pt2 == onnx
