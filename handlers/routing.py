@@ -83,7 +83,8 @@ def render_nginx(routing: Routing, listen: str, torchserve: str, prefix: Path, u
     The split hashes the sticky header (``split_clients``, MurmurHash2), so a key always lands
     on the same variant; requests without it hash their random ``$request_id``. Every response
     carries ``X-Model-Version``; the access log (JSON lines) records variant, status, latency
-    and the handler's ``X-Top-Label``. Only the model's prediction path is exposed.
+    and the handler's ``X-Top-Label``. Only the model's prediction path is exposed, and only to
+    requests that carry a bearer token (401 otherwise; TorchServe checks the token itself).
     """
     upstream = re.sub(r"^https?://", "", torchserve.rstrip("/"))
     header_variable = "$http_" + routing.sticky_header.lower().replace("-", "_") if routing.sticky_header else '""'
@@ -133,8 +134,15 @@ http {{
 
     server {{
         listen {listen};
+        default_type application/json;
 
         location = /predictions/{routing.model} {{
+            # No token, no entry: 401 here. (TorchServe 0.12 answers a missing or wrong token with
+            # 400 InvalidKeyException; a wrong token still reaches it and gets that 400.)
+            if ($http_authorization !~ "^Bearer [^ ]+$") {{
+                add_header WWW-Authenticate 'Bearer realm="tsvision"' always;
+                return 401 '{{"code": 401, "type": "Unauthorized", "message": "send the inference token: Authorization: Bearer KEY (key_file.json)"}}';
+            }}
 {mirror}            proxy_pass http://torchserve/predictions/{routing.model}/$ab_variant;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -142,7 +150,6 @@ http {{
         }}
 {shadow_location}
         location / {{
-            default_type application/json;
             return 404 '{{"code": 404, "type": "NotFound", "message": "only /predictions/{routing.model} is routed here"}}';
         }}
     }}

@@ -108,6 +108,22 @@ def test_sticky_90_10_split_over_2000_keys(ab_server, nginx, tiny_jpeg):
     assert report["1.0"]["p95_ms"] >= report["1.0"]["p50_ms"] > 0 and report["1.0"]["top_labels"]
 
 
+def test_no_token_gets_401_at_the_router_and_torchserve_refuses_bad_tokens(ab_server, nginx, tiny_jpeg):
+    nginx.start(routing({"1.0": 100}))
+    url, image = f"{nginx.url}/predictions/{MODEL}", {"Content-Type": "image/jpeg"}
+    for credentials in ({}, {"Authorization": "Basic dXNlcjpwdw=="}, {"Authorization": "Bearer "}):
+        response = requests.post(url, data=tiny_jpeg, headers={**image, **credentials}, timeout=30)
+        assert response.status_code == 401 and response.json()["type"] == "Unauthorized", credentials
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = requests.post(url, data=tiny_jpeg, headers={**image, "Authorization": "Bearer not-the-key"}, timeout=30)
+    assert wrong.status_code == 400 and wrong.json()["type"] == "InvalidKeyException"  # TorchServe's own check
+    assert requests.post(url, data=tiny_jpeg, headers={**image, **ab_server.headers()}, timeout=30).status_code == 200
+    # TorchServe itself (loopback only) refuses a missing token on both APIs, with 400.
+    direct = [requests.post(f"{ab_server.inference_url}/predictions/{MODEL}", data=tiny_jpeg, headers=image, timeout=30),
+              requests.get(f"{ab_server.management_url}/models", timeout=30)]
+    assert [(r.status_code, r.json()["type"]) for r in direct] == [(400, "InvalidKeyException")] * 2
+
+
 def test_reload_from_90_10_to_50_50_under_load_fails_nothing(ab_server, nginx, tiny_jpeg):
     nginx.start(routing({"1.0": 90, "2.0": 10}))
     outcomes, stop = [], threading.Event()
