@@ -10,7 +10,7 @@ import base64
 import json
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Union
 
 import requests
 
@@ -23,20 +23,25 @@ def read_key(key_file: Optional[Path]) -> Optional[str]:
     return None
 
 
-def predict_rest(url: str, model: str, image: bytes, key: Optional[str] = None, version: str = "") -> Any:
+def predict_rest(url: str, model: str, image: bytes, key: Optional[str] = None, version: str = "",
+                 verify: Union[bool, str] = True) -> Any:
+    """``verify``: True, or the path of the CA certificate that signed an https server's certificate."""
     headers = {"Content-Type": "application/octet-stream", **({"Authorization": f"Bearer {key}"} if key else {})}
-    response = requests.post(f"{url}/predictions/{model}" + (f"/{version}" if version else ""), data=image, headers=headers, timeout=120)
+    response = requests.post(f"{url}/predictions/{model}" + (f"/{version}" if version else ""), data=image, headers=headers,
+                             timeout=120, verify=verify)
     if response.status_code != 200:
         raise RuntimeError(f"HTTP {response.status_code}: {response.text}")
     return response.json()
 
 
-def predict_oip_rest(url: str, model: str, images: List[bytes], key: Optional[str] = None, version: str = "") -> List[Any]:
+def predict_oip_rest(url: str, model: str, images: List[bytes], key: Optional[str] = None, version: str = "",
+                     verify: Union[bool, str] = True) -> List[Any]:
     """KServe v2 over REST: input ``images`` BYTES (base64), output ``answers`` (JSON text per image)."""
     body = {"inputs": [{"name": "images", "shape": [len(images)], "datatype": "BYTES",
                         "data": [base64.b64encode(image).decode("ascii") for image in images]}]}
     path = f"{url}/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
-    response = requests.post(path, json=body, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=120)
+    response = requests.post(path, json=body, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=120,
+                             verify=verify)
     if response.status_code != 200:
         raise RuntimeError(f"HTTP {response.status_code}: {response.json().get('error', response.text)}")
     output = next(o for o in response.json()["outputs"] if o["name"] == "answers")
@@ -52,15 +57,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="REST inference address")
     parser.add_argument("--grpc", default="127.0.0.1:7070", help="gRPC inference address")
     parser.add_argument("--key-file", type=Path, default=Path("key_file.json"), help="TorchServe's key file")
-    parser.add_argument("--tls-cert", type=Path, help="CA certificate for gRPC over TLS")
+    parser.add_argument("--tls-cert", type=Path, help="CA certificate that signed the server's (https and gRPC over TLS)")
     args = parser.parse_args(argv)
     image = args.image.read_bytes()
     key = read_key(args.key_file)
+    # Passed per request: REQUESTS_CA_BUNDLE would override a Session's verify (psf/requests#3829).
+    verify: Union[bool, str] = str(args.tls_cert) if args.tls_cert else True
     try:
         if args.protocol == "rest":
-            answer = predict_rest(args.url, args.model, image, key, args.version)
+            answer = predict_rest(args.url, args.model, image, key, args.version, verify)
         elif args.protocol == "oip-rest":
-            answer = predict_oip_rest(args.url, args.model, [image], key, args.version)[0]
+            answer = predict_oip_rest(args.url, args.model, [image], key, args.version, verify)[0]
         else:
             from handlers.grpc_client import GrpcClient
 

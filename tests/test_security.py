@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -9,6 +10,7 @@ import grpc
 import pytest
 import requests
 
+from handlers import predict
 from handlers.grpc_client import GrpcClient
 from handlers.manage import Management, ManagementError
 from handlers.manage import main as manage_main
@@ -61,7 +63,7 @@ def certificate(tmp_path):
     return key, cert
 
 
-def test_https_and_grpc_over_tls_with_a_self_signed_certificate(model_store, certificate, photos, tmp_path, monkeypatch):
+def test_https_and_grpc_over_tls_with_a_self_signed_certificate(model_store, certificate, photos, tmp_path, monkeypatch, capsys):
     """REST (inference, management, metrics) over https and gRPC over TLS with the test's own
     certificate; plain HTTP to the same ports gets 403, plaintext gRPC fails; a client that does
     not trust the certificate refuses the server."""
@@ -73,12 +75,20 @@ def test_https_and_grpc_over_tls_with_a_self_signed_certificate(model_store, cer
     overrides.update(private_key_file=str(key), certificate_file=str(cert), enable_grpc_ssl="true")
     server = TorchServe(model_store, tmp_path / "torchserve", models=["classification_onnx.mar"], overrides=overrides)
     image = jpeg(photos["chelsea"])
+    photo_file = tmp_path / "chelsea.jpg"
+    photo_file.write_bytes(image)
     try:
         server.start(timeout=180)  # readiness is polled over https, trusting only our certificate
         response = server.predict("classification_onnx", image, content_type="image/jpeg")
         assert response.status_code == 200, response.text
         assert Management(server.management_url, server.workdir / "key_file.json", verify=str(cert)).models() == ["classification_onnx"]
         assert "ts_inference_requests_total" in requests.get(f"{server.metrics_url}/metrics", verify=str(cert), timeout=10).text
+        capsys.readouterr()
+        for protocol in ("rest", "oip-rest"):  # the predict CLI trusts the certificate it is given
+            assert predict.main(["--model", "classification_onnx", "--image", str(photo_file), "--protocol", protocol,
+                                 "--url", server.inference_url, "--key-file", str(server.workdir / "key_file.json"),
+                                 "--tls-cert", str(cert)]) == 0
+            assert json.loads(capsys.readouterr().out) == response.json(), protocol
 
         # Plain HTTP to a TLS port: TorchServe answers 403 and serves nothing.
         plain = requests.post(server.inference_url.replace("https://", "http://") + "/predictions/classification_onnx",
