@@ -23,6 +23,7 @@ import psutil
 from benchmarks import report
 from benchmarks.inprocess import load_task, measure_batches
 from benchmarks.load import run_wrk, wrk_path
+from benchmarks.lock import HEAVY_LOCK, heavy_run
 from benchmarks.models import MODEL_FILES, build_ours, build_stock, prepare_exports
 from benchmarks.photo import make_photo
 from benchmarks.warmup import warm_batch_sizes
@@ -112,9 +113,16 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    print(f"bench: waiting for {HEAVY_LOCK} if another heavy run (a benchmark, the soak test) holds it", flush=True)
+    with heavy_run(timeout_s=1800):
+        return benchmark(args, argv if argv is not None else sys.argv[1:])
+
+
+def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
+    """Run every measurement ``args`` asks for and write the results; ``argv`` is recorded with them."""
     from handlers.export import parse_overrides
 
-    args = parse_args(argv)
     started = time.time()
     tasks = [t for t in args.tasks.split(",") if t]
     backends = [b for b in args.backends.split(",") if b]
@@ -185,7 +193,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         server.stop()
 
     data = {
-        "command": "python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.run " + shlex.join(argv),
         "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
         "machine": machine(),
         "config": {"tasks": tasks, "variants": list(dict.fromkeys(v["variant"] for v in chosen)), "concurrency": concurrency,

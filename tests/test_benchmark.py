@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 
 import pytest
 
+from benchmarks.lock import heavy_run
 from benchmarks.run import main as bench_main
 
 pytestmark = pytest.mark.e2e
@@ -70,3 +72,24 @@ def test_goals_table_and_plot_written(bench):
     table = (bench["_out"] / "results.md").read_text()
     assert "| classification | stock-torchscript |" in table and "| goal |" in table
     assert (bench["_out"] / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_heavy_runs_wait_for_each_other(tmp_path):
+    """The benchmark and the soak test share one lock: a second holder waits, then gives up."""
+    lock = tmp_path / "heavy.lock"
+    outcome = []
+
+    def second_run():
+        try:
+            with heavy_run(timeout_s=1.5, path=lock):
+                outcome.append("ran")
+        except TimeoutError as error:
+            outcome.append(str(error))
+
+    with heavy_run(path=lock):
+        waiter = threading.Thread(target=second_run)
+        waiter.start()
+        waiter.join(timeout=30)
+    assert outcome == [f"{lock} held by another heavy run for 2 s"]
+    second_run()  # released: the next run gets it at once
+    assert outcome[-1] == "ran"

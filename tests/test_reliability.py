@@ -8,7 +8,6 @@ development runs (default 300, what CI runs).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import statistics
@@ -23,6 +22,7 @@ import psutil
 import pytest
 import requests
 
+from benchmarks.lock import heavy_run
 from handlers.archive import main as archive_main
 from handlers.manage import Management
 from handlers.server import DEVELOPMENT_PROFILE, TorchServe
@@ -33,7 +33,6 @@ MODEL = "rel_classifier"
 TOP_K = {"1.0": 5, "2.0": 3, "3.0": 1}  # the length of an answer tells which version answered
 BATCH_SIZE = 4
 SOAK_SECONDS = float(os.environ.get("TSVISION_SOAK_SECONDS", "300"))
-HEAVY_LOCK = Path("/tmp/tsvision-heavy.lock")  # shared with the benchmarks: one heavy run at a time
 
 
 @pytest.fixture(scope="module")
@@ -218,20 +217,11 @@ def test_a_worker_killed_under_steady_load_fails_at_most_one_batch_and_comes_bac
 @pytest.fixture
 def heavy_lock():
     """Hold the machine lock, so the benchmarks do not run at the same time (wait up to 15 minutes)."""
-    with open(HEAVY_LOCK, "a") as lock:
-        deadline = time.monotonic() + 900
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{HEAVY_LOCK} held by another heavy run for 15 minutes")
-                time.sleep(1)
-        try:
+    try:
+        with heavy_run(timeout_s=900):
             yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    except TimeoutError as error:
+        pytest.fail(str(error))
 
 
 def test_soak_at_80_percent_of_the_maximum_has_no_errors_and_no_memory_growth(store, photo, tmp_path, heavy_lock):
