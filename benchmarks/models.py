@@ -90,20 +90,31 @@ def build_ours(folder: Path, backend: str, name: str, store: Path, batch_size: i
 
 def build_stock(folder: Path, task: str, name: str, store: Path, batch_size: int, delay: int, workers: int) -> Path:
     """A stock-handler archive: the TorchScript, ``index_to_name.json`` and the same batch settings."""
-    store.mkdir(parents=True, exist_ok=True)
     labels = json.loads((folder / "labels.json").read_text())
     with tempfile.TemporaryDirectory(prefix="tsvision-stock-") as tmp:
         mapping = Path(tmp) / "index_to_name.json"
         mapping.write_text(json.dumps({str(i): name for i, name in enumerate(labels)}))
+        return _archive(name, STOCK_HANDLERS[task], ["--serialized-file", str(folder / "stock.pt"), "--extra-files", str(mapping)],
+                        store, batch_size, delay, workers)
+
+
+def build_floor(name: str, store: Path, batch_size: int, delay: int, workers: int) -> Path:
+    """An archive of ``floor_handler.py`` (answers ``{}``, no model) with the same batch settings."""
+    return _archive(name, str(Path(__file__).with_name("floor_handler.py")), [], store, batch_size, delay, workers)
+
+
+def _archive(name: str, handler: str, files: List[str], store: Path, batch_size: int, delay: int, workers: int) -> Path:
+    """``torch-model-archiver`` with our batch settings, staged in a private TMPDIR, moved into ``store``."""
+    store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tsvision-bench-archive-") as tmp:
         config = Path(tmp) / "model-config.yaml"
-        values = model_config(Settings(task=task), batch_size, delay, workers)
+        values = model_config(Settings(task="classification"), batch_size, delay, workers)
         values.pop("handler")
         config.write_text(yaml.safe_dump(values, sort_keys=False))
         private_tmp = Path(tmp) / "archiver-tmp"
         private_tmp.mkdir()
         command = [str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name, "--version", "1.0",
-                   "--serialized-file", str(folder / "stock.pt"), "--handler", STOCK_HANDLERS[task],
-                   "--extra-files", str(mapping), "--config-file", str(config), "--export-path", tmp, "--force"]
+                   "--handler", handler, *files, "--config-file", str(config), "--export-path", tmp, "--force"]
         subprocess.run(command, check=True, env={**os.environ, "TMPDIR": str(private_tmp)})
         archive = store / f"{name}.mar"
         shutil.move(str(Path(tmp) / f"{name}.mar"), str(archive))

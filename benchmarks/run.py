@@ -24,7 +24,7 @@ from benchmarks import report
 from benchmarks.inprocess import load_task, measure_batches
 from benchmarks.load import run_wrk, wrk_path
 from benchmarks.lock import HEAVY_LOCK, heavy_run
-from benchmarks.models import MODEL_FILES, build_ours, build_stock, prepare_exports
+from benchmarks.models import MODEL_FILES, build_floor, build_ours, build_stock, prepare_exports
 from benchmarks.photo import make_photo
 from benchmarks.warmup import warm_batch_sizes
 from handlers.server import TorchServe
@@ -48,14 +48,18 @@ def machine() -> dict:
             "torchserve": getattr(ts, "__version__", "0.12")}
 
 
-def variants(tasks: List[str], backends: List[str], stock: bool) -> List[dict]:
+FLOOR = {"task": "torchserve", "variant": "empty-handler", "backend": "none", "model": "bench_empty"}
+
+
+def variants(tasks: List[str], backends: List[str], stock: bool, floor: bool = True) -> List[dict]:
+    """Ours per task and backend, the stock peer per task, and last the empty handler (TorchServe's floor)."""
     chosen = []
     for task in tasks:
         for backend in backends:
             chosen.append({"task": task, "variant": f"tsvision-{backend}", "backend": backend, "model": f"bench_{task}_{backend}"})
         if stock:
             chosen.append({"task": task, "variant": "stock-torchscript", "backend": "torchscript", "model": f"bench_{task}_stock"})
-    return chosen
+    return chosen + ([dict(FLOOR)] if floor else [])
 
 
 def probe(server: TorchServe, model: str, photo: bytes) -> dict:
@@ -84,6 +88,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--tasks", default="classification,segmentation,detection")
     parser.add_argument("--backends", default="torchscript,onnx,pt2", help="of: " + ",".join(MODEL_FILES) + " (pt2 compiles once, about 4 min, then reuses --exports)")
     parser.add_argument("--no-stock", action="store_true", help="skip TorchServe's stock handlers")
+    parser.add_argument("--no-floor", action="store_true", help="skip the empty handler that measures TorchServe's own cost")
     parser.add_argument("--concurrency", help="default 1,8,32 (--quick: 1,8)")
     parser.add_argument("--seconds", type=float, help="per served measurement, default 6 (--quick: 2)")
     parser.add_argument("--warmup", type=float, help="unrecorded load before each served measurement, default 2 (--quick: 1)")
@@ -132,7 +137,7 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
     out = args.out or ROOT / "results" / time.strftime("bench-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     wrk_path()  # fail early, before minutes of work
-    chosen = variants(tasks, backends, not args.no_stock)
+    chosen = variants(tasks, backends, not args.no_stock, not args.no_floor)
     points = len(chosen) * len(concurrency)
     print(f"bench: {len(chosen)} models x {len(concurrency)} concurrencies, about "
           f"{points * (args.seconds + args.warmup) / 60:.1f} min of load plus exports, in-process and start-up -> {out}", flush=True)
@@ -147,7 +152,7 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
     results = []
     for variant in chosen:
         result = {k: variant[k] for k in ("task", "variant", "backend", "model")}
-        if not variant["variant"].startswith("stock"):
+        if variant["variant"].startswith("tsvision-"):
             task = load_task(folders[variant["task"]], MODEL_FILES[variant["backend"]], overrides)
             task.warm_up()
             result["inprocess"] = measure_batches(task, photo, batch_sizes, args.inprocess_seconds)
@@ -158,6 +163,9 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
 
     store = out / "store"
     for variant in chosen:
+        if variant == FLOOR:
+            build_floor(variant["model"], store, args.batch_size, args.max_batch_delay, args.workers)
+            continue
         folder = folders[variant["task"]]
         if variant["variant"].startswith("stock"):
             build_stock(folder, variant["task"], variant["model"], store, args.batch_size, args.max_batch_delay, args.workers)

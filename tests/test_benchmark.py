@@ -29,7 +29,7 @@ def bench(tmp_path_factory) -> dict:
 
 
 def test_results_cover_ours_and_the_stock_peer(bench):
-    assert {r["variant"] for r in bench["results"]} == {"tsvision-onnx", "stock-torchscript"}
+    assert {r["variant"] for r in bench["results"]} == {"tsvision-onnx", "stock-torchscript", "empty-handler"}
     assert bench["machine"]["cores"] >= 1 and bench["machine"]["cpu"]
     assert bench["config"]["batch_size"] == 8 and bench["config"]["max_batch_delay"] == 20
 
@@ -61,6 +61,15 @@ def test_the_stock_handler_answered_the_photo(bench):
     ours = next(r for r in bench["results"] if r["variant"] == "tsvision-onnx")
     assert ours["probe"]["status"] == 200 and ours["probe"]["json_items"] == 5
     assert ours["probe"]["excerpt"].startswith('[{"label"')
+
+
+def test_the_empty_handler_measures_torchserve_alone(bench):
+    floor = next(r for r in bench["results"] if r["variant"] == "empty-handler")
+    assert floor["probe"]["status"] == 200 and floor["probe"]["excerpt"] == "{}"
+    assert "inprocess" not in floor  # nothing of ours runs in it
+    single = next(g for g in bench["goals"] if g["goal"].startswith("c=1 p50"))
+    p50 = next(s for s in floor["served"] if s["connections"] == 1)["latency_ms"]["p50"]
+    assert single["detail"].endswith(f"TorchServe with an empty handler: p50 {p50:.1f} ms")
 
 
 def test_goals_table_and_plot_written(bench):
