@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
 from http import HTTPStatus
+
+logger = logging.getLogger(__name__)
 
 
 class RequestError(Exception):
@@ -27,3 +31,16 @@ class RequestError(Exception):
 
     def __repr__(self) -> str:
         return f"RequestError({self.status}, {self.kind!r}, {self.message!r})"
+
+
+def internal_error(kind: str, what: str) -> RequestError:
+    """A 500 for an exception nobody foresaw. Call it inside ``except``: the traceback is logged
+    under a fresh error id, and the answer carries that id, never the exception's own text."""
+    error_id = uuid.uuid4().hex[:12]
+    logger.exception("%s: %s (error id %s)", kind, what, error_id)
+    return RequestError(500, kind, f"{what}; the server logged the cause under error id {error_id}")
+
+
+def as_request_error(error: BaseException, kind: str, what: str) -> RequestError:
+    """``error`` itself when it is a ``RequestError``, else an ``internal_error`` (inside ``except``)."""
+    return error if isinstance(error, RequestError) else internal_error(kind, what)

@@ -6,7 +6,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from handlers.errors import RequestError
 
@@ -27,12 +27,14 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     if not data:
         raise RequestError(400, "EmptyInput", f"the request carried no image data; send a {ACCEPTED} file")
     try:
+        # Any exception here comes from the bytes (PIL raises OSError, SyntaxError, struct.error,
+        # IndexError, ... on malformed headers): all of them are this image's 400.
         image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
+        width, height = image.size
+    except Exception:
         raise RequestError(
             400, "UnreadableImage", f"the data ({len(data)} bytes) is not an image this server can read; send a {ACCEPTED} file"
         ) from None
-    width, height = image.size
     if width * height > max_pixels:
         raise RequestError(
             413,
@@ -45,8 +47,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
             image.load()
             image = ImageOps.exif_transpose(image)
         return to_rgb(image)
-    except (OSError, ValueError, SyntaxError) as error:
-        raise RequestError(400, "UnreadableImage", f"the {image.format or 'image'} data could not be decoded ({error}); send a complete {ACCEPTED} file") from None
+    except Exception as error:  # truncated, corrupt or inconsistent data, whatever PIL raises for it
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise RequestError(400, "UnreadableImage", f"the {image.format or 'image'} data could not be decoded ({reason}); send a complete {ACCEPTED} file") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

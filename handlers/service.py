@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional, Sequence
 
-from handlers.errors import RequestError
+from handlers.errors import RequestError, as_request_error
 from handlers.requests import ParsedRequest, format_response, parse_request
 from handlers.task import VisionTask
 
@@ -26,7 +26,7 @@ class Response:
 def answer_requests(task: VisionTask, rows: Sequence[Any], content_types: Optional[Sequence[Mapping[str, Any]]] = None,
                     model_name: str = "", model_version: str = "") -> List[Response]:
     content_types = content_types or [{}] * len(rows)
-    parsed = [parse_request(row, types, task.settings.max_images) for row, types in zip(rows, content_types)]
+    parsed = [_parse(row, types, task.settings.max_images) for row, types in zip(rows, content_types)]
     good = [p for p in parsed if isinstance(p, ParsedRequest)]
     items = [item for p in good for item in p.items]
     answers = task.run(items) if items else []
@@ -35,13 +35,27 @@ def answer_requests(task: VisionTask, rows: Sequence[Any], content_types: Option
         if isinstance(request, RequestError):
             responses.append(_error(request))
             continue
-        body = format_response(request, answers[start:start + len(request.items)], model_name, model_version)
+        request_answers = answers[start:start + len(request.items)]
         start += len(request.items)
-        if isinstance(body, RequestError):
-            responses.append(_error(body, request, model_name, model_version))
-        else:
-            responses.append(Response(200, body, task.headline(body) if request.shape == "single" else ""))
+        responses.append(_respond(task, request, request_answers, model_name, model_version))
     return responses
+
+
+def _parse(row: Any, content_types: Mapping[str, Any], max_images: int):
+    try:
+        return parse_request(row, content_types, max_images)
+    except Exception as error:  # a bug met by this request only
+        return as_request_error(error, "InternalError", "reading this request failed")
+
+
+def _respond(task: VisionTask, request: ParsedRequest, answers: Sequence[Any], model_name: str, model_version: str) -> Response:
+    try:
+        body = format_response(request, answers, model_name, model_version)
+        if isinstance(body, RequestError):
+            return _error(body, request, model_name, model_version)
+        return Response(200, body, task.headline(body) if request.shape == "single" else "")
+    except Exception as error:
+        return _error(as_request_error(error, "PostprocessError", "formatting this answer failed"), request, model_name, model_version)
 
 
 def _error(error: RequestError, request: Optional[ParsedRequest] = None, model_name: str = "", model_version: str = "") -> Response:

@@ -11,7 +11,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from handlers.errors import RequestError
+from handlers.errors import RequestError, as_request_error, internal_error
 from handlers.geometry import normalize
 from handlers.images import decode_image
 from handlers.runtimes import Runtime, load_runtime
@@ -61,12 +61,11 @@ class VisionTask:
             metas.append(prepared[1])
             positions.append(position)
         if arrays:
-            batch = normalize(np.stack(arrays), self.settings.mean, self.settings.std)
             try:
+                batch = normalize(np.stack(arrays), self.settings.mean, self.settings.std)
                 outputs = self.runtime.run(batch)
-            except Exception as error:  # the model failed: its items get 500, the worker lives on
-                logger.exception("the model failed on a batch of %d", len(arrays))
-                failure = RequestError(500, "InferenceError", f"the model failed on this batch: {error}")
+            except Exception:  # the model failed: its items get 500, the worker lives on
+                failure = internal_error("InferenceError", f"the model failed on this batch of {len(arrays)} images")
                 for position in positions:
                     results[position] = failure
                 return results
@@ -76,17 +75,17 @@ class VisionTask:
         return results
 
     def _prepare_item(self, item: Item) -> Union[Tuple[np.ndarray, Any], RequestError]:
+        """Whatever one item raises is that item's answer: its own 4xx, or a 500 for a bug."""
         try:
             return self.prepare(self._image(item))
-        except RequestError as error:
-            return error
+        except Exception as error:
+            return as_request_error(error, "PreprocessError", "preparing this image failed")
 
     def _finish_item(self, row: Tuple[List[np.ndarray], Any]) -> Any:
         try:
             return self.finish(*row)
         except Exception as error:
-            logger.exception("post-processing failed")
-            return RequestError(500, "PostprocessError", f"post-processing this image failed: {error}")
+            return as_request_error(error, "PostprocessError", "post-processing this image failed")
 
     def _map(self, function: Callable, values: Sequence) -> List[Any]:
         """``function`` over ``values``, on the worker's thread pool when there are several: decoding,

@@ -15,8 +15,9 @@ from urllib.parse import quote
 
 from ts.torch_handler.base_handler import BaseHandler
 
+from handlers.errors import internal_error
 from handlers.requests import is_stream
-from handlers.service import answer_requests
+from handlers.service import Response, answer_requests
 from handlers.settings import Settings
 from handlers.task import build_task
 
@@ -42,7 +43,11 @@ class VisionHandler(BaseHandler):
 
     def handle(self, data, context):
         headers = [context.get_all_request_header(index) or {} for index in range(len(data))]
-        responses = answer_requests(self.task, data, headers, self.model_name, self.model_version)
+        try:
+            responses = answer_requests(self.task, data, headers, self.model_name, self.model_version)
+        except Exception:  # a bug outside every per-request guard: each request its 500, the worker lives on
+            failure = internal_error("InternalError", "answering this batch failed")
+            responses = [Response(failure.status, failure.to_body())] * len(data)
         bodies = []
         for index, response in enumerate(responses):
             context.set_response_content_type(index, "application/json")
@@ -55,5 +60,11 @@ class VisionHandler(BaseHandler):
                 context.set_response_header(index, "ts_stream_next", "false")
             if response.status != 200:
                 context.set_response_status(response.status, HTTPStatus(response.status).phrase, idx=index)
-            bodies.append(json.dumps(response.body))
+            try:
+                body = json.dumps(response.body)
+            except Exception:
+                failure = internal_error("PostprocessError", "serialising this answer failed")
+                context.set_response_status(500, HTTPStatus(500).phrase, idx=index)
+                body = json.dumps(failure.to_body())
+            bodies.append(body)
         return bodies

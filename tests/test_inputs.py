@@ -95,10 +95,15 @@ def test_exif_rotation_comes_first_and_boxes_refer_to_the_rotated_image(toy_expo
     assert (answer["width"], answer["height"]) == (777, 333)
 
 
-def test_a_model_failure_answers_every_request_with_500(classifier, monkeypatch):
+def test_a_model_failure_answers_every_request_with_500(classifier, monkeypatch, caplog):
     def broken(batch):
-        raise RuntimeError("out of memory")
+        raise RuntimeError("out of memory at 0x7f3a")
     monkeypatch.setattr(classifier.runtime, "run", broken)
     responses = answer_requests(classifier, [{"body": jpeg(photo())}, {"body": b""}])
     assert [r.status for r in responses] == [500, 400]
-    assert "out of memory" in responses[0].body["message"]
+    assert responses[0].body["type"] == "InferenceError"
+    # The answer names an error id, never the exception's own text; the log has both.
+    message = responses[0].body["message"]
+    assert "0x7f3a" not in message and "error id" in message
+    error_id = message.rsplit(" ", 1)[-1]
+    assert any(error_id in r.getMessage() and "0x7f3a" in (r.exc_text or "") for r in caplog.records)
