@@ -8,13 +8,13 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 
 if [ $# -gt 0 ]; then
-  exec "$PY" -m handlers.archive "$@"
+  exec "$PY" -m tsvision archive "$@"
 fi
 
 for task in classification segmentation detection; do
-  "$PY" -m handlers.export --task "$task" --out "build/$task" 2> >(grep -v '^\[torch.onnx\]' >&2)
+  "$PY" -m tsvision export --task "$task" --out "build/$task" 2> >(grep -v '^\[torch.onnx\]' >&2)
   for backend in torchscript:model.pt onnx:model.onnx; do
-    "$PY" -m handlers.archive --model "build/$task/${backend#*:}" --settings "build/$task/settings.json" \
+    "$PY" -m tsvision archive --model "build/$task/${backend#*:}" --settings "build/$task/settings.json" \
       --name "${task}_${backend%%:*}" --store model_store
   done
 done

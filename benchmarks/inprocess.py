@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Iterable, List
 
-from handlers.service import answer_requests
-from handlers.settings import Settings
-from handlers.task import build_task
+from tsvision.serving.service import answer_requests
+from tsvision.serving.settings import Settings
+from tsvision.serving.tasks import build_task
 
 
 def load_task(folder: Path, model_file: str, overrides: dict | None = None):

@@ -24,10 +24,10 @@ import torch
 import yaml
 from torch import nn
 
-from handlers.architectures import Exportable, build_exportable
-from handlers.archive import build_archive, model_config
-from handlers.export import export_files, write_settings
-from handlers.settings import Settings
+from tsvision.tools.architectures import Exportable, build_exportable
+from tsvision.tools.archive import build_archive, model_config
+from tsvision.tools.export import export_files, write_settings
+from tsvision.serving.settings import Settings
 
 STOCK_HANDLERS = {"classification": "image_classifier", "segmentation": "image_segmenter", "detection": "object_detector"}
 MODEL_FILES = {"torchscript": "model.pt", "onnx": "model.onnx", "pt2": "model.pt2"}

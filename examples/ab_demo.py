@@ -24,12 +24,12 @@ from pathlib import Path
 import requests
 from PIL import Image
 
-from handlers.archive import main as archive_main
-from handlers.manage import Management
-from handlers.proxy import Nginx
-from handlers.report import format_table, served_by_version, variant_report
-from handlers.routing import Routing
-from handlers.server import DEVELOPMENT_PROFILE, TorchServe, free_port
+from tsvision.tools.archive import main as archive_main
+from tsvision.tools.manage import Management
+from tsvision.tools.proxy import Nginx
+from tsvision.tools.report import format_table, served_by_version, variant_report
+from tsvision.tools.routing import Routing
+from tsvision.tools.server import DEVELOPMENT_PROFILE, TorchServe, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TOP_K = {"1.0": 5, "2.0": 3, "3.0": 1}
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         time.sleep(1)
         served = served_by_version(requests.get(f"{server.metrics_url}/metrics", timeout=10).text, routing.model)
         print("\n" + format_table(variant_report(proxy.access_log), served))
-        print(f"\nlog: {proxy.access_log}   kubernetes: python -m handlers.routing kubernetes {args.routing}")
+        print(f"\nlog: {proxy.access_log}   kubernetes: python -m tsvision.tools.routing kubernetes {args.routing}")
     finally:
         proxy.stop()
         server.stop()

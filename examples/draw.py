@@ -14,8 +14,8 @@ from typing import List, Optional, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from handlers.images import decode_image
-from handlers.segmentation import decode_png
+from tsvision.serving.images import decode_image
+from tsvision.serving.tasks.segmentation import decode_png
 
 PathLike = Union[str, Path]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from handlers.segmentation import decode_png
+from tsvision.serving.tasks.segmentation import decode_png
 
 
 def check_classification(answer: list, labels: list, top_k: int = 5) -> None:

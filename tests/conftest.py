@@ -11,12 +11,12 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from handlers.architectures import Exportable, build_exportable
-from handlers.archive import main as archive_main
-from handlers.export import export_files, write_settings
-from handlers.server import DEVELOPMENT_PROFILE, TorchServe
-from handlers.settings import Settings
-from handlers.task import build_task
+from tsvision.tools.architectures import Exportable, build_exportable
+from tsvision.tools.archive import main as archive_main
+from tsvision.tools.export import export_files, write_settings
+from tsvision.tools.server import DEVELOPMENT_PROFILE, TorchServe
+from tsvision.serving.settings import Settings
+from tsvision.serving.tasks import build_task
 from tests.toy_models import TOY_DETECTION_LABELS, TOY_SEGMENTATION_LABELS, BrightestBoxDetector, ColourSegmenter
 
 TASKS = ("classification", "segmentation", "detection")
@@ -122,7 +122,8 @@ def ab_server(exports, tmp_path_factory):
     for version, top_k in AB_TOP_K.items():
         assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
                              str(exports / "classification" / "settings.json"), "--name", AB_MODEL, "--version", version,
-                             "--archive-file", f"{AB_MODEL}-{version}", "--store", str(store), "--set", f"top_k={top_k}"]) == 0
+                             "--archive-file", f"{AB_MODEL}-{version}", "--store", str(store), "--set", f"top_k={top_k}",
+                             "--set", "top_label_header=true"]) == 0
     # Development profile: registration through the management API is on.
     server = TorchServe(store, tmp_path_factory.mktemp("ab_torchserve"), models=[f"{AB_MODEL}-1.0.mar", f"{AB_MODEL}-2.0.mar"],
                         overrides=DEVELOPMENT_PROFILE)

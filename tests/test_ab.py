@@ -12,12 +12,12 @@ import pytest
 import requests
 from PIL import Image
 
-from handlers.manage import Management
-from handlers.manage import main as manage_main
-from handlers.proxy import Nginx
-from handlers.report import served_by_version, variant_report
-from handlers.routing import Routing
-from handlers.server import free_port
+from tsvision.tools.manage import Management
+from tsvision.tools.manage import main as manage_main
+from tsvision.tools.proxy import Nginx
+from tsvision.tools.report import served_by_version, variant_report
+from tsvision.tools.routing import Routing
+from tsvision.tools.server import free_port
 
 pytestmark = pytest.mark.e2e
 from tests.conftest import AB_MODEL as MODEL

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from examples import classify, client, detect, segment
 from examples.draw import draw, draw_classification, draw_detection, draw_segmentation, main as draw_main, palette
-from handlers.server import TorchServe
+from tsvision.tools.server import TorchServe
 from tests.checks import check_classification, check_detection, check_segmentation
 
 WHITE = (255, 255, 255)

@@ -12,9 +12,9 @@ import torch
 import torchvision
 import yaml
 
-from handlers.archive import main as archive_main
-from handlers.export import main as export_main
-from handlers.runtimes import load_runtime
+from tsvision.tools.archive import main as archive_main
+from tsvision.tools.export import main as export_main
+from tsvision.serving.runtimes import load_runtime
 
 
 @pytest.mark.parametrize("task, architecture", [
@@ -73,9 +73,10 @@ def test_own_model_archive_is_self_contained(toy_exports, tmp_path):
         names = set(archive.namelist())
         config = yaml.safe_load(archive.read("model-config.yaml"))
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
-    assert {"model.onnx", "torchserve_handler.py", "labels.json", "handlers/task.py", "handlers/segmentation.py"} <= names
-    assert "handlers/export.py" not in names and "handlers/architectures.py" not in names
-    assert "handlers/torchserve_handler.py" not in names  # the adapter sits at the root only
+    assert {"model.onnx", "image_segmenter.py", "labels.json", "tsvision/__init__.py", "tsvision/serving/handler.py",
+            "tsvision/serving/tasks/base.py", "tsvision/serving/tasks/segmentation.py"} <= names
+    assert not any(name.startswith("tsvision/tools/") for name in names)  # the tooling never ships
+    assert not any("__pycache__" in name for name in names)
     assert config["batchSize"] == 4 and config["handler"]["task"] == "segmentation" and config["handler"]["input_size"] == 640
     assert config["handler"]["labels"] == "labels.json" and manifest["model"]["modelVersion"] == "2.1"
     digest = (tmp_path / "mine.mar.sha256").read_text().split()[0]

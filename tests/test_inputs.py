@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handlers.service import answer_requests
+from tsvision.serving.service import answer_requests
 from tests.checks import check_classification
 from tests.conftest import jpeg, load_task
 from tests.corpus import build_corpus, encode, photo, with_orientation

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handlers.errors import RequestError
-from handlers.geometry import Placement, fit_square, normalize, resize_center_crop
-from handlers.images import decode_image
-from handlers.requests import STREAM_FIELD, format_response, is_stream, parse_request
-from handlers.settings import Settings, load_labels
+from tsvision.serving.errors import RequestError
+from tsvision.serving.geometry import Placement, fit_square, normalize, resize_center_crop
+from tsvision.serving.images import decode_image
+from tsvision.serving.payloads import STREAM_FIELD, format_response, is_stream, parse_request
+from tsvision.serving.settings import Settings, load_labels
 from tests.conftest import jpeg
 from tests.corpus import png_declaring, with_orientation
 

@@ -23,9 +23,9 @@ import pytest
 import requests
 
 from benchmarks.lock import heavy_run
-from handlers.archive import main as archive_main
-from handlers.manage import Management
-from handlers.server import DEVELOPMENT_PROFILE, TorchServe
+from tsvision.tools.archive import main as archive_main
+from tsvision.tools.manage import Management
+from tsvision.tools.server import DEVELOPMENT_PROFILE, TorchServe
 from tests.conftest import jpeg
 
 pytestmark = pytest.mark.e2e

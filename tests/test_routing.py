@@ -8,10 +8,10 @@ import subprocess
 import pytest
 import yaml
 
-from handlers.manage import version_key
-from handlers.proxy import Nginx
-from handlers.report import served_by_version, variant_report
-from handlers.routing import Routing, render_kubernetes
+from tsvision.tools.manage import version_key
+from tsvision.tools.proxy import Nginx
+from tsvision.tools.report import served_by_version, variant_report
+from tsvision.tools.routing import Routing, render_kubernetes
 
 EXAMPLE = {"model": "classification_onnx", "sticky_header": "X-User-Id", "shadow": "3.0",
            "variants": [{"version": "1.0", "weight": 90}, {"version": "2.0", "weight": 10}]}

@@ -10,11 +10,11 @@ import grpc
 import pytest
 import requests
 
-from handlers import predict
-from handlers.grpc_client import GrpcClient
-from handlers.manage import Management, ManagementError
-from handlers.manage import main as manage_main
-from handlers.server import TorchServe, free_port
+from tsvision.tools import predict
+from tsvision.tools.grpc_client import GrpcClient
+from tsvision.tools.manage import Management, ManagementError
+from tsvision.tools.manage import main as manage_main
+from tsvision.tools.server import TorchServe, free_port
 from tests.conftest import AB_MODEL, jpeg
 
 pytestmark = pytest.mark.e2e

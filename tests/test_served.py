@@ -12,8 +12,8 @@ import psutil
 import pytest
 from PIL import Image
 
-from handlers.segmentation import decode_png
-from handlers.server import TorchServe
+from tsvision.serving.tasks.segmentation import decode_png
+from tsvision.tools.server import TorchServe
 from tests.checks import (assert_same_classification, assert_same_detections, check_classification, check_detection,
                           check_segmentation, mask_agreement)
 from tests.conftest import BACKENDS, TASKS, jpeg, load_task

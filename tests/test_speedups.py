@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from handlers.architectures import Exportable
-from handlers.export import export_files
-from handlers.geometry import Placement
-from handlers.segmentation import upsample_argmax
-from handlers.settings import Settings
-from handlers.task import build_task
+from tsvision.tools.architectures import Exportable
+from tsvision.tools.export import export_files
+from tsvision.serving.geometry import Placement
+from tsvision.serving.tasks.segmentation import upsample_argmax
+from tsvision.serving.settings import Settings
+from tsvision.serving.tasks import build_task
 from tests.conftest import TOY_SETTINGS, jpeg, load_task
 from tests.scenes import colour_scene
 from tests.toy_models import TOY_SEGMENTATION_LABELS, ColourSegmenter

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handlers.errors import RequestError
-from handlers.segmentation import decode_png
+from tsvision.serving.errors import RequestError
+from tsvision.serving.tasks.segmentation import decode_png
 from tests.checks import (assert_same_classification, assert_same_detections, check_classification, check_detection,
                           check_segmentation, mask_agreement)
 from tests.conftest import BACKENDS, jpeg, load_task

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional, Sequence, Union
 
-from handlers.errors import RequestError
+from tsvision.serving.errors import RequestError
 
 JSON_IMAGE_FIELDS = ("data", "image", "b64", "bytes")
 HOW_TO_SEND = 'send the image bytes as the body, or JSON {"data": "<base64 image>"}'

@@ -7,11 +7,13 @@ from typing import List
 import numpy as np
 from PIL import Image
 
-from handlers.geometry import resize_center_crop
-from handlers.task import VisionTask
+from tsvision.serving.geometry import resize_center_crop
+from tsvision.serving.tasks.base import VisionTask
 
 
 class ClassificationTask(VisionTask):
+    name = "classification"
+
     def prepare(self, image: Image.Image):
         return resize_center_crop(image, self.settings.resize_size, self.settings.input_size), None
 

@@ -13,11 +13,13 @@ from typing import List
 import numpy as np
 from PIL import Image
 
-from handlers.geometry import Placement, fit_square, mean_fill
-from handlers.task import VisionTask
+from tsvision.serving.geometry import Placement, fit_square, mean_fill
+from tsvision.serving.tasks.base import VisionTask
 
 
 class DetectionTask(VisionTask):
+    name = "detection"
+
     def prepare(self, image: Image.Image):
         return fit_square(image, self.settings.input_size, self.settings.resize_mode, mean_fill(self.settings.mean))
 

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from handlers.errors import RequestError
+from tsvision.serving.errors import RequestError
 
 DEFAULT_MAX_PIXELS = 40_000_000
 ACCEPTED = "JPEG, PNG, WebP, BMP, GIF or TIFF"

@@ -13,8 +13,8 @@ from typing import Any, Iterator, List, Optional
 
 import grpc
 
-from handlers.grpc_stubs import load
-from handlers.requests import STREAM_FIELD
+from tsvision.tools.grpc_stubs import load
+from tsvision.serving.payloads import STREAM_FIELD
 
 DEFAULT_MESSAGE_LIMIT = 64 * 1024 * 1024
 

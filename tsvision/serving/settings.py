@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
-from handlers.images import DEFAULT_MAX_PIXELS
+from tsvision.serving.images import DEFAULT_MAX_PIXELS
 
 TASKS = ("classification", "segmentation", "detection")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -36,6 +36,8 @@ class Settings:
     max_images: int = 64                   # images in one request (lists, instances)
     threads: int = 0                       # model runtime threads; 0: the runtime's default
     preprocess_threads: int = 0            # threads decoding/resizing a batch's images; 0: one per CPU, 1: serial
+    top_label_header: bool = False         # add X-Top-Label to one-image answers (the A/B router logs it)
+    profile: bool = False                  # TorchServe's own key: per-step timings (ts_handler_*) as metrics
     random_weights: bool = False           # recorded by the export step; logged at load
     description: str = ""
 
@@ -90,3 +92,17 @@ def load_labels(path: Optional[Path]) -> list:
 
 def label_for(labels: list, index: int) -> str:
     return labels[index] if 0 <= index < len(labels) else str(index)
+
+
+def parse_overrides(pairs: List[str]) -> dict:
+    """``key=value`` strings -> settings, values parsed as JSON where they parse."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides

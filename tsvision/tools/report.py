@@ -1,6 +1,6 @@
 """Per-variant results of an A/B split, from nginx's access log and TorchServe's metrics.
 
-    python -m handlers.report --log build/nginx/access.log [--metrics http://127.0.0.1:8082/metrics --model NAME] [--json]
+    tsvision report --log build/nginx/access.log [--metrics http://127.0.0.1:8082/metrics --model NAME] [--json]
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def format_table(report: Dict[str, dict], served: Optional[Dict[str, float]] = N
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m handlers.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="tsvision report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--log", type=Path, default=Path("build/nginx/access.log"))
     parser.add_argument("--metrics", help="TorchServe's Prometheus endpoint, e.g. http://127.0.0.1:8082/metrics")
     parser.add_argument("--model", help="model name to read from the metrics")

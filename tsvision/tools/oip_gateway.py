@@ -1,6 +1,6 @@
 """A KServe v2 gRPC gateway so standard clients (tritonclient, KServe's) reach TorchServe 0.12.
 
-    python -m handlers.oip_gateway --listen 127.0.0.1:8001 --torchserve 127.0.0.1:7070
+    tsvision gateway --listen 127.0.0.1:8001 --torchserve 127.0.0.1:7070
 
 TorchServe serves the Open Inference Protocol over gRPC under its own proto package
 (``org.pytorch.serve.grpc.openinference.GRPCInferenceService``) and reads only the typed
@@ -29,7 +29,7 @@ from typing import Callable, List, Optional
 import grpc
 import numpy as np
 
-from handlers.grpc_stubs import load
+from tsvision.tools.grpc_stubs import load
 
 STANDARD_SERVICE = "inference.GRPCInferenceService"
 TORCHSERVE_SERVICE = "org.pytorch.serve.grpc.openinference.GRPCInferenceService"
@@ -162,7 +162,7 @@ class _Forwarder(grpc.GenericRpcHandler):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m handlers.oip_gateway", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="tsvision gateway", description=__doc__.split("\n\n")[0])
     parser.add_argument("--listen", default="127.0.0.1:8001", help="address for standard KServe v2 gRPC clients")
     parser.add_argument("--torchserve", default="127.0.0.1:7070", help="TorchServe's gRPC inference address")
     parser.add_argument("--message-limit", type=int, default=DEFAULT_MESSAGE_LIMIT, help="largest message in bytes, both ways")

@@ -1,6 +1,6 @@
 """Drive TorchServe's management API: versions, defaults, workers, promotion and rollback.
 
-    python -m handlers.manage [--management URL] [--key-file key_file.json] COMMAND ...
+    tsvision manage [--management URL] [--key-file key_file.json] COMMAND ...
 
 Commands: list, register ARCHIVE, scale NAME VERSION WORKERS, set-default NAME VERSION,
 promote NAME VERSION, rollback NAME [--to VERSION], retire NAME VERSION.
@@ -37,7 +37,7 @@ def verify_archive(path: Path) -> str:
     if not path.exists():
         raise ManagementError(f"{path} does not exist")
     if not recorded.exists():
-        raise ManagementError(f"{path.name} has no recorded hash ({recorded.name}); build it with handlers.archive")
+        raise ManagementError(f"{path.name} has no recorded hash ({recorded.name}); build it with tsvision.tools.archive")
     expected = recorded.read_text().split()[0]
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
     if actual != expected:
@@ -63,7 +63,7 @@ class Management:
                                         verify=self.verify)
         if response.status_code == 405 and method == "POST" and path == "/models":
             raise ManagementError("TorchServe refuses registration: the model API is off (enable_model_api=false, the "
-                                  "serving profile). Use the development profile (enable_model_api=true, handlers.server.DEVELOPMENT_PROFILE) to register.")
+                                  "serving profile). Use the development profile (enable_model_api=true, tsvision.tools.server.DEVELOPMENT_PROFILE) to register.")
         if response.status_code >= 400:
             try:
                 message = response.json().get("message", response.text)
@@ -140,7 +140,7 @@ class Management:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m handlers.manage", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="tsvision manage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--management", default="http://127.0.0.1:8081", help="management API address")
     parser.add_argument("--key-file", type=Path, default=Path("key_file.json"), help="TorchServe's key file (token auth)")
     parser.add_argument("--tls-cert", help="over https: the server's certificate (or its CA) to trust")

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from handlers.processes import stop_tree
-from handlers.routing import Routing, render_nginx
+from tsvision.tools.processes import stop_tree
+from tsvision.tools.routing import Routing, render_nginx
 
 
 class Nginx:

@@ -1,6 +1,6 @@
 """Send an image to a model over REST, gRPC or the Open Inference Protocol; print the answer.
 
-    python -m handlers.predict --model classification_onnx --image photo.jpg [--protocol rest|grpc|grpc-stream|oip-rest|oip-grpc]
+    tsvision predict --model classification_onnx --image photo.jpg [--protocol rest|grpc|grpc-stream|oip-rest|oip-grpc]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def predict_oip_rest(url: str, model: str, images: List[bytes], key: Optional[st
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m handlers.predict", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="tsvision predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--image", type=Path, required=True)
     parser.add_argument("--version", default="")
@@ -69,7 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif args.protocol == "oip-rest":
             answer = predict_oip_rest(args.url, args.model, [image], key, args.version, verify)[0]
         else:
-            from handlers.grpc_client import GrpcClient
+            from tsvision.tools.grpc_client import GrpcClient
 
             client = GrpcClient(args.grpc, key_file=args.key_file, root_certificate=args.tls_cert)
             if args.protocol == "grpc":

@@ -1,7 +1,7 @@
 """Export a torchvision architecture (random seeded weights or a checkpoint) to TorchScript
 and ONNX, check both, and report parity, parameters and FLOPs.
 
-    python -m handlers.export --task classification [--arch NAME] [--checkpoint FILE]
+    tsvision export --task classification [--arch NAME] [--checkpoint FILE]
                               [--labels FILE] [--out DIR] [--set key=value ...]
 
 Writes ``model.pt``, ``model.onnx``, ``labels.json``, ``settings.json`` (the handler settings)
@@ -21,8 +21,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from handlers.architectures import DEFAULT_ARCHITECTURES, Exportable, build_exportable
-from handlers.settings import TASKS, Settings, load_labels
+from tsvision.tools.architectures import DEFAULT_ARCHITECTURES, Exportable, build_exportable
+from tsvision.serving.settings import TASKS, Settings, load_labels, parse_overrides
 
 
 def export_files(exportable: Exportable, out_dir: Path, tolerance: float = 1e-3, pt2: bool = False) -> dict:
@@ -88,7 +88,7 @@ def compare_backends(module: torch.nn.Module, ts_path: Path, onnx_path: Path, ba
                      pt2_path: Optional[Path] = None) -> Dict[str, float]:
     """Largest absolute difference of every output between eager, TorchScript, ONNX Runtime (and the
     AOTInductor package)."""
-    from handlers.runtimes import load_runtime
+    from tsvision.serving.runtimes import load_runtime
 
     with torch.no_grad():
         eager = module(batch)
@@ -114,20 +114,6 @@ def count_flops(module: torch.nn.Module, size: int) -> int:
     return int(counter.get_total_flops())
 
 
-def parse_overrides(pairs: List[str]) -> dict:
-    """``key=value`` strings -> settings, values parsed as JSON where they parse."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return overrides
-
-
 def write_settings(exportable: Exportable, out_dir: Path, overrides: dict) -> Settings:
     out_dir.mkdir(parents=True, exist_ok=True)
     values = {"task": exportable.task, "labels": "labels.json", "random_weights": exportable.random_weights,
@@ -141,7 +127,7 @@ def write_settings(exportable: Exportable, out_dir: Path, overrides: dict) -> Se
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m handlers.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="tsvision export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--arch", help="torchvision architecture (default per task: %s)" % DEFAULT_ARCHITECTURES)
     parser.add_argument("--checkpoint", type=Path, help="state dict for the architecture (torch.save); strict load")

@@ -23,7 +23,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import psutil
 import requests
 
-from handlers.processes import stop_tree
+from tsvision.tools.processes import stop_tree
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.properties"
 # The development profile: the shipped (serving) configuration plus model registration through

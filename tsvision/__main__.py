@@ -1,0 +1,7 @@
+"""``python -m tsvision COMMAND``: the same as the ``tsvision`` command."""
+
+import sys
+
+from tsvision.tools.cli import main
+
+sys.exit(main())

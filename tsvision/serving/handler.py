@@ -1,0 +1,183 @@
+"""The TorchServe handler classes: TorchServe's own ``handle()`` flow over a tsvision task.
+
+``BaseHandler.handle`` calls ``preprocess(data)`` (parse every request, decode and prepare the
+good images), ``inference(batch)`` (one forward pass) and ``postprocess(batch)`` (each image's
+answer, then each request's status, headers and JSON body). Each hook is TorchServe's, timed
+by its ``@timed`` when ``handler: profile: true``; override one in a subclass::
+
+    from tsvision.serving import ObjectDetector
+
+    class PeopleOnly(ObjectDetector):
+        def postprocess(self, batch):
+            self.finish(batch).update(lambda boxes: [b for b in boxes if b["label"] == "person"])
+            return self.respond(batch)
+
+The entry files TorchServe loads (``handlers/image_classifier.py`` ...) subclass these; a file
+given to ``torch-model-archiver --handler`` must define exactly one class.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, List, Optional
+from urllib.parse import quote
+
+from ts.handler_utils.timer import timed
+from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
+from ts.torch_handler.base_handler import BaseHandler
+
+from tsvision import __version__
+from tsvision.serving.errors import RequestError, internal_error
+from tsvision.serving.payloads import is_stream
+from tsvision.serving.runtimes import pick_device
+from tsvision.serving.service import Batch, Response, read_batch
+from tsvision.serving.settings import Settings
+from tsvision.serving.tasks import build_task
+
+logger = logging.getLogger(__name__)
+EXPLAIN_REFUSED = RequestError(501, "NotSupported", "tsvision handlers give no explanations; send the image to /predictions/<model> for an answer")
+
+
+class VisionHandler(BaseHandler):
+    """Serves a tsvision task; the task and its settings come from the archive's ``model-config.yaml``."""
+
+    task_name: Optional[str] = None  # the task this handler serves; None: any, as the settings say
+
+    # -- start-up ----------------------------------------------------------------------------
+    def initialize(self, context) -> None:
+        started = time.time()
+        self.context = context
+        model_dir = Path(context.system_properties["model_dir"])
+        self.manifest = context.manifest
+        model = context.manifest["model"]
+        config = getattr(context, "model_yaml_config", None) or {}
+        self.settings = Settings.from_mapping(config.get("handler") or {"task": self.task_name})
+        if self.task_name and self.settings.task != self.task_name:
+            raise ValueError(f"{type(self).__name__} serves {self.task_name}, but the archive's settings say task: {self.settings.task}")
+        self.device = pick_device(context.system_properties.get("gpu_id"))
+        workers = int(config.get("minWorkers") or 1)
+        self.task = build_task(model_dir / model["serializedFile"], self.settings, model_dir, workers, self.device)
+        self.task.warm_up()
+        self.model_name, self.model_version = model.get("modelName", ""), model.get("modelVersion", "")
+        self.initialized = True
+        if self.settings.random_weights:
+            logger.warning("%s: this model has RANDOM weights; its answers are meaningless", self.model_name)
+        logger.info("tsvision %s: %s %s on %s (%s) ready in %.1f s", __version__, type(self).__name__, self.settings.task,
+                    self.task.runtime.name, self.task.runtime.device, time.time() - started)
+
+    # -- TorchServe's flow -------------------------------------------------------------------
+    def handle(self, data: List[Any], context) -> List[Any]:
+        """``BaseHandler.handle`` (describe, the three hooks, the HandlerTime metric); a failure
+        outside every per-request guard answers each request 500 and the worker lives on."""
+        try:
+            return super().handle(data, context)
+        except Exception:
+            failure = internal_error("InternalError", "answering this batch failed")
+            self.context = context
+            return self.send([Response(failure.status, failure.to_body())] * len(data), data)
+
+    @timed
+    def preprocess(self, data: List[Any]) -> Batch:
+        """Parse every request and prepare the images of the good ones; errors stay per request."""
+        started = time.perf_counter()
+        headers = [self.context.get_all_request_header(index) or {} for index in range(len(data))]
+        refused = {index: EXPLAIN_REFUSED for index, h in enumerate(headers) if str(h.get("explain", "")).lower() == "true"}
+        batch = read_batch(self.task, data, headers, refused)
+        self._record_input(batch, (time.perf_counter() - started) * 1000)
+        return batch
+
+    @timed
+    def inference(self, batch: Batch) -> Batch:
+        """One forward pass over every good image of the batch."""
+        self.task.infer(batch.images)
+        return batch
+
+    @timed
+    def postprocess(self, batch: Batch) -> List[str]:
+        """Each image's answer, then each request's status, headers and JSON body."""
+        return self.respond(self.finish(batch))
+
+    # -- the pieces of postprocess, for overrides ---------------------------------------------
+    def finish(self, batch: Batch) -> Batch:
+        """Each image's answer from its slice of the model outputs (``batch.answers``)."""
+        return batch.finish(self.task)
+
+    def respond(self, batch: Batch) -> List[str]:
+        """Each request's response from ``batch.answers``: status, headers, JSON body."""
+        return self.send(batch.responses(self.task, self.model_name, self.model_version), batch.rows)
+
+    def send(self, responses: List[Response], rows: List[Any]) -> List[str]:
+        """Set each request's status, content type and headers; return the JSON bodies."""
+        bodies = []
+        for index, response in enumerate(responses):
+            self.context.set_response_content_type(index, "application/json")
+            self.context.set_response_header(index, "X-Batch-Size", str(len(responses)))
+            if response.headline and self.settings.top_label_header:
+                self.context.set_response_header(index, "X-Top-Label", quote(response.headline, safe=" '"))
+            if is_stream(rows[index]):
+                # StreamPredictions: this one message is the whole answer; TorchServe closes the
+                # stream on "false" (and fails without the header). Never set for REST.
+                self.context.set_response_header(index, "ts_stream_next", "false")
+            try:
+                body = json.dumps(response.body)
+            except Exception:
+                failure = internal_error("PostprocessError", "serialising this answer failed")
+                response, body = Response(failure.status, failure.to_body()), json.dumps(failure.to_body())
+            if response.status != 200:
+                self.context.set_response_status(response.status, HTTPStatus(response.status).phrase, idx=index)
+                self._count_error(index, response.body.get("type", "Error"))
+            bodies.append(body)
+        return bodies
+
+    # -- describe, explain --------------------------------------------------------------------
+    def describe_handle(self) -> str:
+        """``GET /models/NAME?customized=true``: what this model expects and answers."""
+        s = self.settings
+        return json.dumps({
+            "tsvision": __version__, "handler": type(self).__name__, "task": s.task, "runtime": self.task.runtime.name,
+            "device": self.task.runtime.device, "input_size": s.input_size, "resize_mode": s.resize_mode,
+            "classes": len(self.task.labels), "labels": self.task.labels, "random_weights": s.random_weights,
+            "settings": s.to_mapping(), "description": s.description,
+        })
+
+    def _is_explain(self) -> bool:
+        """Explanations are refused per request in ``preprocess`` (501), never answered with a prediction."""
+        return False
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def _record_input(self, batch: Batch, milliseconds: float) -> None:
+        metrics = getattr(self.context, "metrics", None)
+        if metrics is None:
+            return
+        metrics.add_time("DecodeTime", round(milliseconds, 3), None, "ms")
+        for index, request in enumerate(batch.requests):
+            if not isinstance(request, RequestError):
+                metrics.add_metric("ImagesPerRequest", len(request.items), "count", idx=index, metric_type=MetricTypes.GAUGE)
+
+    def _count_error(self, index: int, kind: str) -> None:
+        metrics = getattr(self.context, "metrics", None)
+        if metrics is not None:
+            metrics.add_counter("RequestErrors", 1, idx=index, dimensions=[Dimension("ErrorType", str(kind))])
+
+
+class ImageClassifier(VisionHandler):
+    """Classification: top-k ``{"label", "index", "score"}``."""
+
+    task_name = "classification"
+
+
+class ImageSegmenter(VisionHandler):
+    """Semantic segmentation: a class-index PNG mask at the original size, with per-class counts."""
+
+    task_name = "segmentation"
+
+
+class ObjectDetector(VisionHandler):
+    """Object detection: ``{"label", "index", "score", "box"}`` in original-image pixels."""
+
+    task_name = "detection"

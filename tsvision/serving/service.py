@@ -1,0 +1,113 @@
+"""A batch of requests -> one response each, with no TorchServe in sight.
+
+``Batch`` carries one TorchServe batch through the three steps: ``read_batch`` parses every
+request and prepares all their images (``preprocess``), the task runs one forward pass over
+the good ones (``inference``), and ``Batch.finish`` / ``Batch.responses`` give each request its
+own status and JSON body (``postprocess``). ``answer_requests`` chains them for tests and
+other servers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
+
+from tsvision.serving.errors import RequestError, as_request_error
+from tsvision.serving.payloads import ParsedRequest, format_response, parse_request
+from tsvision.serving.tasks.base import ImageBatch, VisionTask
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any  # JSON-ready
+    headline: str = ""  # one-image answers: the label that sums it up (X-Top-Label)
+
+
+@dataclass
+class Batch:
+    """One batch between the hooks: a slot per request (its parsed images, or its error) and
+    the images of all good requests, flattened in order."""
+
+    requests: List[Union[ParsedRequest, RequestError]]
+    images: ImageBatch
+    rows: List[Any] = field(default_factory=list)     # the requests as TorchServe gave them
+    answers: List[Any] = field(default_factory=list)  # per image, after ``finish``
+
+    def finish(self, task: VisionTask) -> "Batch":
+        """Each image's answer from its slice of the model outputs."""
+        self.answers = list(task.finish_batch(self.images))
+        return self
+
+    def update(self, change: Callable[[Any], Any]) -> "Batch":
+        """Replace every good image's answer by ``change(answer)``; an exception in it is that
+        image's 500 only (for handlers that edit answers)."""
+        for position, answer in enumerate(self.answers):
+            if not isinstance(answer, RequestError):
+                try:
+                    self.answers[position] = change(answer)
+                except Exception as error:
+                    self.answers[position] = as_request_error(error, "PostprocessError", "changing this answer failed")
+        return self
+
+    def responses(self, task: VisionTask, model_name: str = "", model_version: str = "") -> List[Response]:
+        """One response per request, in order (call after ``finish``)."""
+        responses, start = [], 0
+        for request in self.requests:
+            if isinstance(request, RequestError):
+                responses.append(_error(request))
+                continue
+            answers = self.answers[start:start + len(request.items)]
+            start += len(request.items)
+            responses.append(_respond(task, request, answers, model_name, model_version))
+        return responses
+
+
+def read_batch(task: VisionTask, rows: Sequence[Any], content_types: Optional[Sequence[Mapping[str, Any]]] = None,
+               refused: Optional[Mapping[int, RequestError]] = None) -> Batch:
+    """Parse every request and prepare the images of the good ones (errors stay in their slots).
+    ``refused`` answers some requests by index with an error before anything is read."""
+    content_types = content_types or [{}] * len(rows)
+    refused = refused or {}
+    parsed = [refused[i] if i in refused else _parse(row, types, task.settings.max_images)
+              for i, (row, types) in enumerate(zip(rows, content_types))]
+    items = [item for p in parsed if isinstance(p, ParsedRequest) for item in p.items]
+    return Batch(parsed, task.prepare_batch(items), list(rows))
+
+
+def answer_requests(task: VisionTask, rows: Sequence[Any], content_types: Optional[Sequence[Mapping[str, Any]]] = None,
+                    model_name: str = "", model_version: str = "") -> List[Response]:
+    """All three steps in-process: one ``Response`` per request row."""
+    batch = read_batch(task, rows, content_types)
+    task.infer(batch.images)
+    return batch.finish(task).responses(task, model_name, model_version)
+
+
+def _parse(row: Any, content_types: Mapping[str, Any], max_images: int) -> Union[ParsedRequest, RequestError]:
+    try:
+        return parse_request(row, content_types, max_images)
+    except Exception as error:  # a bug met by this request only
+        return as_request_error(error, "InternalError", "reading this request failed")
+
+
+def _respond(task: VisionTask, request: ParsedRequest, answers: Sequence[Any], model_name: str, model_version: str) -> Response:
+    try:
+        body = format_response(request, answers, model_name, model_version)
+        if isinstance(body, RequestError):
+            return _error(body, request, model_name, model_version)
+        return Response(200, body, task.headline(body) if request.shape == "single" else "")
+    except Exception as error:
+        return _error(as_request_error(error, "PostprocessError", "formatting this answer failed"), request, model_name, model_version)
+
+
+def _error(error: RequestError, request: Optional[ParsedRequest] = None, model_name: str = "", model_version: str = "") -> Response:
+    body = error.to_body()
+    if request is not None and request.shape == "kserve_v2":
+        # Open Inference Protocol errors keep the v2 envelope: TorchServe's gRPC frontend reads
+        # id/model_name/model_version/outputs from every answer and fails the worker without them.
+        # Over gRPC the frontend also drops our status, so the error travels as an "error" output.
+        error_tensor = {"name": "error", "datatype": "BYTES", "shape": [1], "data": [json.dumps(body)]}
+        body = {"id": request.extra.get("id", ""), "model_name": model_name, "model_version": model_version,
+                "outputs": [error_tensor], "error": f"{error.status} {error.kind}: {error.message}", **body}
+    return Response(error.status, body)

@@ -1,0 +1,44 @@
+"""The tasks: each turns a batch of images into one answer per image, with no TorchServe in sight."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Type
+
+from tsvision.serving.runtimes import load_runtime
+from tsvision.serving.settings import Settings, load_labels
+from tsvision.serving.tasks.base import VisionTask
+from tsvision.serving.tasks.classification import ClassificationTask
+from tsvision.serving.tasks.detection import DetectionTask
+from tsvision.serving.tasks.segmentation import SegmentationTask
+
+TASK_CLASSES: Dict[str, Type[VisionTask]] = {
+    "classification": ClassificationTask,
+    "segmentation": SegmentationTask,
+    "detection": DetectionTask,
+}
+
+
+def build_task(model_path: Path, settings: Settings, base_dir: Optional[Path] = None, workers: int = 1,
+               device: str = "cpu") -> VisionTask:
+    """Load the model file with the runtime its suffix names and wrap it in the settings' task.
+
+    ``settings.labels`` is read relative to ``base_dir`` (an archive's or an export's folder);
+    ``workers`` (the model's worker count) sizes the image-preparation threads; ``device`` is
+    ``cpu`` or ``cuda:N`` (``runtimes.pick_device``)."""
+    labels_path = None
+    if settings.labels:
+        labels_path = Path(settings.labels)
+        if not labels_path.is_absolute() and base_dir is not None:
+            labels_path = Path(base_dir) / labels_path
+    runtime = load_runtime(Path(model_path), settings.threads, device)
+    return TASK_CLASSES[settings.task](runtime, settings, load_labels(labels_path), workers)
+
+
+def load_export(folder: Path, model_file: str = "model.onnx", **overrides) -> VisionTask:
+    """A task in-process from an export folder (``settings.json`` beside the model file)."""
+    import json
+
+    values = json.loads((Path(folder) / "settings.json").read_text())
+    values.update(overrides)
+    return build_task(Path(folder) / model_file, Settings.from_mapping(values), folder)

@@ -1,0 +1,164 @@
+"""The shared batch pipeline: decode and prepare each image, one forward pass, finish each image.
+
+The three steps are separate so TorchServe's ``preprocess`` / ``inference`` / ``postprocess``
+hooks each run one of them; ``run`` chains them for in-process use."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+from tsvision.serving.errors import RequestError, as_request_error, internal_error
+from tsvision.serving.geometry import normalize
+from tsvision.serving.images import decode_image
+from tsvision.serving.runtimes import Runtime
+from tsvision.serving.settings import Settings, label_for
+
+Item = Union[bytes, bytearray, Image.Image, RequestError]
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageBatch:
+    """The images of one batch between the steps.
+
+    ``results`` has one slot per image: ``None`` while it is live, else its ``RequestError``
+    (or, after ``finish_batch``, its answer). ``inputs`` is the model input of the live images,
+    whose slots are ``positions``; ``metas`` is what ``finish`` needs for each of them.
+    """
+
+    results: List[Any]
+    inputs: Optional[np.ndarray] = None
+    metas: List[Any] = field(default_factory=list)
+    positions: List[int] = field(default_factory=list)
+    outputs: Optional[List[np.ndarray]] = None
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+
+class VisionTask:
+    """Base of the tasks. Subclasses define ``prepare``, ``finish`` and ``headline``.
+
+    Every image gets an answer: a result, or the ``RequestError`` it raised. One bad image
+    never fails the others, and all good images share one forward pass.
+    """
+
+    name = ""
+
+    def __init__(self, runtime: Runtime, settings: Settings, labels: Sequence[str] = (), workers: int = 1) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.labels = list(labels)
+        # The worker's share of the cores: workers x threads must not oversubscribe the machine.
+        threads = settings.preprocess_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tsvision") if threads > 1 else None
+
+    def prepare(self, image: Image.Image) -> Tuple[np.ndarray, Any]:
+        """RGB image -> (input_size×input_size×3 uint8 array, whatever ``finish`` needs)."""
+        raise NotImplementedError
+
+    def finish(self, outputs: List[np.ndarray], meta: Any) -> Any:
+        """This image's slice of every model output -> its JSON-ready answer."""
+        raise NotImplementedError
+
+    def headline(self, answer: Any) -> str:
+        """The one label that sums up an answer (logged per A/B variant); '' if none."""
+        raise NotImplementedError
+
+    def label(self, index: int) -> str:
+        return label_for(self.labels, index)
+
+    # -- the three steps ---------------------------------------------------------------------
+    def prepare_batch(self, items: Sequence[Item]) -> ImageBatch:
+        """Decode and prepare every image (on the worker's threads); errors stay in their slots."""
+        batch = ImageBatch([None] * len(items))
+        arrays = []
+        for position, prepared in enumerate(self._map(self._prepare_item, items)):
+            if isinstance(prepared, RequestError):
+                batch.results[position] = prepared
+                continue
+            arrays.append(prepared[0])
+            batch.metas.append(prepared[1])
+            batch.positions.append(position)
+        if arrays:
+            try:
+                batch.inputs = normalize(np.stack(arrays), self.settings.mean, self.settings.std)
+            except Exception:  # e.g. an overridden prepare() that returns mismatched shapes
+                self._fail(batch, internal_error("PreprocessError", f"stacking this batch of {len(arrays)} images failed"))
+        return batch
+
+    def infer(self, batch: ImageBatch) -> ImageBatch:
+        """One forward pass over the live images; if the model fails, each of them gets the 500."""
+        if batch.inputs is not None:
+            try:
+                batch.outputs = self.runtime.run(batch.inputs)
+            except Exception:  # the model failed: its images get 500, the worker lives on
+                self._fail(batch, internal_error("InferenceError", f"the model failed on this batch of {len(batch.positions)} images"))
+        return batch
+
+    def finish_batch(self, batch: ImageBatch) -> List[Any]:
+        """Every image's answer (or its error), in the order the images came."""
+        if batch.outputs is not None:
+            rows = [([output[row] for output in batch.outputs], meta) for row, meta in enumerate(batch.metas)]
+            for position, answer in zip(batch.positions, self._map(self._finish_item, rows)):
+                batch.results[position] = answer
+            batch.outputs = None
+        return batch.results
+
+    def run(self, items: Sequence[Item]) -> List[Any]:
+        """All three steps: an answer or a ``RequestError`` per item."""
+        return self.finish_batch(self.infer(self.prepare_batch(items)))
+
+    def close(self) -> None:
+        """Stop the preparation threads (the worker is going away)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    @staticmethod
+    def _fail(batch: ImageBatch, error: RequestError) -> None:
+        for position in batch.positions:
+            batch.results[position] = error
+        batch.inputs, batch.positions, batch.metas = None, [], []
+
+    def _prepare_item(self, item: Item) -> Union[Tuple[np.ndarray, Any], RequestError]:
+        """Whatever one item raises is that item's answer: its own 4xx, or a 500 for a bug."""
+        try:
+            return self.prepare(self._image(item))
+        except Exception as error:
+            return as_request_error(error, "PreprocessError", "preparing this image failed")
+
+    def _finish_item(self, row: Tuple[List[np.ndarray], Any]) -> Any:
+        try:
+            return self.finish(*row)
+        except Exception as error:
+            return as_request_error(error, "PostprocessError", "post-processing this image failed")
+
+    def _map(self, function: Callable, values: Sequence) -> List[Any]:
+        """``function`` over ``values``, on the worker's thread pool when there are several: decoding,
+        resizing and most numpy work release the GIL, so the images of a batch use every core."""
+        if self._pool is None or len(values) < 2:
+            return [function(value) for value in values]
+        return list(self._pool.map(function, values))
+
+    def warm_up(self, batch_size: int = 2, rounds: int = 2) -> None:
+        """Run the model on blank input so the first real requests are not slow (TorchScript
+        optimises on its first calls)."""
+        size = self.settings.input_size
+        blank = np.zeros((batch_size, size, size, 3), dtype=np.uint8)
+        for _ in range(rounds):
+            self.runtime.run(normalize(blank, self.settings.mean, self.settings.std))
+
+    def _image(self, item: Item) -> Image.Image:
+        if isinstance(item, RequestError):
+            raise item
+        if isinstance(item, Image.Image):
+            return item.convert("RGB")
+        return decode_image(bytes(item), self.settings.max_pixels)

@@ -1,0 +1,179 @@
+"""Build one self-contained ``.mar``: model file + handler package + labels + model-config.yaml.
+
+    tsvision archive --model FILE (--settings settings.json | --task TASK) [--labels FILE]
+                     --name NAME [--version 1.0] [--store model_store] [--handler my_handler.py]
+
+The model is first served in-process through the handler (TorchServe's own context and
+``handle``) on a batch of two synthetic images, so a model or handler file that does not meet
+the task's contract (docs/models.md) fails here, not in a TorchServe worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from tsvision.serving.settings import TASKS, Settings, load_labels, parse_overrides
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]          # tsvision/
+HANDLERS_DIR = PACKAGE_DIR.parent / "handlers"              # the entry files TorchServe loads
+DEFAULT_HANDLERS = {"classification": ("image_classifier.py", "ImageClassifier"),
+                    "segmentation": ("image_segmenter.py", "ImageSegmenter"),
+                    "detection": ("object_detector.py", "ObjectDetector")}
+
+
+def default_handler(task: str, folder: Path) -> Path:
+    """The task's entry file from ``handlers/``; written into ``folder`` when this install has no
+    ``handlers/`` folder (a non-editable install)."""
+    file_name, class_name = DEFAULT_HANDLERS[task]
+    if (HANDLERS_DIR / file_name).exists():
+        return HANDLERS_DIR / file_name
+    path = Path(folder) / file_name
+    path.write_text(f"from tsvision.serving import {class_name} as _{class_name}\n\n\n"
+                    f"class {class_name}(_{class_name}):\n    \"\"\"tsvision's {class_name}.\"\"\"\n")
+    return path
+
+
+def stage_package(destination: Path) -> None:
+    """Copy what a worker imports: ``tsvision/__init__.py`` and the whole ``tsvision/serving``."""
+    package = destination / "tsvision"
+    package.mkdir(parents=True)
+    shutil.copy2(PACKAGE_DIR / "__init__.py", package / "__init__.py")
+    shutil.copytree(PACKAGE_DIR / "serving", package / "serving", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def check_model(model: Path, settings: Settings, handler: Path, labels: Optional[Path] = None) -> object:
+    """Serve two differently sized synthetic images in one batch through ``handler`` in-process (TorchServe's
+    own context and ``handle``); return the first answer. A model or handler that breaks the contract fails here."""
+    from tsvision.tools.local import LocalWorker, load_handler_class
+
+    images = [np.linspace(0, 255, h * w * 3).reshape(h, w, 3).astype(np.uint8) for h, w in ((333, 777), (480, 640))]
+    bodies = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        bodies.append(buffer.getvalue())
+    with tempfile.TemporaryDirectory(prefix="tsvision-check-") as folder:
+        (Path(folder) / model.name).symlink_to(model.resolve())
+        values = settings.to_mapping()
+        if labels is not None:
+            (Path(folder) / "labels.json").write_text(json.dumps(load_labels(labels)))
+            values["labels"] = "labels.json"
+        try:
+            worker = LocalWorker(load_handler_class(handler), Path(folder), model.name, {"batchSize": 2, "handler": values})
+            responses = worker.predict([{"body": b} for b in bodies], [{"body": {"content-type": "image/png"}}] * 2)
+            worker.handler.task.close()
+        except Exception as error:
+            raise ValueError(f"{model} with {handler.name} does not meet the {settings.task} contract (docs/models.md): "
+                             f"{type(error).__name__}: {error}") from None
+    for response in responses:
+        if response.status != 200:
+            raise ValueError(f"{model} with {handler.name} does not meet the {settings.task} contract (docs/models.md) on a "
+                             f"batch of two images (333x777 and 640x480): {response.status} {response.body}")
+    return responses[0].json()
+
+
+def model_config(settings: Settings, batch_size: int, max_batch_delay: int, workers: int) -> dict:
+    return {
+        "minWorkers": workers,
+        "maxWorkers": workers,
+        "batchSize": batch_size,
+        "maxBatchDelay": max_batch_delay,
+        "responseTimeout": 120,
+        "handler": settings.to_mapping(),
+    }
+
+
+def build_archive(model: Path, settings: Settings, labels: Optional[Path], name: str, version: str, store: Path,
+                  batch_size: int = 8, max_batch_delay: int = 20, workers: int = 1, archive_file: Optional[str] = None,
+                  handler: Optional[Path] = None) -> Path:
+    """Write ``store/<archive_file or name>.mar`` and its ``.sha256``; return the archive path.
+    ``handler`` is the ``--handler`` file (default: the task's file in ``handlers/``)."""
+    store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tsvision-archive-") as tmp:
+        stage = Path(tmp) / "extra"
+        stage.mkdir()
+        stage_package(stage)
+        handler = Path(handler) if handler else default_handler(settings.task, Path(tmp))
+        if labels is not None:
+            (stage / "labels.json").write_text(json.dumps(load_labels(labels)) + "\n")
+        settings = Settings.from_mapping({**settings.to_mapping(), "labels": "labels.json" if labels is not None else None})
+        config = Path(tmp) / "model-config.yaml"
+        config.write_text(yaml.safe_dump(model_config(settings, batch_size, max_batch_delay, workers), sort_keys=False))
+        command = [
+            str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name, "--version", version,
+            "--serialized-file", str(model), "--handler", str(handler),
+            "--extra-files", str(stage), "--config-file", str(config), "--export-path", tmp, "--force",
+        ]
+        # The archiver stages in $TMPDIR/<model name> and deletes it first: give it a private
+        # TMPDIR so two builds of the same model name cannot destroy each other's files.
+        private_tmp = Path(tmp) / "archiver-tmp"
+        private_tmp.mkdir()
+        subprocess.run(command, check=True, env={**os.environ, "TMPDIR": str(private_tmp)})
+        # Built aside, then moved: a second version never overwrites the first one's file.
+        archive = store / f"{archive_file or name}.mar"
+        shutil.move(str(Path(tmp) / f"{name}.mar"), str(archive))
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    archive.with_suffix(".mar.sha256").write_text(f"{digest}  {archive.name}\n")
+    return archive
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="tsvision archive", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="TorchScript (.pt) or ONNX (.onnx) file")
+    parser.add_argument("--settings", type=Path, help="settings.json written by tsvision.tools.export")
+    parser.add_argument("--task", choices=TASKS, help="task, when there is no settings.json (your own model)")
+    parser.add_argument("--labels", type=Path, help="class names: JSON list, JSON {index: name} or .txt, one per line")
+    parser.add_argument("--name", required=True, help="model name in TorchServe, e.g. classification_onnx")
+    parser.add_argument("--version", default="1.0")
+    parser.add_argument("--archive-file", help="file name without .mar (default: --name); give each version its own, "
+                        "e.g. --name classifier --version 2.0 --archive-file classifier-2.0")
+    parser.add_argument("--store", type=Path, default=Path("model_store"))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-batch-delay", type=int, default=20, help="milliseconds a batch may wait to fill")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--handler", type=Path, help="your own handler file: one class subclassing ImageClassifier, "
+                        "ImageSegmenter or ObjectDetector from tsvision.serving (default: the task's file in handlers/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="handler setting, e.g. --set input_size=320 --set score_threshold=0.4")
+    args = parser.parse_args(argv)
+
+    values = json.loads(args.settings.read_text()) if args.settings else {}
+    if args.task:
+        values["task"] = args.task
+    values.update(parse_overrides(args.overrides))
+    labels = args.labels
+    if labels is None and args.settings and values.get("labels"):
+        labels = args.settings.parent / values["labels"]
+    values.pop("labels", None)
+    try:
+        settings = Settings.from_mapping(values)
+        with tempfile.TemporaryDirectory() as folder:
+            handler = args.handler or default_handler(settings.task, Path(folder))
+            answer = check_model(args.model, settings, handler, labels)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.name}: {Path(handler).name} answers a batch of two test images ({type(answer).__name__} of {len(answer)})")
+    archive = build_archive(args.model, settings, labels, args.name, args.version, args.store,
+                            args.batch_size, args.max_batch_delay, args.workers, args.archive_file, args.handler)
+    print(f"{args.name}: wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB)"
+          + ("  [RANDOM weights: answers are meaningless]" if settings.random_weights else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
