@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         time.sleep(1)
         served = served_by_version(requests.get(f"{server.metrics_url}/metrics", timeout=10).text, routing.model)
         print("\n" + format_table(variant_report(proxy.access_log), served))
-        print(f"\nlog: {proxy.access_log}   kubernetes: python -m tsvision.tools.routing kubernetes {args.routing}")
+        print(f"\nlog: {proxy.access_log}   kubernetes: tsvision route kubernetes {args.routing}")
     finally:
         proxy.stop()
         server.stop()

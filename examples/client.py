@@ -18,6 +18,8 @@ from typing import Any, List, Optional, Tuple
 
 import requests
 
+from tsvision.tools.keys import read_key
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_KEY_FILE = "key_file.json"
 TASKS = ("classification", "segmentation", "detection")
@@ -26,10 +28,7 @@ RANDOM_WEIGHTS_NOTE = "note: the default archives have random weights; answers s
 
 def read_token(key_file: str | Path) -> Optional[str]:
     """The inference token from TorchServe's key_file.json, or None if the file does not exist."""
-    path = Path(key_file)
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())["inference"]["key"]
+    return read_key(key_file, "inference")
 
 
 def predict(url: str, model: str, image_bytes: bytes, token: Optional[str] = None,

@@ -23,6 +23,7 @@ TASKS = ("classification", "segmentation", "detection")
 BACKENDS = {"torchscript": "model.pt", "onnx": "model.onnx"}
 AB_MODEL = "ab_classifier"
 AB_TOP_K = {"1.0": 5, "2.0": 3, "3.0": 1}  # the length of an answer tells which version answered
+EXAMPLE_HANDLER = Path(__file__).resolve().parent.parent / "examples" / "handlers" / "people_counter.py"
 TOY_INPUT_SIZE = 640
 TOY_SETTINGS = {
     "detection": {"input_size": TOY_INPUT_SIZE, "mean": [0, 0, 0], "std": [1, 1, 1], "background_index": 0,
@@ -34,6 +35,12 @@ TOY_SETTINGS = {
 def jpeg(image: Image.Image, quality: int = 92) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -100,6 +107,14 @@ def model_store(tmp_path_factory, exports, toy_exports) -> Path:
             assert archive_main(["--model", str(toy_exports / task / filename), "--task", task,
                                  "--labels", str(toy_exports / task / "labels.json"), "--name", f"toy_{task}_{backend}",
                                  "--store", str(store), "--max-batch-delay", "300", *overrides]) == 0
+    # A user's handler file (examples/handlers/people_counter.py) on the toy detector: class 1 is
+    # "person" in one archive and "cat" in the other; per-step timings on (handler: profile: true).
+    overrides = [f"--set={key}={json.dumps(value)}" for key, value in TOY_SETTINGS["detection"].items()]
+    for kind in ("person", "cat"):
+        (toy_exports / f"labels-{kind}.json").write_text(json.dumps(["background", kind]))
+        assert archive_main(["--model", str(toy_exports / "detection" / "model.onnx"), "--task", "detection",
+                             "--labels", str(toy_exports / f"labels-{kind}.json"), "--name", f"{kind}_counter",
+                             "--handler", str(EXAMPLE_HANDLER), "--store", str(store), "--set", "profile=true", *overrides]) == 0
     return store
 
 

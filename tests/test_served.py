@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -10,24 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import psutil
 import pytest
-from PIL import Image
 
 from tsvision.serving.tasks.segmentation import decode_png
 from tsvision.tools.server import TorchServe
 from tests.checks import (assert_same_classification, assert_same_detections, check_classification, check_detection,
                           check_segmentation, mask_agreement)
-from tests.conftest import BACKENDS, TASKS, jpeg, load_task
+from tests.conftest import png, BACKENDS, TASKS, jpeg, load_task
 from tests.scenes import GEOMETRY_SIZES, bright_box_scene, colour_scene
 
 pytestmark = pytest.mark.e2e
 DEFAULT_MODELS = [f"{task}_{backend}" for task in TASKS for backend in BACKENDS]
 TOY_MODELS = [f"toy_{task}_{backend}" for task in ("detection", "segmentation") for backend in BACKENDS]
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def ask(served: TorchServe, model: str, data: bytes):
@@ -39,7 +31,7 @@ def ask(served: TorchServe, model: str, data: bytes):
 
 def test_all_archives_are_ready(served):
     names = {m["modelName"] for m in served.list_models()}
-    assert names == set(DEFAULT_MODELS + TOY_MODELS + ["classification_batched"])
+    assert names == set(DEFAULT_MODELS + TOY_MODELS + ["classification_batched", "person_counter", "cat_counter"])
     for name in names:
         workers = served.describe(name)[0]["workers"]
         assert workers and all(w["status"] == "READY" for w in workers)

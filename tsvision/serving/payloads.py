@@ -72,14 +72,14 @@ def format_response(parsed: ParsedRequest, answers: Sequence[Any], model_name: s
     if parsed.shape == "kserve_v1":
         return {"predictions": list(answers)}
     if parsed.shape == "kserve_v2":
-        return {
-            "id": parsed.extra.get("id", ""),
-            "model_name": model_name,
-            "model_version": model_version,
-            "outputs": [{"name": "answers", "shape": [len(answers)], "datatype": "BYTES",
-                         "data": [json.dumps(a) for a in answers]}],
-        }
+        return v2_envelope(parsed, "answers", [json.dumps(a) for a in answers], model_name, model_version)
     return list(answers)
+
+
+def v2_envelope(parsed: ParsedRequest, output: str, data: List[str], model_name: str, model_version: str) -> dict:
+    """An Open Inference Protocol answer with one BYTES output."""
+    return {"id": parsed.extra.get("id", ""), "model_name": model_name, "model_version": model_version,
+            "outputs": [{"name": output, "shape": [len(data)], "datatype": "BYTES", "data": data}]}
 
 
 # -- parsing -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
 
 from tsvision.serving.errors import RequestError, as_request_error
-from tsvision.serving.payloads import ParsedRequest, format_response, parse_request
+from tsvision.serving.payloads import ParsedRequest, format_response, parse_request, v2_envelope
 from tsvision.serving.tasks.base import ImageBatch, VisionTask
 
 
@@ -96,9 +96,19 @@ def _respond(task: VisionTask, request: ParsedRequest, answers: Sequence[Any], m
         body = format_response(request, answers, model_name, model_version)
         if isinstance(body, RequestError):
             return _error(body, request, model_name, model_version)
-        return Response(200, body, task.headline(body) if request.shape == "single" else "")
+        return Response(200, body, _headline(task, body) if request.shape == "single" else "")
     except Exception as error:
         return _error(as_request_error(error, "PostprocessError", "formatting this answer failed"), request, model_name, model_version)
+
+
+def _headline(task: VisionTask, body: Any) -> str:
+    """The X-Top-Label value when the archive asks for it; a handler that reshaped the answer gets none."""
+    if not task.settings.top_label_header:
+        return ""
+    try:
+        return task.headline(body)
+    except Exception:
+        return ""
 
 
 def _error(error: RequestError, request: Optional[ParsedRequest] = None, model_name: str = "", model_version: str = "") -> Response:
@@ -107,7 +117,6 @@ def _error(error: RequestError, request: Optional[ParsedRequest] = None, model_n
         # Open Inference Protocol errors keep the v2 envelope: TorchServe's gRPC frontend reads
         # id/model_name/model_version/outputs from every answer and fails the worker without them.
         # Over gRPC the frontend also drops our status, so the error travels as an "error" output.
-        error_tensor = {"name": "error", "datatype": "BYTES", "shape": [1], "data": [json.dumps(body)]}
-        body = {"id": request.extra.get("id", ""), "model_name": model_name, "model_version": model_version,
-                "outputs": [error_tensor], "error": f"{error.status} {error.kind}: {error.message}", **body}
+        body = {**v2_envelope(request, "error", [json.dumps(body)], model_name, model_version),
+                "error": f"{error.status} {error.kind}: {error.message}", **body}
     return Response(error.status, body)

@@ -14,9 +14,12 @@ from typing import Any, Iterator, List, Optional
 import grpc
 
 from tsvision.tools.grpc_stubs import load
+from tsvision.tools.keys import read_key
 from tsvision.serving.payloads import STREAM_FIELD
 
+# This client's own channel limit, above the server's so that the server's refusal is what callers see.
 DEFAULT_MESSAGE_LIMIT = 64 * 1024 * 1024
+SERVER_REQUEST_LIMIT = 26214400  # TorchServe's max_request_size in config.properties (it limits gRPC too)
 
 
 def decode_oip_bytes(element: bytes) -> Any:
@@ -52,13 +55,13 @@ class GrpcClient:
     def __init__(self, inference: str = "127.0.0.1:7070", management: str = "127.0.0.1:7071",
                  key_file: Optional[Path] = None, root_certificate: Optional[Path] = None,
                  message_limit: int = DEFAULT_MESSAGE_LIMIT, timeout: float = 120,
-                 max_request_size: int = 26214400) -> None:
+                 max_request_size: int = SERVER_REQUEST_LIMIT) -> None:
         self.stubs = load()
         self.max_request_size = max_request_size  # the server's limit; larger messages are reset unexplained
         self.timeout = timeout
         options = [("grpc.max_send_message_length", message_limit), ("grpc.max_receive_message_length", message_limit)]
-        keys = json.loads(Path(key_file).read_text()) if key_file and Path(key_file).exists() else None
-        self._metadata = {api: ([("authorization", f"Bearer {keys[api]['key']}")] if keys else []) for api in ("inference", "management")}
+        keys = {api: read_key(key_file, api) for api in ("inference", "management")}
+        self._metadata = {api: ([("authorization", f"Bearer {key}")] if key else []) for api, key in keys.items()}
 
         def channel(address: str) -> grpc.Channel:
             if root_certificate:

@@ -12,12 +12,13 @@ TorchServe ignores ``defaultVersion`` when several versions load at start-up
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 import requests
+
+from tsvision.tools.keys import read_key
 
 
 class ManagementError(RuntimeError):
@@ -54,8 +55,8 @@ class Management:
         self.timeout = timeout
         self.verify = verify  # passed per request: REQUESTS_CA_BUNDLE would override Session.verify (psf/requests#3829)
         self.session = requests.Session()
-        if key_file is not None and Path(key_file).exists():
-            key = json.loads(Path(key_file).read_text())["management"]["key"]
+        key = read_key(key_file, "management")
+        if key:
             self.session.headers["Authorization"] = f"Bearer {key}"
 
     def _call(self, method: str, path: str, **params) -> object:

@@ -29,11 +29,12 @@ from typing import Callable, List, Optional
 import grpc
 import numpy as np
 
+from tsvision.tools.grpc_client import SERVER_REQUEST_LIMIT
 from tsvision.tools.grpc_stubs import load
 
 STANDARD_SERVICE = "inference.GRPCInferenceService"
 TORCHSERVE_SERVICE = "org.pytorch.serve.grpc.openinference.GRPCInferenceService"
-DEFAULT_MESSAGE_LIMIT = 26214400  # max_request_size in config.properties
+DEFAULT_MESSAGE_LIMIT = SERVER_REQUEST_LIMIT  # the gateway passes on what TorchServe accepts
 # Typed contents field and numpy dtype for each KServe v2 datatype.
 TYPED_CONTENTS = {
     "BOOL": ("bool_contents", np.bool_), "INT8": ("int_contents", np.int8), "INT16": ("int_contents", np.int16),

@@ -14,13 +14,10 @@ from typing import Any, List, Optional, Union
 
 import requests
 
+from tsvision.tools.keys import read_key
+
 PROTOCOLS = ("rest", "grpc", "grpc-stream", "oip-rest", "oip-grpc")
 
-
-def read_key(key_file: Optional[Path]) -> Optional[str]:
-    if key_file and Path(key_file).exists():
-        return json.loads(Path(key_file).read_text())["inference"]["key"]
-    return None
 
 
 def predict_rest(url: str, model: str, image: bytes, key: Optional[str] = None, version: str = "",

@@ -8,7 +8,6 @@ Stopping is by process id, the frontend and its workers, never by process name.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -23,9 +22,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import psutil
 import requests
 
+from tsvision.tools.keys import read_key
 from tsvision.tools.processes import stop_tree
 
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.properties"
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.properties"
 # The development profile: the shipped (serving) configuration plus model registration through
 # the management API. Never expose a server running it.
 DEVELOPMENT_PROFILE = {"enable_model_api": "true"}
@@ -95,10 +95,7 @@ class TorchServe:
 
     def key(self, api: str = "inference") -> Optional[str]:
         """The token for ``api`` ("inference" or "management") from key_file.json, if auth is on."""
-        path = self.workdir / "key_file.json"
-        if not path.exists():
-            return None
-        return json.loads(path.read_text())[api]["key"]
+        return read_key(self.workdir / "key_file.json", api)
 
     def headers(self, api: str = "inference") -> Dict[str, str]:
         key = self.key(api)
