@@ -10,14 +10,11 @@ from pathlib import Path
 from typing import Iterable, List
 
 from tsvision.serving.service import answer_requests
-from tsvision.serving.settings import Settings
-from tsvision.serving.tasks import build_task
+from tsvision.serving.tasks import load_export
 
 
 def load_task(folder: Path, model_file: str, overrides: dict | None = None):
-    values = json.loads((folder / "settings.json").read_text())
-    values.update(overrides or {})
-    return build_task(folder / model_file, Settings.from_mapping(values), folder)
+    return load_export(folder, model_file, **(overrides or {}))
 
 
 def measure_batches(task, photo: bytes, batch_sizes: Iterable[int], seconds: float) -> List[dict]:

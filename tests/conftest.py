@@ -16,7 +16,7 @@ from tsvision.tools.archive import main as archive_main
 from tsvision.tools.export import export_files, write_settings
 from tsvision.tools.server import DEVELOPMENT_PROFILE, TorchServe
 from tsvision.serving.settings import Settings
-from tsvision.serving.tasks import build_task
+from tsvision.serving.tasks import build_task, load_export
 from tests.toy_models import TOY_DETECTION_LABELS, TOY_SEGMENTATION_LABELS, BrightestBoxDetector, ColourSegmenter
 
 TASKS = ("classification", "segmentation", "detection")
@@ -81,9 +81,9 @@ def toy_exports(tmp_path_factory) -> Path:
 
 def load_task(folder: Path, backend: str, **overrides):
     """A task in-process from an export folder's files (settings.json or the toy settings)."""
-    settings_file = folder / "settings.json"
-    values = json.loads(settings_file.read_text()) if settings_file.exists() else {"task": folder.name, "labels": "labels.json", **TOY_SETTINGS[folder.name]}
-    values.update(overrides)
+    if (folder / "settings.json").exists():
+        return load_export(folder, BACKENDS[backend], **overrides)
+    values = {"task": folder.name, "labels": "labels.json", **TOY_SETTINGS[folder.name], **overrides}
     return build_task(folder / BACKENDS[backend], Settings.from_mapping(values), folder)
 
 

@@ -74,9 +74,9 @@ def test_explanations_are_refused_per_request_and_describe_answers(detector):
     assert about["labels"] == ["background", "bright rectangle"] and about["device"] == "cpu"
 
 
-def test_metrics_are_recorded_through_the_context(toy_exports, tmp_path):
-    folder = toy_detector_folder(toy_exports, tmp_path, ["background", "bright rectangle"])
-    worker = LocalWorker(ObjectDetector, folder, "model.onnx", toy_config(profile=True))
+def test_metrics_are_recorded_through_the_context_also_for_an_overridden_step(toy_exports, tmp_path):
+    folder = toy_detector_folder(toy_exports, tmp_path, ["background", "person"])
+    worker = LocalWorker(load_handler_class(EXAMPLE_HANDLER), folder, "model.onnx", toy_config(profile=True))
     scene, _ = bright_box_scene(200, 100)
     worker.predict([{"body": png(scene)}, {"body": b"nope"}], [{"body": {"content-type": "image/png"}}] * 2)
     names = {name for by_type in worker.context.metrics.cache.values() for name in by_type}

@@ -40,6 +40,7 @@ from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
 
 logger = logging.getLogger(__name__)
+HOOKS = ("preprocess", "inference", "postprocess")
 EXPLAIN_REFUSED = RequestError(501, "NotSupported", "tsvision handlers give no explanations; send the image to /predictions/<model> for an answer")
 
 
@@ -47,6 +48,15 @@ class VisionHandler(BaseHandler):
     """Serves a tsvision task; the task and its settings come from the archive's ``model-config.yaml``."""
 
     task_name: Optional[str] = None  # the task this handler serves; None: any, as the settings say
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A subclass's own ``preprocess``/``inference``/``postprocess`` get TorchServe's ``@timed``
+        too, so ``handler: profile: true`` still reports every step after a user overrides one."""
+        super().__init_subclass__(**kwargs)
+        for hook in HOOKS:
+            method = cls.__dict__.get(hook)
+            if callable(method) and method.__name__ == hook:  # not already wrapped by @timed
+                setattr(cls, hook, timed(method))
 
     # -- start-up ----------------------------------------------------------------------------
     def initialize(self, context) -> None:
