@@ -19,6 +19,7 @@ from typing import Any, List, Optional, Tuple
 import requests
 
 from tsvision.tools.keys import read_key
+from tsvision.tools.predict import post_image
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_KEY_FILE = "key_file.json"
@@ -34,10 +35,7 @@ def read_token(key_file: str | Path) -> Optional[str]:
 def predict(url: str, model: str, image_bytes: bytes, token: Optional[str] = None,
             timeout: float = 60) -> Tuple[int, Any]:
     """POST the image bytes to ``{url}/predictions/{model}``; returns (HTTP status, decoded JSON)."""
-    headers = {"Content-Type": "application/octet-stream"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    response = requests.post(f"{url.rstrip('/')}/predictions/{model}", data=image_bytes, headers=headers, timeout=timeout)
+    response = post_image(url, model, image_bytes, token, timeout=timeout)
     try:
         return response.status_code, response.json()
     except ValueError:  # not JSON: e.g. a proxy's HTML error page

@@ -60,8 +60,7 @@ class TorchScriptRuntime(_TorchRuntime):
     def __init__(self, path: Path, threads: int = 0, device: str = "cpu") -> None:
         super().__init__(threads, device)
         # No fusion specialisations: by default the profiling executor compiles fused kernels for
-        # every new batch size, about 1.3 s a time on these CPUs, several times per size: served
-        # with batch sizes 1..8 that is half a minute of stalls. Without them it is as fast.
+        # every new batch size, stalling the first requests of each size (docs/performance.md).
         self._torch.jit.set_fusion_strategy([("STATIC", 0), ("DYNAMIC", 0)])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -97,7 +96,7 @@ class OnnxRuntime:
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle intra-op threads would spin after each run, taking the cores the next batch's image
-        # decoding needs (measured: 25% less classification throughput on 2 cores with spinning).
+        # decoding needs (figures in docs/performance.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads > 0:
             options.intra_op_num_threads = threads

@@ -74,8 +74,12 @@ class Management:
         return response.json() if response.content else {}
 
     # -- reading -------------------------------------------------------------------------
+    def listing(self) -> List[dict]:
+        """TorchServe's ``GET /models``: ``{"modelName", "modelUrl"}`` per model."""
+        return self._call("GET", "/models")["models"]
+
     def models(self) -> List[str]:
-        return [m["modelName"] for m in self._call("GET", "/models")["models"]]
+        return [m["modelName"] for m in self.listing()]
 
     def versions(self, name: str) -> List[dict]:
         return sorted(self._call("GET", f"/models/{name}/all"), key=lambda d: version_key(d["modelVersion"]))

@@ -20,12 +20,19 @@ PROTOCOLS = ("rest", "grpc", "grpc-stream", "oip-rest", "oip-grpc")
 
 
 
+def post_image(url: str, model: str, image: bytes, key: Optional[str] = None, version: str = "",
+               verify: Union[bool, str] = True, timeout: float = 120) -> requests.Response:
+    """POST the image bytes to ``/predictions/MODEL[/VERSION]``. ``verify``: True, or the path of the CA
+    certificate that signed an https server's certificate (passed per request: REQUESTS_CA_BUNDLE would win)."""
+    headers = {"Content-Type": "application/octet-stream", **({"Authorization": f"Bearer {key}"} if key else {})}
+    return requests.post(f"{url.rstrip('/')}/predictions/{model}" + (f"/{version}" if version else ""), data=image,
+                         headers=headers, timeout=timeout, verify=verify)
+
+
 def predict_rest(url: str, model: str, image: bytes, key: Optional[str] = None, version: str = "",
                  verify: Union[bool, str] = True) -> Any:
-    """``verify``: True, or the path of the CA certificate that signed an https server's certificate."""
-    headers = {"Content-Type": "application/octet-stream", **({"Authorization": f"Bearer {key}"} if key else {})}
-    response = requests.post(f"{url}/predictions/{model}" + (f"/{version}" if version else ""), data=image, headers=headers,
-                             timeout=120, verify=verify)
+    """The answer's JSON; anything but 200 raises ``RuntimeError`` with the server's message."""
+    response = post_image(url, model, image, key, version, verify)
     if response.status_code != 200:
         raise RuntimeError(f"HTTP {response.status_code}: {response.text}")
     return response.json()

@@ -175,10 +175,9 @@ class TorchServe:
         raise TimeoutError(f"TorchServe not ready after {timeout:.0f} s ({last}); logs in {self.workdir / 'logs'}")
 
     def list_models(self) -> list:
-        response = self._session.get(f"{self.management_url}/models", headers=self.headers("management"), timeout=10,
-                                     verify=self.verify)
-        response.raise_for_status()
-        return response.json()["models"]
+        from tsvision.tools.manage import Management
+
+        return Management(self.management_url, self.workdir / "key_file.json", timeout=10, verify=self.verify).listing()
 
     def describe(self, name: str, version: str = "all") -> list:
         response = self._session.get(f"{self.management_url}/models/{name}/{version}", headers=self.headers("management"),
