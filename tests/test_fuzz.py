@@ -12,9 +12,9 @@ from typing import Dict, Iterator, List, NamedTuple, Tuple
 import pytest
 from PIL import ImageFile, TiffImagePlugin, WebPImagePlugin
 
-from handlers.errors import RequestError
-from handlers.images import decode_image
-from handlers.service import answer_requests
+from tsvision.serving.errors import RequestError
+from tsvision.serving.images import decode_image
+from tsvision.serving.service import answer_requests
 from tests.checks import check_classification
 from tests.conftest import load_task
 from tests.corpus import encode, photo

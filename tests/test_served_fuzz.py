@@ -13,8 +13,8 @@ from typing import List, Tuple
 import pytest
 import requests
 
-from handlers.errors import RequestError
-from handlers.images import DEFAULT_MAX_PIXELS, decode_image
+from tsvision.serving.errors import RequestError
+from tsvision.serving.images import DEFAULT_MAX_PIXELS, decode_image
 from tests.corpus import encode, photo
 from tests.fuzz_cases import FORMATS, KINDS, FuzzCase, build_fuzz_cases, truncated_photo_jpeg
 
