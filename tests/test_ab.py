@@ -155,6 +155,9 @@ CLIENTS = 8
 
 def pids(proxy: Router) -> dict:
     """Every router process: a reload would change the nginx worker, a restart any of them."""
+    deadline = time.time() + 10
+    while not psutil.Process(proxy.nginx.pid).children() and time.time() < deadline:
+        time.sleep(0.05)  # the master forks its worker just after it starts listening
     return {"nginx": proxy.nginx.pid, "nginx workers": sorted(c.pid for c in psutil.Process(proxy.nginx.pid).children()),
             "haproxy": proxy.haproxy.pid}
 
