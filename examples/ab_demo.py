@@ -1,13 +1,14 @@
-"""An A/B split running, in one command: three versions of a classifier behind nginx.
+"""An A/B split running, in one command: three versions of a classifier behind the router (nginx + HAProxy).
 
     python -m examples.ab_demo [--routing examples/routing.yaml] [--keys 2000]
 
 Builds versions 1.0, 2.0 and 3.0 of ``classification_onnx`` (same random weights, top-k 5, 3
 and 1, so each answer shows which version produced it) into ``build/ab_store``, starts
 TorchServe with registration on (the development profile), registers 3.0 and sets the
-default explicitly, puts nginx in front from the routing file, sends keyed requests, reloads
-to 50/50 under load, prints the per-variant report, and stops everything. Needs
-``./archive.sh`` first (``bash run.sh ab`` does both).
+default explicitly, starts the router from the routing file, sends keyed requests, changes the
+weights to an even split live while keep-alive clients send (nothing is reloaded; no request
+fails), prints the per-variant report, and stops everything. Needs ``./archive.sh`` first
+(``bash run.sh ab`` does both).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from PIL import Image
 
 from tsvision.tools.archive import main as archive_main
 from tsvision.tools.manage import Management
-from tsvision.tools.proxy import Nginx
+from tsvision.tools.proxy import Router
 from tsvision.tools.report import format_table, served_by_version, variant_report
 from tsvision.tools.routing import Routing
 from tsvision.tools.server import DEVELOPMENT_PROFILE, TorchServe, free_port
@@ -41,7 +42,8 @@ def build_versions(store: Path, model: str) -> None:
         raise SystemExit("missing build/classification: run ./archive.sh first")
     for version, top_k in TOP_K.items():
         archive_main(["--model", str(export / "model.onnx"), "--settings", str(export / "settings.json"), "--name", model,
-                      "--version", version, "--archive-file", f"{model}-{version}", "--store", str(store), "--set", f"top_k={top_k}"])
+                      "--version", version, "--archive-file", f"{model}-{version}", "--store", str(store), "--set", f"top_k={top_k}",
+                      "--set", "top_label_header=true"])  # the router logs X-Top-Label per variant
 
 
 def send(url: str, server: TorchServe, keys, image: bytes) -> Counter:
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
     build_versions(store, routing.model)
     server = TorchServe(store, REPO / "build" / "ab_torchserve", models=[f"{routing.model}-1.0.mar", f"{routing.model}-2.0.mar"],
                         overrides=DEVELOPMENT_PROFILE)
-    proxy = Nginx(REPO / "build" / "nginx", free_port(), "")
+    proxy = Router(REPO / "build" / "router", free_port(), "")
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), (30, 140, 200)).save(buffer, format="JPEG")
     image = buffer.getvalue()
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
             print(f"  {name}: " + ", ".join(f"{v['version']}{' (default)' if v['default'] else ''} {v['ready']} worker" for v in versions))
         proxy.start(routing)
         url = f"{proxy.url}/predictions/{routing.model}"
-        print(f"\nnginx on {proxy.url} -> TorchServe {server.inference_url}; routing {args.routing.name}: "
+        print(f"\nrouter on {proxy.url} (nginx -> HAProxy {proxy.haproxy.url}) -> TorchServe {server.inference_url}; routing {args.routing.name}: "
               + ", ".join(f"{v.version} {v.weight:g}%" for v in routing.variants) + (f", shadow {routing.shadow}" if routing.shadow else ""))
         split = send(url, server, [f"user-{i}" for i in range(args.keys)], image)
         print(f"{args.keys} users: " + ", ".join(f"{k} {n / args.keys:.1%}" for k, n in sorted(split.items())))
@@ -91,21 +93,34 @@ def main(argv=None) -> int:
 
         fifty = Routing(routing.model, [type(routing.variants[0])(v.version, 100 / len(routing.variants)) for v in routing.variants],
                         routing.sticky_header, routing.shadow)
-        failures, stop = Counter(), threading.Event()
+        outcomes, stop, lock = Counter(), threading.Event(), threading.Lock()
+        headers = {"Content-Type": "image/jpeg", **server.headers()}
 
-        def load():
+        def load(number):  # a client with its own keep-alive session, sending continuously
+            session = requests.Session()
             while not stop.is_set():
-                failures.update(k for k in send(url, server, [f"load-{time.time_ns()}"], image) if k.startswith("HTTP"))
+                try:
+                    response = session.post(url, data=image, headers={**headers, "X-User-Id": f"load-{number}-{time.time_ns()}"}, timeout=60)
+                    outcome = "ok" if response.ok else f"HTTP {response.status_code}"
+                except requests.RequestException as error:
+                    outcome = type(error).__name__
+                with lock:
+                    outcomes[outcome] += 1
 
-        loader = threading.Thread(target=load)
-        loader.start()
+        loaders = [threading.Thread(target=load, args=(n,)) for n in range(4)]
+        for loader in loaders:
+            loader.start()
         time.sleep(1)
-        proxy.reload(fifty)
+        result = proxy.apply(fifty)  # HAProxy's runtime API: no reload, no connection closed
         time.sleep(2)
         stop.set()
-        loader.join()
+        for loader in loaders:
+            loader.join()
+        failed = sum(n for k, n in outcomes.items() if k != "ok")
+        print(f"weights changed live to an even split ({result['moved']} of 1000 buckets moved, nothing reloaded) while 4 "
+              f"keep-alive clients sent {sum(outcomes.values())} requests: {failed} failed")
         split = send(url, server, [f"new-user-{i}" for i in range(args.keys)], image)
-        print(f"reloaded to an even split under load: {sum(failures.values())} failed requests; new users: "
+        print("new users: "
               + ", ".join(f"{k} {n / args.keys:.1%}" for k, n in sorted(split.items())))
         time.sleep(1)
         served = served_by_version(requests.get(f"{server.metrics_url}/metrics", timeout=10).text, routing.model)
@@ -114,7 +129,7 @@ def main(argv=None) -> int:
     finally:
         proxy.stop()
         server.stop()
-        print("nginx and TorchServe stopped.")
+        print("router (nginx, HAProxy) and TorchServe stopped.")
     return 0
 
 

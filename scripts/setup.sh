@@ -15,6 +15,12 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq nginx-light >/dev/null
 fi
 
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+  echo "setup: installing haproxy (the A/B split, changed live without reloads)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq haproxy >/dev/null
+fi
+
 if ! command -v wrk >/dev/null; then
   echo "setup: installing wrk (the benchmark's load generator)"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

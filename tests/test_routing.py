@@ -1,4 +1,5 @@
-"""The routing file, the nginx configuration and Kubernetes manifests made from it, the report."""
+"""The routing file, the router's configurations (nginx, HAProxy, the bucket map) and Kubernetes
+manifests made from it, the report."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 import yaml
 
 from tsvision.tools.manage import version_key
-from tsvision.tools.proxy import Nginx
+from tsvision.tools.proxy import HAProxy, Nginx
 from tsvision.tools.report import served_by_version, variant_report
-from tsvision.tools.routing import Routing, render_kubernetes
+from tsvision.tools.routing import BUCKETS, Routing, bucket_table, keeps_growing_variants, render_kubernetes
 
 EXAMPLE = {"model": "classification_onnx", "sticky_header": "X-User-Id", "shadow": "3.0",
            "variants": [{"version": "1.0", "weight": 90}, {"version": "2.0", "weight": 10}]}
@@ -19,6 +20,7 @@ EXAMPLE = {"model": "classification_onnx", "sticky_header": "X-User-Id", "shadow
 
 @pytest.mark.parametrize("change, message", [
     ({"variants": [{"version": "1.0", "weight": 90}, {"version": "2.0", "weight": 20}]}, "sum to 100"),
+    ({"variants": [{"version": "1.0", "weight": 110}, {"version": "2.0", "weight": -10}]}, "not be negative"),
     ({"variants": [{"version": "1.0", "weight": 50}, {"version": "1.0", "weight": 50}]}, "twice"),
     ({"variants": []}, "at least one variant"),
     ({"shadow": "1.0"}, "also a variant"),
@@ -36,16 +38,48 @@ def test_the_shipped_routing_file_loads():
     assert routing.model == "classification_onnx" and [v.weight for v in routing.variants] == [90, 10]
 
 
-def test_nginx_accepts_the_generated_configuration(tmp_path):
-    proxy = Nginx(tmp_path, 18090, "http://127.0.0.1:8080")
+def test_nginx_accepts_the_generated_configuration_and_it_holds_no_weights(tmp_path):
+    proxy = Nginx(tmp_path, 18090, "http://127.0.0.1:8080", router="127.0.0.1:18091")
     proxy.write(Routing.from_mapping(EXAMPLE))  # runs nginx -t, raises if nginx rejects it
     text = proxy.config.read_text()
-    assert 'split_clients "$ab_key"' in text and '90% "1.0";' in text and '* "2.0";' in text
+    assert "split_clients" not in text and "90%" not in text and "1.0" not in text  # weights and variants live in the router
+    assert "server 127.0.0.1:18091;" in text and "proxy_pass http://ab_router;" in text
     assert "map $http_x_user_id $ab_key" in text and "mirror /_shadow;" in text
     assert "proxy_pass http://torchserve/predictions/classification_onnx/3.0;" in text
-    assert "add_header X-Model-Version $ab_variant always;" in text and "listen 127.0.0.1:18090;" in text
+    assert '"variant":"$upstream_http_x_model_version"' in text and "listen 127.0.0.1:18090;" in text
     check = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(proxy.config)], capture_output=True)
     assert check.returncode == 0
+
+
+def test_haproxy_accepts_the_generated_configuration_and_the_map_holds_the_weights(tmp_path):
+    proxy = HAProxy(tmp_path, 18091, "http://127.0.0.1:8080")
+    proxy.write(Routing.from_mapping(EXAMPLE))  # runs haproxy -c, raises if HAProxy rejects it
+    text = proxy.config.read_text()
+    assert "req.fhdr(X-User-Id),xxh32,mod(1000)" in text and f"map_int({proxy.map_file})" in text
+    assert "set-path /predictions/classification_onnx/%[var(txn.version)]" in text and "X-Model-Version" in text
+    assert f"stats socket {proxy.socket}" in text and "server torchserve 127.0.0.1:8080" in text
+    table = proxy.map_file.read_text()
+    assert "weights 1.0=90 2.0=10" in table and table.count(" 1.0\n") == 900 and table.count(" 2.0\n") == 100
+
+
+def test_weight_changes_move_only_buckets_of_versions_that_lose_share():
+    def routing(weights):
+        return Routing.from_mapping({**EXAMPLE, "shadow": None, "variants": [{"version": v, "weight": w} for v, w in weights.items()]})
+
+    table = bucket_table(routing({"1.0": 70, "2.0": 30}))
+    assert len(table) == BUCKETS and table.count("2.0") == 300
+    for weights in ({"1.0": 20, "2.0": 80}, {"1.0": 50, "2.0": 30, "3.0": 20}, {"1.0": 33.3, "2.0": 33.3, "3.0": 33.4},
+                    {"2.0": 100}, {"1.0": 0, "2.0": 10, "3.0": 90}):
+        new = bucket_table(routing(weights), table)
+        assert {v: new.count(v) for v in set(new)} == {v: round(w * 10) for v, w in weights.items() if w}
+        assert keeps_growing_variants(table, new)
+        shrinking = sum(max(0, table.count(v) - new.count(v)) for v in set(table))
+        assert sum(a != b for a, b in zip(table, new)) == shrinking  # nothing else moves
+        table = new
+    # Back to the weights before: the table before comes back exactly (a rollback).
+    before = bucket_table(routing({"1.0": 60, "2.0": 40}), table)
+    promoted = bucket_table(routing({"2.0": 100}), before)
+    assert bucket_table(routing({"1.0": 60, "2.0": 40}), promoted, before) == before
 
 
 def test_kubernetes_manifests_carry_the_weights_versions_and_shadow():

@@ -1,14 +1,21 @@
-"""One declarative routing file -> an nginx A/B configuration, or Kubernetes manifests.
+"""One declarative routing file -> an A/B router (nginx in front, HAProxy splitting), or Kubernetes manifests.
 
-    tsvision route nginx ROUTING.yaml --listen 127.0.0.1:8090 --torchserve http://127.0.0.1:8080 --prefix DIR
+    tsvision route haproxy ROUTING.yaml --listen 127.0.0.1:8091 --torchserve http://127.0.0.1:8080 --prefix DIR
+    tsvision route nginx ROUTING.yaml --listen 127.0.0.1:8090 --router 127.0.0.1:8091 --torchserve http://127.0.0.1:8080 --prefix DIR
+    tsvision route apply ROUTING.yaml --prefix DIR      # new weights, live, without a reload
     tsvision route kubernetes ROUTING.yaml --image REGISTRY/tsvision-torchserve:TAG
+
+The weights live in HAProxy's bucket map only (``DIR/buckets.map``): the sticky key hashes into
+one of 1000 buckets and the map names each bucket's version. ``apply`` changes the map through
+HAProxy's runtime API; neither nginx nor HAProxy is reloaded, so no connection is closed.
 
 The routing file::
 
     model: classification_onnx    # the TorchServe model name
     sticky_header: X-User-Id      # requests with the same value always reach the same variant;
                                   # without the header the split is random per request
-    variants:                     # weights in percent, summing to 100
+    variants:                     # weights in percent, summing to 100 (0: registered in the
+                                  # routing, receives nothing, e.g. after a promotion)
       - {version: "1.0", weight: 90}
       - {version: "2.0", weight: 10}
     shadow: "3.0"                 # optional: gets a copy of every request, its answers discarded
@@ -21,7 +28,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import yaml
 
@@ -59,8 +66,8 @@ class Routing:
         versions = [v.version for v in variants]
         if len(set(versions)) != len(versions):
             raise ValueError(f"a version appears twice among the variants: {versions}")
-        if any(v.weight <= 0 for v in variants) or abs(sum(v.weight for v in variants) - 100) > 1e-6:
-            raise ValueError(f"variant weights must be positive and sum to 100, got {[v.weight for v in variants]}")
+        if any(v.weight < 0 for v in variants) or abs(sum(v.weight for v in variants) - 100) > 1e-6:
+            raise ValueError(f"variant weights must not be negative and must sum to 100, got {[v.weight for v in variants]}")
         shadow = str(data["shadow"]) if data.get("shadow") is not None else None
         if shadow in versions:
             raise ValueError(f"the shadow version {shadow} is also a variant; a shadow only receives copies")
@@ -72,24 +79,173 @@ class Routing:
                 raise ValueError(f"bad version {version!r}")
         return cls(model, variants, header, shadow)
 
+    def weights(self) -> Dict[str, float]:
+        return {v.version: v.weight for v in self.variants}
 
-def _percent(weight: float) -> str:
-    return f"{weight:g}%"
+    def with_weights(self, weights: Dict[str, float]) -> "Routing":
+        """The same routing with new weights (versions not named keep weight 0; new ones are added)."""
+        versions = [v.version for v in self.variants] + [v for v in weights if v not in self.weights()]
+        return Routing.from_mapping({"model": self.model, "sticky_header": self.sticky_header, "shadow": self.shadow,
+                                     "variants": [{"version": v, "weight": weights.get(v, 0)} for v in versions]})
+
+    def to_mapping(self) -> dict:
+        data = {"model": self.model}
+        if self.sticky_header:
+            data["sticky_header"] = self.sticky_header
+        data["variants"] = [{"version": v.version, "weight": v.weight} for v in self.variants]
+        if self.shadow:
+            data["shadow"] = self.shadow
+        return data
 
 
-def render_nginx(routing: Routing, listen: str, torchserve: str, prefix: Path, user: Optional[str] = None) -> str:
-    """An nginx.conf that splits ``/predictions/<model>`` between the variants.
+# -- the split: 1000 buckets, each naming one version ----------------------------------------
 
-    The split hashes the sticky header (``split_clients``, MurmurHash2), so a key always lands
-    on the same variant; requests without it hash their random ``$request_id``. Every response
-    carries ``X-Model-Version``; the access log (JSON lines) records variant, status, latency
-    and the handler's ``X-Top-Label``. Only the model's prediction path is exposed, and only to
-    requests that carry a bearer token (401 otherwise; TorchServe checks the token itself).
+BUCKETS = 1000
+
+
+def bucket_counts(routing: Routing, buckets: int = BUCKETS) -> Dict[str, int]:
+    """Buckets per version: the weights scaled to ``buckets`` (largest remainders, ties to the first)."""
+    exact = [(v.version, v.weight * buckets / 100) for v in routing.variants]
+    counts = {version: int(share) for version, share in exact}
+    left = buckets - sum(counts.values())
+    for version, share in sorted(exact, key=lambda item: -(item[1] - int(item[1])))[:left]:
+        counts[version] += 1
+    return counts
+
+
+def _rebalance(current: Sequence[str], counts: Dict[str, int]) -> List[str]:
+    """Each version keeps as many of its buckets as its new count allows (the lowest-numbered);
+    only the buckets it gives up, and those of versions that left, go to versions that grow."""
+    table: List[Optional[str]] = [None] * len(current)
+    kept = {version: 0 for version in counts}
+    for bucket, version in enumerate(current):
+        if version in counts and kept[version] < counts[version]:
+            table[bucket] = version
+            kept[version] += 1
+    free = iter(b for b, version in enumerate(table) if version is None)
+    for version, count in counts.items():
+        for _ in range(count - kept[version]):
+            table[next(free)] = version
+    return table  # type: ignore[return-value]
+
+
+def keeps_growing_variants(before: Sequence[str], after: Sequence[str]) -> bool:
+    """True if every version whose bucket count did not shrink still has all of its buckets."""
+    for version in set(before):
+        if after.count(version) >= before.count(version) and any(
+                b == version and a != version for b, a in zip(before, after)):
+            return False
+    return True
+
+
+def bucket_table(routing: Routing, current: Optional[Sequence[str]] = None,
+                 previous: Optional[Sequence[str]] = None) -> List[str]:
+    """The bucket -> version table for ``routing``.
+
+    Without ``current`` the versions take consecutive buckets in the routing file's order. With
+    it, only the buckets of shrinking (or removed) versions move, so a key whose version did not
+    lose share keeps it. If ``previous`` (the table before ``current``) has exactly the new
+    counts, it comes back unchanged: a rollback returns every key to the version it had."""
+    counts = bucket_counts(routing, len(current) if current else BUCKETS)
+    if current is None:
+        return [version for version, count in counts.items() for _ in range(count)]
+    if previous is not None and len(previous) == len(current) and all(
+            previous.count(v) == n for v, n in counts.items()) and keeps_growing_variants(current, previous):
+        return list(previous)
+    return _rebalance(current, counts)
+
+
+def format_bucket_map(table: Sequence[str], routing: Routing) -> str:
+    """HAProxy map file (``bucket version`` lines); the comment records the weights it holds."""
+    weights = " ".join(f"{v.version}={v.weight:g}" for v in routing.variants)
+    return (f"# Generated by tsvision.tools.routing: bucket -> version for {routing.model}; weights {weights}\n"
+            "# Changed live through HAProxy's runtime API (tsvision.tools.routing apply); kept across restarts.\n"
+            + "".join(f"{bucket} {version}\n" for bucket, version in enumerate(table)))
+
+
+def parse_bucket_map(text: str) -> Optional[List[str]]:
+    """The table from a map file's text (or from ``show map`` output: ``0xADDR bucket version``)."""
+    entries = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if fields[0].startswith("0x") and len(fields) == 3:
+            fields = fields[1:]
+        entries[int(fields[0])] = fields[1]
+    if not entries or sorted(entries) != list(range(len(entries))):
+        return None
+    return [entries[b] for b in range(len(entries))]
+
+
+def _host_port(address: str) -> str:
+    return re.sub(r"^https?://", "", address.rstrip("/"))
+
+
+def render_haproxy(routing: Routing, listen: str, torchserve: str, map_file: Path, socket: Path) -> str:
+    """An HAProxy configuration that sends ``/predictions/<model>`` to the version its bucket names.
+
+    The bucket is ``xxh32(sticky header) mod 1000`` (a random bucket without the header); the
+    bucket map (``map_file``) is changed at run time through the admin ``socket``, so new weights
+    never reload anything. The chosen version goes into the path (``/predictions/<model>/<version>``)
+    and into the response's ``X-Model-Version``. ``GET /_ab/route`` answers the version and bucket
+    of the request's key without any inference (for checks); nothing else is routed.
     """
-    upstream = re.sub(r"^https?://", "", torchserve.rstrip("/"))
+    model = routing.model
+    if routing.sticky_header:
+        header = routing.sticky_header
+        bucket = (f"    acl keyed req.fhdr({header}) -m len gt 0\n"
+                  f"    http-request set-var(txn.bucket) req.fhdr({header}),xxh32,mod({BUCKETS}) if keyed\n"
+                  f"    http-request set-var(txn.bucket) rand({BUCKETS}) unless keyed\n")
+    else:
+        bucket = f"    http-request set-var(txn.bucket) rand({BUCKETS})\n"
+    return f"""# Generated by tsvision route from the routing file; do not edit by hand.
+# The weights are not here: they are the bucket map {map_file}, changed live (tsvision.tools.routing apply).
+global
+    stats socket {socket} mode 600 level admin
+    stats timeout 30s
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    option dontlognull
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    # Longer than nginx's upstream keepalive_timeout (60s): the front always closes an idle
+    # connection first, so it never writes a request on a connection being closed here.
+    timeout http-keep-alive 300s
+    timeout http-request 60s
+
+frontend ab_router
+    bind {listen}
+    http-request return status 404 content-type application/json string '{{"code": 404, "type": "NotFound", "message": "only /predictions/{model} is routed here"}}' unless {{ path /predictions/{model} }} || {{ path /_ab/route }}
+    http-request return status 401 content-type application/json string '{{"code": 401, "type": "Unauthorized", "message": "send the inference token: Authorization: Bearer KEY (key_file.json)"}}' hdr WWW-Authenticate 'Bearer realm="tsvision"' if {{ path /predictions/{model} }} !{{ req.hdr(Authorization) -m reg '^Bearer [^ ]+$' }}
+{bucket}    http-request set-var(txn.version) var(txn.bucket),map_int({map_file})
+    http-request return status 200 content-type text/plain lf-string "%[var(txn.version)]" hdr X-Model-Version "%[var(txn.version)]" hdr X-AB-Bucket "%[var(txn.bucket)]" if {{ path /_ab/route }}
+    http-request set-path /predictions/{model}/%[var(txn.version)]
+    http-after-response set-header X-Model-Version %[var(txn.version)] if {{ var(txn.version) -m found }}
+    default_backend torchserve
+
+backend torchserve
+    http-reuse safe
+    server torchserve {_host_port(torchserve)}
+"""
+
+
+def render_nginx(routing: Routing, listen: str, torchserve: str, prefix: Path, user: Optional[str] = None,
+                 router: str = "127.0.0.1:8091") -> str:
+    """An nginx.conf in front of the HAProxy ``router``: 401 without a bearer token, the JSON access
+    log, the shadow copy. It holds no weights, so a weight change never reloads it.
+
+    ``/predictions/<model>`` goes to the router over keep-alive connections; the router picks the
+    version and answers with ``X-Model-Version``, which the access log records as the variant
+    (with status, latency, the key and the handler's ``X-Top-Label``). Only the model's prediction
+    path is exposed. The shadow gets a copy of every request straight from nginx (``mirror``).
+    """
+    upstream = _host_port(torchserve)
     header_variable = "$http_" + routing.sticky_header.lower().replace("-", "_") if routing.sticky_header else '""'
-    shares = [f'        {_percent(v.weight)} "{v.version}";' for v in routing.variants[:-1]]
-    shares.append(f'        * "{routing.variants[-1].version}";')
     mirror = ""
     shadow_location = ""
     if routing.shadow:
@@ -105,6 +261,7 @@ def render_nginx(routing: Routing, listen: str, torchserve: str, prefix: Path, u
 """
     temp = "\n".join(f"    {kind}_temp_path {prefix}/tmp/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"""# Generated by tsvision route from the routing file; do not edit by hand.
+# No weights here: the router ({router}, HAProxy) holds them and changes them without a reload.
 {f'user {user};' if user else ''}
 worker_processes 1;
 pid {prefix}/nginx.pid;
@@ -114,7 +271,7 @@ events {{ worker_connections 1024; }}
 http {{
 {temp}
     client_max_body_size 25m;
-    log_format ab escape=json '{{"time":"$time_iso8601","variant":"$ab_variant","status":$status,'
+    log_format ab escape=json '{{"time":"$time_iso8601","variant":"$upstream_http_x_model_version","status":$status,'
                               '"request_time":$request_time,"upstream_time":"$upstream_response_time",'
                               '"top_label":"$upstream_http_x_top_label","key":"$ab_key","uri":"$request_uri"}}';
     access_log {prefix}/access.log ab;
@@ -123,8 +280,11 @@ http {{
         "" $request_id;
         default {header_variable};
     }}
-    split_clients "$ab_key" $ab_variant {{
-{chr(10).join(shares)}
+
+    upstream ab_router {{
+        server {router};
+        keepalive 32;
+        keepalive_timeout 60s;  # shorter than the router's (300s): nginx closes idle connections first
     }}
 
     upstream torchserve {{
@@ -143,10 +303,10 @@ http {{
                 add_header WWW-Authenticate 'Bearer realm="tsvision"' always;
                 return 401 '{{"code": 401, "type": "Unauthorized", "message": "send the inference token: Authorization: Bearer KEY (key_file.json)"}}';
             }}
-{mirror}            proxy_pass http://torchserve/predictions/{routing.model}/$ab_variant;
+{mirror}            proxy_pass http://ab_router;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            add_header X-Model-Version $ab_variant always;
+            proxy_read_timeout 300s;
         }}
 {shadow_location}
         location / {{
@@ -223,11 +383,20 @@ def render_kubernetes(routing: Routing, image: str, namespace: str = "default", 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="tsvision route", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    nginx = commands.add_parser("nginx", help="write an nginx configuration")
+    haproxy = commands.add_parser("haproxy", help="write buckets.map into --prefix and print the HAProxy configuration (the split)")
+    haproxy.add_argument("routing", type=Path)
+    haproxy.add_argument("--listen", default="127.0.0.1:8091")
+    haproxy.add_argument("--torchserve", default="http://127.0.0.1:8080", help="TorchServe inference address")
+    haproxy.add_argument("--prefix", type=Path, default=Path("build/router/haproxy"), help="folder for the map and the admin socket")
+    nginx = commands.add_parser("nginx", help="print the nginx configuration (the front: 401, log, shadow)")
     nginx.add_argument("routing", type=Path)
     nginx.add_argument("--listen", default="127.0.0.1:8090")
-    nginx.add_argument("--torchserve", default="http://127.0.0.1:8080", help="TorchServe inference address")
-    nginx.add_argument("--prefix", type=Path, default=Path("build/nginx"), help="folder for logs, pid and temp files")
+    nginx.add_argument("--router", default="127.0.0.1:8091", help="the HAProxy address (haproxy --listen)")
+    nginx.add_argument("--torchserve", default="http://127.0.0.1:8080", help="TorchServe inference address (for the shadow)")
+    nginx.add_argument("--prefix", type=Path, default=Path("build/router/nginx"), help="folder for logs, pid and temp files")
+    apply = commands.add_parser("apply", help="change a running router's weights live from the routing file (no reload)")
+    apply.add_argument("routing", type=Path)
+    apply.add_argument("--prefix", type=Path, default=Path("build/router/haproxy"), help="the running HAProxy's folder")
     kube = commands.add_parser("kubernetes", help="write Kubernetes manifests (Istio, KServe)")
     kube.add_argument("routing", type=Path)
     kube.add_argument("--image", default="registry.example/tsvision-torchserve:latest")
@@ -238,8 +407,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, KeyError, OSError) as error:
         print(f"error: {args.routing}: {error}", file=sys.stderr)
         return 2
-    if args.command == "nginx":
-        print(render_nginx(routing, args.listen, args.torchserve, args.prefix.resolve()))
+    if args.command == "haproxy":
+        from tsvision.tools.proxy import HAProxy
+
+        prefix = args.prefix.resolve()
+        proxy = HAProxy(prefix, int(args.listen.rsplit(":", 1)[1]), args.torchserve)
+        prefix.mkdir(parents=True, exist_ok=True)
+        table = bucket_table(routing, parse_bucket_map(proxy.map_file.read_text()) if proxy.map_file.exists() else None)
+        proxy.map_file.write_text(format_bucket_map(table, routing))
+        print(render_haproxy(routing, args.listen, args.torchserve, proxy.map_file, proxy.socket))
+    elif args.command == "nginx":
+        print(render_nginx(routing, args.listen, args.torchserve, args.prefix.resolve(), router=args.router))
+    elif args.command == "apply":
+        from tsvision.tools.proxy import HAProxy
+
+        try:
+            result = HAProxy.running(args.prefix).apply(routing)
+        except (OSError, RuntimeError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"{routing.model}: live, {result['moved']} of {BUCKETS} buckets moved; buckets "
+              + ", ".join(f"{v} {n}" for v, n in result["buckets"].items()) + " (no reload)")
     else:
         print(render_kubernetes(routing, args.image, args.namespace))
     return 0
