@@ -2,7 +2,7 @@
 # The two entry points (see README.md):
 #   bash run.sh demo   set up, build the six archives, start TorchServe, send a photo to each model
 #   bash run.sh test   set up and run the whole test suite (unit + end-to-end against TorchServe)
-#   bash run.sh ab     set up, build, and run an A/B split (three versions behind nginx)
+#   bash run.sh ab     set up, build, and run an A/B split (three versions behind the nginx + HAProxy router)
 #   bash run.sh bench  set up and run the performance harness (about 10 min; docs/performance.md)
 set -euo pipefail
 cd "$(dirname "$0")"
