@@ -18,6 +18,7 @@ given to ``torch-model-archiver --handler`` must define exactly one class.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import time
@@ -73,6 +74,7 @@ class VisionHandler(BaseHandler):
         workers = int(config.get("minWorkers") or 1)
         self.task = build_task(model_dir / model["serializedFile"], self.settings, model_dir, workers, self.device)
         self.task.warm_up()
+        atexit.register(self.task.close)  # the preparation threads end with the worker
         self.model_name, self.model_version = model.get("modelName", ""), model.get("modelVersion", "")
         self.initialized = True
         if self.settings.random_weights:
