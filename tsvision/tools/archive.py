@@ -55,7 +55,7 @@ def stage_package(destination: Path) -> None:
     shutil.copytree(PACKAGE_DIR / "serving", package / "serving", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def check_model(model: Path, settings: Settings, handler: Path, labels: Optional[Path] = None) -> object:
+def check_model(model: Path, settings: Settings, handler: Path, labels: Optional[Path] = None, name: str = "model") -> object:
     """Serve two differently sized synthetic images in one batch through ``handler`` in-process (TorchServe's
     own context and ``handle``); return the first answer. A model or handler that breaks the contract fails here."""
     from tsvision.tools.local import LocalWorker, load_handler_class
@@ -73,7 +73,7 @@ def check_model(model: Path, settings: Settings, handler: Path, labels: Optional
             (Path(folder) / "labels.json").write_text(json.dumps(load_labels(labels)))
             values["labels"] = "labels.json"
         try:
-            worker = LocalWorker(load_handler_class(handler), Path(folder), model.name, {"batchSize": 2, "handler": values})
+            worker = LocalWorker(load_handler_class(handler), Path(folder), model.name, {"batchSize": 2, "handler": values}, name=name)
             responses = worker.predict([{"body": b} for b in bodies], [{"body": {"content-type": "image/png"}}] * 2)
             worker.handler.task.close()
         except Exception as error:
@@ -163,7 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         settings = Settings.from_mapping(values)
         with tempfile.TemporaryDirectory() as folder:
             handler = args.handler or default_handler(settings.task, Path(folder))
-            answer = check_model(args.model, settings, handler, labels)
+            answer = check_model(args.model, settings, handler, labels, args.name)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
