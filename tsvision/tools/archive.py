@@ -55,9 +55,11 @@ def stage_package(destination: Path) -> None:
     shutil.copytree(PACKAGE_DIR / "serving", package / "serving", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def check_model(model: Path, settings: Settings, handler: Path, labels: Optional[Path] = None) -> object:
+def check_model(model: Path, settings: Settings, handler: Path, labels: Optional[Path] = None,
+                found: Optional[dict] = None) -> object:
     """Serve two differently sized synthetic images in one batch through ``handler`` in-process (TorchServe's
-    own context and ``handle``); return the first answer. A model or handler that breaks the contract fails here."""
+    own context and ``handle``); return the first answer. A model or handler that breaks the contract fails here.
+    ``found`` (a dict) receives what the check learnt about the model: ``fixed_batch``."""
     from tsvision.tools.local import LocalWorker, load_handler_class
 
     images = [np.linspace(0, 255, h * w * 3).reshape(h, w, 3).astype(np.uint8) for h, w in ((333, 777), (480, 640))]
@@ -75,6 +77,8 @@ def check_model(model: Path, settings: Settings, handler: Path, labels: Optional
         try:
             worker = LocalWorker(load_handler_class(handler), Path(folder), model.name, {"batchSize": 2, "handler": values})
             responses = worker.predict([{"body": b} for b in bodies], [{"body": {"content-type": "image/png"}}] * 2)
+            if found is not None:
+                found["fixed_batch"] = getattr(worker.handler.task.runtime, "fixed_batch", None)
             worker.handler.task.close()
         except Exception as error:
             raise ValueError(f"{model} with {handler.name} does not meet the {settings.task} contract (docs/models.md): "
@@ -163,11 +167,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         settings = Settings.from_mapping(values)
         with tempfile.TemporaryDirectory() as folder:
             handler = args.handler or default_handler(settings.task, Path(folder))
-            answer = check_model(args.model, settings, handler, labels)
+            found: dict = {}
+            answer = check_model(args.model, settings, handler, labels, found)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{args.name}: {Path(handler).name} answers a batch of two test images ({type(answer).__name__} of {len(answer)})")
+    if found.get("fixed_batch"):
+        size = found["fixed_batch"]
+        print(f"{args.name}: the model has a fixed batch size of {size} (exported without a dynamic batch axis): "
+              f"it runs one forward pass per {size} image{'s' if size > 1 else ''}"
+              + (", the last chunk padded" if size > 1 else "") + "; export with a dynamic batch axis to batch freely")
     archive = build_archive(args.model, settings, labels, args.name, args.version, args.store,
                             args.batch_size, args.max_batch_delay, args.workers, args.archive_file, args.handler)
     print(f"{args.name}: wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB)"
