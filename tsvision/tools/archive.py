@@ -90,6 +90,55 @@ def check_model(model: Path, settings: Settings, handler: Path, labels: Optional
     return responses[0].json()
 
 
+def probe_outputs(model: Path, values: dict) -> List[np.ndarray]:
+    """The model's outputs for one blank image: ``input_size`` if given, else the ONNX input's own
+    side when it is fixed, else 640 (the YOLO default)."""
+    from tsvision.serving.runtimes import load_runtime
+
+    side = values.get("input_size")
+    if side is None and model.suffix.lower() == ".onnx":
+        import onnxruntime
+
+        shape = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+        side = shape[-1] if len(shape) == 4 and isinstance(shape[-1], int) else None
+    side = int(side or 640)
+    try:
+        return load_runtime(model).run(np.zeros((1, 3, side, side), dtype=np.float32))
+    except Exception as error:
+        raise ValueError(f"{model} fails on a blank 1×3×{side}×{side} input (set --set input_size=...): "
+                         f"{type(error).__name__}: {error}") from None
+
+
+def resolve_detection_format(model: Path, values: dict) -> Optional[str]:
+    """Check the model's outputs against ``values['detection_format']``; without one, set it from the
+    output shapes when they are unambiguous. Returns what to tell the user (None: nothing to say).
+    Raises ``ValueError`` with a clear message when the shapes do not fit or cannot be told apart."""
+    from tsvision.serving.geometry import Placement
+    from tsvision.serving.settings import DETECTION_FORMATS
+    from tsvision.serving.tasks.detection_formats import DECODERS, guess_format
+
+    outputs = probe_outputs(model, values)
+    shapes = [tuple(o.shape) for o in outputs]
+    described = ", ".join("×".join(str(d) for d in shape) for shape in shapes)
+    note = None
+    if "detection_format" not in values:
+        guessed = guess_format(shapes)
+        if guessed is None:
+            raise ValueError(f"cannot tell the detection output format of {model} from its output shapes ({described}); "
+                             f"pass --set detection_format=FORMAT, one of {', '.join(DETECTION_FORMATS)} (docs/models.md)")
+        values["detection_format"] = guessed
+        if guessed != "ssd":
+            values.setdefault("background_index", None)
+        note = f"detection_format {guessed} (from the output shapes {described}; override with --set detection_format=...)"
+    settings = Settings.from_mapping(values)
+    side = settings.input_size
+    try:
+        DECODERS[settings.detection_format]([o[0] for o in outputs], settings, Placement(side, side, side, side, side))
+    except ValueError as error:
+        raise ValueError(f"{model}: {error}") from None
+    return note
+
+
 def model_config(settings: Settings, batch_size: int, max_batch_delay: int, workers: int) -> dict:
     return {
         "minWorkers": workers,
@@ -164,7 +213,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         labels = args.settings.parent / values["labels"]
     values.pop("labels", None)
     try:
+        note = resolve_detection_format(args.model, values) if values.get("task") == "detection" else None
         settings = Settings.from_mapping(values)
+        if note:
+            print(f"{args.name}: {note}")
         with tempfile.TemporaryDirectory() as folder:
             handler = args.handler or default_handler(settings.task, Path(folder))
             found: dict = {}
