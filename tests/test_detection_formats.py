@@ -150,7 +150,7 @@ def test_archive_detects_an_unambiguous_format(format_exports, tmp_path, capsys)
 
 def test_archive_refuses_an_ambiguous_format(format_exports, tmp_path, capsys):
     assert archive(format_exports / "yolov5" / "model.onnx", tmp_path) == 2
-    assert "pass --set detection_format=FORMAT" in capsys.readouterr().err
+    assert "they fit yolov5 and rtdetr; pass --set detection_format=FORMAT" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.mar"))
 
 
@@ -158,4 +158,5 @@ def test_archive_refuses_an_ambiguous_format(format_exports, tmp_path, capsys):
 def test_archive_shows_a_format_mismatch(format_exports, tmp_path, capsys, model, fmt):
     assert archive(format_exports / model / "model.onnx", tmp_path, "--set", f"detection_format={fmt}") == 2
     err = capsys.readouterr().err
-    assert f"detection_format {fmt!r} expects" in err and "the model's outputs are" in err, err
+    assert "does not meet the detection contract" in err and f"detection_format {fmt!r} expects" in err, err
+    assert "the model's outputs are" in err

@@ -113,30 +113,50 @@ def resolve_detection_format(model: Path, values: dict) -> Optional[str]:
     """Check the model's outputs against ``values['detection_format']``; without one, set it from the
     output shapes when they are unambiguous. Returns what to tell the user (None: nothing to say).
     Raises ``ValueError`` with a clear message when the shapes do not fit or cannot be told apart."""
-    from tsvision.serving.geometry import Placement
     from tsvision.serving.settings import DETECTION_FORMATS
-    from tsvision.serving.tasks.detection_formats import DECODERS, guess_format
+    from tsvision.serving.tasks.detection_formats import guess_format
 
     outputs = probe_outputs(model, values)
     shapes = [tuple(o.shape) for o in outputs]
     described = ", ".join("×".join(str(d) for d in shape) for shape in shapes)
+    contract = f"{model} does not meet the detection contract (docs/models.md)"
     note = None
     if "detection_format" not in values:
         guessed = guess_format(shapes)
         if guessed is None:
-            raise ValueError(f"cannot tell the detection output format of {model} from its output shapes ({described}); "
-                             f"pass --set detection_format=FORMAT, one of {', '.join(DETECTION_FORMATS)} (docs/models.md)")
+            fitting = [fmt for fmt in DETECTION_FORMATS if _fits(fmt, outputs, values)]
+            if not fitting:
+                raise ValueError(f"{contract}: its outputs ({described}) fit none of the detection formats "
+                                 f"({', '.join(DETECTION_FORMATS)})")
+            raise ValueError(f"cannot tell the detection output format of {model} from its output shapes ({described}): "
+                             f"they fit {' and '.join(fitting)}; pass --set detection_format=FORMAT (docs/models.md)")
         values["detection_format"] = guessed
         if guessed != "ssd":
             values.setdefault("background_index", None)
         note = f"detection_format {guessed} (from the output shapes {described}; override with --set detection_format=...)"
     settings = Settings.from_mapping(values)
-    side = settings.input_size
     try:
-        DECODERS[settings.detection_format]([o[0] for o in outputs], settings, Placement(side, side, side, side, side))
+        _decode(settings, outputs)
     except ValueError as error:
-        raise ValueError(f"{model}: {error}") from None
+        raise ValueError(f"{contract}: {error}") from None
     return note
+
+
+def _decode(settings: Settings, outputs: List[np.ndarray]) -> None:
+    """Decode the first image's outputs as ``settings.detection_format`` (raises ``ValueError`` on a mismatch)."""
+    from tsvision.serving.geometry import Placement
+    from tsvision.serving.tasks.detection_formats import DECODERS
+
+    side = settings.input_size
+    DECODERS[settings.detection_format]([o[0] for o in outputs], settings, Placement(side, side, side, side, side))
+
+
+def _fits(fmt: str, outputs: List[np.ndarray], values: dict) -> bool:
+    try:
+        _decode(Settings.from_mapping({**values, "detection_format": fmt, "background_index": values.get("background_index") if fmt == "ssd" else None}), outputs)
+        return True
+    except ValueError:
+        return False
 
 
 def model_config(settings: Settings, batch_size: int, max_batch_delay: int, workers: int) -> dict:

@@ -63,10 +63,10 @@ def _best_class(scores: np.ndarray, threshold: float):
 
 
 def decode_ssd(outputs, settings, placement: Placement) -> Candidates:
-    if len(outputs) != 2 or outputs[0].ndim != 2 or outputs[0].shape[-1] != 4 or outputs[1].ndim != 2 \
+    if len(outputs) < 2 or outputs[0].ndim != 2 or outputs[0].shape[-1] != 4 or outputs[1].ndim != 2 \
             or outputs[1].shape[0] != outputs[0].shape[0]:
-        raise _shape_error("ssd", "two outputs, boxes N×A×4 and scores N×A×C", outputs)
-    boxes, scores = outputs
+        raise _shape_error("ssd", "boxes N×A×4 and scores N×A×C (further outputs are ignored)", outputs)
+    boxes, scores = outputs[0], outputs[1]
     if settings.background_index is not None:  # "no object" is never a detection
         scores = scores.copy()
         scores[:, settings.background_index] = 0.0
