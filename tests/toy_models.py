@@ -54,3 +54,43 @@ class ColourSegmenter(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.conv(images)
+
+
+TOY_FORMAT_CLASSES = 3   # the format toys score class 1 (0.95) and leave the others near zero
+TOY_FORMAT_LABELS = ["square", "bright rectangle", "circle"]
+
+
+class BrightestBoxInFormat(nn.Module):
+    """``BrightestBoxDetector``'s box (and whether there is one) in a detector family's layout
+    (``detection_format``, docs/models.md), among ``slots`` candidates of which the others are empty."""
+
+    def __init__(self, fmt: str, input_size: int, slots: int = 8) -> None:
+        super().__init__()
+        self.fmt, self.slots, self.size = fmt, slots, float(input_size)
+        self.box = BrightestBoxDetector(input_size)
+
+    def forward(self, images: torch.Tensor):
+        boxes, scores = self.box(images)
+        x1, y1, x2, y2 = boxes[:, 0].unbind(-1)                      # each N
+        found = scores[:, 0, 1]                                         # N, 1.0 or 0.0
+        n = images.shape[0]
+        cxcywh = torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1)   # N×4
+        classes = torch.stack([found * 0.01, found * 0.95, found * 0.02], dim=-1)       # N×C
+        empty = torch.zeros(n, self.slots - 1, 1, dtype=images.dtype, device=images.device)
+
+        def with_empty_slots(first: torch.Tensor) -> torch.Tensor:      # N×F -> N×slots×F
+            return torch.cat([first[:, None, :], empty.expand(n, self.slots - 1, first.shape[-1])], dim=1)
+
+        if self.fmt == "yolov8":       # N×(4+C)×A
+            return with_empty_slots(torch.cat([cxcywh, classes], dim=-1)).transpose(1, 2)
+        if self.fmt == "yolov5":       # N×A×(5+C), score = objectness × class
+            return with_empty_slots(torch.cat([cxcywh, found[:, None], classes], dim=-1))
+        if self.fmt == "yolo_nms":     # N×K×6
+            return with_empty_slots(torch.cat([boxes[:, 0], classes[:, 1:2], found[:, None]], dim=-1))
+        if self.fmt == "rtdetr":       # N×Q×(4+C), normalised to the input
+            return with_empty_slots(torch.cat([cxcywh / self.size, classes], dim=-1))
+        if self.fmt == "detr":         # pred_logits N×Q×(C+1) (last: no object), pred_boxes N×Q×4 normalised
+            logits = torch.stack([found * 0, found * 9, found * 0, (1 - found) * 9], dim=-1)
+            no_object = torch.tensor([0.0, 0.0, 0.0, 9.0], dtype=images.dtype).expand(n, self.slots - 1, 4)
+            return torch.cat([logits[:, None, :], no_object], dim=1), with_empty_slots(cxcywh / self.size)
+        raise ValueError(self.fmt)

@@ -18,19 +18,23 @@ RESAMPLE = Image.BILINEAR
 
 @dataclass(frozen=True)
 class Placement:
-    """The original ``width``×``height`` image occupies the top-left ``content_width``×
-    ``content_height`` pixels of a square model input of side ``input_size``."""
+    """The original ``width``×``height`` image occupies ``content_width``×``content_height``
+    pixels of a square model input of side ``input_size``, starting ``offset_x``/``offset_y``
+    pixels from its top-left corner (0 except for ``letterbox_center``)."""
 
     width: int
     height: int
     content_width: int
     content_height: int
     input_size: int
+    offset_x: int = 0
+    offset_y: int = 0
 
     def boxes_to_original(self, boxes: np.ndarray) -> np.ndarray:
         """Map N×4 ``x1, y1, x2, y2`` boxes from model-input pixels to original pixels, clipped."""
         scale = np.array([self.width / self.content_width, self.height / self.content_height] * 2, dtype=np.float32)
-        mapped = boxes.astype(np.float32) * scale
+        offset = np.array([self.offset_x, self.offset_y] * 2, dtype=np.float32)
+        mapped = (boxes.astype(np.float32) - offset) * scale
         np.clip(mapped[:, 0::2], 0, self.width, out=mapped[:, 0::2])
         np.clip(mapped[:, 1::2], 0, self.height, out=mapped[:, 1::2])
         return mapped
@@ -40,7 +44,9 @@ def fit_square(image: Image.Image, size: int, mode: str, fill: Sequence[int]) ->
     """Resize ``image`` into a ``size``×``size`` uint8 array.
 
     ``stretch`` scales each axis to ``size`` (what SSD-style detectors are trained on);
-    ``letterbox`` keeps the aspect ratio and pads the right/bottom with ``fill``.
+    ``letterbox`` keeps the aspect ratio and pads the right/bottom with ``fill``;
+    ``letterbox_center`` keeps it and centres the image, padding both sides (ultralytics'
+    ``LetterBox(auto=False)``: offsets ``round(pad / 2 - 0.1)``; YOLO models use grey 114).
     """
     width, height = image.size
     if mode == "stretch":
@@ -48,14 +54,17 @@ def fit_square(image: Image.Image, size: int, mode: str, fill: Sequence[int]) ->
     else:
         scale = size / max(width, height)
         content_w, content_h = max(1, round(width * scale)), max(1, round(height * scale))
+    left = top = 0
+    if mode == "letterbox_center":
+        left, top = round((size - content_w) / 2 - 0.1), round((size - content_h) / 2 - 0.1)
     resized = np.asarray(image.resize((content_w, content_h), RESAMPLE))
     if (content_w, content_h) == (size, size):
         array = resized
     else:
         array = np.empty((size, size, 3), dtype=np.uint8)
         array[...] = np.asarray(fill, dtype=np.uint8)
-        array[:content_h, :content_w] = resized
-    return array, Placement(width, height, content_w, content_h, size)
+        array[top:top + content_h, left:left + content_w] = resized
+    return array, Placement(width, height, content_w, content_h, size, left, top)
 
 
 def resize_center_crop(image: Image.Image, resize_size: int, crop_size: int) -> np.ndarray:
@@ -83,6 +92,9 @@ def normalize(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
     chw *= scale[None, :, None, None]
     chw -= offset[None, :, None, None]
     return np.ascontiguousarray(chw)
+
+
+YOLO_FILL = (114, 114, 114)  # ultralytics' letterbox grey
 
 
 def mean_fill(mean: Sequence[float]) -> Tuple[int, int, int]:

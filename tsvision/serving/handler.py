@@ -79,8 +79,11 @@ class VisionHandler(BaseHandler):
         self.initialized = True
         if self.settings.random_weights:
             logger.warning("%s: this model has RANDOM weights; its answers are meaningless", self.model_name)
-        logger.info("tsvision %s: %s %s on %s (%s) ready in %.1f s", __version__, type(self).__name__, self.settings.task,
-                    self.task.runtime.name, self.task.runtime.device, time.time() - started)
+        fixed = getattr(self.task.runtime, "fixed_batch", None)
+        logger.info("tsvision %s: %s %s on %s (%s)%s ready in %.1f s", __version__, type(self).__name__, self.settings.task,
+                    self.task.runtime.name, self.task.runtime.device,
+                    f", fixed batch size {fixed} (one forward pass per {fixed} images)" if fixed else "",
+                    time.time() - started)
 
     # -- TorchServe's flow -------------------------------------------------------------------
     def handle(self, data: List[Any], context) -> List[Any]:

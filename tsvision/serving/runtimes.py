@@ -4,6 +4,10 @@ The backend is chosen by the file: ``.pt``/``.ts`` TorchScript, ``.onnx`` ONNX R
 ``torch.export`` program compiled ahead of time by AOTInductor (TorchScript's successor).
 ``device`` is ``"cpu"`` or ``"cuda:N"`` (the GPU TorchServe assigned the worker); a GPU is used
 only where the backend can use it here, and ``runtime.device`` says what was chosen.
+
+``runtime.fixed_batch`` is the batch size a model was exported with when it accepts no other
+(an ONNX input whose dim 0 is a number), else ``None``. Such a model still answers any batch:
+``run`` feeds it chunks of that size, padding the last chunk and dropping the padded outputs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 class Runtime(Protocol):
     name: str
     device: str
+    fixed_batch: Optional[int]
 
     def run(self, batch: np.ndarray) -> List[np.ndarray]:
         """Run one forward pass on a float32 N×3×H×W batch; return the outputs in order."""
@@ -36,6 +41,7 @@ class _TorchRuntime:
     """What TorchScript and AOTInductor share: torch threads, the device, tensors in and out."""
 
     name = "torch"
+    fixed_batch: Optional[int] = None  # TorchScript and pt2 carry no batch size to read
 
     def __init__(self, threads: int, device: str) -> None:
         import torch
@@ -106,10 +112,17 @@ class OnnxRuntime:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])}))
         self._session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         self.device = device if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-        self._input = self._session.get_inputs()[0].name
+        model_input = self._session.get_inputs()[0]
+        self._input = model_input.name
+        # dim 0 is a number when the model was exported without a dynamic batch axis (a plain
+        # torch.onnx.export of a 1×3×H×W sample): it accepts that many images and no other count.
+        first = model_input.shape[0] if model_input.shape else None
+        self.fixed_batch: Optional[int] = first if isinstance(first, int) and first > 0 else None
 
     def run(self, batch: np.ndarray) -> List[np.ndarray]:
-        return self._session.run(None, {self._input: batch})
+        if self.fixed_batch is None or len(batch) == self.fixed_batch:
+            return self._session.run(None, {self._input: batch})
+        return run_in_chunks(lambda chunk: self._session.run(None, {self._input: chunk}), batch, self.fixed_batch)
 
 
 RUNTIMES = {".pt": TorchScriptRuntime, ".ts": TorchScriptRuntime, ".onnx": OnnxRuntime, ".pt2": Pt2Runtime}
@@ -120,6 +133,19 @@ def load_runtime(path: Path, threads: int = 0, device: str = "cpu") -> Runtime:
     if suffix not in RUNTIMES:
         raise ValueError(f"cannot tell the backend of {path}: expected one of {sorted(RUNTIMES)}")
     return RUNTIMES[suffix](Path(path), threads, device)
+
+
+def run_in_chunks(run, batch: np.ndarray, size: int) -> List[np.ndarray]:
+    """``run`` on chunks of exactly ``size`` images (the last one padded with copies of its last
+    image), the outputs concatenated along the batch axis without the padded rows."""
+    pieces: List[List[np.ndarray]] = []
+    for start in range(0, len(batch), size):
+        chunk = batch[start:start + size]
+        live = len(chunk)
+        if live < size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - live, axis=0)])
+        pieces.append([output[:live] for output in run(np.ascontiguousarray(chunk))])
+    return [np.concatenate(parts) for parts in zip(*pieces)]
 
 
 def _flatten(outputs) -> list:

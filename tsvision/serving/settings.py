@@ -10,6 +10,15 @@ from typing import Any, List, Mapping, Optional
 from tsvision.serving.images import DEFAULT_MAX_PIXELS
 
 TASKS = ("classification", "segmentation", "detection")
+RESIZE_MODES = ("stretch", "letterbox", "letterbox_center")
+DETECTION_FORMATS = ("ssd", "yolov8", "yolov5", "yolo_nms", "detr", "rtdetr")  # docs/models.md
+_YOLO_DEFAULTS = {"input_size": 640, "resize_mode": "letterbox_center", "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0),
+                  "iou_threshold": 0.7, "score_threshold": 0.25}
+# What a detection_format implies for the settings a user did not give (ultralytics' predict
+# defaults for the YOLO/RT-DETR exports; DETR: ImageNet normalisation, stretched to input_size).
+FORMAT_DEFAULTS = {"yolov8": _YOLO_DEFAULTS, "yolov5": {**_YOLO_DEFAULTS, "iou_threshold": 0.45},
+                   "yolo_nms": _YOLO_DEFAULTS, "rtdetr": _YOLO_DEFAULTS,
+                   "detr": {"input_size": 800, "resize_mode": "stretch", "score_threshold": 0.7}}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -22,7 +31,7 @@ class Settings:
     labels: Optional[str] = None          # JSON list of names (or {"index": name}), relative to the model dir
     input_size: int = 224                  # side of the square tensor the model sees
     resize_size: int = 256                 # classification: shorter side before the centre crop
-    resize_mode: str = "stretch"           # segmentation/detection: "stretch" or "letterbox"
+    resize_mode: str = "stretch"           # segmentation/detection: "stretch", "letterbox" or (detection) "letterbox_center"
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     top_k: int = 5
@@ -31,7 +40,9 @@ class Settings:
     iou_threshold: float = 0.5
     max_detections: int = 100
     pre_nms_top_k: int = 1000
-    background_index: Optional[int] = None  # detection: class column that means "no object"
+    background_index: Optional[int] = None  # detection: class column that means "no object" (ssd format only)
+    detection_format: str = "ssd"          # detection: the model's output layout (DETECTION_FORMATS)
+    agnostic_nms: bool = False             # detection: one NMS over all classes instead of per class
     max_pixels: int = DEFAULT_MAX_PIXELS    # decompression-bomb guard, per image
     max_images: int = 64                   # images in one request (lists, instances)
     threads: int = 0                       # model runtime threads; 0: the runtime's default
@@ -50,6 +61,9 @@ class Settings:
         values = dict(values)
         if values.get("task") not in TASKS:
             raise ValueError(f"handler setting 'task' must be one of {TASKS}, got {values.get('task')!r}")
+        if values["task"] == "detection":
+            for key, value in FORMAT_DEFAULTS.get(values.get("detection_format", "ssd"), {}).items():
+                values.setdefault(key, value)
         for key in ("mean", "std"):
             if key in values:
                 values[key] = tuple(float(v) for v in values[key])
@@ -58,8 +72,15 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        if self.resize_mode not in ("stretch", "letterbox"):
-            raise ValueError(f"resize_mode must be 'stretch' or 'letterbox', got {self.resize_mode!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.resize_mode == "letterbox_center" and self.task != "detection":
+            raise ValueError("resize_mode 'letterbox_center' is for detection only")
+        if self.detection_format not in DETECTION_FORMATS:
+            raise ValueError(f"detection_format must be one of {DETECTION_FORMATS}, got {self.detection_format!r}")
+        if self.detection_format != "ssd" and self.background_index is not None:
+            raise ValueError(f"background_index applies to detection_format 'ssd' only; the {self.detection_format!r} "
+                             "format has no background column (set background_index: null)")
         if self.output not in ("logits", "probabilities"):
             raise ValueError(f"output must be 'logits' or 'probabilities', got {self.output!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:

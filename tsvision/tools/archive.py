@@ -55,9 +55,11 @@ def stage_package(destination: Path) -> None:
     shutil.copytree(PACKAGE_DIR / "serving", package / "serving", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def check_model(model: Path, settings: Settings, handler: Path, labels: Optional[Path] = None, name: str = "model") -> object:
+def check_model(model: Path, settings: Settings, handler: Path, labels: Optional[Path] = None,
+                found: Optional[dict] = None, name: str = "model") -> object:
     """Serve two differently sized synthetic images in one batch through ``handler`` in-process (TorchServe's
-    own context and ``handle``); return the first answer. A model or handler that breaks the contract fails here."""
+    own context and ``handle``); return the first answer. A model or handler that breaks the contract fails here.
+    ``found`` (a dict) receives what the check learnt about the model: ``fixed_batch``."""
     from tsvision.tools.local import LocalWorker, load_handler_class
 
     images = [np.linspace(0, 255, h * w * 3).reshape(h, w, 3).astype(np.uint8) for h, w in ((333, 777), (480, 640))]
@@ -75,6 +77,8 @@ def check_model(model: Path, settings: Settings, handler: Path, labels: Optional
         try:
             worker = LocalWorker(load_handler_class(handler), Path(folder), model.name, {"batchSize": 2, "handler": values}, name=name)
             responses = worker.predict([{"body": b} for b in bodies], [{"body": {"content-type": "image/png"}}] * 2)
+            if found is not None:
+                found["fixed_batch"] = getattr(worker.handler.task.runtime, "fixed_batch", None)
             worker.handler.task.close()
         except Exception as error:
             raise ValueError(f"{model} with {handler.name} does not meet the {settings.task} contract (docs/models.md): "
@@ -84,6 +88,75 @@ def check_model(model: Path, settings: Settings, handler: Path, labels: Optional
             raise ValueError(f"{model} with {handler.name} does not meet the {settings.task} contract (docs/models.md) on a "
                              f"batch of two images (333x777 and 640x480): {response.status} {response.body}")
     return responses[0].json()
+
+
+def probe_outputs(model: Path, values: dict) -> List[np.ndarray]:
+    """The model's outputs for one blank image: ``input_size`` if given, else the ONNX input's own
+    side when it is fixed, else 640 (the YOLO default)."""
+    from tsvision.serving.runtimes import load_runtime
+
+    side = values.get("input_size")
+    if side is None and model.suffix.lower() == ".onnx":
+        import onnxruntime
+
+        shape = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+        side = shape[-1] if len(shape) == 4 and isinstance(shape[-1], int) else None
+    side = int(side or 640)
+    try:
+        return load_runtime(model).run(np.zeros((1, 3, side, side), dtype=np.float32))
+    except Exception as error:
+        raise ValueError(f"{model} fails on a blank 1×3×{side}×{side} input (set --set input_size=...): "
+                         f"{type(error).__name__}: {error}") from None
+
+
+def resolve_detection_format(model: Path, values: dict) -> Optional[str]:
+    """Check the model's outputs against ``values['detection_format']``; without one, set it from the
+    output shapes when they are unambiguous. Returns what to tell the user (None: nothing to say).
+    Raises ``ValueError`` with a clear message when the shapes do not fit or cannot be told apart."""
+    from tsvision.serving.settings import DETECTION_FORMATS
+    from tsvision.serving.tasks.detection_formats import guess_format
+
+    outputs = probe_outputs(model, values)
+    shapes = [tuple(o.shape) for o in outputs]
+    described = ", ".join("×".join(str(d) for d in shape) for shape in shapes)
+    contract = f"{model} does not meet the detection contract (docs/models.md)"
+    note = None
+    if "detection_format" not in values:
+        guessed = guess_format(shapes)
+        if guessed is None:
+            fitting = [fmt for fmt in DETECTION_FORMATS if _fits(fmt, outputs, values)]
+            if not fitting:
+                raise ValueError(f"{contract}: its outputs ({described}) fit none of the detection formats "
+                                 f"({', '.join(DETECTION_FORMATS)})")
+            raise ValueError(f"cannot tell the detection output format of {model} from its output shapes ({described}): "
+                             f"they fit {' and '.join(fitting)}; pass --set detection_format=FORMAT (docs/models.md)")
+        values["detection_format"] = guessed
+        if guessed != "ssd":
+            values.setdefault("background_index", None)
+        note = f"detection_format {guessed} (from the output shapes {described}; override with --set detection_format=...)"
+    settings = Settings.from_mapping(values)
+    try:
+        _decode(settings, outputs)
+    except ValueError as error:
+        raise ValueError(f"{contract}: {error}") from None
+    return note
+
+
+def _decode(settings: Settings, outputs: List[np.ndarray]) -> None:
+    """Decode the first image's outputs as ``settings.detection_format`` (raises ``ValueError`` on a mismatch)."""
+    from tsvision.serving.geometry import Placement
+    from tsvision.serving.tasks.detection_formats import DECODERS
+
+    side = settings.input_size
+    DECODERS[settings.detection_format]([o[0] for o in outputs], settings, Placement(side, side, side, side, side))
+
+
+def _fits(fmt: str, outputs: List[np.ndarray], values: dict) -> bool:
+    try:
+        _decode(Settings.from_mapping({**values, "detection_format": fmt, "background_index": values.get("background_index") if fmt == "ssd" else None}), outputs)
+        return True
+    except ValueError:
+        return False
 
 
 def model_config(settings: Settings, batch_size: int, max_batch_delay: int, workers: int) -> dict:
@@ -160,14 +233,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         labels = args.settings.parent / values["labels"]
     values.pop("labels", None)
     try:
+        note = resolve_detection_format(args.model, values) if values.get("task") == "detection" else None
         settings = Settings.from_mapping(values)
+        if note:
+            print(f"{args.name}: {note}")
         with tempfile.TemporaryDirectory() as folder:
             handler = args.handler or default_handler(settings.task, Path(folder))
-            answer = check_model(args.model, settings, handler, labels, args.name)
+            found: dict = {}
+            answer = check_model(args.model, settings, handler, labels, found, args.name)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{args.name}: {Path(handler).name} answers a batch of two test images ({type(answer).__name__} of {len(answer)})")
+    if found.get("fixed_batch"):
+        size = found["fixed_batch"]
+        print(f"{args.name}: the model has a fixed batch size of {size} (exported without a dynamic batch axis): "
+              f"it runs one forward pass per {size} image{'s' if size > 1 else ''}"
+              + (", the last chunk padded" if size > 1 else "") + "; export with a dynamic batch axis to batch freely")
     archive = build_archive(args.model, settings, labels, args.name, args.version, args.store,
                             args.batch_size, args.max_batch_delay, args.workers, args.archive_file, args.handler)
     print(f"{args.name}: wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB)"
