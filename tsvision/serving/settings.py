@@ -10,6 +10,7 @@ from typing import Any, List, Mapping, Optional
 from tsvision.serving.images import DEFAULT_MAX_PIXELS
 
 TASKS = ("classification", "segmentation", "detection")
+DETECTION_FORMATS = ("ssd", "torchvision")  # detection: what the model file takes and returns (docs/models.md)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -32,6 +33,7 @@ class Settings:
     max_detections: int = 100
     pre_nms_top_k: int = 1000
     background_index: Optional[int] = None  # detection: class column that means "no object"
+    detection_format: str = "ssd"           # detection: "ssd" (boxes + scores, NMS here) or "torchvision" (whole detector)
     max_pixels: int = DEFAULT_MAX_PIXELS    # decompression-bomb guard, per image
     max_images: int = 64                   # images in one request (lists, instances)
     threads: int = 0                       # model runtime threads; 0: the runtime's default
@@ -60,6 +62,8 @@ class Settings:
     def validate(self) -> None:
         if self.resize_mode not in ("stretch", "letterbox"):
             raise ValueError(f"resize_mode must be 'stretch' or 'letterbox', got {self.resize_mode!r}")
+        if self.detection_format not in DETECTION_FORMATS:
+            raise ValueError(f"detection_format must be one of {DETECTION_FORMATS}, got {self.detection_format!r}")
         if self.output not in ("logits", "probabilities"):
             raise ValueError(f"output must be 'logits' or 'probabilities', got {self.output!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
