@@ -41,8 +41,10 @@ def build_task(model_path: Path, settings: Settings, base_dir: Optional[Path] = 
         labels_path = Path(settings.labels)
         if not labels_path.is_absolute() and base_dir is not None:
             labels_path = Path(base_dir) / labels_path
+    cls = task_class(settings)
+    cls.before_load()
     runtime = load_runtime(Path(model_path), settings.threads, device)
-    return task_class(settings)(runtime, settings, load_labels(labels_path), workers)
+    return cls(runtime, settings, load_labels(labels_path), workers)
 
 
 def load_export(folder: Path, model_file: str = "model.onnx", **overrides) -> VisionTask:

@@ -26,6 +26,15 @@ from tsvision.serving.tasks.base import ImageBatch, VisionTask
 class TorchvisionDetectionTask(VisionTask):
     name = "detection"
 
+    @classmethod
+    def before_load(cls) -> None:
+        """A scripted torchvision detector calls ``torchvision::nms`` and ``roi_align``: importing
+        torchvision registers them (without it ``torch.jit.load`` fails with "Unknown builtin op")."""
+        try:
+            import torchvision  # noqa: F401
+        except ImportError:  # an ONNX model does not need it
+            pass
+
     def prepare(self, image: Image.Image) -> Tuple[np.ndarray, Tuple[int, int]]:
         """The decoded RGB image at its own size (decoding already refused more than max_pixels)."""
         array = np.asarray(image.convert("RGB"), dtype=np.uint8)
