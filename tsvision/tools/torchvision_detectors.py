@@ -28,10 +28,11 @@ import torch
 from torch import nn
 
 # Random weights: one class (COCO's "person") is made to stand out; its scores then spread over
-# (0, 1) and this threshold keeps a handful of boxes per photo (0-7 on four scikit-image photos).
+# (0, 1) and this threshold keeps a handful of boxes per photo.
 RANDOM_WEIGHTS_CLASS = 1
 RANDOM_WEIGHTS_SCORE_THRESHOLD = 0.15
 LOGIT_SPREAD = 3.0  # standard deviation of the conditioned class logit
+CALIBRATION_KEEP = 8  # candidates (proposals or anchors) of the two calibration images above the threshold
 
 
 def is_torchvision_detector(model: nn.Module) -> bool:
@@ -98,12 +99,14 @@ def condition_random_detector(model: nn.Module, seed: int) -> None:
     1. BatchNorm statistics of the backbone are recomputed on seeded noise (random weights
        otherwise shrink activations layer by layer), as the SSD export does.
     2. The logit of one class (``RANDOM_WEIGHTS_CLASS``) in the classification head is rescaled
-       to mean ``offset`` and standard deviation ``LOGIT_SPREAD`` over the proposals/anchors of
-       two smooth seeded images, its weight scaled and its bias raised. Its scores then range
+       to standard deviation ``LOGIT_SPREAD`` over the proposals/anchors of two synthetic seeded
+       images (``smooth_image``) and shifted: its weight scaled, its bias raised. Its scores then range
        over (0, 1) instead of sitting near 1/C, so thresholds and rankings are not decided by
-       rounding. The offset puts score 0.5 about two standard deviations above the mean. In a
-       softmax head (Faster R-CNN) the other foreground classes' weights are zeroed, so their
-       logits are their (near-zero) biases and only the conditioned class is ever returned.
+       rounding. The other classes' weights are zeroed, so only that class is ever returned
+       (their logits are their biases: near 0 against a softmax, the 0.01 prior of a sigmoid
+       head). The bias is chosen so that only the ``CALIBRATION_KEEP`` highest candidates
+       of the calibration images score above ``RANDOM_WEIGHTS_SCORE_THRESHOLD`` (dense heads
+       such as RetinaNet's have 100 000s of anchors, Faster R-CNN a few hundred proposals).
     """
     height, width = parity_image_size(model)
     norms = [m for m in model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -136,13 +139,19 @@ def condition_random_detector(model: nn.Module, seed: int) -> None:
         handle.remove()
     values = torch.cat(seen)
     mean, std = float(values.mean()), float(values.std()) or 1.0
-    # score 0.5 at logit 0 (sigmoid) or at ln(C - 1) against the other, near-zero logits (softmax)
-    half = 0.0 if kind == "sigmoid" else float(np.log(num_classes - 1))
-    offset = half - 2.0 * LOGIT_SPREAD
+    standardised = (values - mean) * LOGIT_SPREAD / std
+    # The logit that scores exactly the threshold: sigmoid, or softmax against C - 1 near-zero logits.
+    t = RANDOM_WEIGHTS_SCORE_THRESHOLD
+    at_threshold = float(np.log(t / (1 - t)) + (np.log(num_classes - 1) if kind == "softmax" else 0.0))
+    # Only the CALIBRATION_KEEP highest of the calibration images' candidates reach it.
+    kth = float(torch.topk(standardised, min(CALIBRATION_KEEP, standardised.numel())).values[-1])
+    offset = at_threshold - kth
     with torch.no_grad():
-        if kind == "softmax":  # the other foreground classes: constant logits (their bias), never above 1/C
-            others = [c for c in range(num_classes) if c not in (0, RANDOM_WEIGHTS_CLASS)]
-            layer.weight[others] = 0.0
+        # The other classes get constant logits (their bias): in a softmax head never above 1/C, in a
+        # sigmoid head at its prior (0.01), below the model's own score threshold.
+        keep = set(channels) | ({0} if kind == "softmax" else set())
+        others = [c for c in range(layer.weight.shape[0]) if c not in keep]
+        layer.weight[others] = 0.0
         for channel in channels:
             layer.weight[channel] *= LOGIT_SPREAD / std
             layer.bias[channel] = (layer.bias[channel] - mean) * LOGIT_SPREAD / std + offset
@@ -215,6 +224,19 @@ def export_torchvision_files(exportable, out_dir: Path, tolerance: float = 1e-3)
     return report
 
 
+class OneImageDetections(nn.Module):
+    """The detector on one image, returning ``boxes``, ``labels``, ``scores`` in that order (the ONNX
+    exporter names outputs by position, and RetinaNet/FCOS put ``scores`` before ``labels``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: List[torch.Tensor]):
+        found = self.model(images)[0]
+        return found["boxes"], found["labels"], found["scores"]
+
+
 def export_detector_onnx(model: nn.Module, path: Path, height: int, width: int) -> None:
     import onnx
 
@@ -222,7 +244,7 @@ def export_detector_onnx(model: nn.Module, path: Path, height: int, width: int) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, ([sample],), str(path), opset_version=17, dynamo=False,
+            OneImageDetections(model).eval(), ([sample],), str(path), opset_version=17, dynamo=False,
             input_names=["images"], output_names=["boxes", "labels", "scores"],
             dynamic_axes={"images": [1, 2], "boxes": [0], "labels": [0], "scores": [0]},
         )
@@ -237,21 +259,23 @@ def detections_of(outputs: List[np.ndarray], threshold: float) -> Tuple[np.ndarr
     return boxes[keep][order], labels[keep][order], scores[keep][order]
 
 
-def detection_difference(a, b, threshold: float) -> float:
-    """Largest box/score difference between two answers above ``threshold`` matched in order; inf when
-    their lengths or labels differ."""
+def detection_difference(a, b, threshold: float, side: float) -> float:
+    """Largest difference between two answers above ``threshold`` matched in order: box edges as a
+    fraction of ``side`` (the image's longer side), or scores; inf when their lengths or labels differ."""
     (boxes_a, labels_a, scores_a), (boxes_b, labels_b, scores_b) = detections_of(a, threshold), detections_of(b, threshold)
     if len(labels_a) != len(labels_b) or not np.array_equal(labels_a, labels_b):
         return float("inf")
     if not len(labels_a):
         return 0.0
-    return float(max(np.abs(boxes_a - boxes_b).max(), np.abs(scores_a - scores_b).max()))
+    return float(max(np.abs(boxes_a - boxes_b).max() / side, np.abs(scores_a - scores_b).max()))
 
 
 def compare_detector_backends(model: nn.Module, ts_path: Path, onnx_path: Optional[Path], image: torch.Tensor,
                               threshold: float) -> Dict[str, float]:
-    """Largest box (pixels) or score difference of the detections above ``threshold`` between eager,
-    TorchScript and ONNX Runtime on one image that the models do not resize."""
+    """Largest box (as a fraction of the image's longer side) or score difference of the detections
+    above ``threshold`` between eager, TorchScript and ONNX Runtime on one image that the models do
+    not resize."""
+    side = float(max(image.shape[1:]))
     from tsvision.serving.runtimes import load_runtime
 
     with torch.no_grad():
@@ -259,11 +283,11 @@ def compare_detector_backends(model: nn.Module, ts_path: Path, onnx_path: Option
     eager = [found[k].numpy() for k in ("boxes", "labels", "scores")]
     array = image.numpy()
     torchscript = load_runtime(ts_path).run_images([array])[0]
-    diffs = {"torchscript_vs_eager": detection_difference(torchscript, eager, threshold)}
+    diffs = {"torchscript_vs_eager": detection_difference(torchscript, eager, threshold, side)}
     if onnx_path is not None:
         onnx = load_runtime(onnx_path).run_images([array])[0]
-        diffs["onnx_vs_eager"] = detection_difference(onnx, eager, threshold)
-        diffs["onnx_vs_torchscript"] = detection_difference(onnx, torchscript, threshold)
+        diffs["onnx_vs_eager"] = detection_difference(onnx, eager, threshold, side)
+        diffs["onnx_vs_torchscript"] = detection_difference(onnx, torchscript, threshold, side)
     return diffs
 
 
