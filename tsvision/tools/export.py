@@ -175,6 +175,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"  parameters: {report['parameters']:,}  FLOPs/image{where}: {'%.3f G' % (flops / 1e9) if flops else 'not counted'}")
     if "parity_detections" in report:
         print(f"  parity on a {where.strip()[3:]} test image: {report['parity_detections']} detections above the threshold compared")
+        if not report["parity_detections"]:
+            print("  WARNING: no detection above score_threshold on the test image, so parity compared empty answers; "
+                  "export again with a lower --set score_threshold=... to compare real detections", file=sys.stderr)
     print(f"  max |difference|: {diffs} (tolerance {args.tolerance:g}) -> {'OK' if report['ok'] else 'TOO LARGE'}")
     return 0 if report["ok"] else 1
 
