@@ -36,8 +36,12 @@ CALIBRATION_KEEP = 8  # candidates (proposals or anchors) of the two calibration
 
 
 def is_torchvision_detector(model: nn.Module) -> bool:
-    """Faster R-CNN (and its Mask/Keypoint kin), RetinaNet or FCOS: a GeneralizedRCNNTransform-based
-    detector that is not an SSD (SSDs export to the boxes/scores contract instead)."""
+    """Faster R-CNN, RetinaNet or FCOS: a GeneralizedRCNNTransform-based detector that is not an SSD
+    (SSDs export to the boxes/scores contract instead) and returns boxes, labels and scores only."""
+    roi_heads = getattr(model, "roi_heads", None)
+    if roi_heads is not None and (getattr(roi_heads, "mask_predictor", None) is not None
+                                  or getattr(roi_heads, "keypoint_predictor", None) is not None):
+        return False  # Mask/Keypoint R-CNN return masks/keypoints too: not this format (yet)
     return hasattr(model, "transform") and not _is_ssd(model) and _classification_layer(model)[0] is not None
 
 
