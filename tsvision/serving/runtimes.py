@@ -75,6 +75,19 @@ class TorchScriptRuntime(_TorchRuntime):
     def _call(self, inputs):
         return self._module(inputs)
 
+    def run_images(self, images: List[np.ndarray]) -> List[List[np.ndarray]]:
+        """One scripted call with a list of 3×H×W float32 images (sizes may differ), for models
+        that take a list (torchvision detectors): per image, its outputs (a dict in key order
+        sorted by name, e.g. boxes, labels, scores). A ``(losses, detections)`` tuple gives
+        the detections."""
+        torch = self._torch
+        with torch.inference_mode():
+            outputs = self._module([torch.from_numpy(image).to(self.device) for image in images])
+        if isinstance(outputs, tuple) and len(outputs) == 2 and isinstance(outputs[1], list):
+            outputs = outputs[1]  # scripted torchvision detectors return (losses, detections)
+        return [[t.cpu().numpy() for t in _flatten({k: out[k] for k in sorted(out)} if isinstance(out, dict) else out)]
+                for out in outputs]
+
 
 class Pt2Runtime(_TorchRuntime):
     """An AOTInductor package (``torch._inductor.aoti_compile_and_package``): native code compiled
@@ -123,6 +136,11 @@ class OnnxRuntime:
         if self.fixed_batch is None or len(batch) == self.fixed_batch:
             return self._session.run(None, {self._input: batch})
         return run_in_chunks(lambda chunk: self._session.run(None, {self._input: chunk}), batch, self.fixed_batch)
+
+    def run_images(self, images: List[np.ndarray]) -> List[List[np.ndarray]]:
+        """For graphs that take ONE 3×H×W image (torchvision detectors exported to ONNX; batches
+        are unsupported there): one call per image, its outputs in the graph's order."""
+        return [self._session.run(None, {self._input: image}) for image in images]
 
 
 RUNTIMES = {".pt": TorchScriptRuntime, ".ts": TorchScriptRuntime, ".onnx": OnnxRuntime, ".pt2": Pt2Runtime}

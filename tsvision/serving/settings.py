@@ -11,7 +11,8 @@ from tsvision.serving.images import DEFAULT_MAX_PIXELS
 
 TASKS = ("classification", "segmentation", "detection")
 RESIZE_MODES = ("stretch", "letterbox", "letterbox_center")
-DETECTION_FORMATS = ("ssd", "yolov8", "yolov5", "yolo_nms", "detr", "rtdetr")  # docs/models.md
+DETECTION_FORMATS = ("ssd", "yolov8", "yolov5", "yolo_nms", "detr", "rtdetr", "torchvision")  # docs/models.md
+BACKGROUND_FORMATS = ("ssd", "torchvision")  # the formats whose class 0 (or background_index) means "nothing"
 _YOLO_DEFAULTS = {"input_size": 640, "resize_mode": "letterbox_center", "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0),
                   "iou_threshold": 0.7, "score_threshold": 0.25}
 # What a detection_format implies for the settings a user did not give (ultralytics' predict
@@ -40,7 +41,7 @@ class Settings:
     iou_threshold: float = 0.5
     max_detections: int = 100
     pre_nms_top_k: int = 1000
-    background_index: Optional[int] = None  # detection: class column that means "no object" (ssd format only)
+    background_index: Optional[int] = None  # detection: class that means "no object" (ssd, torchvision formats)
     detection_format: str = "ssd"          # detection: the model's output layout (DETECTION_FORMATS)
     agnostic_nms: bool = False             # detection: one NMS over all classes instead of per class
     max_pixels: int = DEFAULT_MAX_PIXELS    # decompression-bomb guard, per image
@@ -78,8 +79,8 @@ class Settings:
             raise ValueError("resize_mode 'letterbox_center' is for detection only")
         if self.detection_format not in DETECTION_FORMATS:
             raise ValueError(f"detection_format must be one of {DETECTION_FORMATS}, got {self.detection_format!r}")
-        if self.detection_format != "ssd" and self.background_index is not None:
-            raise ValueError(f"background_index applies to detection_format 'ssd' only; the {self.detection_format!r} "
+        if self.detection_format not in BACKGROUND_FORMATS and self.background_index is not None:
+            raise ValueError(f"background_index applies to detection_formats {BACKGROUND_FORMATS} only; the {self.detection_format!r} "
                              "format has no background column (set background_index: null)")
         if self.output not in ("logits", "probabilities"):
             raise ValueError(f"output must be 'logits' or 'probabilities', got {self.output!r}")

@@ -14,6 +14,8 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from tsvision.tools.torchvision_detectors import build_torchvision_detector, is_torchvision_detector, load_detector_checkpoint
+
 DEFAULT_ARCHITECTURES = {
     "classification": "mobilenet_v3_small",
     "segmentation": "lraspp_mobilenet_v3_large",
@@ -104,7 +106,7 @@ def build_exportable(
     extra = {"weights_backbone": None} if task != "classification" else {}
     model = torchvision.models.get_model(architecture, weights=None, num_classes=num_classes, **extra)
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+        (load_detector_checkpoint if is_torchvision_detector(model) else load_checkpoint)(model, checkpoint)
     model.eval()
 
     if task == "classification":
@@ -117,6 +119,9 @@ def build_exportable(
         module = SegmentationLogits(model)
         settings = {"input_size": transforms.resize_size[0], "resize_mode": "letterbox",
                     "mean": list(transforms.mean), "std": list(transforms.std)}
+    elif is_torchvision_detector(model):  # Faster R-CNN, RetinaNet, FCOS: the whole detector (tools/torchvision_detectors.py)
+        model, settings = build_torchvision_detector(model, architecture, checkpoint is None, seed)
+        return Exportable(task, architecture, model, settings, labels, checkpoint is None, ["boxes", "labels", "scores"])
     else:
         if not hasattr(model, "anchor_generator") or not hasattr(model, "box_coder") or not hasattr(model.head, "classification_head"):
             raise ValueError(f"{architecture}: only SSD/SSDlite detectors export to the boxes/scores contract; "

@@ -28,6 +28,12 @@ from tsvision.serving.settings import TASKS, Settings, load_labels, parse_overri
 def export_files(exportable: Exportable, out_dir: Path, tolerance: float = 1e-3, pt2: bool = False) -> dict:
     """Write TorchScript and ONNX (and with ``pt2`` an AOTInductor package) for ``exportable.module``,
     reload them, compare, report."""
+    if exportable.settings.get("detection_format") == "torchvision":  # a whole torchvision detector
+        from tsvision.tools.torchvision_detectors import export_torchvision_files
+
+        if pt2:
+            raise SystemExit("--pt2 is not supported for whole torchvision detectors (detection_format torchvision)")
+        return export_torchvision_files(exportable, out_dir, tolerance)
     out_dir.mkdir(parents=True, exist_ok=True)
     module, size = exportable.module, exportable.settings["input_size"]
     generator = torch.Generator().manual_seed(1)
@@ -157,10 +163,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     write_settings(exportable, out_dir, parse_overrides(args.overrides))
     report = export_files(exportable, out_dir, args.tolerance, pt2=args.pt2)
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items())
-    written = ", ".join(f"{out_dir}/{name}" for name in ("model.pt", "model.onnx") + (("model.pt2",) if args.pt2 else ()))
+    files = report.get("files") or ["model.pt", "model.onnx"] + (["model.pt2"] if args.pt2 else [])
+    written = ", ".join(f"{out_dir}/{name}" for name in files)
     print(f"{args.task}: {exportable.architecture} -> {written} in {time.time() - started:.0f} s")
+    if report.get("onnx_error"):
+        print(f"  NO model.onnx: ONNX export of {exportable.architecture} failed on torch {torch.__version__}: "
+              f"{report['onnx_error']}; model.pt (TorchScript) is usable", file=sys.stderr)
     print(f"  weights: {'RANDOM (seed %d)' % args.seed if exportable.random_weights else args.checkpoint}")
-    print(f"  parameters: {report['parameters']:,}  FLOPs/image: {report['flops_per_image'] / 1e9:.3f} G")
+    flops = report["flops_per_image"]
+    where = " at %dx%d" % tuple(report["parity_image"]) if "parity_image" in report else ""
+    print(f"  parameters: {report['parameters']:,}  FLOPs/image{where}: {'%.3f G' % (flops / 1e9) if flops else 'not counted'}")
+    if "parity_detections" in report:
+        print(f"  parity on a {where.strip()[3:]} test image: {report['parity_detections']} detections above the threshold compared")
+        if not report["parity_detections"]:
+            print("  WARNING: no detection above score_threshold on the test image, so parity compared empty answers; "
+                  "export again with a lower --set score_threshold=... to compare real detections", file=sys.stderr)
     print(f"  max |difference|: {diffs} (tolerance {args.tolerance:g}) -> {'OK' if report['ok'] else 'TOO LARGE'}")
     return 0 if report["ok"] else 1
 

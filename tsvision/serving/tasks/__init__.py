@@ -11,12 +11,22 @@ from tsvision.serving.tasks.base import VisionTask
 from tsvision.serving.tasks.classification import ClassificationTask
 from tsvision.serving.tasks.detection import DetectionTask
 from tsvision.serving.tasks.segmentation import SegmentationTask
+from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask
 
 TASK_CLASSES: Dict[str, Type[VisionTask]] = {
     "classification": ClassificationTask,
     "segmentation": SegmentationTask,
     "detection": DetectionTask,
 }
+# detection_format -> the detection task class (the default "ssd" is DetectionTask)
+DETECTION_CLASSES: Dict[str, Type[VisionTask]] = {"torchvision": TorchvisionDetectionTask}
+
+
+def task_class(settings: Settings) -> Type[VisionTask]:
+    """The task class for these settings: by ``task``, and for detection by ``detection_format``."""
+    if settings.task == "detection" and settings.detection_format in DETECTION_CLASSES:
+        return DETECTION_CLASSES[settings.detection_format]
+    return TASK_CLASSES[settings.task]
 
 
 def build_task(model_path: Path, settings: Settings, base_dir: Optional[Path] = None, workers: int = 1,
@@ -31,8 +41,10 @@ def build_task(model_path: Path, settings: Settings, base_dir: Optional[Path] = 
         labels_path = Path(settings.labels)
         if not labels_path.is_absolute() and base_dir is not None:
             labels_path = Path(base_dir) / labels_path
+    cls = task_class(settings)
+    cls.before_load()
     runtime = load_runtime(Path(model_path), settings.threads, device)
-    return TASK_CLASSES[settings.task](runtime, settings, load_labels(labels_path), workers)
+    return cls(runtime, settings, load_labels(labels_path), workers)
 
 
 def load_export(folder: Path, model_file: str = "model.onnx", **overrides) -> VisionTask:

@@ -60,6 +60,10 @@ class VisionTask:
         threads = settings.preprocess_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tsvision") if threads > 1 else None
 
+    @classmethod
+    def before_load(cls) -> None:
+        """Called before the model file is loaded (e.g. to register the custom ops it calls)."""
+
     def prepare(self, image: Image.Image) -> Tuple[np.ndarray, Any]:
         """RGB image -> (input_size×input_size×3 uint8 array, whatever ``finish`` needs)."""
         raise NotImplementedError
