@@ -124,7 +124,7 @@ def test_yolo_nms_output_is_not_suppressed_again():
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="detection_format must be one of"):
         Settings.from_mapping({"task": "detection", "detection_format": "yolov9000"})
-    with pytest.raises(ValueError, match="background_index applies to detection_format 'ssd' only"):
+    with pytest.raises(ValueError, match="background_index applies to detection_formats .'ssd', 'torchvision'. only"):
         Settings.from_mapping({"task": "detection", "detection_format": "yolov8", "background_index": 0})
     with pytest.raises(ValueError, match="letterbox_center"):
         Settings.from_mapping({"task": "segmentation", "resize_mode": "letterbox_center"})

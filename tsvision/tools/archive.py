@@ -113,9 +113,10 @@ def resolve_detection_format(model: Path, values: dict) -> Optional[str]:
     """Check the model's outputs against ``values['detection_format']``; without one, set it from the
     output shapes when they are unambiguous. Returns what to tell the user (None: nothing to say).
     Raises ``ValueError`` with a clear message when the shapes do not fit or cannot be told apart."""
-    from tsvision.serving.settings import DETECTION_FORMATS
-    from tsvision.serving.tasks.detection_formats import guess_format
+    from tsvision.serving.tasks.detection_formats import DECODERS, guess_format
 
+    if values.get("detection_format", "ssd") not in DECODERS:
+        return None  # a whole detector (torchvision): the handler check on two images covers it
     outputs = probe_outputs(model, values)
     shapes = [tuple(o.shape) for o in outputs]
     described = ", ".join("×".join(str(d) for d in shape) for shape in shapes)
@@ -124,10 +125,10 @@ def resolve_detection_format(model: Path, values: dict) -> Optional[str]:
     if "detection_format" not in values:
         guessed = guess_format(shapes)
         if guessed is None:
-            fitting = [fmt for fmt in DETECTION_FORMATS if _fits(fmt, outputs, values)]
+            fitting = [fmt for fmt in DECODERS if _fits(fmt, outputs, values)]
             if not fitting:
                 raise ValueError(f"{contract}: its outputs ({described}) fit none of the detection formats "
-                                 f"({', '.join(DETECTION_FORMATS)})")
+                                 f"({', '.join(DECODERS)}; a whole torchvision detector needs --set detection_format=torchvision)")
             raise ValueError(f"cannot tell the detection output format of {model} from its output shapes ({described}): "
                              f"they fit {' and '.join(fitting)}; pass --set detection_format=FORMAT (docs/models.md)")
         values["detection_format"] = guessed
