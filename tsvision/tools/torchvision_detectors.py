@@ -165,14 +165,9 @@ def load_detector_checkpoint(model: nn.Module, path: Path) -> None:
     """Strict load, except for BatchNorm's ``num_batches_tracked`` counters: a detector trained from
     pretrained backbones uses FrozenBatchNorm2d, whose state has none (here the backbone is built
     with BatchNorm2d, the same in eval mode)."""
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    from tsvision.tools.architectures import read_state_dict
+
+    missing, unexpected = model.load_state_dict(read_state_dict(path), strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise ValueError(f"{path} does not fit this architecture: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
