@@ -190,7 +190,10 @@ def test_measured_scripted_vs_eager_and_onnx(frcnn, tasks, photos):
 
 
 @pytest.mark.e2e
-def test_served_equals_in_process(frcnn, tasks, photos, tmp_path):
+def test_served_equals_in_process(frcnn, photos, tmp_path):
+    """Both sides run torch with one intra-op thread: measured here, the random scripted Faster
+    R-CNN answers coffee differently at 1 and 2 threads (its near-tied scores reorder), so the
+    comparison pins the thread count rather than depending on what the worker gets."""
     from tsvision.tools.archive import main as archive_main
     from tsvision.tools.server import TorchServe
 
@@ -198,7 +201,9 @@ def test_served_equals_in_process(frcnn, tasks, photos, tmp_path):
     store = tmp_path / "store"
     for backend, filename in BACKENDS.items():
         assert archive_main(["--model", str(folder / filename), "--settings", str(folder / "settings.json"),
-                             "--name", f"frcnn_{backend}", "--store", str(store)]) == 0
+                             "--name", f"frcnn_{backend}", "--store", str(store), "--set", "threads=1"]) == 0
+    threads = torch.get_num_threads()
+    tasks = {backend: load_export(folder, filename, threads=1) for backend, filename in BACKENDS.items()}
     for archive in sorted(store.glob("*.mar")):
         print(f"\n{archive.name}: {archive.stat().st_size / 1e6:.1f} MB")
     server = TorchServe(store, tmp_path / "torchserve")
@@ -214,3 +219,6 @@ def test_served_equals_in_process(frcnn, tasks, photos, tmp_path):
                 assert [d["index"] for d in served] == [d["index"] for d in in_process]
     finally:
         server.stop()
+        for task in tasks.values():
+            task.close()
+        torch.set_num_threads(threads)
