@@ -109,12 +109,55 @@ def probe_outputs(model: Path, values: dict) -> List[np.ndarray]:
                          f"{type(error).__name__}: {error}") from None
 
 
+def is_whole_torchvision_detector(model: Path) -> bool:
+    """A scripted torchvision detector (it has ``transform`` and ``backbone``), or its one-image ONNX
+    export (a 3-d ``images`` input and ``boxes``, ``labels``, ``scores`` outputs)."""
+    if model.suffix.lower() == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
+        return len(inputs) == 1 and len(inputs[0].shape) == 3 and sorted(outputs) == ["boxes", "labels", "scores"]
+    try:
+        import torch
+        import torchvision  # noqa: F401 - registers torchvision::nms and roi_align for torch.jit.load
+
+        module = torch.jit.load(str(model), map_location="cpu")
+    except Exception:  # not TorchScript, or not loadable here: the probe below says what is wrong
+        return False
+    return hasattr(module, "transform") and hasattr(module, "backbone")
+
+
+def from_onnx_metadata(model: Path, values: dict) -> tuple:
+    """What an ultralytics ONNX file says about itself (``names``, ``task``, ``imgsz`` in its
+    metadata): the settings it implies, set where ``values`` has none, and its class names.
+    Returns (names or None, a note for the user or None)."""
+    if model.suffix.lower() != ".onnx":
+        return None, None
+    from tsvision.tools.ultralytics_export import labels_from_metadata, onnx_metadata, settings_from_metadata
+
+    metadata = onnx_metadata(model)
+    implied = settings_from_metadata(metadata)
+    if implied.get("task") and values.get("task", implied["task"]) != implied["task"]:
+        implied = {}  # the user chose another task: their choice
+    taken = {key: value for key, value in implied.items() if key not in values}
+    values.update(taken)
+    names = labels_from_metadata(metadata)
+    if not taken and names is None:
+        return None, None
+    said = [f"{k}={v}" for k, v in taken.items()] + ([f"{len(names)} class names"] if names else [])
+    return names, f"from the ONNX metadata ({metadata.get('author', 'exporter')}): {', '.join(said)}"
+
+
 def resolve_detection_format(model: Path, values: dict) -> Optional[str]:
     """Check the model's outputs against ``values['detection_format']``; without one, set it from the
     output shapes when they are unambiguous. Returns what to tell the user (None: nothing to say).
     Raises ``ValueError`` with a clear message when the shapes do not fit or cannot be told apart."""
     from tsvision.serving.tasks.detection_formats import DECODERS, guess_format
 
+    if "detection_format" not in values and is_whole_torchvision_detector(model):
+        values.update(detection_format="torchvision", background_index=values.get("background_index", 0))
+        return "detection_format torchvision (a whole torchvision detector; background_index 0)"
     if values.get("detection_format", "ssd") not in DECODERS:
         return None  # a whole detector (torchvision): the handler check on two images covers it
     outputs = probe_outputs(model, values)
@@ -233,7 +276,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     if labels is None and args.settings and values.get("labels"):
         labels = args.settings.parent / values["labels"]
     values.pop("labels", None)
+    scratch = tempfile.TemporaryDirectory(prefix="tsvision-labels-")
     try:
+        names, metadata_note = from_onnx_metadata(args.model, values)
+        if metadata_note:
+            print(f"{args.name}: {metadata_note}")
+        if labels is None and names:
+            labels = Path(scratch.name) / "labels.json"
+            labels.write_text(json.dumps(names))
+        if "task" not in values:
+            raise ValueError("pass --task or --settings (the model file does not say its task)")
         note = resolve_detection_format(args.model, values) if values.get("task") == "detection" else None
         settings = Settings.from_mapping(values)
         if note:
@@ -244,6 +296,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             answer = check_model(args.model, settings, handler, labels, found, args.name)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+        scratch.cleanup()
         return 2
     print(f"{args.name}: {Path(handler).name} answers a batch of two test images ({type(answer).__name__} of {len(answer)})")
     if found.get("fixed_batch"):
@@ -253,6 +306,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               + (", the last chunk padded" if size > 1 else "") + "; export with a dynamic batch axis to batch freely")
     archive = build_archive(args.model, settings, labels, args.name, args.version, args.store,
                             args.batch_size, args.max_batch_delay, args.workers, args.archive_file, args.handler)
+    scratch.cleanup()
     print(f"{args.name}: wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB)"
           + ("  [RANDOM weights: answers are meaningless]" if settings.random_weights else ""))
     return 0

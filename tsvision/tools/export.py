@@ -3,6 +3,7 @@ and ONNX, check both, and report parity, parameters and FLOPs.
 
     tsvision export --task classification [--arch NAME] [--checkpoint FILE]
                               [--labels FILE] [--out DIR] [--set key=value ...]
+    tsvision export --task detection --arch yolov8n [--checkpoint best.pt]   (ultralytics' exporter)
 
 Writes ``model.pt``, ``model.onnx``, ``labels.json``, ``settings.json`` (the handler settings)
 and ``report.json`` into ``--out``.
@@ -151,6 +152,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     out_dir = args.out or Path("build") / args.task
     labels = load_labels(args.labels) if args.labels else None
     started = time.time()
+    from tsvision.tools.ultralytics_export import is_ultralytics_config
+
+    if is_ultralytics_config(args.arch):
+        return export_ultralytics(args, out_dir)
     try:
         exportable = build_exportable(args.task, args.arch, args.checkpoint, args.num_classes, labels, args.seed)
     except (ValueError, RuntimeError, OSError) as error:
@@ -179,6 +184,36 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("  WARNING: no detection above score_threshold on the test image, so parity compared empty answers; "
                   "export again with a lower --set score_threshold=... to compare real detections", file=sys.stderr)
     print(f"  max |difference|: {diffs} (tolerance {args.tolerance:g}) -> {'OK' if report['ok'] else 'TOO LARGE'}")
+    return 0 if report["ok"] else 1
+
+
+def export_ultralytics(args: argparse.Namespace, out_dir: Path) -> int:
+    """``--arch yolov8n`` and the like: ultralytics' own exporter (tools/ultralytics_export.py)."""
+    from tsvision.tools.ultralytics_export import export_yolo
+
+    if args.checkpoint is None:
+        print(f"WARNING: {args.arch} has RANDOM weights (seed {args.seed}), conditioned so that a few boxes stand out; "
+              "nothing can be downloaded here. Its predictions are meaningless. Pass --checkpoint best.pt for a trained model.",
+              file=sys.stderr)
+    started = time.time()
+    try:
+        report = export_yolo(args.arch, out_dir, args.checkpoint, args.seed, tolerance=args.tolerance)
+    except (ValueError, RuntimeError, OSError, FileNotFoundError) as error:
+        print(f"error: cannot export {args.arch}{' from ' + str(args.checkpoint) if args.checkpoint else ''}: {error}", file=sys.stderr)
+        return 2
+    if report["task"] != args.task:
+        print(f"error: {args.arch} is a {report['task']} model, not {args.task}", file=sys.stderr)
+        return 2
+    settings_path = out_dir / "settings.json"
+    values = {**json.loads(settings_path.read_text()), **parse_overrides(args.overrides)}
+    settings_path.write_text(json.dumps(Settings.from_mapping(values).to_mapping(), indent=2) + "\n")
+    print(f"{args.task}: {report['architecture']} (ultralytics exporter, format {report['detection_format']}) -> "
+          f"{out_dir}/model.onnx in {time.time() - started:.0f} s")
+    print(f"  weights: {'RANDOM (seed %d), conditioned on %s' % (args.seed, report['conditioned_on']) if report['random_weights'] else args.checkpoint}")
+    print(f"  parameters: {report['parameters']:,}  outputs: {report['outputs']}")
+    diffs = ", ".join(f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items())
+    print(f"  max |difference|: {diffs} (boxes as a fraction of the side; tolerance {args.tolerance:g}) -> "
+          f"{'OK' if report['ok'] else 'TOO LARGE'}")
     return 0 if report["ok"] else 1
 
 

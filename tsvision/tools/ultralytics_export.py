@@ -1,0 +1,258 @@
+"""YOLO models through ultralytics' own ONNX exporter (export time only; needs ``ultralytics``).
+
+    tsvision export --task detection --arch yolov8n [--checkpoint best.pt] [--out DIR]
+
+``--arch`` names an ultralytics model config (``yolov8n``, ``yolo11n``, ``yolov8n-seg``,
+``yolov8n-pose``, ...; the ``.yaml`` is optional). Without ``--checkpoint`` the model is built
+from that config with seeded RANDOM weights and conditioned (``condition_random_yolo``); with
+a checkpoint (an ultralytics ``.pt`` such as ``runs/detect/train/weights/best.pt``) its trained
+weights and class names are used. The file is written by ``YOLO.export(format="onnx")`` exactly
+as a YOLO user would write it (dynamic batch and image size, ``names`` in the ONNX metadata),
+then checked: ONNX Runtime against the eager model on a seeded image.
+
+Writes ``model.onnx``, ``labels.json``, ``settings.json`` and ``report.json`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+# Random weights: these COCO classes are made to stand out (their scores spread over (0, 1));
+# every other class scores near 0. ultralytics' default confidence is 0.25.
+RANDOM_WEIGHTS_CLASSES = (0, 2, 16)  # person, car, dog
+LOGIT_SPREAD = 3.0
+CALIBRATION_KEEP = 6  # anchors per conditioned class above the threshold in the most responsive calibration image
+CALIBRATION_IMAGES = 8  # synthetic ones, where scikit-image's photos are not installed
+SCORE_THRESHOLD = 0.25
+# ultralytics task -> (tsvision task, detection_format)
+ULTRALYTICS_TASKS = {"detect": ("detection", "yolov8")}
+
+
+def is_ultralytics_config(architecture: Optional[str]) -> bool:
+    """``yolov8n``, ``yolo11s-seg.yaml``, ``yolov5nu``...: a name ultralytics builds from its configs."""
+    return bool(architecture) and architecture.lower().startswith(("yolov", "yolo1", "yolo2"))
+
+
+def _offline() -> None:
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach for the network (no downloads here)
+
+
+def build_yolo(architecture: str, checkpoint: Optional[Path], seed: int):
+    """An ultralytics ``YOLO``: trained from ``checkpoint``, or built from the config with seeded
+    random weights (conditioned)."""
+    _offline()
+    from ultralytics import YOLO
+
+    if checkpoint is not None:
+        return YOLO(str(checkpoint))
+    config = architecture if architecture.endswith(".yaml") else architecture + ".yaml"
+    torch.manual_seed(seed)
+    yolo = YOLO(config)
+    condition_random_yolo(yolo.model, seed)
+    return yolo
+
+
+def smooth_batch(count: int, size: int, seed: int) -> torch.Tensor:
+    from tsvision.tools.torchvision_detectors import smooth_image
+
+    return torch.stack([smooth_image(size, size, seed + i) for i in range(count)])
+
+
+CALIBRATION_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+                      "retina", "cat")
+
+
+def calibration_images(size: int, seed: int) -> Tuple[List[torch.Tensor], str]:
+    """Images to condition random weights on, as the model sees them (letterboxed, /255): the
+    scikit-image photos where scikit-image is installed (random networks respond to photos and to
+    synthetic images very differently), else seeded synthetic images. Returns them and their name."""
+    from PIL import Image
+
+    from tsvision.serving.geometry import YOLO_FILL, fit_square
+
+    try:
+        import skimage.data
+    except ImportError:
+        return [smooth_batch(1, size, seed + 1 + i) for i in range(CALIBRATION_IMAGES)], "synthetic"
+    batches = []
+    for name in CALIBRATION_PHOTOS:
+        photo = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        array, _ = fit_square(photo, size, "letterbox_center", YOLO_FILL)
+        batches.append(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None].float() / 255)
+    return batches, "scikit-image photos"
+
+
+def condition_random_yolo(model: nn.Module, seed: int, size: int = 640) -> None:
+    """Make a randomly initialised YOLO's answers well separated (it still knows nothing):
+
+    1. BatchNorm statistics are recomputed on seeded noise (random weights otherwise shrink the
+       activations layer by layer), as the torchvision exports do.
+    2. In the head's last class convolution of every scale, the logits of ``RANDOM_WEIGHTS_CLASSES``
+       are rescaled to standard deviation ``LOGIT_SPREAD`` over the anchors of the calibration
+       images (``calibration_images``), scale by scale, and shifted so that the most responsive
+       image has ``CALIBRATION_KEEP`` anchors of each class above ``SCORE_THRESHOLD``. Measured on
+       yolov8n (seed 0): astronaut 5 boxes, camera 13, coffee/chelsea/rocket none; neighbouring
+       scores at least 0.002 apart. The other classes' weights are zeroed and their bias set
+       to -12 (sigmoid 6e-6), so ties and near-ties among untrained classes cannot decide anything.
+    """
+    head = model.model[-1]
+    convs = [branch[-1] for branch in head.cv3]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    generator = torch.Generator().manual_seed(seed)
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(2, 3, size, size, generator=generator))
+    model.eval()
+    seen: List[torch.Tensor] = []
+    hooks = [conv.register_forward_hook(lambda _m, _i, out: seen.append(out.detach())) for conv in convs]
+    try:
+        with torch.no_grad():
+            for image in calibration_images(size, seed)[0]:
+                model(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    per_image = [seen[i:i + len(convs)] for i in range(0, len(seen), len(convs))]
+    at_threshold = float(np.log(SCORE_THRESHOLD / (1 - SCORE_THRESHOLD)))
+    classes = [c for c in RANDOM_WEIGHTS_CLASSES if c < convs[0].out_channels]
+    with torch.no_grad():
+        for c in classes:
+            # each scale standardised on its own (their raw spreads differ by orders of magnitude)
+            standardised = [[] for _ in per_image]
+            for level, conv in enumerate(convs):
+                values = [outs[level][:, c].flatten() for outs in per_image]
+                mean, std = float(torch.cat(values).mean()), float(torch.cat(values).std()) or 1.0
+                conv.weight[c] *= LOGIT_SPREAD / std
+                conv.bias[c] = (conv.bias[c] - mean) * LOGIT_SPREAD / std
+                for image, value in zip(standardised, values):
+                    image.append((value - mean) * LOGIT_SPREAD / std)
+            # the most responsive calibration image has CALIBRATION_KEEP anchors of this class above
+            # the threshold (random networks respond very unevenly: most photos get fewer or none)
+            kth = max(float(torch.topk(torch.cat(image), CALIBRATION_KEEP).values[-1]) for image in standardised)
+            for conv in convs:
+                conv.bias[c] += at_threshold - kth
+        for conv in convs:
+            others = [c for c in range(conv.out_channels) if c not in classes]
+            conv.weight[others] = 0.0
+            conv.bias[others] = -12.0
+
+
+def onnx_metadata(path: Path) -> Dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (ultralytics writes names, imgsz, task, stride...)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def labels_from_metadata(metadata: Dict[str, str]) -> Optional[List[str]]:
+    """Class names from ultralytics' ``names`` metadata (a Python dict literal {0: 'person', ...})."""
+    text = metadata.get("names")
+    if not text:
+        return None
+    try:
+        names = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(names, dict):
+        size = max(int(k) for k in names) + 1 if names else 0
+        return [str(names.get(i, i)) for i in range(size)]
+    return [str(n) for n in names] if isinstance(names, (list, tuple)) else None
+
+
+def settings_from_metadata(metadata: Dict[str, str]) -> dict:
+    """Handler settings an ultralytics ONNX file implies: the task and format from ``task``, and
+    ``input_size`` from ``imgsz`` (square only)."""
+    settings: dict = {}
+    task = ULTRALYTICS_TASKS.get(metadata.get("task", ""))
+    if task is not None:
+        settings["task"], settings["detection_format"] = task
+    try:
+        imgsz = ast.literal_eval(metadata.get("imgsz", ""))
+    except (ValueError, SyntaxError):
+        imgsz = None
+    if isinstance(imgsz, (list, tuple)) and len(imgsz) == 2 and imgsz[0] == imgsz[1]:
+        settings["input_size"] = int(imgsz[0])
+    return settings
+
+
+def export_yolo(architecture: str, out_dir: Path, checkpoint: Optional[Path] = None, seed: int = 0,
+                imgsz: int = 640, tolerance: float = 1e-3) -> dict:
+    """Build (``build_yolo``), export with ultralytics, check with ONNX Runtime, write the folder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    yolo = build_yolo(architecture, checkpoint, seed)
+    ultralytics_task = yolo.task
+    if ultralytics_task not in ULTRALYTICS_TASKS:
+        raise ValueError(f"{architecture}: ultralytics task {ultralytics_task!r} is not served by tsvision yet "
+                         f"(served: {sorted(ULTRALYTICS_TASKS)})")
+    with tempfile.TemporaryDirectory() as scratch:
+        # ultralytics writes the .onnx beside the model file (the cwd for a config): keep that out of the user's tree
+        here = os.getcwd()
+        os.chdir(scratch)
+        try:
+            written = yolo.export(format="onnx", imgsz=imgsz, dynamic=True, simplify=False, verbose=False)
+        finally:
+            os.chdir(here)
+        shutil.move(str(Path(scratch) / written if not Path(written).is_absolute() else written), out_dir / "model.onnx")
+    export_seconds = round(time.time() - started, 1)
+    metadata = onnx_metadata(out_dir / "model.onnx")
+    labels = labels_from_metadata(metadata) or [str(i) for i in range(len(yolo.names))]
+    task, fmt = ULTRALYTICS_TASKS[ultralytics_task]
+    random_weights = checkpoint is None
+    settings = {"task": task, "detection_format": fmt, "input_size": imgsz, "labels": "labels.json",
+                "random_weights": random_weights,
+                "description": f"{Path(architecture).stem} via ultralytics ({'random seeded weights' if random_weights else 'checkpoint'})"}
+    photos, calibration = calibration_images(imgsz, seed)
+    difference, shapes = onnx_vs_eager(yolo.model, out_dir / "model.onnx", photos[0])
+    report = {
+        "task": task,
+        "architecture": Path(architecture).stem,
+        "exporter": "ultralytics",
+        "detection_format": fmt,
+        "random_weights": random_weights,
+        "input": ["batch", 3, "height", "width"],
+        "outputs": shapes,
+        "onnx_metadata": {k: v for k, v in metadata.items() if k != "names"},
+        "parameters": sum(p.numel() for p in yolo.model.parameters()),
+        "files": ["model.onnx"],
+        "export_seconds": export_seconds,
+        "conditioned_on": calibration if random_weights else None,
+        "max_abs_diff": {"onnx_vs_eager": difference},
+        "tolerance": tolerance,
+        "ok": difference <= tolerance,
+    }
+    (out_dir / "labels.json").write_text(json.dumps(labels) + "\n")
+    (out_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def onnx_vs_eager(model: nn.Module, onnx_path: Path, images: torch.Tensor) -> Tuple[float, List[List[int]]]:
+    """Largest difference of the first output (the detections) between ONNX Runtime and the eager
+    model, box coordinates as a fraction of the image side (as for the torchvision detectors),
+    and the ONNX output shapes."""
+    from tsvision.serving.runtimes import load_runtime
+
+    with torch.no_grad():
+        eager = model.eval()(images)
+    eager = eager[0] if isinstance(eager, (list, tuple)) else eager
+    outputs = load_runtime(onnx_path).run(images.numpy())
+    difference = np.abs(outputs[0] - eager.numpy())
+    difference[:, :4] /= images.shape[-1]
+    return float(difference.max()), [list(o.shape) for o in outputs]
