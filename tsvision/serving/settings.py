@@ -9,9 +9,11 @@ from typing import Any, List, Mapping, Optional
 
 from tsvision.serving.images import DEFAULT_MAX_PIXELS
 
-TASKS = ("classification", "segmentation", "detection")
+TASKS = ("classification", "segmentation", "detection", "instance_segmentation", "keypoints")
+DETECTING_TASKS = ("detection", "instance_segmentation", "keypoints")  # boxes, and the detection_format setting
 RESIZE_MODES = ("stretch", "letterbox", "letterbox_center")
-DETECTION_FORMATS = ("ssd", "yolov8", "yolov5", "yolo_nms", "detr", "rtdetr", "torchvision")  # docs/models.md
+DETECTION_FORMATS = ("ssd", "yolov8", "yolov5", "yolo_nms", "detr", "rtdetr", "torchvision",  # docs/models.md
+                     "yolov8_seg", "yolov8_pose")  # instance_segmentation, keypoints
 BACKGROUND_FORMATS = ("ssd", "torchvision")  # the formats whose class 0 (or background_index) means "nothing"
 _YOLO_DEFAULTS = {"input_size": 640, "resize_mode": "letterbox_center", "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0),
                   "iou_threshold": 0.7, "score_threshold": 0.25}
@@ -44,6 +46,10 @@ class Settings:
     background_index: Optional[int] = None  # detection: class that means "no object" (ssd, torchvision formats)
     detection_format: str = "ssd"          # detection: the model's output layout (DETECTION_FORMATS)
     agnostic_nms: bool = False             # detection: one NMS over all classes instead of per class
+    mask_threshold: float = 0.5            # instance_segmentation: soft mask -> pixel in the mask
+    mask_format: str = "rle"               # instance_segmentation: "rle" (COCO run-length) or "polygon"
+    keypoint_names: Optional[tuple] = None  # keypoints: names by index (None: COCO's 17)
+    skeleton: Optional[tuple] = None       # keypoints: [a, b] index pairs to draw (None: COCO's)
     max_pixels: int = DEFAULT_MAX_PIXELS    # decompression-bomb guard, per image
     max_images: int = 64                   # images in one request (lists, instances)
     threads: int = 0                       # model runtime threads; 0: the runtime's default
@@ -62,12 +68,16 @@ class Settings:
         values = dict(values)
         if values.get("task") not in TASKS:
             raise ValueError(f"handler setting 'task' must be one of {TASKS}, got {values.get('task')!r}")
-        if values["task"] == "detection":
+        if values["task"] in DETECTING_TASKS:
             for key, value in FORMAT_DEFAULTS.get(values.get("detection_format", "ssd"), {}).items():
                 values.setdefault(key, value)
         for key in ("mean", "std"):
             if key in values:
                 values[key] = tuple(float(v) for v in values[key])
+        if values.get("keypoint_names") is not None:
+            values["keypoint_names"] = tuple(str(v) for v in values["keypoint_names"])
+        if values.get("skeleton") is not None:
+            values["skeleton"] = tuple((int(a), int(b)) for a, b in values["skeleton"])
         settings = cls(**values)
         settings.validate()
         return settings
@@ -75,8 +85,12 @@ class Settings:
     def validate(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
-        if self.resize_mode == "letterbox_center" and self.task != "detection":
-            raise ValueError("resize_mode 'letterbox_center' is for detection only")
+        if self.resize_mode == "letterbox_center" and self.task not in DETECTING_TASKS:
+            raise ValueError(f"resize_mode 'letterbox_center' is for the tasks {DETECTING_TASKS} only")
+        if self.mask_format not in ("rle", "polygon"):
+            raise ValueError(f"mask_format must be 'rle' or 'polygon', got {self.mask_format!r}")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must lie between 0 and 1, got {self.mask_threshold!r}")
         if self.detection_format not in DETECTION_FORMATS:
             raise ValueError(f"detection_format must be one of {DETECTION_FORMATS}, got {self.detection_format!r}")
         if self.detection_format not in BACKGROUND_FORMATS and self.background_index is not None:
@@ -92,6 +106,10 @@ class Settings:
     def to_mapping(self) -> dict:
         values = asdict(self)
         values["mean"], values["std"] = list(self.mean), list(self.std)
+        if self.keypoint_names is not None:
+            values["keypoint_names"] = list(self.keypoint_names)
+        if self.skeleton is not None:
+            values["skeleton"] = [list(pair) for pair in self.skeleton]
         return values
 
 

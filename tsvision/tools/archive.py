@@ -32,7 +32,9 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]          # tsvision/
 HANDLERS_DIR = PACKAGE_DIR.parent / "handlers"              # the entry files TorchServe loads
 DEFAULT_HANDLERS = {"classification": ("image_classifier.py", "ImageClassifier"),
                     "segmentation": ("image_segmenter.py", "ImageSegmenter"),
-                    "detection": ("object_detector.py", "ObjectDetector")}
+                    "detection": ("object_detector.py", "ObjectDetector"),
+                    "instance_segmentation": ("instance_segmenter.py", "InstanceSegmenter"),
+                    "keypoints": ("keypoint_detector.py", "KeypointDetector")}
 
 
 def default_handler(task: str, folder: Path) -> Path:

@@ -36,7 +36,9 @@ CALIBRATION_KEEP = 6  # anchors per conditioned class above the threshold in the
 CALIBRATION_IMAGES = 8  # synthetic ones, where scikit-image's photos are not installed
 SCORE_THRESHOLD = 0.25
 # ultralytics task -> (tsvision task, detection_format)
-ULTRALYTICS_TASKS = {"detect": ("detection", "yolov8")}
+ULTRALYTICS_TASKS = {"detect": ("detection", "yolov8"),
+                     "segment": ("instance_segmentation", "yolov8_seg"),
+                     "pose": ("keypoints", "yolov8_pose")}
 
 
 def is_ultralytics_config(architecture: Optional[str]) -> bool:
