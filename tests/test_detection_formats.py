@@ -1,5 +1,6 @@
 """Detector output layouts (``detection_format``): toy models whose answer is known exactly,
-in each family's layout, exported by the project's export code and run in-process (issue 14)."""
+in each family's layout, exported by the project's export code, run in-process and served live
+by a real TorchServe (issue 14)."""
 
 from __future__ import annotations
 
@@ -160,3 +161,40 @@ def test_archive_shows_a_format_mismatch(format_exports, tmp_path, capsys, model
     err = capsys.readouterr().err
     assert "does not meet the detection contract" in err and f"detection_format {fmt!r} expects" in err, err
     assert "the model's outputs are" in err
+
+
+@pytest.fixture(scope="module")
+def format_server(format_exports, tmp_path_factory):
+    """One real TorchServe with every toy format on both backends, archived as a user would: the
+    model file, its labels and the format's settings (``--set``), no settings.json."""
+    from tsvision.tools.server import TorchServe
+
+    store = tmp_path_factory.mktemp("format_store")
+    for fmt in OUTPUT_NAMES:
+        sets = [f"--set={key}={json.dumps(value)}" for key, value in {"detection_format": fmt, **FORMAT_SETTINGS[fmt]}.items()]
+        for backend, filename in BACKENDS.items():
+            assert archive_main(["--model", str(format_exports / fmt / filename), "--task", "detection",
+                                 "--labels", str(format_exports / fmt / "labels.json"), "--name", f"toy_{fmt}_{backend}",
+                                 "--store", str(store), "--workers", "1", *sets]) == 0
+    server = TorchServe(store, tmp_path_factory.mktemp("format_torchserve"))
+    try:
+        server.start(timeout=300)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("fmt", list(OUTPUT_NAMES))
+def test_served_box_lands_on_the_rectangle(format_server, fmt, backend):
+    """Served live: the box of each format's toy lies within 1 px of the drawn rectangle on
+    333×777 and 1280×720 images (through the format's letterbox or stretch and back)."""
+    for width, height in SCENES:
+        image, truth = bright_box_scene(width, height)
+        response = format_server.predict(f"toy_{fmt}_{backend}", png(image), content_type="image/png")
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert len(answer) == 1 and answer[0]["label"] == "bright rectangle", (fmt, backend, image.size, answer)
+        error = np.abs(np.subtract(answer[0]["box"], truth)).max()
+        assert error <= 1.0, (fmt, backend, image.size, answer[0]["box"], truth)
