@@ -27,12 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from tsvision.tools.calibration import calibration_images, smooth_image
+
 # Random weights: one class (COCO's "person") is made to stand out; its scores then spread over
 # (0, 1) and this threshold keeps a handful of boxes per photo.
 RANDOM_WEIGHTS_CLASS = 1
 RANDOM_WEIGHTS_SCORE_THRESHOLD = 0.15
 LOGIT_SPREAD = 3.0  # standard deviation of the conditioned class logit
-CALIBRATION_KEEP = 8  # candidates (proposals or anchors) of the two calibration images above the threshold
+CALIBRATION_KEEP = 8  # candidates (proposals or anchors) above the threshold in the most responsive calibration image
 
 
 def is_torchvision_detector(model: nn.Module) -> bool:
@@ -83,34 +85,22 @@ def parity_image_size(model: nn.Module) -> Tuple[int, int]:
     return short, long
 
 
-def smooth_image(height: int, width: int, seed: int, shapes: int = 24) -> torch.Tensor:
-    """A seeded 3×H×W image in [0, 1] that looks a little like a photo: smooth colour regions
-    (upsampled noise), flat rectangles with sharp edges, and fine grain."""
-    generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(1, 3, max(2, height // 24), max(2, width // 24), generator=generator)
-    image = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
-    for _ in range(shapes):
-        y, x = (torch.rand(2, generator=generator) * torch.tensor([height, width])).long().tolist()
-        h, w = (torch.rand(2, generator=generator) * torch.tensor([height / 3, width / 3])).long().tolist()
-        image[:, y:y + h + 4, x:x + w + 4] = torch.rand(3, 1, 1, generator=generator)
-    image += 0.04 * torch.randn(image.shape, generator=generator)
-    return image.clamp(0, 1)
-
-
 def condition_random_detector(model: nn.Module, seed: int) -> None:
     """Make a randomly initialised detector's answers well separated (it still knows nothing):
 
     1. BatchNorm statistics of the backbone are recomputed on seeded noise (random weights
        otherwise shrink activations layer by layer), as the SSD export does.
     2. The logit of one class (``RANDOM_WEIGHTS_CLASS``) in the classification head is rescaled
-       to standard deviation ``LOGIT_SPREAD`` over the proposals/anchors of two synthetic seeded
-       images (``smooth_image``) and shifted: its weight scaled, its bias raised. Its scores then range
-       over (0, 1) instead of sitting near 1/C, so thresholds and rankings are not decided by
-       rounding. The other classes' weights are zeroed, so only that class is ever returned
-       (their logits are their biases: near 0 against a softmax, the 0.01 prior of a sigmoid
-       head). The bias is chosen so that only the ``CALIBRATION_KEEP`` highest candidates
-       of the calibration images score above ``RANDOM_WEIGHTS_SCORE_THRESHOLD`` (dense heads
-       such as RetinaNet's have 100 000s of anchors, Faster R-CNN a few hundred proposals).
+       to standard deviation ``LOGIT_SPREAD`` over the proposals/anchors of the calibration
+       images (``tools/calibration.py``: scikit-image's photos where installed) and shifted: its
+       weight scaled, its bias raised. Its scores then range over (0, 1) instead of sitting near
+       1/C, so thresholds and rankings are not decided by rounding. The other classes' weights
+       are zeroed, so only that class is ever returned (their logits are their biases: near 0
+       against a softmax, the 0.01 prior of a sigmoid head). The bias is chosen so that the most
+       responsive calibration image has ``CALIBRATION_KEEP`` candidates above
+       ``RANDOM_WEIGHTS_SCORE_THRESHOLD`` (random networks respond very unevenly to different
+       photos; dense heads such as RetinaNet's have 100 000s of anchors, Faster R-CNN a few hundred
+       proposals).
     """
     height, width = parity_image_size(model)
     norms = [m for m in model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -135,20 +125,23 @@ def condition_random_detector(model: nn.Module, seed: int) -> None:
         values = output[:, channels] if output.dim() == 2 else output[:, channels].flatten()
         seen.append(values.detach().flatten())
 
+    per_image: List[torch.Tensor] = []
     handle = layer.register_forward_hook(record)
     try:
         with torch.no_grad():
-            model([smooth_image(height, width, seed + 1), smooth_image(height, width, seed + 2)])
+            for image in calibration_images(seed)[0]:
+                seen.clear()
+                model([image])
+                per_image.append(torch.cat(seen))
     finally:
         handle.remove()
-    values = torch.cat(seen)
+    values = torch.cat(per_image)
     mean, std = float(values.mean()), float(values.std()) or 1.0
-    standardised = (values - mean) * LOGIT_SPREAD / std
     # The logit that scores exactly the threshold: sigmoid, or softmax against C - 1 near-zero logits.
     t = RANDOM_WEIGHTS_SCORE_THRESHOLD
     at_threshold = float(np.log(t / (1 - t)) + (np.log(num_classes - 1) if kind == "softmax" else 0.0))
-    # Only the CALIBRATION_KEEP highest of the calibration images' candidates reach it.
-    kth = float(torch.topk(standardised, min(CALIBRATION_KEEP, standardised.numel())).values[-1])
+    kth = max(float(torch.topk((image - mean) * LOGIT_SPREAD / std, min(CALIBRATION_KEEP, image.numel())).values[-1])
+              for image in per_image)
     offset = at_threshold - kth
     with torch.no_grad():
         # The other classes get constant logits (their bias): in a softmax head never above 1/C, in a
@@ -196,11 +189,9 @@ def export_torchvision_files(exportable, out_dir: Path, tolerance: float = 1e-3)
         onnx_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         onnx_path.unlink(missing_ok=True)
     timings["onnx_seconds"] = round(time.time() - started, 1)
-    image = smooth_image(height, width, seed=7)
     threshold = float(exportable.settings.get("score_threshold", 0.5))
+    image, compared = parity_image(model, height, width, threshold)
     parity = compare_detector_backends(model, ts_path, None if onnx_error else onnx_path, image, threshold)
-    with torch.no_grad():
-        compared = int((model([image])[0]["scores"] > threshold).sum())
     report = {
         "task": exportable.task,
         "architecture": exportable.architecture,
@@ -221,6 +212,19 @@ def export_torchvision_files(exportable, out_dir: Path, tolerance: float = 1e-3)
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def parity_image(model: nn.Module, height: int, width: int, threshold: float) -> Tuple[torch.Tensor, int]:
+    """The first calibration image, resized to ``height`` × ``width`` (a size the model does not
+    resize), on which the eager model finds something above ``threshold``; and how many it finds."""
+    image, found = None, 0
+    for photo in calibration_images(0)[0]:
+        image = torch.nn.functional.interpolate(photo[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        with torch.no_grad():
+            found = int((model([image])[0]["scores"] > threshold).sum())
+        if found:
+            break
+    return image, found
 
 
 class OneImageDetections(nn.Module):

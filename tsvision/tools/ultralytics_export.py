@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from tsvision.tools.calibration import calibration_images
+
 # Random weights: these COCO classes are made to stand out (their scores spread over (0, 1));
 # every other class scores near 0. ultralytics' default confidence is 0.25.
 RANDOM_WEIGHTS_CLASSES = (0, 2, 16)  # person, car, dog
 LOGIT_SPREAD = 3.0
 CALIBRATION_KEEP = 6  # anchors per conditioned class above the threshold in the most responsive calibration image
-CALIBRATION_IMAGES = 8  # synthetic ones, where scikit-image's photos are not installed
 SCORE_THRESHOLD = 0.25
 # ultralytics task -> (tsvision task, detection_format)
 ULTRALYTICS_TASKS = {"detect": ("detection", "yolov8"),
@@ -65,34 +66,15 @@ def build_yolo(architecture: str, checkpoint: Optional[Path], seed: int):
     return yolo
 
 
-def smooth_batch(count: int, size: int, seed: int) -> torch.Tensor:
-    from tsvision.tools.torchvision_detectors import smooth_image
-
-    return torch.stack([smooth_image(size, size, seed + i) for i in range(count)])
-
-
-CALIBRATION_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-                      "retina", "cat")
-
-
-def calibration_images(size: int, seed: int) -> Tuple[List[torch.Tensor], str]:
-    """Images to condition random weights on, as the model sees them (letterboxed, /255): the
-    scikit-image photos where scikit-image is installed (random networks respond to photos and to
-    synthetic images very differently), else seeded synthetic images. Returns them and their name."""
+def letterboxed(image: torch.Tensor, size: int) -> torch.Tensor:
+    """A 3×H×W image in [0, 1] as a YOLO model sees it: 1×3×size×size, letterboxed on grey 114."""
     from PIL import Image
 
     from tsvision.serving.geometry import YOLO_FILL, fit_square
 
-    try:
-        import skimage.data
-    except ImportError:
-        return [smooth_batch(1, size, seed + 1 + i) for i in range(CALIBRATION_IMAGES)], "synthetic"
-    batches = []
-    for name in CALIBRATION_PHOTOS:
-        photo = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-        array, _ = fit_square(photo, size, "letterbox_center", YOLO_FILL)
-        batches.append(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None].float() / 255)
-    return batches, "scikit-image photos"
+    pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    array, _ = fit_square(Image.fromarray(pixels), size, "letterbox_center", YOLO_FILL)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None].float() / 255
 
 
 def condition_random_yolo(model: nn.Module, seed: int, size: int = 640) -> None:
@@ -102,7 +84,7 @@ def condition_random_yolo(model: nn.Module, seed: int, size: int = 640) -> None:
        activations layer by layer), as the torchvision exports do.
     2. In the head's last class convolution of every scale, the logits of ``RANDOM_WEIGHTS_CLASSES``
        are rescaled to standard deviation ``LOGIT_SPREAD`` over the anchors of the calibration
-       images (``calibration_images``), scale by scale, and shifted so that the most responsive
+       images (``tools/calibration.py``), scale by scale, and shifted so that the most responsive
        image has ``CALIBRATION_KEEP`` anchors of each class above ``SCORE_THRESHOLD``. Measured on
        yolov8n (seed 0): astronaut 5 boxes, camera 13, coffee/chelsea/rocket none; neighbouring
        scores at least 0.002 apart. The other classes' weights are zeroed and their bias set
@@ -124,8 +106,8 @@ def condition_random_yolo(model: nn.Module, seed: int, size: int = 640) -> None:
     hooks = [conv.register_forward_hook(lambda _m, _i, out: seen.append(out.detach())) for conv in convs]
     try:
         with torch.no_grad():
-            for image in calibration_images(size, seed)[0]:
-                model(image)
+            for image in calibration_images(seed)[0]:
+                model(letterboxed(image, size))
     finally:
         for hook in hooks:
             hook.remove()
@@ -220,8 +202,8 @@ def export_yolo(architecture: str, out_dir: Path, checkpoint: Optional[Path] = N
     settings = {"task": task, "detection_format": fmt, "input_size": imgsz, "labels": "labels.json",
                 "random_weights": random_weights,
                 "description": f"{Path(architecture).stem} via ultralytics ({'random seeded weights' if random_weights else 'checkpoint'})"}
-    photos, calibration = calibration_images(imgsz, seed)
-    difference, shapes = onnx_vs_eager(yolo.model, out_dir / "model.onnx", photos[0])
+    photos, calibration = calibration_images(seed)
+    difference, shapes = onnx_vs_eager(yolo.model, out_dir / "model.onnx", letterboxed(photos[0], imgsz))
     report = {
         "task": task,
         "architecture": Path(architecture).stem,
