@@ -74,3 +74,24 @@ def test_archive_accepts_and_reports_a_fixed_batch(plain_onnx, tmp_path, capsys)
     out = captured.out
     assert code == 0, captured.err
     assert f"fixed batch size of {plain_onnx.stem[-1]}" in out and "one forward pass per" in out
+
+
+def test_weights_in_an_external_data_file_travel_with_the_model(tmp_path, capsys):
+    """torch 2.14's plain ``torch.onnx.export`` of a real classifier writes model.onnx plus
+    model.onnx.data; the archive's check serves the model with both, the archive carries both, and
+    a missing data file is a clear error."""
+    import zipfile
+
+    import torchvision
+
+    path = tmp_path / "plain.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torchvision.models.mobilenet_v3_small().eval(), torch.randn(2, 3, 224, 224), str(path))
+    assert (tmp_path / "plain.onnx.data").is_file()  # what the exporter does by default for this size
+    assert archive_main(["--model", str(path), "--task", "classification", "--name", "plain", "--store", str(tmp_path / "store")]) == 0
+    with zipfile.ZipFile(tmp_path / "store" / "plain.mar") as archive:
+        assert {"plain.onnx", "plain.onnx.data"} <= set(archive.namelist())
+    (tmp_path / "plain.onnx.data").rename(tmp_path / "elsewhere.data")
+    assert archive_main(["--model", str(path), "--task", "classification", "--name", "broken", "--store", str(tmp_path / "store")]) == 2
+    assert "plain.onnx.data, which is missing" in capsys.readouterr().err

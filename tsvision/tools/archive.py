@@ -49,6 +49,25 @@ def default_handler(task: str, folder: Path) -> Path:
     return path
 
 
+def external_data_files(model: Path) -> List[Path]:
+    """The files an ONNX model keeps its weights in beside itself (``torch.onnx.export`` in torch
+    2.14 writes ``model.onnx.data`` for larger models by default); they travel with the model."""
+    if model.suffix.lower() != ".onnx":
+        return []
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    locations = {entry.value for tensor in graph.initializer if uses_external_data(tensor)
+                 for entry in tensor.external_data if entry.key == "location"}
+    files = [model.parent / location for location in sorted(locations)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"{model} keeps its weights in {', '.join(missing)}, which is missing: keep the files "
+                         "torch.onnx.export wrote together, or export with external_data=False")
+    return files
+
+
 def stage_package(destination: Path) -> None:
     """Copy what a worker imports: ``tsvision/__init__.py`` and the whole ``tsvision/serving``."""
     package = destination / "tsvision"
@@ -71,7 +90,8 @@ def check_model(model: Path, settings: Settings, handler: Path, labels: Optional
         Image.fromarray(image).save(buffer, format="PNG")
         bodies.append(buffer.getvalue())
     with tempfile.TemporaryDirectory(prefix="tsvision-check-") as folder:
-        (Path(folder) / model.name).symlink_to(model.resolve())
+        for file in [model, *external_data_files(model)]:
+            (Path(folder) / file.name).symlink_to(file.resolve())
         values = settings.to_mapping()
         if labels is not None:
             (Path(folder) / "labels.json").write_text(json.dumps(load_labels(labels)))
@@ -226,6 +246,8 @@ def build_archive(model: Path, settings: Settings, labels: Optional[Path], name:
         stage = Path(tmp) / "extra"
         stage.mkdir()
         stage_package(stage)
+        for file in external_data_files(model):  # beside the model file in the worker's model dir
+            shutil.copy2(file, stage / file.name)
         handler = Path(handler) if handler else default_handler(settings.task, Path(tmp))
         if labels is not None:
             (stage / "labels.json").write_text(json.dumps(load_labels(labels)) + "\n")
