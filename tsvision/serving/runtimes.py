@@ -129,7 +129,8 @@ class OnnxRuntime:
         self._input = model_input.name
         # dim 0 is a number when the model was exported without a dynamic batch axis (a plain
         # torch.onnx.export of a 1×3×H×W sample): it accepts that many images and no other count.
-        first = model_input.shape[0] if model_input.shape else None
+        # A rank-3 input is one 3×H×W image (a torchvision detector's ONNX): it has no batch axis.
+        first = model_input.shape[0] if model_input.shape and len(model_input.shape) == 4 else None
         self.fixed_batch: Optional[int] = first if isinstance(first, int) and first > 0 else None
 
     def run(self, batch: np.ndarray) -> List[np.ndarray]:

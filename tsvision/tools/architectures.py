@@ -92,8 +92,11 @@ def build_exportable(
     num_classes: Optional[int] = None,
     labels: Optional[List[str]] = None,
     seed: int = 0,
+    model_args: Optional[dict] = None,
 ) -> Exportable:
-    """Instantiate ``architecture`` (seeded random weights, or ``checkpoint``) for ``task``."""
+    """Instantiate ``architecture`` (seeded random weights, or ``checkpoint``) for ``task``.
+    ``model_args`` go to torchvision's model builder, e.g. ``{"min_size": 320, "max_size": 480}``
+    for a detector that resizes to a smaller image than its default."""
     import torchvision
 
     architecture = architecture or DEFAULT_ARCHITECTURES[task]
@@ -104,7 +107,7 @@ def build_exportable(
     num_classes = num_classes or len(labels)
     torch.manual_seed(seed)
     extra = {"weights_backbone": None} if task != "classification" else {}
-    model = torchvision.models.get_model(architecture, weights=None, num_classes=num_classes, **extra)
+    model = torchvision.models.get_model(architecture, weights=None, num_classes=num_classes, **extra, **(model_args or {}))
     if checkpoint is not None:
         (load_detector_checkpoint if is_torchvision_detector(model) else load_checkpoint)(model, checkpoint)
     model.eval()

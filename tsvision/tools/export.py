@@ -4,6 +4,7 @@ and ONNX, check both, and report parity, parameters and FLOPs.
     tsvision export --task classification [--arch NAME] [--checkpoint FILE]
                               [--labels FILE] [--out DIR] [--set key=value ...]
     tsvision export --task detection --arch yolov8n [--checkpoint best.pt]   (ultralytics' exporter)
+    tsvision export --task detection --arch retinanet_resnet50_fpn --model-arg min_size=320 --model-arg max_size=480
 
 Writes ``model.pt``, ``model.onnx``, ``labels.json``, ``settings.json`` (the handler settings)
 and ``report.json`` into ``--out``.
@@ -147,6 +148,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "compiles C++ with g++, a minute or more per model)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a handler setting, e.g. --set score_threshold=0.3")
+    parser.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
+                        help="keyword argument for torchvision's model builder, e.g. --model-arg min_size=320 "
+                        "--model-arg max_size=480 (a detector's own resize)")
     args = parser.parse_args(argv)
 
     out_dir = args.out or Path("build") / args.task
@@ -157,8 +161,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if is_ultralytics_config(args.arch):
         return export_ultralytics(args, out_dir)
     try:
-        exportable = build_exportable(args.task, args.arch, args.checkpoint, args.num_classes, labels, args.seed)
-    except (ValueError, RuntimeError, OSError) as error:
+        exportable = build_exportable(args.task, args.arch, args.checkpoint, args.num_classes, labels, args.seed,
+                                      parse_overrides(args.model_args))
+    except (ValueError, RuntimeError, OSError, TypeError) as error:
         print(f"error: cannot build {args.arch or DEFAULT_ARCHITECTURES[args.task]}"
               f"{' from ' + str(args.checkpoint) if args.checkpoint else ''}: {error}", file=sys.stderr)
         return 2
