@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build .mar archives into model_store/.
-#   ./archive.sh                 the six default archives: {classification,segmentation,detection}
-#                                x {torchscript,onnx}, exported from torchvision with RANDOM weights
+#   ./archive.sh                 the default archives, all with RANDOM weights: {classification,segmentation,
+#                                detection} x {torchscript,onnx} from torchvision, plus yolov8n_onnx
+#                                (ultralytics' own exporter) and fasterrcnn_onnx (torchvision's smallest
+#                                Faster R-CNN, the whole detector)
 #   ./archive.sh --model F ...   one archive of your own model (see: ./archive.sh --help)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -18,4 +20,14 @@ for task in classification segmentation detection; do
       --name "${task}_${backend%%:*}" --store model_store
   done
 done
+# Detectors users bring (docs/models.md): YOLOv8n through ultralytics' exporter, and a whole
+# scripted/ONNX torchvision Faster R-CNN (random weights, conditioned so a few boxes stand out).
+"$PY" -m tsvision export --task detection --arch yolov8n --out build/yolov8n > build/yolov8n.log
+tail -n 4 build/yolov8n.log
+"$PY" -m tsvision archive --model build/yolov8n/model.onnx --settings build/yolov8n/settings.json \
+  --name yolov8n_onnx --store model_store
+"$PY" -m tsvision export --task detection --arch fasterrcnn_mobilenet_v3_large_320_fpn --out build/fasterrcnn \
+  2> >(grep -v '^\[torch.onnx\]\|Warning\|warnings.warn' >&2)
+"$PY" -m tsvision archive --model build/fasterrcnn/model.onnx --settings build/fasterrcnn/settings.json \
+  --name fasterrcnn_onnx --store model_store
 ls -l model_store/*.mar

@@ -1,4 +1,4 @@
-"""The README's first command: start TorchServe on the six archives, send a real photo to
+"""The README's first command: start TorchServe on the default archives, send a real photo to
 each model, print the answers and draw them.
 
     python -m examples.demo [--image photo.jpg] [--keep-running]
@@ -21,6 +21,7 @@ from tsvision.tools.server import REPO_CONFIG, TorchServe, read_properties
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = [f"{task}_{backend}" for task in ("classification", "segmentation", "detection") for backend in ("torchscript", "onnx")]
+MODELS += ["yolov8n_onnx", "fasterrcnn_onnx"]  # the detectors users bring (docs/models.md)
 
 
 def port_in_use(address: str) -> bool:
