@@ -300,3 +300,23 @@ def test_served_equals_ultralytics_predictor(archived, yolo, images, tmp_path):
     finally:
         server.stop()
     print("\nserved vs ultralytics:", json.dumps(figures))
+
+
+def test_checkpoint_export_keeps_the_users_files(tmp_path):
+    """``--checkpoint best.pt``: trained weights and names from the checkpoint, and the user's own
+    ``best.onnx`` beside it untouched (ultralytics writes its export beside the .pt)."""
+    from tsvision.tools.ultralytics_export import quiet_ultralytics
+
+    with quiet_ultralytics():
+        model = YOLO("yolov8n.yaml")
+    model.model.names = {i: f"thing{i}" for i in range(80)}
+    model.save(str(tmp_path / "best.pt"))
+    (tmp_path / "best.onnx").write_text("the user's own file")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert export_main(["--task", "detection", "--arch", "yolov8n", "--checkpoint", str(tmp_path / "best.pt"),
+                            "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "best.onnx").read_text() == "the user's own file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.onnx", "best.pt", "out"]
+    assert json.loads((tmp_path / "out" / "labels.json").read_text()) == [f"thing{i}" for i in range(80)]
+    assert json.loads((tmp_path / "out" / "settings.json").read_text())["random_weights"] is False
