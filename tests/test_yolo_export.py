@@ -320,3 +320,17 @@ def test_checkpoint_export_keeps_the_users_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.onnx", "best.pt", "out"]
     assert json.loads((tmp_path / "out" / "labels.json").read_text()) == [f"thing{i}" for i in range(80)]
     assert json.loads((tmp_path / "out" / "settings.json").read_text())["random_weights"] is False
+
+
+def test_metadata_names_only_when_no_labels_are_given(exported):
+    """A labels file (or settings.json naming one) wins over the metadata's names, and the archive
+    does not claim to have taken them."""
+    from tsvision.tools.archive import from_onnx_metadata
+
+    values = {"task": "detection"}
+    names, note = from_onnx_metadata(exported / "model.onnx", values)
+    assert names == [str(i) for i in range(80)] and note.endswith("80 class names")
+    assert values["detection_format"] == "yolov8" and values["input_size"] == 640
+    names, note = from_onnx_metadata(exported / "model.onnx", {"task": "detection", "detection_format": "yolov8",
+                                                               "input_size": 640}, labels_given=True)
+    assert names is None and note is None
