@@ -42,6 +42,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 pytest.importorskip("ultralytics")
 
 from ultralytics import YOLO  # noqa: E402
+from ultralytics.data.augment import LetterBox  # noqa: E402
 from ultralytics.utils import ops  # noqa: E402
 
 from tests.conftest import jpeg, png  # noqa: E402
@@ -214,15 +215,13 @@ def test_measured_resampling_and_rect(task, yolo, images):
     for name in ("astronaut", "camera", "chelsea", "coffee"):
         image = photo(name)  # own size: both sides resample
         array, _ = fit_square(image, 640, "letterbox_center", YOLO_FILL)
-        from ultralytics.data.augment import LetterBox
-
         theirs_pixels = LetterBox((640, 640), auto=False)(image=np.asarray(image)[..., ::-1].copy())[..., ::-1]
-        ours = task.run([png(image)])[0]
+        difference = np.abs(array.astype(int) - theirs_pixels)
+        ours, theirs = task.run([png(image)])[0], ultralytics_direct(yolo, image)
         figures[f"{name} {image.size[0]}x{image.size[1]}"] = {
-            "pixel_diff_max": int(np.abs(array.astype(int) - theirs_pixels).max()),
-            "pixel_diff_mean": round(float(np.abs(array.astype(int) - theirs_pixels).mean()), 3),
-            "ours/theirs/matched/box/score": matched(ours, ultralytics_direct(yolo, image)),
-            "same_classes_in_order": [d["index"] for d in ours] == [d["index"] for d in ultralytics_direct(yolo, image)]}
+            "pixel_diff_max": int(difference.max()), "pixel_diff_mean": round(float(difference.mean()), 3),
+            "ours/theirs/matched/box/score": matched(ours, theirs),
+            "same_classes_in_order": [d["index"] for d in ours] == [d["index"] for d in theirs]}
     for name in RESAMPLED:
         ours = task.run([png(images[name])])[0]
         figures[name] = {"ours/theirs/matched/box/score": matched(ours, ultralytics_direct(yolo, images[name]))}
