@@ -150,10 +150,10 @@ def is_whole_torchvision_detector(model: Path) -> bool:
     return hasattr(module, "transform") and hasattr(module, "backbone")
 
 
-def from_onnx_metadata(model: Path, values: dict) -> tuple:
+def from_onnx_metadata(model: Path, values: dict, labels_given: bool = False) -> tuple:
     """What an ultralytics ONNX file says about itself (``names``, ``task``, ``imgsz`` in its
-    metadata): the settings it implies, set where ``values`` has none, and its class names.
-    Returns (names or None, a note for the user or None)."""
+    metadata): the settings it implies, set where ``values`` has none, and its class names unless
+    ``labels_given``. Returns (names or None, a note for the user or None)."""
     if model.suffix.lower() != ".onnx":
         return None, None
     from tsvision.tools.ultralytics_export import labels_from_metadata, onnx_metadata, settings_from_metadata
@@ -164,7 +164,7 @@ def from_onnx_metadata(model: Path, values: dict) -> tuple:
         implied = {}  # the user chose another task: their choice
     taken = {key: value for key, value in implied.items() if key not in values}
     values.update(taken)
-    names = labels_from_metadata(metadata)
+    names = None if labels_given else labels_from_metadata(metadata)
     if not taken and names is None:
         return None, None
     said = [f"{k}={v}" for k, v in taken.items()] + ([f"{len(names)} class names"] if names else [])
@@ -302,7 +302,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     values.pop("labels", None)
     scratch = tempfile.TemporaryDirectory(prefix="tsvision-labels-")
     try:
-        names, metadata_note = from_onnx_metadata(args.model, values)
+        names, metadata_note = from_onnx_metadata(args.model, values, labels_given=labels is not None)
         if metadata_note:
             print(f"{args.name}: {metadata_note}")
         if labels is None and names:

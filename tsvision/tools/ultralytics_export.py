@@ -16,13 +16,15 @@ Writes ``model.onnx``, ``labels.json``, ``settings.json`` and ``report.json`` in
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -49,6 +51,20 @@ def is_ultralytics_config(architecture: Optional[str]) -> bool:
 
 def _offline() -> None:
     os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach for the network (no downloads here)
+
+
+@contextlib.contextmanager
+def quiet_ultralytics() -> Iterator[None]:
+    """Keep ultralytics' banner and per-step export log off stdout (its ``LOGGER`` at WARNING; its
+    warnings still show)."""
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
 
 
 def build_yolo(architecture: str, checkpoint: Optional[Path], seed: int):
@@ -160,12 +176,15 @@ def labels_from_metadata(metadata: Dict[str, str]) -> Optional[List[str]]:
 
 
 def settings_from_metadata(metadata: Dict[str, str]) -> dict:
-    """Handler settings an ultralytics ONNX file implies: the task and format from ``task``, and
-    ``input_size`` from ``imgsz`` (square only)."""
+    """Handler settings an ultralytics ONNX file implies: the task and format from ``task`` (a
+    detector exported with ``nms=True``, or an end-to-end one such as YOLOv10/YOLO26, is ``yolo_nms``),
+    and ``input_size`` from ``imgsz`` (square only)."""
     settings: dict = {}
     task = ULTRALYTICS_TASKS.get(metadata.get("task", ""))
     if task is not None:
         settings["task"], settings["detection_format"] = task
+        if metadata.get("task") == "detect" and suppresses_in_graph(metadata):
+            settings["detection_format"] = "yolo_nms"
     try:
         imgsz = ast.literal_eval(metadata.get("imgsz", ""))
     except (ValueError, SyntaxError):
@@ -175,25 +194,41 @@ def settings_from_metadata(metadata: Dict[str, str]) -> dict:
     return settings
 
 
+def suppresses_in_graph(metadata: Dict[str, str]) -> bool:
+    """Whether the ONNX graph already ran NMS: ultralytics writes ``end2end: True`` for end-to-end heads
+    (YOLOv10, YOLO26) and ``'nms': True`` in ``args`` for ``export(nms=True)``; both output N×300×6."""
+    if metadata.get("end2end", "").strip().lower() == "true":
+        return True
+    try:
+        args = ast.literal_eval(metadata.get("args", ""))
+    except (ValueError, SyntaxError):
+        return False
+    return isinstance(args, dict) and args.get("nms") is True
+
+
 def export_yolo(architecture: str, out_dir: Path, checkpoint: Optional[Path] = None, seed: int = 0,
                 imgsz: int = 640, tolerance: float = 1e-3) -> dict:
     """Build (``build_yolo``), export with ultralytics, check with ONNX Runtime, write the folder."""
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    yolo = build_yolo(architecture, checkpoint, seed)
-    ultralytics_task = yolo.task
-    if ultralytics_task not in ULTRALYTICS_TASKS:
-        raise ValueError(f"{architecture}: ultralytics task {ultralytics_task!r} is not served by tsvision yet "
-                         f"(served: {sorted(ULTRALYTICS_TASKS)})")
     with tempfile.TemporaryDirectory() as scratch:
-        # ultralytics writes the .onnx beside the model file (the cwd for a config): keep that out of the user's tree
+        # ultralytics writes the .onnx beside the model file (the cwd for a config, the checkpoint's
+        # folder for a .pt, where it would replace the user's own best.onnx): both happen in scratch
+        if checkpoint is not None:
+            checkpoint = Path(shutil.copy2(checkpoint, Path(scratch) / Path(checkpoint).name))
         here = os.getcwd()
         os.chdir(scratch)
         try:
-            written = yolo.export(format="onnx", imgsz=imgsz, dynamic=True, simplify=False, verbose=False)
+            with quiet_ultralytics():
+                yolo = build_yolo(architecture, checkpoint, seed)
+                if yolo.task not in ULTRALYTICS_TASKS:
+                    raise ValueError(f"{architecture}: ultralytics task {yolo.task!r} is not served by tsvision yet "
+                                     f"(served: {sorted(ULTRALYTICS_TASKS)})")
+                written = yolo.export(format="onnx", imgsz=imgsz, dynamic=True, simplify=False, verbose=False)
         finally:
             os.chdir(here)
-        shutil.move(str(Path(scratch) / written if not Path(written).is_absolute() else written), out_dir / "model.onnx")
+        shutil.move(str(Path(scratch) / written), out_dir / "model.onnx")
+    ultralytics_task = yolo.task
     export_seconds = round(time.time() - started, 1)
     metadata = onnx_metadata(out_dir / "model.onnx")
     labels = labels_from_metadata(metadata) or [str(i) for i in range(len(yolo.names))]

@@ -1,0 +1,335 @@
+"""YOLOv8n end to end against ultralytics itself: ``tsvision export --arch yolov8n`` (ultralytics' own
+ONNX exporter, random weights conditioned by ``condition_random_yolo`` so that classes 0, 2 and 16
+give a few well-separated boxes), ``tsvision archive --task detection`` (format, size and names
+from the ONNX metadata), the task in-process and one real TorchServe, each compared with
+ultralytics' own predictor, ``YOLO(model.onnx).predict``, on the same decoded pixels and thresholds.
+
+Where the compared answers must be equal (classes in the same order, boxes within 1 px, scores
+within 1e-3), both sides must feed the model the same pixels. Both letterbox the same way (checked
+pixel for pixel in ``test_ultralytics_parity.py``), but they resample differently: tsvision with
+PIL's bilinear filter (antialiased when shrinking), ultralytics with OpenCV's ``INTER_LINEAR``. So:
+
+- images whose longer side is already 640 are letterboxed without any resampling: the predictor is
+  called on them directly (square, padded top/bottom, padded left/right);
+- 1280×720 and 333×777 images need resampling: the predictor is called on the 640×640 input
+  tsvision built and its boxes mapped back with ultralytics' own ``scale_boxes``;
+- what the resampler difference alone does to this random model is measured and printed (``-s``)
+  on the photos at their own sizes, and written down in docs/models.md.
+
+ultralytics' predictor defaults to ``rect=True``, which for a dynamic ONNX pads only to the next
+multiple of 32 (640×384 for a 16:9 image); tsvision always pads to the square so that images of any
+size share one batch. The comparisons pass ``rect=False``; the difference is printed too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+import zipfile
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import skimage.data
+import yaml
+from PIL import Image, ImageOps
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+pytest.importorskip("ultralytics")
+
+from ultralytics import YOLO  # noqa: E402
+from ultralytics.data.augment import LetterBox  # noqa: E402
+from ultralytics.utils import ops  # noqa: E402
+
+from tests.conftest import jpeg, png  # noqa: E402
+from tsvision.serving.geometry import YOLO_FILL, fit_square  # noqa: E402
+from tsvision.serving.tasks import load_export  # noqa: E402
+from tsvision.tools.archive import main as archive_main  # noqa: E402
+from tsvision.tools.export import main as export_main  # noqa: E402
+
+# ultralytics' predictor defaults (cfg/default.yaml; Model.predict sets conf 0.25): conf, iou, max_det.
+# Its non_max_suppression also keeps at most max_nms=30000 candidates before NMS.
+CONF, IOU, MAX_DET, MAX_NMS = 0.25, 0.7, 300, 30000
+SAME_AS_ULTRALYTICS = {"max_detections": MAX_DET, "pre_nms_top_k": MAX_NMS}  # tsvision's defaults: 100, 1000
+BOX_TOL, SCORE_TOL = 1.0, 1e-3
+
+
+def photo(name: str, side: int = 0) -> Image.Image:
+    image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+    return image.resize((side, side), Image.BILINEAR) if side else image
+
+
+@pytest.fixture(scope="module")
+def images() -> Dict[str, Image.Image]:
+    """Test images built once from scikit-image photos (scaled to 640 by the test, so that neither
+    side resamples them again): the two photos the conditioned model answers, a wide and a tall crop,
+    and 1280×720 / 333×777 versions of those crops that must be resampled."""
+    immuno = photo("immunohistochemistry", 640)
+    wide, tall = immuno.crop((0, 280, 640, 640)), immuno.crop((0, 0, 274, 640))
+    return {"astronaut": photo("astronaut", 640), "camera": photo("camera", 640),
+            "wide 640x360": wide, "tall 274x640": tall,
+            "1280x720": wide.resize((1280, 720), Image.BILINEAR), "333x777": tall.resize((333, 777), Image.BILINEAR)}
+
+
+UNRESAMPLED = ("astronaut", "camera", "wide 640x360", "tall 274x640")
+RESAMPLED = ("1280x720", "333x777")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("yolov8n")
+    started = time.time()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert export_main(["--task", "detection", "--arch", "yolov8n", "--out", str(folder)]) == 0
+    print(f"\nexport: {time.time() - started:.1f} s; stdout:\n{out.getvalue()}")
+    assert "Ultralytics" not in out.getvalue() and "Results saved" not in out.getvalue()  # its log is quiet
+    return folder
+
+
+@pytest.fixture(scope="module")
+def yolo(exported):
+    return YOLO(str(exported / "model.onnx"), task="detect")
+
+
+@pytest.fixture(scope="module")
+def task(exported):
+    loaded = load_export(exported, "model.onnx", **SAME_AS_ULTRALYTICS)
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="module")
+def archived(exported, tmp_path_factory):
+    """The user's path for their own ultralytics export: only ``--task detection``, no settings, no labels."""
+    store = tmp_path_factory.mktemp("yolo_store")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = archive_main(["--model", str(exported / "model.onnx"), "--task", "detection", "--name", "yolov8n",
+                             "--store", str(store), "--set", f"max_detections={MAX_DET}", "--set", f"pre_nms_top_k={MAX_NMS}"])
+    return store, code, out.getvalue()
+
+
+def as_answer(classes, scores, boxes) -> List[dict]:
+    return [{"index": int(c), "score": float(s), "box": [float(v) for v in b]}
+            for c, s, b in zip(np.asarray(classes), np.asarray(scores), np.asarray(boxes))]
+
+
+def ultralytics_direct(yolo, image: Image.Image, **options) -> List[dict]:
+    """ultralytics' predictor on a PIL image (it converts PIL RGB to its BGR order itself)."""
+    result = yolo.predict(image, conf=CONF, iou=IOU, max_det=MAX_DET, imgsz=640, rect=False, verbose=False, **options)[0]
+    return as_answer(result.boxes.cls, result.boxes.conf, result.boxes.xyxy)
+
+
+def ultralytics_on_our_input(yolo, image: Image.Image) -> List[dict]:
+    """ultralytics' predictor on the 640×640 input tsvision built (as a BGR array, the order it expects
+    for numpy input), its boxes mapped back to the original image by ultralytics' ``scale_boxes``."""
+    array, _ = fit_square(image, 640, "letterbox_center", YOLO_FILL)
+    result = yolo.predict(np.ascontiguousarray(array[..., ::-1]), conf=CONF, iou=IOU, max_det=MAX_DET, imgsz=640,
+                          rect=False, verbose=False)[0]
+    boxes = ops.scale_boxes((640, 640), result.boxes.xyxy.clone(), (image.height, image.width))
+    return as_answer(result.boxes.cls, result.boxes.conf, boxes)
+
+
+def assert_equal_answers(ours: List[dict], theirs: List[dict], what: str) -> tuple:
+    """Same classes in the same order, boxes within BOX_TOL px, scores within SCORE_TOL; returns the
+    largest box and score differences."""
+    assert ours, f"{what}: no box, so the comparison would be empty"
+    assert [d["index"] for d in ours] == [d["index"] for d in theirs], (what, ours, theirs)
+    box = max(float(np.abs(np.subtract(a["box"], b["box"])).max()) for a, b in zip(ours, theirs))
+    score = max(abs(a["score"] - b["score"]) for a, b in zip(ours, theirs))
+    assert box <= BOX_TOL and score <= SCORE_TOL, (what, box, score)
+    return box, score
+
+
+def matched(a: List[dict], b: List[dict]) -> tuple:
+    """(boxes in a, in b, a's boxes with a same-class twin in b within 1 px, largest such box gap, score gap)."""
+    count, box, score = 0, 0.0, 0.0
+    for det in a:
+        twins = [d for d in b if d["index"] == det["index"]]
+        if twins:
+            twin = min(twins, key=lambda d: np.abs(np.subtract(d["box"], det["box"])).max())
+            gap = float(np.abs(np.subtract(twin["box"], det["box"])).max())
+            if gap <= BOX_TOL:
+                count, box, score = count + 1, max(box, gap), max(score, abs(twin["score"] - det["score"]))
+    return len(a), len(b), count, round(box, 3), round(score, 4)
+
+
+def test_export_report_labels_and_settings(exported, yolo):
+    report = json.loads((exported / "report.json").read_text())
+    assert report["ok"] and report["exporter"] == "ultralytics" and report["random_weights"], report
+    assert report["outputs"] == [[1, 84, 8400]] and report["max_abs_diff"]["onnx_vs_eager"] <= 1e-3
+    labels = json.loads((exported / "labels.json").read_text())
+    assert len(labels) == 80 and labels == [yolo.names[i] for i in range(80)]  # what ultralytics itself reads
+    settings = json.loads((exported / "settings.json").read_text())
+    # the yolov8 format's settings: ultralytics' letterbox, /255, its predictor's conf and iou
+    assert {k: settings[k] for k in ("task", "detection_format", "input_size", "resize_mode", "mean", "std",
+                                     "score_threshold", "iou_threshold", "background_index", "random_weights")} == {
+        "task": "detection", "detection_format": "yolov8", "input_size": 640, "resize_mode": "letterbox_center",
+        "mean": [0, 0, 0], "std": [1, 1, 1], "score_threshold": CONF, "iou_threshold": IOU, "background_index": None,
+        "random_weights": True}
+
+
+def test_archive_reads_the_onnx_metadata(archived):
+    store, code, out = archived
+    print("\n" + out)
+    assert code == 0
+    assert "from the ONNX metadata (Ultralytics): detection_format=yolov8, input_size=640, 80 class names" in out
+    with zipfile.ZipFile(store / "yolov8n.mar") as mar:
+        config = yaml.safe_load(mar.read("model-config.yaml"))
+        labels = json.loads(mar.read("labels.json"))
+    handler = config["handler"]
+    assert handler["detection_format"] == "yolov8" and handler["input_size"] == 640
+    assert handler["resize_mode"] == "letterbox_center" and handler["labels"] == "labels.json"
+    assert handler["max_detections"] == MAX_DET and handler["pre_nms_top_k"] == MAX_NMS
+    assert labels == [str(i) for i in range(80)]  # a yaml-built model's names, as ultralytics wrote them
+
+
+@pytest.mark.parametrize("name", UNRESAMPLED)
+def test_in_process_equals_ultralytics_predictor(task, yolo, images, name):
+    image = images[name]
+    ours = task.run([png(image)])[0]
+    theirs = ultralytics_direct(yolo, image)
+    box, score = assert_equal_answers(ours, theirs, name)
+    print(f"\n{name} {image.size}: {len(ours)} boxes, classes {[d['index'] for d in ours]}, "
+          f"largest box difference {box:.3f} px, score {score:.1e}")
+
+
+@pytest.mark.parametrize("name", RESAMPLED)
+def test_in_process_equals_ultralytics_on_the_same_input(task, yolo, images, name):
+    image = images[name]
+    ours = task.run([png(image)])[0]
+    box, score = assert_equal_answers(ours, ultralytics_on_our_input(yolo, image), name)
+    print(f"\n{name} {image.size}: {len(ours)} boxes, classes {[d['index'] for d in ours]}, "
+          f"largest box difference {box:.3f} px, score {score:.1e}")
+
+
+def test_measured_resampling_and_rect(task, yolo, images):
+    """Not hidden: the predictor resampling the image itself (OpenCV vs PIL) and its default ``rect=True``.
+    Asserted only that they change this random model's answers at all (the measured figures go to docs)."""
+    figures = {}
+    for name in ("astronaut", "camera", "chelsea", "coffee"):
+        image = photo(name)  # own size: both sides resample
+        array, _ = fit_square(image, 640, "letterbox_center", YOLO_FILL)
+        theirs_pixels = LetterBox((640, 640), auto=False)(image=np.asarray(image)[..., ::-1].copy())[..., ::-1]
+        difference = np.abs(array.astype(int) - theirs_pixels)
+        ours, theirs = task.run([png(image)])[0], ultralytics_direct(yolo, image)
+        figures[f"{name} {image.size[0]}x{image.size[1]}"] = {
+            "pixel_diff_max": int(difference.max()), "pixel_diff_mean": round(float(difference.mean()), 3),
+            "ours/theirs/matched/box/score": matched(ours, theirs),
+            "same_classes_in_order": [d["index"] for d in ours] == [d["index"] for d in theirs]}
+    for name in RESAMPLED:
+        ours = task.run([png(images[name])])[0]
+        figures[name] = {"ours/theirs/matched/box/score": matched(ours, ultralytics_direct(yolo, images[name]))}
+    wide = images["wide 640x360"]
+    rect = yolo.predict(wide, conf=CONF, iou=IOU, max_det=MAX_DET, imgsz=640, verbose=False)[0]  # rect=True
+    figures["wide 640x360, predictor default rect=True (640x384 input)"] = {
+        "ours/theirs/matched/box/score": matched(task.run([png(wide)])[0], as_answer(rect.boxes.cls, rect.boxes.conf, rect.boxes.xyxy))}
+    print("\nmeasured:", json.dumps(figures, indent=1))
+    assert figures["astronaut 512x512"]["pixel_diff_max"] >= 1  # the two resamplers really differ
+
+
+def test_mixed_size_batch_equals_one_by_one(task, images):
+    bodies = [png(images[name]) for name in ("astronaut", "tall 274x640", "1280x720", "333x777")] + [png(photo("coffee"))]
+    together = task.run(bodies)
+    alone = [task.run([body])[0] for body in bodies]
+    assert sum(len(a) for a in alone[:4]) >= 4
+    for one, both in zip(alone, together):
+        assert [d["index"] for d in one] == [d["index"] for d in both]
+        assert all(np.abs(np.subtract(a["box"], b["box"])).max() <= 0.01 and abs(a["score"] - b["score"]) <= 1e-5
+                   for a, b in zip(one, both))
+
+
+def test_nms_export_is_archived_as_yolo_nms(tmp_path, monkeypatch, images):
+    """ultralytics ``export(nms=True)``: N×300×6 with the suppression inside the graph. The archive takes
+    ``yolo_nms`` from the metadata (``'nms': True`` in its args), and the task equals the predictor."""
+    from tsvision.tools.ultralytics_export import build_yolo, quiet_ultralytics
+
+    monkeypatch.chdir(tmp_path)  # ultralytics writes yolov8n.onnx into the working directory
+    with quiet_ultralytics():
+        model = Path(build_yolo("yolov8n", None, 0).export(format="onnx", dynamic=True, nms=True, simplify=False,
+                                                           verbose=False, batch=8)).resolve()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert archive_main(["--model", str(model), "--task", "detection", "--name", "yolov8n_nms",
+                             "--store", str(tmp_path / "store")]) == 0
+    print("\n" + out.getvalue())
+    assert "detection_format=yolo_nms" in out.getvalue()
+    with zipfile.ZipFile(tmp_path / "store" / "yolov8n_nms.mar") as mar:
+        assert yaml.safe_load(mar.read("model-config.yaml"))["handler"]["detection_format"] == "yolo_nms"
+    (tmp_path / "settings.json").write_text(json.dumps({"task": "detection", "detection_format": "yolo_nms"}))
+    nms_task = load_export(tmp_path, model.name, **SAME_AS_ULTRALYTICS)
+    try:
+        predictor = YOLO(str(model), task="detect")
+        for name in ("astronaut", "camera"):
+            box, score = assert_equal_answers(nms_task.run([png(images[name])])[0], ultralytics_direct(predictor, images[name]), name)
+            print(f"yolo_nms {name}: largest box difference {box:.3f} px, score {score:.1e}")
+    finally:
+        nms_task.close()
+
+
+@pytest.mark.e2e
+def test_served_equals_ultralytics_predictor(archived, yolo, images, tmp_path):
+    """One TorchServe on the archive built from the metadata alone. The predictor gets the same JPEG
+    bytes decoded as the server decodes them (PIL, EXIF orientation, RGB)."""
+    from tsvision.tools.server import TorchServe
+
+    store, code, _ = archived
+    assert code == 0
+    server = TorchServe(store, tmp_path / "torchserve")
+    figures = {}
+    try:
+        started = time.time()
+        server.start(timeout=300)
+        figures["start_seconds"] = round(time.time() - started, 1)
+        for name, image in images.items():
+            body = jpeg(image)
+            response = server.predict("yolov8n", body, content_type="image/jpeg")
+            assert response.status_code == 200, response.text
+            served = response.json()
+            decoded = ImageOps.exif_transpose(Image.open(io.BytesIO(body))).convert("RGB")
+            theirs = ultralytics_direct(yolo, decoded) if name in UNRESAMPLED else ultralytics_on_our_input(yolo, decoded)
+            box, score = assert_equal_answers(served, theirs, name)
+            assert all(d["label"] == str(d["index"]) for d in served)  # names from the ONNX metadata
+            figures[name] = {"boxes": len(served), "box_diff": round(box, 3), "score_diff": float(f"{score:.1e}")}
+    finally:
+        server.stop()
+    print("\nserved vs ultralytics:", json.dumps(figures))
+
+
+def test_checkpoint_export_keeps_the_users_files(tmp_path):
+    """``--checkpoint best.pt``: trained weights and names from the checkpoint, and the user's own
+    ``best.onnx`` beside it untouched (ultralytics writes its export beside the .pt)."""
+    from tsvision.tools.ultralytics_export import quiet_ultralytics
+
+    with quiet_ultralytics():
+        model = YOLO("yolov8n.yaml")
+    model.model.names = {i: f"thing{i}" for i in range(80)}
+    model.save(str(tmp_path / "best.pt"))
+    (tmp_path / "best.onnx").write_text("the user's own file")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert export_main(["--task", "detection", "--arch", "yolov8n", "--checkpoint", str(tmp_path / "best.pt"),
+                            "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "best.onnx").read_text() == "the user's own file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.onnx", "best.pt", "out"]
+    assert json.loads((tmp_path / "out" / "labels.json").read_text()) == [f"thing{i}" for i in range(80)]
+    assert json.loads((tmp_path / "out" / "settings.json").read_text())["random_weights"] is False
+
+
+def test_metadata_names_only_when_no_labels_are_given(exported):
+    """A labels file (or settings.json naming one) wins over the metadata's names, and the archive
+    does not claim to have taken them."""
+    from tsvision.tools.archive import from_onnx_metadata
+
+    values = {"task": "detection"}
+    names, note = from_onnx_metadata(exported / "model.onnx", values)
+    assert names == [str(i) for i in range(80)] and note.endswith("80 class names")
+    assert values["detection_format"] == "yolov8" and values["input_size"] == 640
+    names, note = from_onnx_metadata(exported / "model.onnx", {"task": "detection", "detection_format": "yolov8",
+                                                               "input_size": 640}, labels_given=True)
+    assert names is None and note is None
