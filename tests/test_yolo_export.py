@@ -43,7 +43,7 @@ pytest.importorskip("ultralytics")
 
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.data.augment import LetterBox  # noqa: E402
-from ultralytics.utils import ops  # noqa: E402
+from ultralytics.utils import ROOT, ops  # noqa: E402
 
 from tests.conftest import jpeg, png  # noqa: E402
 from tsvision.serving.geometry import YOLO_FILL, fit_square  # noqa: E402
@@ -75,6 +75,8 @@ def images() -> Dict[str, Image.Image]:
             "1280x720": wide.resize((1280, 720), Image.BILINEAR), "333x777": tall.resize((333, 777), Image.BILINEAR)}
 
 
+# COCO's names from ultralytics' own dataset file (what its pretrained YOLOv8n says), read here independently
+COCO_NAMES = [yaml.safe_load((ROOT / "cfg" / "datasets" / "coco.yaml").read_text())["names"][i] for i in range(80)]
 UNRESAMPLED = ("astronaut", "camera", "wide 640x360", "tall 274x640")
 RESAMPLED = ("1280x720", "333x777")
 
@@ -186,7 +188,7 @@ def test_archive_reads_the_onnx_metadata(archived):
     assert handler["detection_format"] == "yolov8" and handler["input_size"] == 640
     assert handler["resize_mode"] == "letterbox_center" and handler["labels"] == "labels.json"
     assert handler["max_detections"] == MAX_DET and handler["pre_nms_top_k"] == MAX_NMS
-    assert labels == [str(i) for i in range(80)]  # a yaml-built model's names, as ultralytics wrote them
+    assert labels == COCO_NAMES  # the export names a yaml-built model with COCO's names, as ultralytics' coco.yaml has them
 
 
 @pytest.mark.parametrize("name", UNRESAMPLED)
@@ -328,7 +330,7 @@ def test_metadata_names_only_when_no_labels_are_given(exported):
 
     values = {"task": "detection"}
     names, note = from_onnx_metadata(exported / "model.onnx", values)
-    assert names == [str(i) for i in range(80)] and note.endswith("80 class names")
+    assert names == COCO_NAMES and note.endswith("80 class names")
     assert values["detection_format"] == "yolov8" and values["input_size"] == 640
     names, note = from_onnx_metadata(exported / "model.onnx", {"task": "detection", "detection_format": "yolov8",
                                                                "input_size": 640}, labels_given=True)

@@ -79,7 +79,21 @@ def build_yolo(architecture: str, checkpoint: Optional[Path], seed: int):
     torch.manual_seed(seed)
     yolo = YOLO(config)
     condition_random_yolo(yolo.model, seed)
+    names = coco_names(len(yolo.model.names), yolo.task)
+    if names:  # a config-built model is named "0".."79": give it the dataset's names its head was sized for
+        yolo.model.names = dict(enumerate(names))
     return yolo
+
+
+def coco_names(classes: int, task: str) -> Optional[List[str]]:
+    """COCO's class names from ultralytics' own dataset file (coco-pose.yaml for pose models), when
+    ``classes`` matches it; else None."""
+    import yaml
+    from ultralytics.utils import ROOT
+
+    path = ROOT / "cfg" / "datasets" / ("coco-pose.yaml" if task == "pose" else "coco.yaml")
+    names = yaml.safe_load(path.read_text()).get("names", {}) if path.is_file() else {}
+    return [str(names[i]) for i in range(classes)] if len(names) == classes else None
 
 
 def letterboxed(image: torch.Tensor, size: int) -> torch.Tensor:
