@@ -162,22 +162,7 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
 
 
 def calibrate_batchnorm(module: nn.Module, input_size: int, seed: int, steps: int = 4, batch: int = 4) -> None:
-    """Give random weights usable activation scales: BatchNorm statistics from seeded noise.
+    """BatchNorm statistics of random weights from seeded noise (``calibration.recompute_batchnorm``)."""
+    from tsvision.tools.calibration import recompute_batchnorm
 
-    Freshly initialised networks shrink activations layer by layer (logits near 1e-10), so
-    the ranking of outputs is numerical noise. Recomputing the BatchNorm running statistics
-    on random inputs keeps the weights random but the outputs well-conditioned. It teaches
-    the model nothing.
-    """
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    generator = torch.Generator().manual_seed(seed)
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-    module.train()
-    with torch.no_grad():
-        for _ in range(steps):
-            module(torch.randn(batch, 3, input_size, input_size, generator=generator))
-    module.eval()
+    recompute_batchnorm(module, seed, (batch, 3, input_size, input_size), steps)

@@ -12,6 +12,7 @@ from typing import List, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "cat")
 SYNTHETIC_SIZE = (480, 640)
@@ -45,3 +46,26 @@ def calibration_images(seed: int = 0) -> Tuple[List[torch.Tensor], str]:
             array = np.stack([array] * 3, axis=-1)
         images.append(torch.from_numpy(np.ascontiguousarray(array[..., :3].transpose(2, 0, 1))).float() / 255)
     return images, "scikit-image photos"
+
+
+def recompute_batchnorm(module: nn.Module, seed: int, shape: Tuple[int, int, int, int], steps: int) -> bool:
+    """Give random weights usable activation scales: BatchNorm running statistics recomputed from
+    ``steps`` batches of seeded noise of ``shape`` (N, 3, H, W); ``module`` is left in eval mode.
+
+    Freshly initialised networks shrink activations layer by layer (logits near 1e-10), so the
+    ranking of outputs is numerical noise; with recomputed statistics the weights stay random but
+    the outputs are well conditioned. It teaches the model nothing. False if there is no BatchNorm.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return False
+    generator = torch.Generator().manual_seed(seed)
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over all the batches
+    module.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            module(torch.randn(*shape, generator=generator))
+    module.eval()
+    return True

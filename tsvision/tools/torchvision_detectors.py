@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tsvision.tools.calibration import calibration_images, smooth_image
+from tsvision.tools.calibration import calibration_images, recompute_batchnorm, smooth_image
 
 # Random weights: one class (COCO's "person") is made to stand out; its scores then spread over
 # (0, 1) and this threshold keeps a handful of boxes per photo.
@@ -103,16 +103,7 @@ def condition_random_detector(model: nn.Module, seed: int) -> None:
        proposals).
     """
     height, width = parity_image_size(model)
-    norms = [m for m in model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if norms:
-        generator = torch.Generator().manual_seed(seed)
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None
-        model.backbone.train()
-        with torch.no_grad():
-            for _ in range(3):
-                model.backbone(torch.randn(2, 3, height, width, generator=generator))
+    recompute_batchnorm(model.backbone, seed, (2, 3, height, width), steps=3)
     model.eval()
     layer, kind = _classification_layer(model)
     if layer is None:

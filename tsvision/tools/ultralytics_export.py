@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tsvision.tools.calibration import calibration_images
+from tsvision.tools.calibration import calibration_images, recompute_batchnorm
 
 # Random weights: these COCO classes are made to stand out (their scores spread over (0, 1));
 # every other class scores near 0. ultralytics' default confidence is 0.25.
@@ -122,16 +122,7 @@ def condition_random_yolo(model: nn.Module, seed: int, size: int = 640) -> None:
     """
     head = model.model[-1]
     convs = [branch[-1] for branch in head.cv3]
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    generator = torch.Generator().manual_seed(seed)
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(2, 3, size, size, generator=generator))
-    model.eval()
+    recompute_batchnorm(model, seed, (2, 3, size, size), steps=3)
     seen: List[torch.Tensor] = []
     hooks = [conv.register_forward_hook(lambda _m, _i, out: seen.append(out.detach())) for conv in convs]
     try:
