@@ -39,6 +39,14 @@ class Placement:
         np.clip(mapped[:, 1::2], 0, self.height, out=mapped[:, 1::2])
         return mapped
 
+    def points_to_original(self, points: np.ndarray) -> np.ndarray:
+        """Map ``…×2`` (or more) ``x, y`` points from model-input pixels to original pixels, clipped
+        (ultralytics' ``scale_coords``); further columns (scores) are kept as they are."""
+        mapped = np.array(points, dtype=np.float32)
+        mapped[..., 0] = np.clip((mapped[..., 0] - self.offset_x) * np.float32(self.width / self.content_width), 0, self.width)
+        mapped[..., 1] = np.clip((mapped[..., 1] - self.offset_y) * np.float32(self.height / self.content_height), 0, self.height)
+        return mapped
+
 
 def fit_square(image: Image.Image, size: int, mode: str, fill: Sequence[int]) -> Tuple[np.ndarray, Placement]:
     """Resize ``image`` into a ``size``×``size`` uint8 array.

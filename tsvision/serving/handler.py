@@ -196,3 +196,15 @@ class ObjectDetector(VisionHandler):
     """Object detection: ``{"label", "index", "score", "box"}`` in original-image pixels."""
 
     task_name = "detection"
+
+
+class KeypointDetector(VisionHandler):
+    """Keypoints: detections plus ``"keypoints": [[x, y, score], ...]`` in original-image pixels;
+    the describe answer adds ``"keypoints": {"names", "skeleton"}``."""
+
+    task_name = "keypoints"
+
+    def describe_handle(self) -> str:
+        from tsvision.serving.tasks.keypoints import keypoint_metadata
+
+        return json.dumps({**json.loads(super().describe_handle()), "keypoints": keypoint_metadata(self.settings)})

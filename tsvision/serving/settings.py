@@ -14,6 +14,7 @@ DETECTING_TASKS = ("detection", "instance_segmentation", "keypoints")  # boxes, 
 RESIZE_MODES = ("stretch", "letterbox", "letterbox_center")
 DETECTION_FORMATS = ("ssd", "yolov8", "yolov5", "yolo_nms", "detr", "rtdetr", "torchvision",  # docs/models.md
                      "yolov8_seg", "yolov8_pose")  # instance_segmentation, keypoints
+KEYPOINT_FORMATS = ("torchvision", "yolov8_pose")  # the keypoints task reads these
 BACKGROUND_FORMATS = ("ssd", "torchvision")  # the formats whose class 0 (or background_index) means "nothing"
 _YOLO_DEFAULTS = {"input_size": 640, "resize_mode": "letterbox_center", "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0),
                   "iou_threshold": 0.7, "score_threshold": 0.25}
@@ -21,6 +22,7 @@ _YOLO_DEFAULTS = {"input_size": 640, "resize_mode": "letterbox_center", "mean": 
 # defaults for the YOLO/RT-DETR exports; DETR: ImageNet normalisation, stretched to input_size).
 FORMAT_DEFAULTS = {"yolov8": _YOLO_DEFAULTS, "yolov5": {**_YOLO_DEFAULTS, "iou_threshold": 0.45},
                    "yolo_nms": _YOLO_DEFAULTS, "rtdetr": _YOLO_DEFAULTS,
+                   "yolov8_pose": _YOLO_DEFAULTS,
                    "detr": {"input_size": 800, "resize_mode": "stretch", "score_threshold": 0.7}}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,6 +95,8 @@ class Settings:
             raise ValueError(f"mask_threshold must lie between 0 and 1, got {self.mask_threshold!r}")
         if self.detection_format not in DETECTION_FORMATS:
             raise ValueError(f"detection_format must be one of {DETECTION_FORMATS}, got {self.detection_format!r}")
+        if self.task == "keypoints" and self.detection_format not in KEYPOINT_FORMATS:
+            raise ValueError(f"task keypoints needs detection_format {' or '.join(KEYPOINT_FORMATS)}, got {self.detection_format!r}")
         if self.detection_format not in BACKGROUND_FORMATS and self.background_index is not None:
             raise ValueError(f"background_index applies to detection_formats {BACKGROUND_FORMATS} only; the {self.detection_format!r} "
                              "format has no background column (set background_index: null)")

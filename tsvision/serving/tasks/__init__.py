@@ -10,6 +10,7 @@ from tsvision.serving.settings import Settings, load_labels
 from tsvision.serving.tasks.base import VisionTask
 from tsvision.serving.tasks.classification import ClassificationTask
 from tsvision.serving.tasks.detection import DetectionTask
+from tsvision.serving.tasks.keypoints import KeypointsTask, TorchvisionKeypointsTask
 from tsvision.serving.tasks.segmentation import SegmentationTask
 from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask
 
@@ -17,15 +18,20 @@ TASK_CLASSES: Dict[str, Type[VisionTask]] = {
     "classification": ClassificationTask,
     "segmentation": SegmentationTask,
     "detection": DetectionTask,
+    "keypoints": KeypointsTask,
 }
 # detection_format -> the detection task class (the default "ssd" is DetectionTask)
 DETECTION_CLASSES: Dict[str, Type[VisionTask]] = {"torchvision": TorchvisionDetectionTask}
+# (task, detection_format) -> the class, for the other detecting tasks
+FORMAT_CLASSES: Dict[tuple, Type[VisionTask]] = {("keypoints", "torchvision"): TorchvisionKeypointsTask}
 
 
 def task_class(settings: Settings) -> Type[VisionTask]:
     """The task class for these settings: by ``task``, and for detection by ``detection_format``."""
     if settings.task == "detection" and settings.detection_format in DETECTION_CLASSES:
         return DETECTION_CLASSES[settings.detection_format]
+    if (settings.task, settings.detection_format) in FORMAT_CLASSES:
+        return FORMAT_CLASSES[settings.task, settings.detection_format]
     return TASK_CLASSES[settings.task]
 
 

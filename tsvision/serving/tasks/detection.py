@@ -9,14 +9,14 @@ the mapping back to the original image happen here, so one exported graph serves
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 from PIL import Image
 
 from tsvision.serving.geometry import YOLO_FILL, Placement, fit_square, mean_fill
 from tsvision.serving.tasks.base import VisionTask
-from tsvision.serving.tasks.detection_formats import DECODERS, NMS_FREE
+from tsvision.serving.tasks.detection_formats import DECODERS, NMS_FREE, Candidates
 
 
 class DetectionTask(VisionTask):
@@ -30,36 +30,42 @@ class DetectionTask(VisionTask):
     def headline(self, answer: list) -> str:
         return answer[0]["label"] if answer else ""
 
-    def finish(self, outputs: List[np.ndarray], placement: Placement) -> list:
+    def decode(self, outputs: List[np.ndarray], placement: Placement) -> Candidates:
+        """One image's raw outputs -> its candidates above the threshold (``detection_format``)."""
+        return DECODERS[self.settings.detection_format](outputs, self.settings, placement)
+
+    def detect(self, outputs: List[np.ndarray], placement: Placement) -> Tuple[Candidates, np.ndarray]:
+        """Decode, keep the ``pre_nms_top_k`` best, NMS, keep ``max_detections``: the kept
+        candidates (best first) and their boxes in original pixels."""
         import torch
         from torchvision.ops import batched_nms, nms
 
         s = self.settings
-        found = DECODERS[s.detection_format](outputs, s, placement)
-        boxes, scores, classes = found.boxes, found.scores, found.classes
-        if scores.size > s.pre_nms_top_k:
-            best = np.argpartition(-scores, s.pre_nms_top_k)[: s.pre_nms_top_k]
-            boxes, scores, classes = boxes[best], scores[best], classes[best]
-        if scores.size == 0:
-            return []
+        found = self.decode(outputs, placement)
+        if found.scores.size > s.pre_nms_top_k:
+            found = found.take(np.argpartition(-found.scores, s.pre_nms_top_k)[: s.pre_nms_top_k])
+        if found.scores.size == 0:
+            return found, np.zeros((0, 4), dtype=np.float32)
         if s.detection_format in NMS_FREE:  # the model already suppressed overlaps
-            keep = np.argsort(-scores, kind="stable")[: s.max_detections]
+            keep = np.argsort(-found.scores, kind="stable")[: s.max_detections]
         else:
             with torch.inference_mode():
-                tensors = (torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)),
-                           torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)))
+                tensors = (torch.from_numpy(np.ascontiguousarray(found.boxes, dtype=np.float32)),
+                           torch.from_numpy(np.ascontiguousarray(found.scores, dtype=np.float32)))
                 if s.agnostic_nms:
                     keep = nms(*tensors, s.iou_threshold)
                 else:
-                    keep = batched_nms(*tensors, torch.from_numpy(classes), s.iou_threshold)
+                    keep = batched_nms(*tensors, torch.from_numpy(found.classes), s.iou_threshold)
                 keep = keep[: s.max_detections].numpy()
-        mapped = placement.boxes_to_original(boxes[keep])
-        return [
-            {
-                "label": self.label(int(c)),
-                "index": int(c),
-                "score": float(score),
-                "box": [round(float(v), 2) for v in box],
-            }
-            for c, score, box in zip(classes[keep], scores[keep], mapped)
-        ]
+        found = found.take(keep)
+        return found, placement.boxes_to_original(found.boxes)
+
+    def finish(self, outputs: List[np.ndarray], placement: Placement) -> list:
+        found, boxes = self.detect(outputs, placement)
+        return [detection_entry(self.label(int(c)), int(c), score, box)
+                for c, score, box in zip(found.classes, found.scores, boxes)]
+
+
+def detection_entry(label: str, index: int, score: float, box: np.ndarray) -> dict:
+    """One detection of an answer: ``{"label", "index", "score", "box"}``, box rounded to 0.01 px."""
+    return {"label": label, "index": index, "score": float(score), "box": [round(float(v), 2) for v in box]}

@@ -35,6 +35,12 @@ class Candidates:
     boxes: np.ndarray    # K×4 float32 x1, y1, x2, y2 in model-input pixels
     scores: np.ndarray   # K float32
     classes: np.ndarray  # K int64
+    extra: Optional[np.ndarray] = None  # K×… per-candidate data a task carries along (keypoints)
+
+    def take(self, rows: np.ndarray) -> "Candidates":
+        """These rows of every field."""
+        return Candidates(self.boxes[rows], self.scores[rows], self.classes[rows],
+                          None if self.extra is None else self.extra[rows])
 
 
 def _shape_error(fmt: str, expected: str, outputs: Sequence[np.ndarray]) -> ValueError:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from tsvision.serving.errors import internal_error
 from tsvision.serving.tasks.base import ImageBatch, VisionTask
+from tsvision.serving.tasks.detection import detection_entry
 
 
 class TorchvisionDetectionTask(VisionTask):
@@ -76,22 +77,24 @@ class TorchvisionDetectionTask(VisionTask):
         return batch.results
 
     def finish(self, outputs: List[np.ndarray], size: Tuple[int, int]) -> list:
-        """``boxes``, ``labels``, ``scores`` of one image -> its answer: the model already ran NMS,
-        so only the threshold, the background class and the limit apply; boxes are clipped."""
-        s = self.settings
+        """``boxes``, ``labels``, ``scores`` of one image -> its answer."""
         boxes, labels, scores = (np.asarray(o) for o in outputs)
+        kept, boxes = self.select(boxes, labels, scores, size)
+        return [detection_entry(self.label(int(c)), int(c), score, box)
+                for c, score, box in zip(labels[kept], scores[kept], boxes)]
+
+    def select(self, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+               size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+        """The model already ran NMS, so only the threshold, the background class and the limit
+        apply: the kept rows (best first) and their boxes clipped to the ``size`` (width, height) image."""
+        s = self.settings
         keep = scores > s.score_threshold
         if s.background_index is not None:
             keep &= labels != s.background_index
-        order = np.argsort(-scores[keep], kind="stable")[: s.max_detections]
-        boxes, labels, scores = boxes[keep][order], labels[keep][order], scores[keep][order]
+        rows = np.nonzero(keep)[0]
+        rows = rows[np.argsort(-scores[rows], kind="stable")[: s.max_detections]]
         width, height = size
-        boxes = np.clip(boxes.astype(np.float64), 0, [width, height, width, height])
-        return [
-            {"label": self.label(int(c)), "index": int(c), "score": float(score),
-             "box": [round(float(v), 2) for v in box]}
-            for c, score, box in zip(labels, scores, boxes)
-        ]
+        return rows, np.clip(boxes[rows].astype(np.float64), 0, [width, height, width, height])
 
     def warm_up(self, batch_size: int = 2, rounds: int = 2) -> None:
         blank = [np.zeros((3, 240, 320), dtype=np.float32), np.zeros((3, 320, 240), dtype=np.float32)]
