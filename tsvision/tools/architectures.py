@@ -14,12 +14,14 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from tsvision.tools.torchvision_detectors import build_torchvision_detector, is_torchvision_detector, load_detector_checkpoint
+from tsvision.tools.torchvision_detectors import (OWN_ARCHITECTURES, build_torchvision_detector, is_torchvision_detector,
+                                                  keypoint_count, load_detector_checkpoint, output_keys)
 
 DEFAULT_ARCHITECTURES = {
     "classification": "mobilenet_v3_small",
     "segmentation": "lraspp_mobilenet_v3_large",
     "detection": "ssdlite320_mobilenet_v3_large",
+    "keypoints": "keypointrcnn_mobilenet_v3_large_320_fpn",  # tsvision's own (torchvision_detectors.OWN_ARCHITECTURES)
 }
 RANDOM_WEIGHTS_SCORE_THRESHOLD = 0.03
 OUTPUT_NAMES = {"classification": ["logits"], "segmentation": ["logits"], "detection": ["boxes", "scores"]}
@@ -100,14 +102,20 @@ def build_exportable(
     import torchvision
 
     architecture = architecture or DEFAULT_ARCHITECTURES[task]
-    weights_enum = torchvision.models.get_model_weights(architecture)
-    preset = weights_enum.DEFAULT
-    if labels is None:
-        labels = list(preset.meta["categories"])
-    num_classes = num_classes or len(labels)
-    torch.manual_seed(seed)
-    extra = {"weights_backbone": None} if task != "classification" else {}
-    model = torchvision.models.get_model(architecture, weights=None, num_classes=num_classes, **extra, **(model_args or {}))
+    if architecture in OWN_ARCHITECTURES:  # not in torchvision's registry
+        builder, default_labels = OWN_ARCHITECTURES[architecture]
+        labels = list(default_labels) if labels is None else labels
+        torch.manual_seed(seed)
+        model = builder(num_classes=num_classes or len(labels), **(model_args or {}))
+    else:
+        weights_enum = torchvision.models.get_model_weights(architecture)
+        preset = weights_enum.DEFAULT
+        if labels is None:
+            labels = list(preset.meta["categories"])
+        torch.manual_seed(seed)
+        extra = {"weights_backbone": None} if task != "classification" else {}
+        model = torchvision.models.get_model(architecture, weights=None, num_classes=num_classes or len(labels), **extra,
+                                             **(model_args or {}))
     if checkpoint is not None:
         (load_detector_checkpoint if is_torchvision_detector(model) else load_checkpoint)(model, checkpoint)
     model.eval()
@@ -122,9 +130,16 @@ def build_exportable(
         module = SegmentationLogits(model)
         settings = {"input_size": transforms.resize_size[0], "resize_mode": "letterbox",
                     "mean": list(transforms.mean), "std": list(transforms.std)}
-    elif is_torchvision_detector(model):  # Faster R-CNN, RetinaNet, FCOS: the whole detector (tools/torchvision_detectors.py)
+    elif is_torchvision_detector(model):  # Faster R-CNN, RetinaNet, FCOS, Keypoint R-CNN: the whole detector (tools/torchvision_detectors.py)
+        keypoints = keypoint_count(model) > 0
+        if keypoints != (task == "keypoints"):
+            raise ValueError(f"{architecture} is {'a keypoint' if keypoints else 'not a keypoint'} model: export it with "
+                             f"--task {'keypoints' if keypoints else 'detection'}")
         model, settings = build_torchvision_detector(model, architecture, checkpoint is None, seed)
-        return Exportable(task, architecture, model, settings, labels, checkpoint is None, ["boxes", "labels", "scores"])
+        return Exportable(task, architecture, model, settings, labels, checkpoint is None, list(output_keys(model)))
+    elif task == "keypoints":
+        raise ValueError(f"{architecture} is not a Keypoint R-CNN; --task keypoints exports Keypoint R-CNNs "
+                         "(keypointrcnn_mobilenet_v3_large_320_fpn, keypointrcnn_resnet50_fpn) and ultralytics pose models (yolov8n-pose)")
     else:
         if not hasattr(model, "anchor_generator") or not hasattr(model, "box_coder") or not hasattr(model.head, "classification_head"):
             raise ValueError(f"{architecture}: only SSD/SSDlite detectors export to the boxes/scores contract; "

@@ -1,9 +1,10 @@
-"""Whole torchvision detectors (Faster R-CNN, RetinaNet, FCOS) for ``detection_format: torchvision``
-(export time only).
+"""Whole torchvision detectors (Faster R-CNN, RetinaNet, FCOS, Keypoint R-CNN) for
+``detection_format: torchvision`` (export time only).
 
 The exported model is torchvision's own detector: a list of 3×H×W float images in [0, 1] of
 any size in; it resizes and normalises inside, runs its own NMS and returns per image ``boxes``
-(x1, y1, x2, y2 in original pixels), ``labels`` (0 = background) and ``scores``.
+(x1, y1, x2, y2 in original pixels), ``labels`` (0 = background) and ``scores``; Keypoint
+R-CNN adds ``keypoints`` (N×K×3) and ``keypoints_scores`` (N×K) (``output_keys``).
 
 - ``model.pt``: ``torch.jit.script`` of the detector (it returns ``(losses, detections)``).
 - ``model.onnx``: ``torch.onnx.export`` (the TorchScript-based exporter, ``dynamo=False``: the
@@ -38,13 +39,52 @@ CALIBRATION_KEEP = 8  # candidates (proposals or anchors) above the threshold in
 
 
 def is_torchvision_detector(model: nn.Module) -> bool:
-    """Faster R-CNN, RetinaNet or FCOS: a GeneralizedRCNNTransform-based detector that is not an SSD
-    (SSDs export to the boxes/scores contract instead) and returns boxes, labels and scores only."""
+    """Faster R-CNN, RetinaNet, FCOS or Keypoint R-CNN: a GeneralizedRCNNTransform-based detector
+    that is not an SSD (SSDs export to the boxes/scores contract instead)."""
     roi_heads = getattr(model, "roi_heads", None)
-    if roi_heads is not None and (getattr(roi_heads, "mask_predictor", None) is not None
-                                  or getattr(roi_heads, "keypoint_predictor", None) is not None):
-        return False  # Mask/Keypoint R-CNN return masks/keypoints too: not this format (yet)
+    if roi_heads is not None and getattr(roi_heads, "mask_predictor", None) is not None:
+        return False  # Mask R-CNN returns masks too: not this format (yet)
     return hasattr(model, "transform") and not _is_ssd(model) and _classification_layer(model)[0] is not None
+
+
+def keypoint_count(model: nn.Module) -> int:
+    """Keypoints per person of a Keypoint R-CNN; 0 for other detectors."""
+    predictor = getattr(getattr(model, "roi_heads", None), "keypoint_predictor", None)
+    return int(predictor.kps_score_lowres.out_channels) if predictor is not None else 0
+
+
+def output_keys(model: nn.Module) -> Tuple[str, ...]:
+    """What the detector returns per image, in the order the ONNX export writes it."""
+    return ("boxes", "labels", "scores") + (("keypoints", "keypoints_scores") if keypoint_count(model) else ())
+
+
+# tsvision's own detector architectures (not in torchvision's registry): name -> (builder, class names)
+PERSON_LABELS = ["no person", "person"]  # torchvision's Keypoint R-CNN categories
+
+
+def keypointrcnn_mobilenet_v3_large_320_fpn(num_classes: int = 2, num_keypoints: int = 17, **kwargs) -> nn.Module:
+    """The smallest Keypoint R-CNN here (random weights; no pretrained backbone is loaded):
+    ``fasterrcnn_mobilenet_v3_large_320_fpn``'s MobileNetV3-Large FPN backbone, anchors and
+    320-pixel transform, with Keypoint R-CNN's box and keypoint heads, the keypoint head cut from
+    8 convolutions of 512 channels to 4 of 128 (tsvision's choice, for 2-core machines).
+    ``kwargs`` go to ``KeypointRCNN`` (``--model-arg``), over these defaults."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import _mobilenet_extractor
+    from torchvision.models.detection.keypoint_rcnn import KeypointRCNN, KeypointRCNNHeads, KeypointRCNNPredictor
+    from torchvision.models.mobilenetv3 import mobilenet_v3_large
+
+    backbone = _mobilenet_extractor(mobilenet_v3_large(weights=None, norm_layer=nn.BatchNorm2d), True, 6)
+    anchor_sizes = ((32, 64, 128, 256, 512),) * 3
+    channels = (128,) * 4
+    options = {"min_size": 320, "max_size": 640, "rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 150,
+               "rpn_score_thresh": 0.05, **kwargs}
+    return KeypointRCNN(
+        backbone, num_classes, rpn_anchor_generator=AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * 3),
+        keypoint_head=KeypointRCNNHeads(backbone.out_channels, channels),
+        keypoint_predictor=KeypointRCNNPredictor(channels[-1], num_keypoints), **options)
+
+
+OWN_ARCHITECTURES = {"keypointrcnn_mobilenet_v3_large_320_fpn": (keypointrcnn_mobilenet_v3_large_320_fpn, PERSON_LABELS)}
 
 
 def _is_ssd(model: nn.Module) -> bool:
@@ -71,9 +111,15 @@ def build_torchvision_detector(model: nn.Module, architecture: str, random_weigh
     min_size = int(transform.min_size[-1])
     settings = {"detection_format": "torchvision", "input_size": min_size, "background_index": 0,
                 "mean": list(transform.image_mean), "std": list(transform.image_std)}
+    if keypoint_count(model):
+        from tsvision.serving.tasks.keypoints import named_keypoints
+
+        settings.update(named_keypoints(keypoint_count(model)))
     if random_weights:
         condition_random_detector(model, seed)
         settings["score_threshold"] = RANDOM_WEIGHTS_SCORE_THRESHOLD
+        if keypoint_count(model):  # keypoints only for the boxes an answer keeps (each costs a head pass)
+            model.roi_heads.score_thresh = RANDOM_WEIGHTS_SCORE_THRESHOLD
     return model.eval(), settings
 
 
@@ -189,7 +235,7 @@ def export_torchvision_files(exportable, out_dir: Path, tolerance: float = 1e-3)
         "detection_format": "torchvision",
         "random_weights": exportable.random_weights,
         "input": "list of 3xHxW float images in [0, 1], any size (ONNX: one 3xHxW image per call)",
-        "outputs": ["boxes", "labels", "scores"],
+        "outputs": list(output_keys(model)),
         "files": ["model.pt"] + ([] if onnx_error else ["model.onnx"]),
         "onnx_error": onnx_error,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -219,67 +265,75 @@ def parity_image(model: nn.Module, height: int, width: int, threshold: float) ->
 
 
 class OneImageDetections(nn.Module):
-    """The detector on one image, returning ``boxes``, ``labels``, ``scores`` in that order (the ONNX
-    exporter names outputs by position, and RetinaNet/FCOS put ``scores`` before ``labels``)."""
+    """The detector on one image, returning ``output_keys`` in that order (the ONNX exporter names
+    outputs by position, and RetinaNet/FCOS put ``scores`` before ``labels``)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.keys = output_keys(model)
 
     def forward(self, images: List[torch.Tensor]):
         found = self.model(images)[0]
-        return found["boxes"], found["labels"], found["scores"]
+        return tuple(found[key] for key in self.keys)
 
 
 def export_detector_onnx(model: nn.Module, path: Path, height: int, width: int) -> None:
     import onnx
 
     sample = smooth_image(height, width, seed=3)
+    keys = output_keys(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             OneImageDetections(model).eval(), ([sample],), str(path), opset_version=17, dynamo=False,
-            input_names=["images"], output_names=["boxes", "labels", "scores"],
-            dynamic_axes={"images": [1, 2], "boxes": [0], "labels": [0], "scores": [0]},
+            input_names=["images"], output_names=list(keys),
+            dynamic_axes={"images": [1, 2], **{key: [0] for key in keys}},
         )
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def detections_of(outputs: List[np.ndarray], threshold: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``boxes``, ``labels``, ``scores`` above ``threshold``, best first."""
-    boxes, labels, scores = (np.asarray(o) for o in outputs)
-    keep = scores > threshold
-    order = np.argsort(-scores[keep], kind="stable")
-    return boxes[keep][order], labels[keep][order], scores[keep][order]
+def detections_of(outputs: Dict[str, np.ndarray], threshold: float) -> Dict[str, np.ndarray]:
+    """Every output's rows above ``threshold``, best first."""
+    keep = np.nonzero(np.asarray(outputs["scores"]) > threshold)[0]
+    rows = keep[np.argsort(-np.asarray(outputs["scores"])[keep], kind="stable")]
+    return {key: np.asarray(value)[rows] for key, value in outputs.items()}
 
 
-def detection_difference(a, b, threshold: float, side: float) -> float:
-    """Largest difference between two answers above ``threshold`` matched in order: box edges as a
-    fraction of ``side`` (the image's longer side), or scores; inf when their lengths or labels differ."""
-    (boxes_a, labels_a, scores_a), (boxes_b, labels_b, scores_b) = detections_of(a, threshold), detections_of(b, threshold)
-    if len(labels_a) != len(labels_b) or not np.array_equal(labels_a, labels_b):
+def detection_difference(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray], threshold: float, side: float) -> float:
+    """Largest difference between two answers above ``threshold`` matched in order: box edges and
+    keypoint x, y as a fraction of ``side`` (the image's longer side), or scores (keypoint scores,
+    heatmap logits of tens, relative to their size); inf when their lengths or labels differ."""
+    a, b = detections_of(a, threshold), detections_of(b, threshold)
+    if len(a["labels"]) != len(b["labels"]) or not np.array_equal(a["labels"], b["labels"]):
         return float("inf")
-    if not len(labels_a):
+    if not len(a["labels"]):
         return 0.0
-    return float(max(np.abs(boxes_a - boxes_b).max() / side, np.abs(scores_a - scores_b).max()))
+    differences = [np.abs(a["boxes"] - b["boxes"]).max() / side, np.abs(a["scores"] - b["scores"]).max()]
+    if "keypoints" in a:
+        differences += [np.abs(a["keypoints"][..., :2] - b["keypoints"][..., :2]).max() / side,
+                        (np.abs(a["keypoints_scores"] - b["keypoints_scores"]) / np.maximum(1, np.abs(a["keypoints_scores"]))).max()]
+    return float(max(differences))
 
 
 def compare_detector_backends(model: nn.Module, ts_path: Path, onnx_path: Optional[Path], image: torch.Tensor,
                               threshold: float) -> Dict[str, float]:
-    """Largest box (as a fraction of the image's longer side) or score difference of the detections
-    above ``threshold`` between eager, TorchScript and ONNX Runtime on one image that the models do
-    not resize."""
+    """Largest box or keypoint (as a fraction of the image's longer side) or score difference of the
+    detections above ``threshold`` between eager, TorchScript and ONNX Runtime on one image that
+    the models do not resize."""
     side = float(max(image.shape[1:]))
     from tsvision.serving.runtimes import load_runtime
 
+    keys = output_keys(model)
     with torch.no_grad():
         found = model([image])[0]
-    eager = [found[k].numpy() for k in ("boxes", "labels", "scores")]
+    eager = {k: found[k].numpy() for k in keys}
     array = image.numpy()
-    torchscript = load_runtime(ts_path).run_images([array])[0]
+    # TorchScript outputs come sorted by name (runtimes.run_images), ONNX ones in export order
+    torchscript = dict(zip(sorted(keys), load_runtime(ts_path).run_images([array])[0]))
     diffs = {"torchscript_vs_eager": detection_difference(torchscript, eager, threshold, side)}
     if onnx_path is not None:
-        onnx = load_runtime(onnx_path).run_images([array])[0]
+        onnx = dict(zip(keys, load_runtime(onnx_path).run_images([array])[0]))
         diffs["onnx_vs_eager"] = detection_difference(onnx, eager, threshold, side)
         diffs["onnx_vs_torchscript"] = detection_difference(onnx, torchscript, threshold, side)
     return diffs

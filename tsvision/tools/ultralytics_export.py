@@ -119,12 +119,18 @@ def condition_random_yolo(model: nn.Module, seed: int, size: int = 640) -> None:
        yolov8n (seed 0): astronaut 5 boxes, camera 13, coffee/chelsea/rocket none; neighbouring
        scores at least 0.002 apart. The other classes' weights are zeroed and their bias set
        to -12 (sigmoid 6e-6), so ties and near-ties among untrained classes cannot decide anything.
+    3. A pose head's keypoint convolutions (``cv4``) are standardised the same way, channel by
+       channel: x and y offsets to standard deviation 1 (keypoints land within a few strides of
+       their anchor instead of far outside the image), visibility logits to ``LOGIT_SPREAD``.
     """
     head = model.model[-1]
     convs = [branch[-1] for branch in head.cv3]
     recompute_batchnorm(model, seed, (2, 3, size, size), steps=3)
     seen: List[torch.Tensor] = []
     hooks = [conv.register_forward_hook(lambda _m, _i, out: seen.append(out.detach())) for conv in convs]
+    keypoint_convs = [branch[-1] for branch in getattr(head, "cv4", [])] if hasattr(head, "kpt_shape") else []
+    keypoint_seen: List[torch.Tensor] = []
+    hooks += [conv.register_forward_hook(lambda _m, _i, out: keypoint_seen.append(out.detach())) for conv in keypoint_convs]
     try:
         with torch.no_grad():
             for image in calibration_images(seed)[0]:
@@ -155,6 +161,14 @@ def condition_random_yolo(model: nn.Module, seed: int, size: int = 640) -> None:
             others = [c for c in range(conv.out_channels) if c not in classes]
             conv.weight[others] = 0.0
             conv.bias[others] = -12.0
+        for level, conv in enumerate(keypoint_convs):
+            values = torch.cat([keypoint_seen[i] for i in range(level, len(keypoint_seen), len(keypoint_convs))])
+            mean, std = values.mean(dim=(0, 2, 3)), values.std(dim=(0, 2, 3)).clamp_min(1e-12)
+            spread = torch.ones_like(std)
+            if head.kpt_shape[1] == 3:
+                spread[2::3] = LOGIT_SPREAD  # visibility logits
+            conv.weight *= (spread / std)[:, None, None, None]
+            conv.bias.copy_((conv.bias - mean) * spread / std)
 
 
 def onnx_metadata(path: Path) -> Dict[str, str]:
@@ -242,6 +256,10 @@ def export_yolo(architecture: str, out_dir: Path, checkpoint: Optional[Path] = N
     settings = {"task": task, "detection_format": fmt, "input_size": imgsz, "labels": "labels.json",
                 "random_weights": random_weights,
                 "description": f"{Path(architecture).stem} via ultralytics ({'random seeded weights' if random_weights else 'checkpoint'})"}
+    if task == "keypoints":  # the names and edges go into the settings, so the archive carries them
+        from tsvision.serving.tasks.keypoints import named_keypoints
+
+        settings.update(named_keypoints(int(ast.literal_eval(metadata.get("kpt_shape", "[17, 3]"))[0])))
     photos, calibration = calibration_images(seed)
     difference, shapes = onnx_vs_eager(yolo.model, out_dir / "model.onnx", letterboxed(photos[0], imgsz))
     report = {
@@ -269,8 +287,8 @@ def export_yolo(architecture: str, out_dir: Path, checkpoint: Optional[Path] = N
 
 def onnx_vs_eager(model: nn.Module, onnx_path: Path, images: torch.Tensor) -> Tuple[float, List[List[int]]]:
     """Largest difference of the first output (the detections) between ONNX Runtime and the eager
-    model, box coordinates as a fraction of the image side (as for the torchvision detectors),
-    and the ONNX output shapes."""
+    model, box (and pose keypoint) coordinates as a fraction of the image side (as for the
+    torchvision detectors), and the ONNX output shapes."""
     from tsvision.serving.runtimes import load_runtime
 
     with torch.no_grad():
@@ -278,5 +296,17 @@ def onnx_vs_eager(model: nn.Module, onnx_path: Path, images: torch.Tensor) -> Tu
     eager = eager[0] if isinstance(eager, (list, tuple)) else eager
     outputs = load_runtime(onnx_path).run(images.numpy())
     difference = np.abs(outputs[0] - eager.numpy())
-    difference[:, :4] /= images.shape[-1]
+    difference[:, pixel_rows(model)] /= images.shape[-1]
     return float(difference.max()), [list(o.shape) for o in outputs]
+
+
+def pixel_rows(model: nn.Module) -> List[int]:
+    """The rows of the first output that are input-pixel coordinates: the box's four and, for a
+    pose head (``kpt_shape`` K×D), each keypoint's x and y."""
+    head = model.model[-1]
+    rows = [0, 1, 2, 3]
+    shape = getattr(head, "kpt_shape", None)
+    if shape is not None:
+        first = 4 + int(head.nc)
+        rows += [first + k * int(shape[1]) + axis for k in range(int(shape[0])) for axis in (0, 1)]
+    return rows
