@@ -5,6 +5,7 @@ and ONNX, check both, and report parity, parameters and FLOPs.
                               [--labels FILE] [--out DIR] [--set key=value ...]
     tsvision export --task detection --arch yolov8n [--checkpoint best.pt]   (ultralytics' exporter)
     tsvision export --task detection --arch retinanet_resnet50_fpn --model-arg min_size=320 --model-arg max_size=480
+    tsvision export --task keypoints [--arch keypointrcnn_mobilenet_v3_large_320_fpn | yolov8n-pose]
 
 Writes ``model.pt``, ``model.onnx``, ``labels.json``, ``settings.json`` (the handler settings)
 and ``report.json`` into ``--out``.
