@@ -206,6 +206,16 @@ def test_a_keypoint_count_that_does_not_fit_the_names_is_refused_at_load(toys, t
         task.warm_up()
 
 
+def test_the_entry_file_defines_the_keypoint_detector(tmp_path):
+    from tsvision.tools.archive import default_handler
+    from tsvision.tools.local import load_handler_class
+
+    handler = default_handler("keypoints", tmp_path)
+    assert handler.name == "keypoint_detector.py" and handler.parent.name == "handlers"
+    loaded = load_handler_class(handler)
+    assert loaded.__name__ == "KeypointDetector" and loaded.task_name == "keypoints"
+
+
 def test_settings_need_a_keypoint_format():
     with pytest.raises(ValueError, match="task keypoints needs detection_format torchvision or yolov8_pose"):
         Settings.from_mapping({"task": "keypoints", "detection_format": "yolov8"})
