@@ -7,7 +7,8 @@ imported lazily, so the tasks run in-process without it::
     from tsvision.serving.tasks import build_task        # in-process, no TorchServe
 """
 
-HANDLER_CLASSES = ("VisionHandler", "ImageClassifier", "ImageSegmenter", "ObjectDetector")
+HANDLER_CLASSES = ("VisionHandler", "ImageClassifier", "ImageSegmenter", "ObjectDetector",
+                   "InstanceSegmenter")
 
 
 def __getattr__(name: str):

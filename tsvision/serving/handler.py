@@ -196,3 +196,9 @@ class ObjectDetector(VisionHandler):
     """Object detection: ``{"label", "index", "score", "box"}`` in original-image pixels."""
 
     task_name = "detection"
+
+
+class InstanceSegmenter(VisionHandler):
+    """Instance segmentation: detection entries plus ``"mask"`` (COCO RLE or polygons) at the original size."""
+
+    task_name = "instance_segmentation"

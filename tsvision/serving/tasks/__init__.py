@@ -10,6 +10,7 @@ from tsvision.serving.settings import Settings, load_labels
 from tsvision.serving.tasks.base import VisionTask
 from tsvision.serving.tasks.classification import ClassificationTask
 from tsvision.serving.tasks.detection import DetectionTask
+from tsvision.serving.tasks.instance_segmentation import TorchvisionInstanceSegmentationTask, YoloInstanceSegmentationTask
 from tsvision.serving.tasks.segmentation import SegmentationTask
 from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask
 
@@ -20,12 +21,20 @@ TASK_CLASSES: Dict[str, Type[VisionTask]] = {
 }
 # detection_format -> the detection task class (the default "ssd" is DetectionTask)
 DETECTION_CLASSES: Dict[str, Type[VisionTask]] = {"torchvision": TorchvisionDetectionTask}
+# instance_segmentation: detection_format -> its task class (docs/models.md)
+INSTANCE_SEGMENTATION_CLASSES: Dict[str, Type[VisionTask]] = {"torchvision": TorchvisionInstanceSegmentationTask,
+                                                               "yolov8_seg": YoloInstanceSegmentationTask}
 
 
 def task_class(settings: Settings) -> Type[VisionTask]:
     """The task class for these settings: by ``task``, and for detection by ``detection_format``."""
     if settings.task == "detection" and settings.detection_format in DETECTION_CLASSES:
         return DETECTION_CLASSES[settings.detection_format]
+    if settings.task == "instance_segmentation":
+        if settings.detection_format not in INSTANCE_SEGMENTATION_CLASSES:
+            raise ValueError(f"instance_segmentation serves detection_format {sorted(INSTANCE_SEGMENTATION_CLASSES)}, "
+                             f"not {settings.detection_format!r} (docs/models.md)")
+        return INSTANCE_SEGMENTATION_CLASSES[settings.detection_format]
     return TASK_CLASSES[settings.task]
 
 

@@ -31,29 +31,10 @@ class DetectionTask(VisionTask):
         return answer[0]["label"] if answer else ""
 
     def finish(self, outputs: List[np.ndarray], placement: Placement) -> list:
-        import torch
-        from torchvision.ops import batched_nms, nms
-
         s = self.settings
         found = DECODERS[s.detection_format](outputs, s, placement)
-        boxes, scores, classes = found.boxes, found.scores, found.classes
-        if scores.size > s.pre_nms_top_k:
-            best = np.argpartition(-scores, s.pre_nms_top_k)[: s.pre_nms_top_k]
-            boxes, scores, classes = boxes[best], scores[best], classes[best]
-        if scores.size == 0:
-            return []
-        if s.detection_format in NMS_FREE:  # the model already suppressed overlaps
-            keep = np.argsort(-scores, kind="stable")[: s.max_detections]
-        else:
-            with torch.inference_mode():
-                tensors = (torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)),
-                           torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)))
-                if s.agnostic_nms:
-                    keep = nms(*tensors, s.iou_threshold)
-                else:
-                    keep = batched_nms(*tensors, torch.from_numpy(classes), s.iou_threshold)
-                keep = keep[: s.max_detections].numpy()
-        mapped = placement.boxes_to_original(boxes[keep])
+        keep = select_detections(found.boxes, found.scores, found.classes, s)
+        mapped = placement.boxes_to_original(found.boxes[keep])
         return [
             {
                 "label": self.label(int(c)),
@@ -61,5 +42,32 @@ class DetectionTask(VisionTask):
                 "score": float(score),
                 "box": [round(float(v), 2) for v in box],
             }
-            for c, score, box in zip(classes[keep], scores[keep], mapped)
+            for c, score, box in zip(found.classes[keep], found.scores[keep], mapped)
         ]
+
+
+def select_detections(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, settings) -> np.ndarray:
+    """Indices of the candidates to answer, best first: the ``pre_nms_top_k`` best, then NMS
+    (class-aware unless ``agnostic_nms``; none for the NMS-free formats), at most ``max_detections``."""
+    import torch
+    from torchvision.ops import batched_nms, nms
+
+    s = settings
+    candidates = np.arange(scores.size)
+    if scores.size > s.pre_nms_top_k:
+        candidates = np.argpartition(-scores, s.pre_nms_top_k)[: s.pre_nms_top_k]
+    if candidates.size == 0:
+        return candidates
+    boxes, scores, classes = boxes[candidates], scores[candidates], classes[candidates]
+    if s.detection_format in NMS_FREE:  # the model already suppressed overlaps
+        keep = np.argsort(-scores, kind="stable")[: s.max_detections]
+    else:
+        with torch.inference_mode():
+            tensors = (torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)),
+                       torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)))
+            if s.agnostic_nms:
+                keep = nms(*tensors, s.iou_threshold)
+            else:
+                keep = batched_nms(*tensors, torch.from_numpy(classes), s.iou_threshold)
+            keep = keep[: s.max_detections].numpy()
+    return candidates[keep]

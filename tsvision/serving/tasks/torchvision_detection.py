@@ -78,25 +78,35 @@ class TorchvisionDetectionTask(VisionTask):
     def finish(self, outputs: List[np.ndarray], size: Tuple[int, int]) -> list:
         """``boxes``, ``labels``, ``scores`` of one image -> its answer: the model already ran NMS,
         so only the threshold, the background class and the limit apply; boxes are clipped."""
-        s = self.settings
         boxes, labels, scores = (np.asarray(o) for o in outputs)
-        keep = scores > s.score_threshold
-        if s.background_index is not None:
-            keep &= labels != s.background_index
-        order = np.argsort(-scores[keep], kind="stable")[: s.max_detections]
-        boxes, labels, scores = boxes[keep][order], labels[keep][order], scores[keep][order]
-        width, height = size
-        boxes = np.clip(boxes.astype(np.float64), 0, [width, height, width, height])
+        chosen = self.select(labels, scores)
+        boxes, labels, scores = clip_boxes(boxes[chosen], size), labels[chosen], scores[chosen]
         return [
             {"label": self.label(int(c)), "index": int(c), "score": float(score),
              "box": [round(float(v), 2) for v in box]}
             for c, score, box in zip(labels, scores, boxes)
         ]
 
+    def select(self, labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Indices of the detections to answer: above ``score_threshold``, not ``background_index``,
+        best first, at most ``max_detections``."""
+        s = self.settings
+        keep = scores > s.score_threshold
+        if s.background_index is not None:
+            keep &= labels != s.background_index
+        kept = np.flatnonzero(keep)
+        return kept[np.argsort(-scores[kept], kind="stable")[: s.max_detections]]
+
     def warm_up(self, batch_size: int = 2, rounds: int = 2) -> None:
         blank = [np.zeros((3, 240, 320), dtype=np.float32), np.zeros((3, 320, 240), dtype=np.float32)]
         for _ in range(rounds):
             run_by_size(self.runtime, blank[:batch_size])
+
+
+def clip_boxes(boxes: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """x1, y1, x2, y2 boxes clipped to a ``(width, height)`` image, as float64."""
+    width, height = size
+    return np.clip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), 0, [width, height, width, height])
 
 
 def to_chw_float(image: np.ndarray) -> np.ndarray:
