@@ -20,6 +20,7 @@ DEFAULT_ARCHITECTURES = {
     "classification": "mobilenet_v3_small",
     "segmentation": "lraspp_mobilenet_v3_large",
     "detection": "ssdlite320_mobilenet_v3_large",
+    "instance_segmentation": "maskrcnn_mobilenet_v3_large_320_fpn",  # tools/instance_segmenters.py
 }
 RANDOM_WEIGHTS_SCORE_THRESHOLD = 0.03
 OUTPUT_NAMES = {"classification": ["logits"], "segmentation": ["logits"], "detection": ["boxes", "scores"]}
@@ -98,6 +99,11 @@ def build_exportable(
     ``model_args`` go to torchvision's model builder, e.g. ``{"min_size": 320, "max_size": 480}``
     for a detector that resizes to a smaller image than its default."""
     import torchvision
+
+    if task == "instance_segmentation":  # a whole Mask R-CNN (tools/instance_segmenters.py)
+        from tsvision.tools.instance_segmenters import build_instance_segmenter
+
+        return build_instance_segmenter(architecture, checkpoint, num_classes, labels, seed)
 
     architecture = architecture or DEFAULT_ARCHITECTURES[task]
     weights_enum = torchvision.models.get_model_weights(architecture)

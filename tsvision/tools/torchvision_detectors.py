@@ -35,6 +35,7 @@ RANDOM_WEIGHTS_CLASS = 1
 RANDOM_WEIGHTS_SCORE_THRESHOLD = 0.15
 LOGIT_SPREAD = 3.0  # standard deviation of the conditioned class logit
 CALIBRATION_KEEP = 8  # candidates (proposals or anchors) above the threshold in the most responsive calibration image
+DETECTION_OUTPUTS = ("boxes", "labels", "scores")  # Mask R-CNN adds "masks" (tools/instance_segmenters.py)
 
 
 def is_torchvision_detector(model: nn.Module) -> bool:
@@ -164,6 +165,7 @@ def export_torchvision_files(exportable, out_dir: Path, tolerance: float = 1e-3)
     reload both, compare them with the eager model on a test image, and write ``report.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model = exportable.module.eval()
+    outputs = tuple(exportable.output_names or DETECTION_OUTPUTS)
     ts_path, onnx_path = out_dir / "model.pt", out_dir / "model.onnx"
     timings = {}
     started = time.time()
@@ -175,21 +177,21 @@ def export_torchvision_files(exportable, out_dir: Path, tolerance: float = 1e-3)
     onnx_error = None
     started = time.time()
     try:
-        export_detector_onnx(model, onnx_path, height, width)
+        export_detector_onnx(model, onnx_path, height, width, outputs)
     except Exception as error:  # noqa: BLE001 - reported, TorchScript stays usable
         onnx_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         onnx_path.unlink(missing_ok=True)
     timings["onnx_seconds"] = round(time.time() - started, 1)
     threshold = float(exportable.settings.get("score_threshold", 0.5))
     image, compared = parity_image(model, height, width, threshold)
-    parity = compare_detector_backends(model, ts_path, None if onnx_error else onnx_path, image, threshold)
+    parity = compare_detector_backends(model, ts_path, None if onnx_error else onnx_path, image, threshold, outputs)
     report = {
         "task": exportable.task,
         "architecture": exportable.architecture,
         "detection_format": "torchvision",
         "random_weights": exportable.random_weights,
         "input": "list of 3xHxW float images in [0, 1], any size (ONNX: one 3xHxW image per call)",
-        "outputs": ["boxes", "labels", "scores"],
+        "outputs": list(outputs),
         "files": ["model.pt"] + ([] if onnx_error else ["model.onnx"]),
         "onnx_error": onnx_error,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -219,28 +221,31 @@ def parity_image(model: nn.Module, height: int, width: int, threshold: float) ->
 
 
 class OneImageDetections(nn.Module):
-    """The detector on one image, returning ``boxes``, ``labels``, ``scores`` in that order (the ONNX
-    exporter names outputs by position, and RetinaNet/FCOS put ``scores`` before ``labels``)."""
+    """The detector on one image, returning ``outputs`` (default ``boxes``, ``labels``, ``scores``) in
+    that order (the ONNX exporter names outputs by position, and RetinaNet/FCOS put ``scores`` before
+    ``labels``)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, outputs: Tuple[str, ...] = DETECTION_OUTPUTS) -> None:
         super().__init__()
         self.model = model
+        self.outputs = tuple(outputs)
 
     def forward(self, images: List[torch.Tensor]):
         found = self.model(images)[0]
-        return found["boxes"], found["labels"], found["scores"]
+        return tuple(found[name] for name in self.outputs)
 
 
-def export_detector_onnx(model: nn.Module, path: Path, height: int, width: int) -> None:
+def export_detector_onnx(model: nn.Module, path: Path, height: int, width: int,
+                         outputs: Tuple[str, ...] = DETECTION_OUTPUTS) -> None:
     import onnx
 
     sample = smooth_image(height, width, seed=3)
+    dynamic = {name: ([0, 2, 3] if name == "masks" else [0]) for name in outputs}  # masks K×1×H×W
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            OneImageDetections(model).eval(), ([sample],), str(path), opset_version=17, dynamo=False,
-            input_names=["images"], output_names=["boxes", "labels", "scores"],
-            dynamic_axes={"images": [1, 2], "boxes": [0], "labels": [0], "scores": [0]},
+            OneImageDetections(model, outputs).eval(), ([sample],), str(path), opset_version=17, dynamo=False,
+            input_names=["images"], output_names=list(outputs), dynamic_axes={"images": [1, 2], **dynamic},
         )
     onnx.checker.check_model(str(path), full_check=True)
 
@@ -265,23 +270,32 @@ def detection_difference(a, b, threshold: float, side: float) -> float:
 
 
 def compare_detector_backends(model: nn.Module, ts_path: Path, onnx_path: Optional[Path], image: torch.Tensor,
-                              threshold: float) -> Dict[str, float]:
+                              threshold: float, outputs: Tuple[str, ...] = DETECTION_OUTPUTS) -> Dict[str, float]:
     """Largest box (as a fraction of the image's longer side) or score difference of the detections
     above ``threshold`` between eager, TorchScript and ONNX Runtime on one image that the models do
-    not resize."""
+    not resize; with ``masks`` among the ``outputs``, also the fraction of mask pixels that differ."""
     side = float(max(image.shape[1:]))
     from tsvision.serving.runtimes import load_runtime
 
     with torch.no_grad():
         found = model([image])[0]
-    eager = [found[k].numpy() for k in ("boxes", "labels", "scores")]
+    answers = {"eager": {k: found[k].numpy() for k in outputs}}
     array = image.numpy()
-    torchscript = load_runtime(ts_path).run_images([array])[0]
-    diffs = {"torchscript_vs_eager": detection_difference(torchscript, eager, threshold, side)}
+    # TorchScript's outputs come in key order sorted by name, ONNX's in the exported order
+    answers["torchscript"] = dict(zip(sorted(outputs), load_runtime(ts_path).run_images([array])[0]))
+    pairs = [("torchscript", "eager")]
     if onnx_path is not None:
-        onnx = load_runtime(onnx_path).run_images([array])[0]
-        diffs["onnx_vs_eager"] = detection_difference(onnx, eager, threshold, side)
-        diffs["onnx_vs_torchscript"] = detection_difference(onnx, torchscript, threshold, side)
+        answers["onnx"] = dict(zip(outputs, load_runtime(onnx_path).run_images([array])[0]))
+        pairs += [("onnx", "eager"), ("onnx", "torchscript")]
+    diffs = {}
+    for a, b in pairs:
+        diffs[f"{a}_vs_{b}"] = detection_difference([answers[a][k] for k in DETECTION_OUTPUTS],
+                                                    [answers[b][k] for k in DETECTION_OUTPUTS], threshold, side)
+    if "masks" in outputs:
+        from tsvision.tools.instance_segmenters import mask_disagreement
+
+        for a, b in pairs:
+            diffs[f"masks_{a}_vs_{b}"] = mask_disagreement(answers[a], answers[b], threshold)
     return diffs
 
 
