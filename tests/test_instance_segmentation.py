@@ -335,6 +335,23 @@ def test_yolo_seg_equals_ultralytics_predictor(yolo_seg):
     task.close()
 
 
+def test_yolo_seg_measured_on_photos_it_resizes(yolo_seg):
+    """Measured, not required: at their own sizes the photos are resized, by PIL here and by cv2 in
+    ultralytics (different bilinear arithmetic), so the model sees slightly different pixels."""
+    task = load_export(yolo_seg)
+    for name in ("astronaut", "camera"):
+        image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        answer = task.run([png(image)])[0]
+        theirs = ultralytics_answer(yolo_seg, image, task.settings)
+        try:
+            figures = compare_instances(answer, theirs)
+        except AssertionError:
+            figures = f"different instances: {[d['index'] for d in answer]} vs {[d['index'] for d in theirs]}"
+        print(f"\nyolov8n-seg {name} {image.size} (resized to 640): {figures}")
+        assert answer or theirs
+    task.close()
+
+
 def test_yolo_seg_mixed_sizes_equal_one_by_one(yolo_seg):
     task = load_export(yolo_seg)
     bodies = [png(image) for image in yolo_photos().values()]
@@ -345,8 +362,8 @@ def test_yolo_seg_mixed_sizes_equal_one_by_one(yolo_seg):
 # -- one live TorchServe ---------------------------------------------------------------------------
 @pytest.mark.e2e
 def test_served(toys, mrcnn, yolo_seg, photos, tmp_path):
-    """Every archive of this module in one TorchServe: the toys in both formats, backends and mask
-    formats on 333×777 and 1280×720; Mask R-CNN against its model file called directly (one torch
+    """Every archive of this module in one TorchServe: the toys in both formats and backends (RLE;
+    polygons on ONNX) on 333×777 and 1280×720; Mask R-CNN against its model file called directly (one torch
     thread on both sides: near-tied random scores must not depend on the thread count); YOLOv8n-seg
     against ultralytics' predictor."""
     from tsvision.tools.archive import main as archive_main
@@ -357,7 +374,7 @@ def test_served(toys, mrcnn, yolo_seg, photos, tmp_path):
     for fmt, extra in TOY_SETTINGS.items():
         overrides = [f"--set={k}={json.dumps(v)}" for k, v in {"detection_format": fmt, **extra}.items()]
         for backend, filename in BACKENDS.items():
-            for mask_format in ("rle", "polygon"):
+            for mask_format in ("rle", "polygon") if backend == "onnx" else ("rle",):
                 name = f"toy_{fmt}_{backend}_{mask_format}"
                 assert archive_main(["--model", str(toys / fmt / filename), "--task", "instance_segmentation",
                                      "--labels", str(toys / fmt / "labels.json"), "--name", name, "--store", str(store),
