@@ -99,3 +99,18 @@ def test_polygon_of_a_rectangle_is_its_four_corners():
     mask[100:400, 200:900] = True
     assert polygons(mask) == [[200, 100, 900, 100, 900, 400, 200, 400]]
     assert polygons(np.zeros((5, 5), bool)) == []
+
+
+def test_answer_sizes_against_float_lists():
+    """A small run of ``benchmarks/answer_sizes.py`` (the full 1280×720 table is in performance.md):
+    RLE answers are far smaller than the stock float lists and decode back to the thresholded masks."""
+    from benchmarks.answer_sizes import measure, soft_masks, table
+
+    rows = measure(instances=4, width=320, height=180, repeat=1)
+    print("\n" + table(rows))
+    sizes = {row["answer"].split(" (")[0]: row["bytes"] for row in rows}
+    assert sizes["tsvision RLE"] * 100 < sizes["stock: soft masks as float lists"]
+    assert sizes["tsvision polygons"] * 20 < sizes["stock: soft masks as float lists"]
+    masks, _ = soft_masks(4, 320, 180)
+    for soft in masks[:, 0]:
+        assert np.array_equal(coco.decode(encode_rle(soft > 0.5)), soft > 0.5)

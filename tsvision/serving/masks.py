@@ -91,81 +91,71 @@ def decode_rle(rle: Dict[str, object]) -> np.ndarray:
 
 
 # -- polygons ---------------------------------------------------------------------------------
-_STEP = {0: (1, 0), 1: (0, 1), 2: (-1, 0), 3: (0, -1)}  # direction -> (dx, dy): right, down, left, up
+_DX = np.array([1, 0, -1, 0])  # direction -> step: 0 right, 1 down, 2 left, 3 up (image axes, y down)
+_DY = np.array([0, 1, 0, -1])
 
 
-def _boundary_edges(mask: np.ndarray) -> Dict[tuple, List[int]]:
+def _boundary_edges(mask: np.ndarray):
     """Every pixel edge between a mask pixel and a non-mask one, directed so the mask lies on its
-    right (image axes, y down): the outer boundaries run clockwise on screen. Start corner -> directions."""
-    padded = np.pad(np.asarray(mask, dtype=bool), 1)
-    edges: Dict[tuple, List[int]] = {}
-
-    def add(ys: np.ndarray, xs: np.ndarray, direction: int) -> None:
-        for x, y in zip(xs.tolist(), ys.tolist()):
-            edges.setdefault((x, y), []).append(direction)
-
+    right: outer boundaries run clockwise on screen, holes the other way. Returns the start
+    corners ``xs``, ``ys`` and the ``directions``."""
+    padded = np.pad(mask, 1)
     inside = padded[1:-1, 1:-1]
-    above, below = padded[:-2, 1:-1], padded[2:, 1:-1]
-    left, right = padded[1:-1, :-2], padded[1:-1, 2:]
-    ys, xs = np.nonzero(inside & ~above)   # top edge of pixel (x, y): (x, y) -> (x+1, y), mask below = right
-    add(ys, xs, 0)
-    ys, xs = np.nonzero(inside & ~right)   # right edge: (x+1, y) -> (x+1, y+1)
-    add(ys, xs + 1, 1)
-    ys, xs = np.nonzero(inside & ~below)   # bottom edge: (x+1, y+1) -> (x, y+1)
-    add(ys + 1, xs + 1, 2)
-    ys, xs = np.nonzero(inside & ~left)    # left edge: (x, y+1) -> (x, y)
-    add(ys + 1, xs, 3)
-    return edges
+    found = []
+    for direction, neighbour, (dx, dy) in ((0, padded[:-2, 1:-1], (0, 0)),    # top edge: (x, y) -> (x+1, y)
+                                           (1, padded[1:-1, 2:], (1, 0)),     # right edge: (x+1, y) -> (x+1, y+1)
+                                           (2, padded[2:, 1:-1], (1, 1)),     # bottom edge: (x+1, y+1) -> (x, y+1)
+                                           (3, padded[1:-1, :-2], (0, 1))):   # left edge: (x, y+1) -> (x, y)
+        ys, xs = np.nonzero(inside & ~neighbour)
+        found.append((xs + dx, ys + dy, np.full(xs.size, direction)))
+    return (np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]),
+            np.concatenate([f[2] for f in found]))
 
 
-def _rings(edges: Dict[tuple, List[int]]) -> List[List[tuple]]:
-    """Chain the directed edges into closed rings of corner points (only the corners where the
-    direction turns). Where two regions touch at a corner, turn right: regions stay 4-connected."""
-    rings = []
-    while edges:
-        start = next(iter(edges))
-        point, direction, first = start, None, None
-        corners: List[tuple] = []
-        while True:
-            choices = edges.get(point)
-            if not choices:
-                break
-            if direction is None or len(choices) == 1:
-                chosen = choices[0]
-            else:  # a corner shared by two diagonal pixels: the right turn, then straight, then left
-                preference = [(direction + 1) % 4, direction, (direction + 3) % 4]
-                chosen = next((d for d in preference if d in choices), choices[0])
-            choices.remove(chosen)
-            if not choices:
-                del edges[point]
-            if direction is None:
-                first = chosen
-            if chosen != direction:
-                corners.append(point)
-            direction = chosen
-            dx, dy = _STEP[chosen]
-            point = (point[0] + dx, point[1] + dy)
-        if len(corners) > 1 and first == direction:  # the start lay on a straight run: not a corner
-            corners.pop(0)
-        rings.append(corners)
-    return rings
-
-
-def _signed_area(ring: List[tuple]) -> float:
-    xs = np.array([p[0] for p in ring], dtype=np.float64)
-    ys = np.array([p[1] for p in ring], dtype=np.float64)
-    return 0.5 * float(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1)))
+def _successors(xs: np.ndarray, ys: np.ndarray, directions: np.ndarray, width: int) -> np.ndarray:
+    """For each edge, the edge that continues the boundary from its end corner. Where two regions
+    touch at a corner (two edges leave it) the right turn is taken: regions stay 4-connected."""
+    keys = ys * (width + 3) + xs
+    order = np.argsort(keys, kind="stable")
+    ends = (ys + _DY[directions]) * (width + 3) + xs + _DX[directions]
+    first = np.searchsorted(keys[order], ends, side="left")
+    chosen = order[first]
+    two = np.flatnonzero(np.searchsorted(keys[order], ends, side="right") - first == 2)
+    if two.size:
+        other = order[first[two] + 1]
+        right_turn = (directions[two] + 1) % 4
+        chosen[two] = np.where(directions[other] == right_turn, other, chosen[two])
+    return chosen
 
 
 def polygons(mask: np.ndarray) -> List[List[int]]:
     """The outer boundary of each region of an H×W mask as a COCO polygon ``[x1, y1, x2, y2, ...]``
     (pixel corners, so it encloses exactly the region's pixels, holes filled); largest first."""
+    mask = np.asarray(mask, dtype=bool)
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return []
+    top, left = int(rows[0]), int(columns[0])
+    crop = mask[top:rows[-1] + 1, left:columns[-1] + 1]
+    xs, ys, directions = _boundary_edges(crop)
+    following = _successors(xs, ys, directions, crop.shape[1])
+    previous = np.empty_like(following)
+    previous[following] = np.arange(following.size)
+    is_corner = (directions != directions[previous]).tolist()
+    following, xs, ys = following.tolist(), (xs + left).tolist(), (ys + top).tolist()
+    seen = bytearray(len(following))
     found = []
-    for ring in _rings(_boundary_edges(mask)):
-        if len(ring) < 3:
+    for start in range(len(following)):
+        if seen[start] or not is_corner[start]:
             continue
-        area = _signed_area(ring)
-        if area > 0:  # clockwise on screen (y down) = an outer boundary; holes run the other way
-            found.append((area, [int(v) for point in ring for v in point]))
+        ring, edge = [], start
+        while not seen[edge]:
+            seen[edge] = 1
+            if is_corner[edge]:
+                ring += (xs[edge], ys[edge])
+            edge = following[edge]
+        area = 0.5 * (np.dot(ring[0::2], np.roll(ring[1::2], -1)) - np.dot(ring[1::2], np.roll(ring[0::2], -1)))
+        if area > 0:  # clockwise on screen (y down): an outer boundary; holes run the other way
+            found.append((area, ring))
     found.sort(key=lambda item: -item[0])
-    return [coords for _, coords in found]
+    return [ring for _, ring in found]
