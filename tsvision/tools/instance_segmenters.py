@@ -14,8 +14,8 @@ The exported file is the whole detector, as for Faster R-CNN (tools/torchvision_
 scripted ``model.pt`` (a list of 3×H×W images in [0, 1] in; per image ``boxes``, ``labels``,
 ``scores`` and ``masks`` K×1×H×W soft masks at the image's own size) and a one-image ONNX.
 Random weights are conditioned like the detectors' (``condition_random_detector``), then the
-class logit and the mask logits again on photos (``condition_on_photos``); that teaches the model
-nothing.
+backbone's BatchNorm statistics, the class logit and the mask logits again on photos
+(``condition_on_photos``); that teaches the model nothing.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from tsvision.tools.calibration import calibration_images
 from tsvision.tools.torchvision_detectors import (LOGIT_SPREAD, RANDOM_WEIGHTS_CLASS, RANDOM_WEIGHTS_SCORE_THRESHOLD,
-                                                  condition_random_detector, load_detector_checkpoint,
-                                                  parity_image_size, smooth_image)
+                                                  condition_random_detector, load_detector_checkpoint)
 
-CALIBRATION_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")  # scikit-image's, where installed
 CALIBRATION_KEEP = 6  # proposals above the score threshold in the median calibration image
 
 DEFAULT_ARCHITECTURE = "maskrcnn_mobilenet_v3_large_320_fpn"
@@ -91,22 +90,6 @@ def build_instance_segmenter(architecture: Optional[str], checkpoint: Optional[P
     return Exportable("instance_segmentation", architecture, model.eval(), settings, labels, random_weights, list(OUTPUT_NAMES))
 
 
-def calibration_images(model: nn.Module, seed: int) -> List[torch.Tensor]:
-    """3×H×W images in [0, 1]: scikit-image's photos where installed (random networks respond to photos
-    and to synthetic images very differently), and two seeded synthetic ones at the parity size."""
-    height, width = parity_image_size(model)
-    images = [smooth_image(height, width, seed + 1), smooth_image(height, width, seed + 2)]
-    try:
-        import skimage.data
-    except ImportError:
-        return images
-    for name in CALIBRATION_PHOTOS:
-        photo = getattr(skimage.data, name)()
-        photo = np.repeat(photo[..., None], 3, axis=2) if photo.ndim == 2 else photo[..., :3]
-        images.append(torch.from_numpy(np.ascontiguousarray(photo.transpose(2, 0, 1))).float() / 255)
-    return images
-
-
 def _logits(model: nn.Module, layer: nn.Module, channel: int, images: List[torch.Tensor]) -> List[torch.Tensor]:
     """Per image, the values of one output channel of ``layer`` while the model runs on it."""
     seen: List[torch.Tensor] = []
@@ -141,19 +124,19 @@ def recompute_batchnorm(model: nn.Module, images: List[torch.Tensor]) -> None:
 
 def condition_on_photos(model: nn.Module, seed: int) -> None:
     """After ``condition_random_detector`` (BatchNorm statistics from noise, one class kept), on the
-    calibration images (``calibration_images``):
+    calibration images (``tools/calibration.py``: scikit-image's photos where installed):
 
     0. the backbone's BatchNorm statistics are recomputed on those images (statistics from noise
-       leave photos' activations, and so their scores, at wildly different scales);
+       leave photos' activations, and so their scores, at wildly different scales: dozens of
+       detections scoring 1.0 on one photo, ties decided by rounding, none on the next);
     1. the class logit of ``RANDOM_WEIGHTS_CLASS`` is standardised again over the proposals of every
-       image (synthetic images alone leave photos' logits far out: dozens of detections scoring
-       1.0, ties decided by rounding) and shifted so that the median image has about
+       image and shifted so that the median image has about
        ``CALIBRATION_KEEP`` proposals above ``RANDOM_WEIGHTS_SCORE_THRESHOLD`` (random networks
        respond very unevenly: some photos get many more, some none);
     2. the mask logits of that class are standardised to ``LOGIT_SPREAD`` around 0 over the
        detections of those images (untrained ones sit near 0: probabilities near the 0.5 mask
        threshold, where rounding would decide each pixel)."""
-    images = calibration_images(model, seed)
+    images = calibration_images(seed)[0]
     recompute_batchnorm(model, images)
     layer = model.roi_heads.box_predictor.cls_score
     per_image = _logits(model, layer, RANDOM_WEIGHTS_CLASS, images)
