@@ -106,7 +106,7 @@ def _logits(model: nn.Module, layer: nn.Module, channel: int, images: List[torch
     return per_image
 
 
-def recompute_batchnorm(model: nn.Module, images: List[torch.Tensor]) -> None:
+def batchnorm_on_images(model: nn.Module, images: List[torch.Tensor]) -> None:
     """The backbone's BatchNorm running statistics as the average over ``images`` (as the model sees them)."""
     norms = [m for m in model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
@@ -137,7 +137,7 @@ def condition_on_photos(model: nn.Module, seed: int) -> None:
        detections of those images (untrained ones sit near 0: probabilities near the 0.5 mask
        threshold, where rounding would decide each pixel)."""
     images = calibration_images(seed)[0]
-    recompute_batchnorm(model, images)
+    batchnorm_on_images(model, images)
     layer = model.roi_heads.box_predictor.cls_score
     per_image = _logits(model, layer, RANDOM_WEIGHTS_CLASS, images)
     values = torch.cat(per_image)
