@@ -2,8 +2,9 @@
 # Build .mar archives into model_store/.
 #   ./archive.sh                 the default archives, all with RANDOM weights: {classification,segmentation,
 #                                detection} x {torchscript,onnx} from torchvision, plus yolov8n_onnx
-#                                (ultralytics' own exporter) and fasterrcnn_onnx (torchvision's smallest
-#                                Faster R-CNN, the whole detector)
+#                                (ultralytics' own exporter), fasterrcnn_onnx (torchvision's smallest
+#                                Faster R-CNN, the whole detector), maskrcnn_onnx (instance segmentation)
+#                                and keypointrcnn_onnx (keypoints), both on Faster R-CNN's MobileNetV3 320 backbone
 #   ./archive.sh --model F ...   one archive of your own model (see: ./archive.sh --help)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -30,4 +31,12 @@ tail -n 4 build/yolov8n.log
   2> >(grep -v '^\[torch.onnx\]\|Warning\|warnings.warn' >&2)
 "$PY" -m tsvision archive --model build/fasterrcnn/model.onnx --settings build/fasterrcnn/settings.json \
   --name fasterrcnn_onnx --store model_store
+# Instance segmentation and keypoints (docs/models.md): the smallest Mask R-CNN and Keypoint R-CNN,
+# tsvision's own builds on the MobileNetV3-Large 320 FPN backbone of the Faster R-CNN above.
+for spec in instance_segmentation:maskrcnn keypoints:keypointrcnn; do
+  task=${spec%%:*} name=${spec#*:}
+  "$PY" -m tsvision export --task "$task" --out "build/$name" 2> >(grep -v '^\[torch.onnx\]\|Warning\|warnings.warn' >&2)
+  "$PY" -m tsvision archive --model "build/$name/model.onnx" --settings "build/$name/settings.json" \
+    --name "${name}_onnx" --store model_store
+done
 ls -l model_store/*.mar

@@ -21,7 +21,7 @@ from tsvision.tools.server import REPO_CONFIG, TorchServe, read_properties
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = [f"{task}_{backend}" for task in ("classification", "segmentation", "detection") for backend in ("torchscript", "onnx")]
-MODELS += ["yolov8n_onnx", "fasterrcnn_onnx"]  # the detectors users bring (docs/models.md)
+MODELS += ["yolov8n_onnx", "fasterrcnn_onnx", "maskrcnn_onnx", "keypointrcnn_onnx"]  # docs/models.md
 
 
 def port_in_use(address: str) -> bool:
@@ -37,6 +37,10 @@ def summarize(model: str, answer) -> str:
         biggest = sorted(answer["classes"], key=lambda c: -c["pixels"])[:3]
         return f"{answer['width']}x{answer['height']} mask; " + ", ".join(f"{c['label']} {c['fraction']:.1%}" for c in biggest)
     top = ", ".join(f"{d['label']} {d['score']:.3f} at {[round(v) for v in d['box']]}" for d in answer[:2])
+    if answer and "mask" in answer[0]:
+        return f"{len(answer)} instances with RLE masks; {top}"
+    if answer and "keypoints" in answer[0]:
+        return f"{len(answer)} persons with {len(answer[0]['keypoints'])} keypoints each; {top}"
     return f"{len(answer)} boxes; {top}"
 
 

@@ -8,7 +8,7 @@ imported lazily, so the tasks run in-process without it::
 """
 
 HANDLER_CLASSES = ("VisionHandler", "ImageClassifier", "ImageSegmenter", "ObjectDetector",
-                   "KeypointDetector")
+                   "InstanceSegmenter", "KeypointDetector")
 
 
 def __getattr__(name: str):

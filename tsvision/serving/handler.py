@@ -208,3 +208,9 @@ class KeypointDetector(VisionHandler):
         from tsvision.serving.tasks.keypoints import keypoint_metadata
 
         return json.dumps({**json.loads(super().describe_handle()), "keypoints": keypoint_metadata(self.settings)})
+
+
+class InstanceSegmenter(VisionHandler):
+    """Instance segmentation: detection entries plus ``"mask"`` (COCO RLE or polygons) at the original size."""
+
+    task_name = "instance_segmentation"

@@ -24,6 +24,7 @@ FORMAT_DEFAULTS = {"yolov8": _YOLO_DEFAULTS, "yolov5": {**_YOLO_DEFAULTS, "iou_t
                    "yolo_nms": _YOLO_DEFAULTS, "rtdetr": _YOLO_DEFAULTS,
                    "yolov8_pose": _YOLO_DEFAULTS,
                    "detr": {"input_size": 800, "resize_mode": "stretch", "score_threshold": 0.7}}
+FORMAT_DEFAULTS["yolov8_seg"] = _YOLO_DEFAULTS  # instance_segmentation: YOLOv8-seg, as ultralytics predicts
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -22,6 +22,7 @@ DEFAULT_ARCHITECTURES = {
     "segmentation": "lraspp_mobilenet_v3_large",
     "detection": "ssdlite320_mobilenet_v3_large",
     "keypoints": "keypointrcnn_mobilenet_v3_large_320_fpn",  # tsvision's own (torchvision_detectors.OWN_ARCHITECTURES)
+    "instance_segmentation": "maskrcnn_mobilenet_v3_large_320_fpn",  # tools/instance_segmenters.py
 }
 RANDOM_WEIGHTS_SCORE_THRESHOLD = 0.03
 OUTPUT_NAMES = {"classification": ["logits"], "segmentation": ["logits"], "detection": ["boxes", "scores"]}
@@ -100,6 +101,11 @@ def build_exportable(
     ``model_args`` go to torchvision's model builder, e.g. ``{"min_size": 320, "max_size": 480}``
     for a detector that resizes to a smaller image than its default."""
     import torchvision
+
+    if task == "instance_segmentation":  # a whole Mask R-CNN (tools/instance_segmenters.py)
+        from tsvision.tools.instance_segmenters import build_instance_segmenter
+
+        return build_instance_segmenter(architecture, checkpoint, num_classes, labels, seed)
 
     architecture = architecture or DEFAULT_ARCHITECTURES[task]
     if architecture in OWN_ARCHITECTURES:  # not in torchvision's registry

@@ -36,6 +36,7 @@ RANDOM_WEIGHTS_CLASS = 1
 RANDOM_WEIGHTS_SCORE_THRESHOLD = 0.15
 LOGIT_SPREAD = 3.0  # standard deviation of the conditioned class logit
 CALIBRATION_KEEP = 8  # candidates (proposals or anchors) above the threshold in the most responsive calibration image
+DETECTION_OUTPUTS = ("boxes", "labels", "scores")  # Mask R-CNN adds "masks" (tools/instance_segmenters.py)
 
 
 def is_torchvision_detector(model: nn.Module) -> bool:
@@ -54,8 +55,11 @@ def keypoint_count(model: nn.Module) -> int:
 
 
 def output_keys(model: nn.Module) -> Tuple[str, ...]:
-    """What the detector returns per image, in the order the ONNX export writes it."""
-    return ("boxes", "labels", "scores") + (("keypoints", "keypoints_scores") if keypoint_count(model) else ())
+    """What the detector returns per image, in the order the ONNX export writes it: Keypoint R-CNN
+    adds ``keypoints`` and ``keypoints_scores``, Mask R-CNN ``masks``."""
+    has_masks = getattr(getattr(model, "roi_heads", None), "mask_predictor", None) is not None
+    return (DETECTION_OUTPUTS + (("keypoints", "keypoints_scores") if keypoint_count(model) else ())
+            + (("masks",) if has_masks else ()))
 
 
 # tsvision's own detector architectures (not in torchvision's registry): name -> (builder, class names)
@@ -286,30 +290,32 @@ def parity_image(model: nn.Module, height: int, width: int, threshold: float) ->
 
 
 class OneImageDetections(nn.Module):
-    """The detector on one image, returning ``output_keys`` in that order (the ONNX exporter names
-    outputs by position, and RetinaNet/FCOS put ``scores`` before ``labels``)."""
+    """The detector on one image, returning ``keys`` (default ``output_keys(model)``) in that order
+    (the ONNX exporter names outputs by position, and RetinaNet/FCOS put ``scores`` before ``labels``)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, keys: Optional[Tuple[str, ...]] = None) -> None:
         super().__init__()
         self.model = model
-        self.keys = output_keys(model)
+        self.keys = tuple(keys or output_keys(model))
 
     def forward(self, images: List[torch.Tensor]):
         found = self.model(images)[0]
         return tuple(found[key] for key in self.keys)
 
 
-def export_detector_onnx(model: nn.Module, path: Path, height: int, width: int) -> None:
+def export_detector_onnx(model: nn.Module, path: Path, height: int, width: int,
+                         keys: Optional[Tuple[str, ...]] = None) -> None:
+    """One-image ONNX of a whole detector; ``keys``: its outputs in order (default ``output_keys(model)``)."""
     import onnx
 
     sample = smooth_image(height, width, seed=3)
-    keys = output_keys(model)
+    keys = tuple(keys or output_keys(model))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            OneImageDetections(model).eval(), ([sample],), str(path), opset_version=17, dynamo=False,
+            OneImageDetections(model, keys).eval(), ([sample],), str(path), opset_version=17, dynamo=False,
             input_names=["images"], output_names=list(keys),
-            dynamic_axes={"images": [1, 2], **{key: [0] for key in keys}},
+            dynamic_axes={"images": [1, 2], **{key: ([0, 2, 3] if key == "masks" else [0]) for key in keys}},  # masks K×1×H×W
         )
     onnx.checker.check_model(str(path), full_check=True)
 
@@ -341,7 +347,7 @@ def compare_detector_backends(model: nn.Module, ts_path: Path, onnx_path: Option
                               threshold: float) -> Dict[str, float]:
     """Largest box or keypoint (as a fraction of the image's longer side) or score difference of the
     detections above ``threshold`` between eager, TorchScript and ONNX Runtime on one image that
-    the models do not resize."""
+    the models do not resize; for Mask R-CNN also the fraction of mask pixels that differ."""
     side = float(max(image.shape[1:]))
     from tsvision.serving.runtimes import load_runtime
 
@@ -357,6 +363,13 @@ def compare_detector_backends(model: nn.Module, ts_path: Path, onnx_path: Option
         onnx = dict(zip(keys, load_runtime(onnx_path).run_images([array])[0]))
         diffs["onnx_vs_eager"] = detection_difference(onnx, eager, threshold, side)
         diffs["onnx_vs_torchscript"] = detection_difference(onnx, torchscript, threshold, side)
+    if "masks" in keys:
+        from tsvision.tools.instance_segmenters import mask_disagreement
+
+        answers = {"eager": eager, "torchscript": torchscript, **({"onnx": onnx} if onnx_path is not None else {})}
+        for name in list(diffs):
+            a, b = name.split("_vs_")
+            diffs[f"masks_{name}"] = mask_disagreement(answers[a], answers[b], threshold)
     return diffs
 
 

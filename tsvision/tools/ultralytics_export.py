@@ -288,16 +288,28 @@ def export_yolo(architecture: str, out_dir: Path, checkpoint: Optional[Path] = N
 def onnx_vs_eager(model: nn.Module, onnx_path: Path, images: torch.Tensor) -> Tuple[float, List[List[int]]]:
     """Largest difference of the first output (the detections) between ONNX Runtime and the eager
     model, box (and pose keypoint) coordinates as a fraction of the image side (as for the
-    torchvision detectors), and the ONNX output shapes."""
+    torchvision detectors), and the ONNX output shapes. A segmentation model's mask coefficients
+    and prototypes (second output) are compared relative to their largest magnitude (random ones
+    reach the hundreds)."""
     from tsvision.serving.runtimes import load_runtime
 
     with torch.no_grad():
         eager = model.eval()(images)
     eager = eager[0] if isinstance(eager, (list, tuple)) else eager
+    protos = None
+    if isinstance(eager, (list, tuple)):  # segment: ((detections, protos), raw predictions)
+        eager, protos = eager[0], eager[1]
     outputs = load_runtime(onnx_path).run(images.numpy())
     difference = np.abs(outputs[0] - eager.numpy())
     difference[:, pixel_rows(model)] /= images.shape[-1]
-    return float(difference.max()), [list(o.shape) for o in outputs]
+    if protos is not None:  # mask coefficients and prototypes: relative to their largest magnitude
+        coefficients = eager.numpy()[:, -protos.shape[1]:]
+        difference[:, -protos.shape[1]:] /= max(1.0, float(np.abs(coefficients).max()))
+    largest = float(difference.max())
+    if protos is not None:
+        protos = protos.numpy()
+        largest = max(largest, float(np.abs(outputs[1] - protos).max()) / max(1.0, float(np.abs(protos).max())))
+    return largest, [list(o.shape) for o in outputs]
 
 
 def pixel_rows(model: nn.Module) -> List[int]:

@@ -11,6 +11,7 @@ from tsvision.serving.tasks.base import VisionTask
 from tsvision.serving.tasks.classification import ClassificationTask
 from tsvision.serving.tasks.detection import DetectionTask
 from tsvision.serving.tasks.keypoints import KeypointsTask, TorchvisionKeypointsTask
+from tsvision.serving.tasks.instance_segmentation import TorchvisionInstanceSegmentationTask, YoloInstanceSegmentationTask
 from tsvision.serving.tasks.segmentation import SegmentationTask
 from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask
 
@@ -24,6 +25,10 @@ TASK_CLASSES: Dict[str, Type[VisionTask]] = {
 DETECTION_CLASSES: Dict[str, Type[VisionTask]] = {"torchvision": TorchvisionDetectionTask}
 # (task, detection_format) -> the class, for the other detecting tasks
 FORMAT_CLASSES: Dict[tuple, Type[VisionTask]] = {("keypoints", "torchvision"): TorchvisionKeypointsTask}
+# instance_segmentation: detection_format -> its task class (docs/models.md)
+INSTANCE_SEGMENTATION_CLASSES: Dict[str, Type[VisionTask]] = {"torchvision": TorchvisionInstanceSegmentationTask,
+                                                               "yolov8_seg": YoloInstanceSegmentationTask}
+FORMAT_CLASSES.update({("instance_segmentation", fmt): cls for fmt, cls in INSTANCE_SEGMENTATION_CLASSES.items()})
 
 
 def task_class(settings: Settings) -> Type[VisionTask]:
@@ -32,6 +37,9 @@ def task_class(settings: Settings) -> Type[VisionTask]:
         return DETECTION_CLASSES[settings.detection_format]
     if (settings.task, settings.detection_format) in FORMAT_CLASSES:
         return FORMAT_CLASSES[settings.task, settings.detection_format]
+    if settings.task == "instance_segmentation":
+        raise ValueError(f"instance_segmentation serves detection_format {sorted(INSTANCE_SEGMENTATION_CLASSES)}, "
+                         f"not {settings.detection_format!r} (docs/models.md)")
     return TASK_CLASSES[settings.task]
 
 
