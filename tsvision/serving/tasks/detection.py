@@ -14,13 +14,25 @@ from typing import List
 import numpy as np
 from PIL import Image
 
+from tsvision.serving.drawing import draw_detection
 from tsvision.serving.geometry import YOLO_FILL, Placement, fit_square, mean_fill
 from tsvision.serving.tasks.base import VisionTask
 from tsvision.serving.tasks.detection_formats import DECODERS, NMS_FREE
 
 
+DETECTION_OPTIONS = ("score_threshold", "iou_threshold", "max_detections", "classes", "agnostic_nms")
+
+
+def keep_classes(classes: np.ndarray, wanted) -> np.ndarray:
+    """The positions of ``classes`` that are in ``wanted`` (None: all)."""
+    if wanted is None:
+        return np.arange(len(classes))
+    return np.nonzero(np.isin(classes, np.asarray(wanted, dtype=np.int64)))[0]
+
+
 class DetectionTask(VisionTask):
     name = "detection"
+    options = DETECTION_OPTIONS
 
     def prepare(self, image: Image.Image):
         s = self.settings
@@ -30,6 +42,9 @@ class DetectionTask(VisionTask):
     def headline(self, answer: list) -> str:
         return answer[0]["label"] if answer else ""
 
+    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+        return draw_detection(image, answer)
+
     def finish(self, outputs: List[np.ndarray], placement: Placement) -> list:
         import torch
         from torchvision.ops import batched_nms, nms
@@ -37,6 +52,9 @@ class DetectionTask(VisionTask):
         s = self.settings
         found = DECODERS[s.detection_format](outputs, s, placement)
         boxes, scores, classes = found.boxes, found.scores, found.classes
+        if s.classes is not None:  # before NMS: other classes neither count nor suppress
+            wanted = keep_classes(classes, s.classes)
+            boxes, scores, classes = boxes[wanted], scores[wanted], classes[wanted]
         if scores.size > s.pre_nms_top_k:
             best = np.argpartition(-scores, s.pre_nms_top_k)[: s.pre_nms_top_k]
             boxes, scores, classes = boxes[best], scores[best], classes[best]

@@ -21,10 +21,13 @@ from PIL import Image
 
 from tsvision.serving.errors import internal_error
 from tsvision.serving.tasks.base import ImageBatch, VisionTask
+from tsvision.serving.tasks.detection import DETECTION_OPTIONS, keep_classes
+from tsvision.serving.drawing import draw_detection
 
 
 class TorchvisionDetectionTask(VisionTask):
     name = "detection"
+    options = DETECTION_OPTIONS
 
     @classmethod
     def before_load(cls) -> None:
@@ -69,22 +72,38 @@ class TorchvisionDetectionTask(VisionTask):
 
     def finish_batch(self, batch: ImageBatch) -> List[Any]:
         if batch.outputs is not None:
-            rows = list(zip(batch.outputs, batch.metas))
+            rows = [(outputs, meta, batch.settings_at(position))
+                    for outputs, meta, position in zip(batch.outputs, batch.metas, batch.positions)]
             for position, answer in zip(batch.positions, self._map(self._finish_item, rows)):
                 batch.results[position] = answer
             batch.outputs = None
         return batch.results
 
+    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+        return draw_detection(image, answer)
+
     def finish(self, outputs: List[np.ndarray], size: Tuple[int, int]) -> list:
-        """``boxes``, ``labels``, ``scores`` of one image -> its answer: the model already ran NMS,
-        so only the threshold, the background class and the limit apply; boxes are clipped."""
+        """``boxes``, ``labels``, ``scores`` of one image -> its answer: the model already ran NMS
+        (its own box_score_thresh and nms_thresh), so the threshold, the background class, the
+        classes and the limit apply; a request's stricter iou_threshold or agnostic_nms runs NMS
+        again. Boxes are clipped."""
         s = self.settings
         boxes, labels, scores = (np.asarray(o) for o in outputs)
         keep = scores > s.score_threshold
         if s.background_index is not None:
             keep &= labels != s.background_index
+        keep[np.setdiff1d(np.arange(len(labels)), keep_classes(labels, s.classes))] = False
         order = np.argsort(-scores[keep], kind="stable")[: s.max_detections]
         boxes, labels, scores = boxes[keep][order], labels[keep][order], scores[keep][order]
+        if len(scores) and (s.agnostic_nms or s.iou_threshold < self.archive_settings.iou_threshold):
+            import torch
+            from torchvision.ops import batched_nms
+
+            with torch.inference_mode():
+                groups = torch.zeros(len(labels), dtype=torch.int64) if s.agnostic_nms else torch.from_numpy(labels.astype(np.int64))
+                again = batched_nms(torch.from_numpy(boxes.astype(np.float32)), torch.from_numpy(scores.astype(np.float32)),
+                                    groups, s.iou_threshold).numpy()
+            boxes, labels, scores = boxes[again], labels[again], scores[again]
         width, height = size
         boxes = np.clip(boxes.astype(np.float64), 0, [width, height, width, height])
         return [
