@@ -164,3 +164,9 @@ def test_drawings_keep_the_photo_size_and_scale_the_text():
                                               {"index": 2, "label": "dog", "fraction": 0.5, "pixels": 1}])
     assert tuple(np.asarray(overlay)[10, 1000]) == tuple(np.round((np.array([30, 30, 30]) + voc_palette()[2]) / 2).astype(int))
     assert Image.open(io.BytesIO(encode(overlay, "image/jpeg"))).format == "JPEG"
+
+
+def test_invocations_routing_fields_are_not_options():
+    image = jpeg(Image.new("RGB", (20, 10), "white"))
+    parsed = parse_request({"model_name": b"m", "model_version": b"1.0", "body": image, "top_k": b"2"})
+    assert parsed.items == [image] and parsed.row_options == {"top_k": b"2"}

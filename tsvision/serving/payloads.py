@@ -24,6 +24,7 @@ from tsvision.serving.errors import RequestError
 from tsvision.serving.options import PARSERS
 
 OPTION_NAMES = frozenset(PARSERS)
+ROUTING_FIELDS = ("model_name", "model_version")  # query parameters of TorchServe's /invocations
 MAX_OPTION_TEXT = 200  # a row entry this short and printable is an option, never an image
 # JSON body keys that are not options: the image fields and the envelopes' own keys.
 BODY_KEYS = frozenset(("instances", "inputs", "id", "parameters", "outputs"))
@@ -120,6 +121,9 @@ def _parse(row: Any, content_types: Mapping[str, str]) -> ParsedRequest:
 def split_options(row: Mapping[str, Any], content_types: Mapping[str, str]) -> Tuple[dict, dict]:
     """The row's image entries and its option entries (URL query parameters, form fields).
 
+    TorchServe 0.12 passes a URL's query parameters to the handler on ``/invocations`` only
+    (``?model_name=NAME&top_k=3``; it drops the query string of ``/predictions/NAME``).
+
     An entry is an option if its name is a known option, or if it is short text beside other
     entries (then an unknown option, refused later by name); never ``body``/``data``, an
     ``image/*`` part or the stream marker."""
@@ -127,6 +131,8 @@ def split_options(row: Mapping[str, Any], content_types: Mapping[str, str]) -> T
         return dict(row), {}
     images, options = {}, {}
     for name, value in row.items():
+        if name in ROUTING_FIELDS:  # /invocations?model_name=...: TorchServe's own, not an option
+            continue
         if name in OPTION_NAMES:
             options[name] = value
         elif name in ("body", "data", STREAM_FIELD) or content_types.get(name, "").startswith("image/") or not _short_text(value):
