@@ -191,7 +191,11 @@ def _parse_json_object(body: Mapping) -> ParsedRequest:
             raise RequestError(400, "BadJson", '"parameters" must be an object of options')
         parsed.options = dict(parameters)
         return parsed
-    options = {k: v for k, v in body.items() if k not in BODY_KEYS and k not in JSON_IMAGE_FIELDS}
+    # Options: the known option names; other extra keys too (unknown options, refused by name)
+    # when the body holds an image, else they stay out so the answer is "no image field".
+    has_image = "instances" in body or any(k in body for k in JSON_IMAGE_FIELDS)
+    options = {k: v for k, v in body.items() if k not in BODY_KEYS and k not in JSON_IMAGE_FIELDS
+               and (has_image or k in OPTION_NAMES)}
     if "instances" in body:
         instances = body["instances"]
         if not isinstance(instances, list):
