@@ -170,3 +170,8 @@ def test_invocations_routing_fields_are_not_options():
     image = jpeg(Image.new("RGB", (20, 10), "white"))
     parsed = parse_request({"model_name": b"m", "model_version": b"1.0", "body": image, "top_k": b"2"})
     assert parsed.items == [image] and parsed.row_options == {"top_k": b"2"}
+
+
+def test_a_class_name_shared_by_several_indices_selects_them_all():
+    labels = ["background", "N/A", "cat", "N/A"]
+    assert resolve(DETECTION, ARCHIVE, labels, {"classes": ["N/A", "cat"]}, {}).settings.classes == (1, 2, 3)

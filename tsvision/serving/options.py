@@ -107,12 +107,14 @@ def _classes(value: Any, labels: Sequence[str]) -> Tuple[int, ...]:
         value = [value]
     if not isinstance(value, list) or not value:
         raise _bad("classes", value, "a non-empty list of label names or class indices")
-    names = {name: index for index, name in enumerate(labels)}
+    names: Dict[str, List[int]] = {}
+    for index, name in enumerate(labels):  # a name may stand for several classes (COCO's "N/A")
+        names.setdefault(name, []).append(index)
     count = len(labels)
-    indices = []
+    indices: List[int] = []
     for entry in value:
         if isinstance(entry, str) and entry in names:
-            indices.append(names[entry])
+            indices.extend(names[entry])
         elif isinstance(entry, str) and entry.isdigit() and (not count or int(entry) < count):
             indices.append(int(entry))
         elif isinstance(entry, int) and not isinstance(entry, bool) and 0 <= entry and (not count or entry < count):
