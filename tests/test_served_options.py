@@ -105,17 +105,19 @@ def test_a_lower_score_threshold_returns_a_superset_and_the_other_detection_opti
     by_index = post(served, "detection_onnx", json.dumps({"data": b64(data), "classes": indices, "max_detections": 10000}),
                     content_type="application/json").json()
     assert by_index == by_name
-    # iou_threshold: a stricter one keeps a subset, with no two boxes of one class overlapping more than it
+    # iou_threshold: a stricter one keeps fewer boxes (not a subset: greedy NMS is not monotone in
+    # it), and no two boxes of one class overlap more than it
     strict = ask(score_threshold="0.01", iou_threshold="0.1")
-    assert {key(d) for d in strict} < {key(d) for d in lower}
-    assert not any(a["index"] == b["index"] and iou(a["box"], b["box"]) > 0.1 for i, a in enumerate(strict) for b in strict[i + 1:])
+    assert len(strict) < len(lower) and any(a["index"] == b["index"] and iou(a["box"], b["box"]) > 0.1
+                                            for i, a in enumerate(lower) for b in lower[i + 1:])
+    # (pairwise IoU is not re-checked here: the answer's boxes are clipped to the image after NMS,
+    # which changes overlaps at the border; test_detection_formats checks NMS on exact boxes)
     # agnostic_nms: no two boxes overlap more than the threshold, whatever their class
     aware = ask(score_threshold="0.01", iou_threshold="0.3")
     agnostic = ask(score_threshold="0.01", iou_threshold="0.3", agnostic_nms="true")
     assert any(iou(a["box"], b["box"]) > 0.3 for i, a in enumerate(aware) for b in aware[i + 1:]), \
         "the class-aware answer has cross-class overlaps, so agnostic NMS must change it"
-    assert not any(iou(a["box"], b["box"]) > 0.3 for i, a in enumerate(agnostic) for b in agnostic[i + 1:])
-    assert len(agnostic) < len(aware)
+    assert len(agnostic) < len(aware) and {key(d) for d in agnostic} != {key(d) for d in aware}
 
 
 def test_classes_filter_the_toy_detector_exactly(served):
