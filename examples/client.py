@@ -1,7 +1,9 @@
 """A small client for the tsvision models on TorchServe; needs only ``requests``
-(plus scikit-image for the default photo and matplotlib for ``--draw`` of a classification).
+(plus scikit-image for the default photo).
 
     python -m examples.client --model classification_onnx --image photo.jpg [--draw out.png]
+
+``--draw`` saves the picture the server draws (the same image sent with ``Accept: image/png``).
 
 The answer is printed as JSON on stdout; notes and errors go to stderr, so
 ``python -m examples.client ... > answer.json`` keeps a file that ``examples.draw`` can read.
@@ -40,6 +42,16 @@ def predict(url: str, model: str, image_bytes: bytes, token: Optional[str] = Non
         return response.status_code, response.json()
     except ValueError:  # not JSON: e.g. a proxy's HTML error page
         return response.status_code, {"code": response.status_code, "type": "NotJson", "message": response.text[:500]}
+
+
+def picture(url: str, model: str, image_bytes: bytes, token: Optional[str] = None, media_type: str = "image/png",
+            timeout: float = 60) -> bytes:
+    """The server's picture of its answer (``Accept: image/png`` or ``image/jpeg``); RuntimeError if refused."""
+    headers = {"Content-Type": "application/octet-stream", "Accept": media_type, **({"Authorization": f"Bearer {token}"} if token else {})}
+    response = requests.post(f"{url.rstrip('/')}/predictions/{model}", data=image_bytes, headers=headers, timeout=timeout)
+    if response.status_code != 200 or response.headers.get("content-type") != media_type:
+        raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
+    return response.content
 
 
 def task_of(model: str) -> Optional[str]:
@@ -89,19 +101,14 @@ def ask(args: argparse.Namespace, data: Optional[bytes] = None) -> Any:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = parser("classification_onnx", __doc__, "python -m examples.client")
-    p.add_argument("--task", choices=TASKS, help="the model's task (default: from the model name's prefix)")
-    p.add_argument("--draw", type=Path, metavar="OUT.png", help="also save a picture of the answer")
+    p.add_argument("--draw", type=Path, metavar="OUT.png", help="also save the server's picture of the answer")
     args = p.parse_args(argv)
-    task = args.task or task_of(args.model)
-    if args.draw and task is None:
-        p.error(f"cannot tell the task of {args.model!r} from its name; pass --task")
     data = image_bytes(args)
     answer = ask(args, data)
     print(json.dumps(answer, indent=2))
     if args.draw:
-        from examples.draw import draw
-
-        draw(task, answer, args.draw, data)
+        media_type = "image/jpeg" if args.draw.suffix.lower() in (".jpg", ".jpeg") else "image/png"
+        args.draw.write_bytes(picture(args.url, args.model, data, read_token(args.key_file), media_type))
         print(f"saved {args.draw}", file=sys.stderr)
     return 0
 

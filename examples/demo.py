@@ -1,5 +1,6 @@
 """The README's first command: start TorchServe on the default archives, send a real photo to
-each model, print the answers and draw them.
+each model, print the answers and save each model's picture as the server draws it
+(the same photo sent with ``Accept: image/png``).
 
     python -m examples.demo [--image photo.jpg] [--keep-running]
 
@@ -14,9 +15,9 @@ import socket
 import sys
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from examples import draw
+from examples.client import picture
 from tsvision.tools.server import REPO_CONFIG, TorchServe, read_properties
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +58,6 @@ def main(argv=None) -> int:
         print(f"missing archives {missing}: run ./archive.sh first", file=sys.stderr)
         return 2
     if args.image:
-        photo = ImageOps.exif_transpose(Image.open(args.image)).convert("RGB")
         data = args.image.read_bytes()
     else:
         import skimage.data
@@ -86,13 +86,7 @@ def main(argv=None) -> int:
                 print(f"{model:28s} HTTP {response.status_code}: {response.text}")
                 continue
             answer = response.json()
-            picture = args.out / f"{model}.png"
-            if model.startswith("classification"):
-                draw.draw_classification(answer, picture)
-            elif model.startswith("segmentation"):
-                draw.draw_segmentation(photo, answer, picture)
-            else:
-                draw.draw_detection(photo, answer, picture)
+            (args.out / f"{model}.png").write_bytes(picture(server.inference_url, model, data, server.key("inference")))
             print(f"{model:28s} {summarize(model, answer)}")
         print(f"\npictures of the answers: {args.out}/")
     finally:

@@ -16,7 +16,8 @@ import yaml
 from PIL import Image, ImageDraw
 
 from examples import classify, client, detect, segment
-from examples.draw import draw, draw_classification, draw_detection, draw_segmentation, main as draw_main, palette
+from examples.draw import draw, main as draw_main
+from tsvision.serving.drawing import box_colour, voc_palette
 from tsvision.tools.server import TorchServe
 from tests.checks import check_classification, check_detection, check_segmentation
 
@@ -45,7 +46,7 @@ def segmentation_answer(width: int = 64, height: int = 48, region=(20, 10, 49, 2
 
 
 def test_palette_is_fixed_and_distinct():
-    colours = palette()
+    colours = voc_palette()
     assert colours.shape == (256, 3) and colours.dtype == np.uint8
     assert tuple(colours[0]) == (0, 0, 0) and tuple(colours[1]) == (128, 0, 0) and tuple(colours[2]) == (0, 128, 0)
     assert len({tuple(c) for c in colours}) == 256
@@ -53,48 +54,47 @@ def test_palette_is_fixed_and_distinct():
 
 def test_detection_box_edges_change_and_far_pixels_do_not(tmp_path):
     out = tmp_path / "det.png"
-    draw_detection(Image.new("RGB", (200, 160), WHITE), DETECTION, out)
+    draw("detection", DETECTION, out, Image.new("RGB", (200, 160), WHITE))
     picture = np.asarray(Image.open(out).convert("RGB"))
-    colour = tuple(int(c) for c in palette()[17])
+    colour = box_colour(17)
     x1, y1, x2, y2 = DETECTION[0]["box"]
     for x, y in ((x1, 100), (x2, 100), (80, y1), (80, y2), (x1 + 1, 100), (x2 - 1, 100)):  # width-2 outline
         assert tuple(picture[y, x]) == colour, (x, y)
     assert tuple(picture[100, 80]) == WHITE  # inside the box
     changed = (picture != 255).any(axis=2)
     assert changed[: y1, x1:x2].any()  # the "cat 0.90" label above the box
-    assert not changed[:, : x1].any() and not changed[:, x2 + 1:].any() and not changed[y2 + 1:].any()
+    assert not changed[:, : x1].any() and not changed[y2 + 1:].any()
 
 
 def test_segmentation_overlay_changes_exactly_the_region(tmp_path):
     photo, answer = noise(64, 48), segmentation_answer()
-    draw_segmentation(photo, answer, tmp_path / "plain.png", alpha=0.5, legend=False)
+    draw("segmentation", answer, tmp_path / "legend.png", photo)
     before = np.asarray(photo).astype(np.float64)
-    after = np.asarray(Image.open(tmp_path / "plain.png").convert("RGB")).astype(np.float64)
+    after = np.asarray(Image.open(tmp_path / "legend.png").convert("RGB")).astype(np.float64)
+    assert after.shape[1] > 64  # the legend beside the photo
+    after = after[:48, :64]
     region = np.zeros((48, 64), dtype=bool)
     region[10:30, 20:50] = True
     assert np.array_equal(after[~region], before[~region])  # background pixels keep the photo
-    expected = np.round(0.5 * before[region] + 0.5 * palette()[3])
+    expected = np.round(0.5 * before[region] + 0.5 * voc_palette()[3])
     assert np.abs(after[region] - expected).max() <= 1
-
-    draw_segmentation(photo, answer, tmp_path / "legend.png", alpha=0.5)
-    with_legend = np.asarray(Image.open(tmp_path / "legend.png").convert("RGB"))
-    assert with_legend.shape[1] > 64 and np.array_equal(with_legend[:48, :64], after)  # legend beside, photo untouched
 
 
 def test_segmentation_refuses_an_image_of_another_size(tmp_path):
     with pytest.raises(ValueError, match="64x48"):
-        draw_segmentation(noise(48, 64), segmentation_answer(), tmp_path / "x.png")
+        draw("segmentation", segmentation_answer(), tmp_path / "x.png", noise(48, 64))
 
 
-def test_classification_chart_is_a_png_with_bars(tmp_path):
+def test_classification_chart_is_a_png_with_bars_beside_the_photo(tmp_path):
     answer = [{"label": f"class {i}", "index": i, "score": s} for i, s in enumerate((0.5, 0.2, 0.1, 0.05, 0.01))]
     out = tmp_path / "chart.png"
-    draw_classification(answer, out)
+    draw("classification", answer, out, noise(300, 200))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(out) as chart:
-        assert chart.format == "PNG" and chart.width > 200 and chart.height > 200
-        pixels = np.asarray(chart.convert("RGB")).reshape(-1, 3)
-    assert ((pixels == (31, 119, 180)).all(axis=1)).sum() > 1000  # tab:blue bars
+        assert chart.format == "PNG" and chart.width > 300 and chart.height == 200
+        pixels = np.asarray(chart.convert("RGB"))
+    assert np.array_equal(pixels[:, :300], np.asarray(noise(300, 200)))
+    assert ((pixels[:, 300:].reshape(-1, 3) == box_colour(0)).all(axis=1)).sum() > 1000  # the best bar
 
 
 def test_draw_cli_matches_the_function(tmp_path):
@@ -106,7 +106,7 @@ def test_draw_cli_matches_the_function(tmp_path):
                       "--out", str(tmp_path / "cli.png")]) == 0
     draw("detection", DETECTION, tmp_path / "direct.png", buffer.getvalue())
     assert np.array_equal(np.asarray(Image.open(tmp_path / "cli.png")), np.asarray(Image.open(tmp_path / "direct.png")))
-    with pytest.raises(SystemExit):  # detection without --image is a usage error
+    with pytest.raises(SystemExit):  # without --image is a usage error
         draw_main(["--task", "detection", "--answer", str(tmp_path / "answer.json"), "--out", str(tmp_path / "x.png")])
 
 
@@ -153,7 +153,8 @@ def run_clients_against(server: TorchServe) -> None:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
             assert client.main(["--model", "segmentation_onnx", *common, "--draw", str(picture)]) == 0
         answer = json.loads(out.getvalue())
-        assert Image.open(picture).size[1] == answer["height"] == 512  # the astronaut photo, legend beside it
+        drawn = Image.open(picture)  # the server's picture (Accept: image/png)
+        assert drawn.format == "PNG" and drawn.size[1] == answer["height"] == 512 and drawn.size[0] > 512  # legend beside
 
 
 @pytest.mark.e2e

@@ -126,11 +126,11 @@ class VisionHandler(BaseHandler):
         """Each request's response from ``batch.answers``: status, headers, JSON body."""
         return self.send(batch.responses(self.task, self.model_name, self.model_version), batch.rows)
 
-    def send(self, responses: List[Response], rows: List[Any]) -> List[str]:
-        """Set each request's status, content type and headers; return the JSON bodies."""
+    def send(self, responses: List[Response], rows: List[Any]) -> List[Any]:
+        """Set each request's status, content type and headers; return the bodies (JSON text, or a picture's bytes)."""
         bodies = []
         for index, response in enumerate(responses):
-            self.context.set_response_content_type(index, "application/json")
+            self.context.set_response_content_type(index, response.content_type)
             self.context.set_response_header(index, "X-Batch-Size", str(len(responses)))
             if response.headline and self.settings.top_label_header:
                 self.context.set_response_header(index, "X-Top-Label", quote(response.headline, safe=" '"))
@@ -139,10 +139,11 @@ class VisionHandler(BaseHandler):
                 # stream on "false" (and fails without the header). Never set for REST.
                 self.context.set_response_header(index, "ts_stream_next", "false")
             try:
-                body = json.dumps(response.body)
+                body = response.body if isinstance(response.body, bytes) else json.dumps(response.body)
             except Exception:
                 failure = internal_error("PostprocessError", "serialising this answer failed")
                 response, body = Response(failure.status, failure.to_body()), json.dumps(failure.to_body())
+                self.context.set_response_content_type(index, response.content_type)
             if response.status != 200:
                 self.context.set_response_status(response.status, HTTPStatus(response.status).phrase, idx=index)
                 self._count_error(index, response.body.get("type", "Error"))

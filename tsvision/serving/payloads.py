@@ -18,9 +18,16 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any, List, Mapping, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 from tsvision.serving.errors import RequestError
+from tsvision.serving.options import PARSERS
+
+OPTION_NAMES = frozenset(PARSERS)
+ROUTING_FIELDS = ("model_name", "model_version")  # query parameters of TorchServe's /invocations
+MAX_OPTION_TEXT = 200  # a row entry this short and printable is an option, never an image
+# JSON body keys that are not options: the image fields and the envelopes' own keys.
+BODY_KEYS = frozenset(("instances", "inputs", "id", "parameters", "outputs"))
 
 JSON_IMAGE_FIELDS = ("data", "image", "b64", "bytes")
 HOW_TO_SEND = 'send the image bytes as the body, or JSON {"data": "<base64 image>"}'
@@ -40,6 +47,8 @@ class ParsedRequest:
     items: List[Item]
     shape: str = "single"                   # single | list | kserve_v1 | kserve_v2
     extra: dict = field(default_factory=dict)  # kserve_v2: the request id and input name
+    options: dict = field(default_factory=dict)      # options in the JSON body (OIP: "parameters"), unchecked
+    row_options: dict = field(default_factory=dict)  # options as query parameters / form fields, unchecked
 
 
 def parse_request(row: Any, content_types: Optional[Mapping[str, str]] = None,
@@ -97,13 +106,51 @@ def _media_type(content_type: Any) -> str:
 def _parse(row: Any, content_types: Mapping[str, str]) -> ParsedRequest:
     if not isinstance(row, Mapping):
         return ParsedRequest([_image_bytes(row)])
+    row, row_options = split_options(row, content_types)
     parts = [name for name in ("body", "data") if row.get(name) is not None][:1] or [n for n in row if n != STREAM_FIELD]
     if not parts:
         raise RequestError(400, "MissingImage", f"the request has no body; {HOW_TO_SEND}")
     if len(parts) == 1:
-        return _parse_value(row[parts[0]], content_types.get(parts[0], ""))
-    # multipart form data with several fields: one image per field, in order
-    return ParsedRequest([_single(_parse_value(row[name], content_types.get(name, "")), name) for name in parts], "list")
+        parsed = _parse_value(row[parts[0]], content_types.get(parts[0], ""))
+    else:  # multipart form data with several fields: one image per field, in order
+        parsed = ParsedRequest([_single(_parse_value(row[name], content_types.get(name, "")), name) for name in parts], "list")
+    parsed.row_options = row_options
+    return parsed
+
+
+def split_options(row: Mapping[str, Any], content_types: Mapping[str, str]) -> Tuple[dict, dict]:
+    """The row's image entries and its option entries (URL query parameters, form fields).
+
+    TorchServe 0.12 passes a URL's query parameters to the handler on ``/invocations`` only
+    (``?model_name=NAME&top_k=3``; it drops the query string of ``/predictions/NAME``).
+
+    An entry is an option if its name is a known option, or if it is short text beside other
+    entries (then an unknown option, refused later by name); never ``body``/``data``, an
+    ``image/*`` part or the stream marker."""
+    if len(row) < 2:
+        return dict(row), {}
+    images, options = {}, {}
+    for name, value in row.items():
+        if name in ROUTING_FIELDS:  # /invocations?model_name=...: TorchServe's own, not an option
+            continue
+        if name in OPTION_NAMES:
+            options[name] = value
+        elif name in ("body", "data", STREAM_FIELD) or content_types.get(name, "").startswith("image/") or not _short_text(value):
+            images[name] = value
+        else:
+            options[name] = value
+    return images, options
+
+
+def _short_text(value: Any) -> bool:
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) > MAX_OPTION_TEXT:
+            return False
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return isinstance(value, (str, int, float, bool)) and len(str(value)) <= MAX_OPTION_TEXT and str(value).isprintable()
 
 
 def _single(parsed: ParsedRequest, name: str) -> Item:
@@ -137,17 +184,27 @@ def _accepted(media_type: str) -> bool:
 
 
 def _parse_json_object(body: Mapping) -> ParsedRequest:
+    if "inputs" in body:
+        parsed = _parse_kserve_v2(body)
+        parameters = body.get("parameters") or {}
+        if not isinstance(parameters, Mapping):
+            raise RequestError(400, "BadJson", '"parameters" must be an object of options')
+        parsed.options = dict(parameters)
+        return parsed
+    # Options: the known option names; other extra keys too (unknown options, refused by name)
+    # when the body holds an image, else they stay out so the answer is "no image field".
+    has_image = "instances" in body or any(k in body for k in JSON_IMAGE_FIELDS)
+    options = {k: v for k, v in body.items() if k not in BODY_KEYS and k not in JSON_IMAGE_FIELDS
+               and (has_image or k in OPTION_NAMES)}
     if "instances" in body:
         instances = body["instances"]
         if not isinstance(instances, list):
             raise RequestError(400, "BadJson", '"instances" must be a list of images')
-        return ParsedRequest([_instance(v) for v in instances], "kserve_v1")
-    if "inputs" in body:
-        return _parse_kserve_v2(body)
+        return ParsedRequest([_instance(v) for v in instances], "kserve_v1", options=options)
     for key in JSON_IMAGE_FIELDS:
         if key in body and isinstance(body[key], list):
-            return ParsedRequest([_instance(v) for v in body[key]], "list")
-    return ParsedRequest([_instance(body)])
+            return ParsedRequest([_instance(v) for v in body[key]], "list", options=options)
+    return ParsedRequest([_instance({k: v for k, v in body.items() if k not in options})], options=options)
 
 
 def _parse_kserve_v2(body: Mapping) -> ParsedRequest:

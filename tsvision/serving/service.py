@@ -13,7 +13,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
 
+from tsvision.serving import drawing
 from tsvision.serving.errors import RequestError, as_request_error
+from tsvision.serving.images import decode_image
+from tsvision.serving.options import RequestOptions, resolve
 from tsvision.serving.payloads import ParsedRequest, format_response, parse_request, v2_envelope
 from tsvision.serving.tasks.base import ImageBatch, VisionTask
 
@@ -21,8 +24,9 @@ from tsvision.serving.tasks.base import ImageBatch, VisionTask
 @dataclass
 class Response:
     status: int
-    body: Any  # JSON-ready
+    body: Any  # JSON-ready, or the picture's bytes
     headline: str = ""  # one-image answers: the label that sums it up (X-Top-Label)
+    content_type: str = "application/json"  # image/png or image/jpeg: ``body`` is the picture
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Batch:
     images: ImageBatch
     rows: List[Any] = field(default_factory=list)     # the requests as TorchServe gave them
     answers: List[Any] = field(default_factory=list)  # per image, after ``finish``
+    options: List[Optional[RequestOptions]] = field(default_factory=list)  # per request (None: the archive's)
 
     def finish(self, task: VisionTask) -> "Batch":
         """Each image's answer from its slice of the model outputs."""
@@ -54,13 +59,17 @@ class Batch:
     def responses(self, task: VisionTask, model_name: str = "", model_version: str = "") -> List[Response]:
         """One response per request, in order (call after ``finish``)."""
         responses, start = [], 0
-        for request in self.requests:
+        for index, request in enumerate(self.requests):
             if isinstance(request, RequestError):
                 responses.append(_error(request))
                 continue
             answers = self.answers[start:start + len(request.items)]
             start += len(request.items)
-            responses.append(_respond(task, request, answers, model_name, model_version))
+            options = self.options[index] if index < len(self.options) else None
+            if options is not None and options.picture:
+                responses.append(_picture(task, request, answers, options, model_name, model_version))
+            else:
+                responses.append(_respond(task, request, answers, model_name, model_version))
         return responses
 
 
@@ -72,8 +81,21 @@ def read_batch(task: VisionTask, rows: Sequence[Any], content_types: Optional[Se
     refused = refused or {}
     parsed = [refused[i] if i in refused else _parse(row, types, task.settings.max_images)
               for i, (row, types) in enumerate(zip(rows, content_types))]
-    items = [item for p in parsed if isinstance(p, ParsedRequest) for item in p.items]
-    return Batch(parsed, task.prepare_batch(items), list(rows))
+    options: List[Optional[RequestOptions]] = []
+    for index, (request, headers) in enumerate(zip(parsed, content_types)):
+        checked = _options(task, request, headers) if isinstance(request, ParsedRequest) else None
+        if isinstance(checked, RequestError):
+            parsed[index], checked = checked, None
+        options.append(checked)
+    items, settings = [], []
+    for request, checked in zip(parsed, options):
+        if isinstance(request, ParsedRequest):
+            items.extend(request.items)
+            settings.extend([checked.settings if checked else None] * len(request.items))
+    images = task.prepare_batch(items)
+    if any(s is not None for s in settings):
+        images.settings = settings
+    return Batch(parsed, images, list(rows), options=options)
 
 
 def answer_requests(task: VisionTask, rows: Sequence[Any], content_types: Optional[Sequence[Mapping[str, Any]]] = None,
@@ -89,6 +111,49 @@ def _parse(row: Any, content_types: Mapping[str, Any], max_images: int) -> Union
         return parse_request(row, content_types, max_images)
     except Exception as error:  # a bug met by this request only
         return as_request_error(error, "InternalError", "reading this request failed")
+
+
+def _options(task: VisionTask, request: ParsedRequest, headers: Mapping[str, Any]) -> Union[RequestOptions, RequestError, None]:
+    """The request's checked options, its 400, or None when it set none (the common JSON case)."""
+    accept = next((v for k, v in headers.items() if str(k).lower() == "accept"), None) if headers else None
+    if not request.options and not request.row_options and (not accept or "image" not in str(accept).lower()):
+        return None
+    try:
+        return resolve(task.options, task.archive_settings, task.labels, request.options, request.row_options, accept)
+    except RequestError as error:
+        return error
+    except Exception as error:  # a bug met by this request only
+        return as_request_error(error, "InternalError", "reading this request's options failed")
+
+
+def _picture(task: VisionTask, request: ParsedRequest, answers: Sequence[Any], options: RequestOptions,
+             model_name: str, model_version: str) -> Response:
+    """The request's answer drawn on its image(s): the picture bytes, or for the Open Inference
+    Protocol a BYTES output of base64 pictures. Lists of images get a 400 (one picture per answer)."""
+    try:
+        for answer in answers:
+            if isinstance(answer, RequestError):
+                return _respond(task, request, answers, model_name, model_version)
+        if request.shape not in ("single", "kserve_v2"):
+            raise RequestError(400, "BadOption", "option 'format': a picture answers one image; send one image per request "
+                                                 "(or use the Open Inference Protocol), or ask for JSON")
+        pictures = [task.with_settings(options.settings, _draw, task, item, answer, options.picture)
+                    for item, answer in zip(request.items, answers)]
+        if request.shape == "kserve_v2":
+            import base64
+
+            body = v2_envelope(request, "picture", [base64.b64encode(p).decode("ascii") for p in pictures], model_name, model_version)
+            body["outputs"][0]["parameters"] = {"content_type": options.picture}
+            return Response(200, body)
+        return Response(200, pictures[0], _headline(task, answers[0]), options.picture)
+    except Exception as error:
+        return _error(as_request_error(error, "PostprocessError", "drawing this answer failed"), request, model_name, model_version)
+
+
+def _draw(task: VisionTask, item: Any, answer: Any, media_type: str) -> bytes:
+    """Decode the image again (as ``prepare`` did, EXIF rotation applied) and draw the answer on it."""
+    image = decode_image(bytes(item), task.settings.max_pixels)
+    return drawing.encode(task.draw(image, answer), media_type)
 
 
 def _respond(task: VisionTask, request: ParsedRequest, answers: Sequence[Any], model_name: str, model_version: str) -> Response:

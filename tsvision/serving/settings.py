@@ -49,6 +49,7 @@ class Settings:
     background_index: Optional[int] = None  # detection: class that means "no object" (ssd, torchvision formats)
     detection_format: str = "ssd"          # detection: the model's output layout (DETECTION_FORMATS)
     agnostic_nms: bool = False             # detection: one NMS over all classes instead of per class
+    classes: Optional[tuple] = None        # detection: keep only these class indices (None: all); also a per-request option
     mask_threshold: float = 0.5            # instance_segmentation: soft mask -> pixel in the mask
     mask_format: str = "rle"               # instance_segmentation: "rle" (COCO run-length) or "polygon"
     keypoint_names: Optional[tuple] = None  # keypoints: names by index (None: COCO's 17)
@@ -79,6 +80,8 @@ class Settings:
                 values[key] = tuple(float(v) for v in values[key])
         if values.get("keypoint_names") is not None:
             values["keypoint_names"] = tuple(str(v) for v in values["keypoint_names"])
+        if values.get("classes") is not None:
+            values["classes"] = tuple(int(v) for v in values["classes"])
         if values.get("skeleton") is not None:
             values["skeleton"] = tuple((int(a), int(b)) for a, b in values["skeleton"])
         settings = cls(**values)
@@ -111,6 +114,8 @@ class Settings:
     def to_mapping(self) -> dict:
         values = asdict(self)
         values["mean"], values["std"] = list(self.mean), list(self.std)
+        if self.classes is not None:
+            values["classes"] = list(self.classes)
         if self.keypoint_names is not None:
             values["keypoint_names"] = list(self.keypoint_names)
         if self.skeleton is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
@@ -38,6 +39,11 @@ class ImageBatch:
     metas: List[Any] = field(default_factory=list)
     positions: List[int] = field(default_factory=list)
     outputs: Optional[List[np.ndarray]] = None
+    settings: List[Any] = field(default_factory=list)  # per slot: the request's Settings (empty: the archive's)
+
+    def settings_at(self, position: int) -> Any:
+        """The settings image ``position`` is finished with (None: the task's own)."""
+        return self.settings[position] if position < len(self.settings) else None
 
     def __len__(self) -> int:
         return len(self.results)
@@ -51,10 +57,15 @@ class VisionTask:
     """
 
     name = ""
+    # Per-request options this task accepts (tsvision.serving.options.PARSERS names; "format" always).
+    # Each names a Settings field: while ``finish`` and ``draw`` run, ``self.settings`` holds the
+    # request's value, so a task honours an option by reading its setting.
+    options: Tuple[str, ...] = ()
 
     def __init__(self, runtime: Runtime, settings: Settings, labels: Sequence[str] = (), workers: int = 1) -> None:
         self.runtime = runtime
-        self.settings = settings
+        self.archive_settings = settings
+        self._request = threading.local()  # the settings of the request being finished on this thread
         self.labels = list(labels)
         # The worker's share of the cores: workers x threads must not oversubscribe the machine.
         threads = settings.preprocess_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -76,8 +87,31 @@ class VisionTask:
         """The one label that sums up an answer (logged per A/B variant); '' if none."""
         raise NotImplementedError
 
+    def draw(self, image: Image.Image, answer: Any) -> Image.Image:
+        """The answer drawn for a person (``Accept: image/png``): a picture at the image's size or larger."""
+        raise NotImplementedError(f"the {self.name} task draws no pictures")
+
     def label(self, index: int) -> str:
         return label_for(self.labels, index)
+
+    @property
+    def settings(self) -> Settings:
+        """The archive's settings, or while one request is finished or drawn, that request's."""
+        return getattr(self._request, "settings", None) or self.archive_settings
+
+    @settings.setter
+    def settings(self, value: Settings) -> None:
+        self.archive_settings = value
+
+    def with_settings(self, settings: Optional[Settings], function: Callable, *args) -> Any:
+        """``function(*args)`` with ``self.settings`` being ``settings`` on this thread."""
+        if settings is None:
+            return function(*args)
+        self._request.settings = settings
+        try:
+            return function(*args)
+        finally:
+            self._request.settings = None
 
     # -- the three steps ---------------------------------------------------------------------
     def prepare_batch(self, items: Sequence[Item]) -> ImageBatch:
@@ -110,7 +144,8 @@ class VisionTask:
     def finish_batch(self, batch: ImageBatch) -> List[Any]:
         """Every image's answer (or its error), in the order the images came."""
         if batch.outputs is not None:
-            rows = [([output[row] for output in batch.outputs], meta) for row, meta in enumerate(batch.metas)]
+            rows = [([output[row] for output in batch.outputs], meta, batch.settings_at(position))
+                    for row, (meta, position) in enumerate(zip(batch.metas, batch.positions))]
             for position, answer in zip(batch.positions, self._map(self._finish_item, rows)):
                 batch.results[position] = answer
             batch.outputs = None
@@ -139,9 +174,10 @@ class VisionTask:
         except Exception as error:
             return as_request_error(error, "PreprocessError", "preparing this image failed")
 
-    def _finish_item(self, row: Tuple[List[np.ndarray], Any]) -> Any:
+    def _finish_item(self, row: Tuple[List[np.ndarray], Any, Optional[Settings]]) -> Any:
+        """One image's answer, finished with its request's settings (``row[2]``, None: the archive's)."""
         try:
-            return self.finish(*row)
+            return self.with_settings(row[2] if len(row) > 2 else None, self.finish, *row[:2])
         except Exception as error:
             return as_request_error(error, "PostprocessError", "post-processing this image failed")
 

@@ -7,18 +7,23 @@ from typing import List
 import numpy as np
 from PIL import Image
 
+from tsvision.serving.drawing import draw_classification
 from tsvision.serving.geometry import resize_center_crop
 from tsvision.serving.tasks.base import VisionTask
 
 
 class ClassificationTask(VisionTask):
     name = "classification"
+    options = ("top_k",)
 
     def prepare(self, image: Image.Image):
         return resize_center_crop(image, self.settings.resize_size, self.settings.input_size), None
 
     def headline(self, answer: list) -> str:
         return answer[0]["label"] if answer else ""
+
+    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+        return draw_classification(image, answer)
 
     def finish(self, outputs: List[np.ndarray], meta) -> list:
         scores = outputs[0].astype(np.float64).reshape(-1)

@@ -14,13 +14,25 @@ from typing import List, Tuple
 import numpy as np
 from PIL import Image
 
+from tsvision.serving.drawing import draw_detection
 from tsvision.serving.geometry import YOLO_FILL, Placement, fit_square, mean_fill
 from tsvision.serving.tasks.base import VisionTask
 from tsvision.serving.tasks.detection_formats import DECODERS, NMS_FREE, Candidates
 
 
+DETECTION_OPTIONS = ("score_threshold", "iou_threshold", "max_detections", "classes", "agnostic_nms")
+
+
+def keep_classes(classes: np.ndarray, wanted) -> np.ndarray:
+    """The positions of ``classes`` that are in ``wanted`` (None: all)."""
+    if wanted is None:
+        return np.arange(len(classes))
+    return np.nonzero(np.isin(classes, np.asarray(wanted, dtype=np.int64)))[0]
+
+
 class DetectionTask(VisionTask):
     name = "detection"
+    options = DETECTION_OPTIONS
 
     def prepare(self, image: Image.Image):
         s = self.settings
@@ -29,6 +41,9 @@ class DetectionTask(VisionTask):
 
     def headline(self, answer: list) -> str:
         return answer[0]["label"] if answer else ""
+
+    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+        return draw_detection(image, answer)
 
     def decode(self, outputs: List[np.ndarray], placement: Placement) -> Candidates:
         """One image's raw outputs -> its candidates above the threshold (``detection_format``)."""
@@ -42,6 +57,8 @@ class DetectionTask(VisionTask):
 
         s = self.settings
         found = self.decode(outputs, placement)
+        if s.classes is not None:  # before NMS: other classes neither count nor suppress
+            found = found.take(keep_classes(found.classes, s.classes))
         if found.scores.size > s.pre_nms_top_k:
             found = found.take(np.argpartition(-found.scores, s.pre_nms_top_k)[: s.pre_nms_top_k])
         if found.scores.size == 0:

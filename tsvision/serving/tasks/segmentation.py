@@ -11,6 +11,7 @@ from typing import List
 import numpy as np
 from PIL import Image
 
+from tsvision.serving.drawing import draw_segmentation
 from tsvision.serving.geometry import Placement, fit_square, mean_fill
 from tsvision.serving.tasks.base import VisionTask
 
@@ -23,6 +24,9 @@ class SegmentationTask(VisionTask):
 
     def headline(self, answer: dict) -> str:
         return max(answer["classes"], key=lambda c: c["pixels"])["label"] if answer["classes"] else ""
+
+    def draw(self, image: Image.Image, answer: dict) -> Image.Image:
+        return draw_segmentation(image, decode_png(answer["mask"]), answer["classes"])
 
     def finish(self, outputs: List[np.ndarray], placement: Placement) -> dict:
         mask = upsample_argmax(outputs[0], placement)

@@ -21,11 +21,13 @@ from PIL import Image
 
 from tsvision.serving.errors import internal_error
 from tsvision.serving.tasks.base import ImageBatch, VisionTask
-from tsvision.serving.tasks.detection import detection_entry
+from tsvision.serving.drawing import draw_detection
+from tsvision.serving.tasks.detection import DETECTION_OPTIONS, detection_entry, keep_classes
 
 
 class TorchvisionDetectionTask(VisionTask):
     name = "detection"
+    options = DETECTION_OPTIONS
 
     @classmethod
     def before_load(cls) -> None:
@@ -70,11 +72,15 @@ class TorchvisionDetectionTask(VisionTask):
 
     def finish_batch(self, batch: ImageBatch) -> List[Any]:
         if batch.outputs is not None:
-            rows = list(zip(batch.outputs, batch.metas))
+            rows = [(outputs, meta, batch.settings_at(position))
+                    for outputs, meta, position in zip(batch.outputs, batch.metas, batch.positions)]
             for position, answer in zip(batch.positions, self._map(self._finish_item, rows)):
                 batch.results[position] = answer
             batch.outputs = None
         return batch.results
+
+    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+        return draw_detection(image, answer)
 
     def finish(self, outputs: List[np.ndarray], size: Tuple[int, int]) -> list:
         """``boxes``, ``labels``, ``scores`` of one image -> its answer."""
@@ -85,14 +91,27 @@ class TorchvisionDetectionTask(VisionTask):
 
     def select(self, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray,
                size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
-        """The model already ran NMS, so only the threshold, the background class and the limit
-        apply: the kept rows (best first) and their boxes clipped to the ``size`` (width, height) image."""
+        """The model already ran NMS (its own box_score_thresh and nms_thresh), so the threshold, the
+        background class, ``classes`` and the limit apply; a request's stricter ``iou_threshold`` or
+        ``agnostic_nms`` runs NMS again. The kept rows (best first) and their boxes clipped to the
+        ``size`` (width, height) image."""
         s = self.settings
         keep = scores > s.score_threshold
         if s.background_index is not None:
             keep &= labels != s.background_index
+        keep[np.setdiff1d(np.arange(len(labels)), keep_classes(labels, s.classes))] = False
         rows = np.nonzero(keep)[0]
-        rows = rows[np.argsort(-scores[rows], kind="stable")[: s.max_detections]]
+        rows = rows[np.argsort(-scores[rows], kind="stable")]
+        if len(rows) and (s.agnostic_nms or s.iou_threshold < self.archive_settings.iou_threshold):
+            import torch
+            from torchvision.ops import batched_nms
+
+            with torch.inference_mode():
+                groups = torch.zeros(len(rows), dtype=torch.int64) if s.agnostic_nms else torch.from_numpy(labels[rows].astype(np.int64))
+                again = batched_nms(torch.from_numpy(boxes[rows].astype(np.float32)),
+                                    torch.from_numpy(scores[rows].astype(np.float32)), groups, s.iou_threshold).numpy()
+            rows = rows[again]
+        rows = rows[: s.max_detections]
         width, height = size
         return rows, np.clip(boxes[rows].astype(np.float64), 0, [width, height, width, height])
 
