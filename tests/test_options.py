@@ -95,6 +95,10 @@ def test_query_parameters_and_form_fields_are_split_from_the_images():
     v2 = parse_request({"body": {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(image).decode()]}],
                                  "parameters": {"format": "png"}, "id": "7"}})
     assert v2.options == {"format": "png"} and v2.shape == "kserve_v2"
+    # tritonclient's HTTP client adds the protocol's own binary_data_output to every plain call: not an option
+    plain = parse_request({"body": {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(image).decode()]}],
+                                    "parameters": {"binary_data_output": True, "top_k": 2}}})
+    assert plain.options == {"top_k": 2}
 
 
 # -- in-process, with the toy detector ----------------------------------------------------------

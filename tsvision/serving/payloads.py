@@ -28,6 +28,10 @@ ROUTING_FIELDS = ("model_name", "model_version")  # query parameters of TorchSer
 MAX_OPTION_TEXT = 200  # a row entry this short and printable is an option, never an image
 # JSON body keys that are not options: the image fields and the envelopes' own keys.
 BODY_KEYS = frozenset(("instances", "inputs", "id", "parameters", "outputs"))
+# Request parameters of the KServe v2 protocol and its extensions (tritonclient sends
+# binary_data_output on every call without requested outputs): not options, ignored.
+OIP_PROTOCOL_PARAMETERS = frozenset(("binary_data_output", "binary_data", "sequence_id", "sequence_start",
+                                     "sequence_end", "priority", "timeout", "headers"))
 
 JSON_IMAGE_FIELDS = ("data", "image", "b64", "bytes")
 HOW_TO_SEND = 'send the image bytes as the body, or JSON {"data": "<base64 image>"}'
@@ -189,7 +193,7 @@ def _parse_json_object(body: Mapping) -> ParsedRequest:
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, Mapping):
             raise RequestError(400, "BadJson", '"parameters" must be an object of options')
-        parsed.options = dict(parameters)
+        parsed.options = {k: v for k, v in parameters.items() if k not in OIP_PROTOCOL_PARAMETERS}
         return parsed
     # Options: the known option names; other extra keys too (unknown options, refused by name)
     # when the body holds an image, else they stay out so the answer is "no image field".
