@@ -32,7 +32,7 @@ pytestmark = pytest.mark.e2e
 MODEL = "rel_classifier"
 TOP_K = {"1.0": 5, "2.0": 3, "3.0": 1}  # the length of an answer tells which version answered
 BATCH_SIZE = 4
-SOAK_SECONDS = float(os.environ.get("TSVISION_SOAK_SECONDS", "300"))
+SOAK_SECONDS = float(os.environ.get("TSVISION_SOAK_SECONDS", "120"))  # issue 7 measured 300 s: see docs/security.md
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +226,7 @@ def heavy_lock():
 
 def test_soak_at_80_percent_of_the_maximum_has_no_errors_and_no_memory_growth(store, photo, tmp_path, heavy_lock):
     """Closed-loop burst for the maximum rate; then paced (open-loop) load at 80% of it for
-    TSVISION_SOAK_SECONDS (300): zero errors, worker RSS grows by less than 10%."""
+    TSVISION_SOAK_SECONDS (120 in the suite; 300 for the 5-minute run): zero errors, worker RSS grows by less than 10%."""
     server = TorchServe(store, tmp_path / "torchserve", models=[f"{MODEL}-1.0.mar"])
     try:
         server.start()

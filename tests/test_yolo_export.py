@@ -138,13 +138,22 @@ def ultralytics_on_our_input(yolo, image: Image.Image) -> List[dict]:
 
 
 def assert_equal_answers(ours: List[dict], theirs: List[dict], what: str) -> tuple:
-    """Same classes in the same order, boxes within BOX_TOL px, scores within SCORE_TOL; returns the
-    largest box and score differences."""
+    """The same detections: each of ours has its own twin in theirs of the same class, boxes within
+    BOX_TOL px, scores within SCORE_TOL, and the two lists are in the same order except between scores
+    closer than SCORE_TOL (measured in CI: a person and a car both at 0.25293 swapped places under
+    other ONNX Runtime thread timing). Returns the largest box and score differences."""
     assert ours, f"{what}: no box, so the comparison would be empty"
-    assert [d["index"] for d in ours] == [d["index"] for d in theirs], (what, ours, theirs)
-    box = max(float(np.abs(np.subtract(a["box"], b["box"])).max()) for a, b in zip(ours, theirs))
-    score = max(abs(a["score"] - b["score"]) for a, b in zip(ours, theirs))
-    assert box <= BOX_TOL and score <= SCORE_TOL, (what, box, score)
+    assert len(ours) == len(theirs), (what, ours, theirs)
+    assert all(abs(a["score"] - b["score"]) <= SCORE_TOL for a, b in zip(ours, theirs)), (what, ours, theirs)
+    box, score, remaining = 0.0, 0.0, list(theirs)
+    for det in ours:
+        twins = [t for t in remaining if t["index"] == det["index"]
+                 and np.abs(np.subtract(t["box"], det["box"])).max() <= BOX_TOL and abs(t["score"] - det["score"]) <= SCORE_TOL]
+        assert twins, (what, det, theirs)
+        twin = min(twins, key=lambda t: abs(t["score"] - det["score"]))
+        remaining.remove(twin)
+        box = max(box, float(np.abs(np.subtract(twin["box"], det["box"])).max()))
+        score = max(score, abs(twin["score"] - det["score"]))
     return box, score
 
 
@@ -296,7 +305,7 @@ def test_served_equals_ultralytics_predictor(archived, yolo, images, tmp_path):
             decoded = ImageOps.exif_transpose(Image.open(io.BytesIO(body))).convert("RGB")
             theirs = ultralytics_direct(yolo, decoded) if name in UNRESAMPLED else ultralytics_on_our_input(yolo, decoded)
             box, score = assert_equal_answers(served, theirs, name)
-            assert all(d["label"] == str(d["index"]) for d in served)  # names from the ONNX metadata
+            assert all(d["label"] == COCO_NAMES[d["index"]] for d in served)  # names from the ONNX metadata
             figures[name] = {"boxes": len(served), "box_diff": round(box, 3), "score_diff": float(f"{score:.1e}")}
     finally:
         server.stop()
