@@ -17,13 +17,17 @@ from PIL import Image
 
 from tsvision.serving import drawing
 from tsvision.serving.images import decode_image
-from tsvision.serving.tasks.segmentation import decode_png
+from tsvision.serving.tasks.instance_segmentation import draw_answer as draw_instances
+from tsvision.serving.tasks.keypoints import COCO_SKELETON
+from tsvision.serving.tasks.segmentation import class_mask
 
-TASKS = ("classification", "segmentation", "detection")
+TASKS = ("classification", "segmentation", "detection", "instance_segmentation", "keypoints")
 
 
-def picture(task: str, answer, image: Union[bytes, Image.Image]) -> Image.Image:
-    """``answer`` of ``task`` drawn on ``image`` (the bytes sent, or a decoded image), as the server draws it."""
+def picture(task: str, answer, image: Union[bytes, Image.Image], skeleton=COCO_SKELETON, visible: float = 0.5) -> Image.Image:
+    """``answer`` of ``task`` drawn on ``image`` (the bytes sent, or a decoded image), as the server
+    draws it. Keypoints: ``skeleton`` is the model's (its describe answer has it), ``visible`` 0.5 for
+    YOLO-pose visibilities, 0 for Keypoint R-CNN's logits."""
     if isinstance(image, (bytes, bytearray)):
         image = decode_image(bytes(image))  # same decoding as the server, EXIF rotation included
     if task == "classification":
@@ -31,7 +35,11 @@ def picture(task: str, answer, image: Union[bytes, Image.Image]) -> Image.Image:
     if task == "detection":
         return drawing.draw_detection(image, answer)
     if task == "segmentation":
-        return drawing.draw_segmentation(image, decode_png(answer["mask"]), answer["classes"])
+        return drawing.draw_segmentation(image, class_mask(answer), answer["classes"])
+    if task == "instance_segmentation":
+        return draw_instances(image, answer)
+    if task == "keypoints":
+        return drawing.draw_keypoints(image, answer, skeleton, visible)
     raise ValueError(f"unknown task {task!r}")
 
 

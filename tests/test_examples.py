@@ -97,6 +97,30 @@ def test_classification_chart_is_a_png_with_bars_beside_the_photo(tmp_path):
     assert ((pixels[:, 300:].reshape(-1, 3) == box_colour(0)).all(axis=1)).sum() > 1000  # the best bar
 
 
+@pytest.mark.parametrize("mask_format", ["rle", "polygon", "png"])
+def test_instance_masks_are_tinted_in_their_class_colour(tmp_path, mask_format):
+    from tsvision.serving.masks import encode_mask
+
+    mask = np.zeros((160, 200), dtype=bool)
+    mask[70:130, 50:110] = True  # inside DETECTION's box
+    answer = [{**DETECTION[0], "mask": encode_mask(mask, mask_format)}]
+    draw("instance_segmentation", answer, tmp_path / "inst.png", Image.new("RGB", (200, 160), WHITE))
+    pixels = np.asarray(Image.open(tmp_path / "inst.png").convert("RGB")).astype(float)
+    tint = np.round(0.55 * 255 + 0.45 * np.asarray(box_colour(17)))
+    assert np.abs(pixels[100, 80] - tint).max() <= 1  # inside the mask
+    assert tuple(pixels[100, 115]) == WHITE  # inside the box, outside the mask
+
+
+def test_keypoints_drawn_as_dots_and_limbs_when_visible():
+    from examples.draw import picture
+
+    answer = [{**DETECTION[0], "keypoints": [[60, 80, 0.9], [100, 80, 0.8], [100, 130, 0.2]]}]
+    pixels = np.asarray(picture("keypoints", answer, Image.new("RGB", (200, 160), WHITE), skeleton=[(0, 1), (1, 2)]))
+    assert tuple(pixels[80, 60]) == box_colour(0) and tuple(pixels[80, 100]) == box_colour(1)
+    assert tuple(pixels[80, 80]) == box_colour(0)  # limb 0 joins the two visible points
+    assert tuple(pixels[130, 100]) == WHITE and tuple(pixels[105, 100]) == WHITE  # point 2 is not visible: no dot, no limb 1
+
+
 def test_draw_cli_matches_the_function(tmp_path):
     buffer = io.BytesIO()
     noise(200, 160).save(buffer, format="PNG")

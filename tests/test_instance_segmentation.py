@@ -10,6 +10,7 @@ retina_masks=True)``; every mask is decoded by pycocotools. Figures print with `
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -24,6 +25,7 @@ from PIL import Image
 
 from tests.instance_toys import TOY_INSTANCE_LABELS, YOLO_BOX_PAD, BrightMaskRCNN, BrightMaskYoloSeg
 from tests.scenes import bright_box_scene
+from tsvision.serving.drawing import box_colour
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task, load_export
 from tsvision.serving.tasks.instance_segmentation import TorchvisionInstanceSegmentationTask, YoloInstanceSegmentationTask
@@ -106,6 +108,8 @@ def check_toy_answer(answer: list, fmt: str, width: int, height: int, mask_forma
     if mask_format == "rle":
         assert found["mask"]["size"] == [height, width]
         mask = rle_mask(found["mask"])
+    elif mask_format == "png":
+        mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(found["mask"]))).convert("L")) > 127
     else:
         mask = polygon_mask(found["mask"], height, width)
     return float((mask == truth).mean())
@@ -118,16 +122,43 @@ def test_toy_masks_are_known_to_the_pixel(toys, fmt, backend):
     expected = TorchvisionInstanceSegmentationTask if fmt == "torchvision" else YoloInstanceSegmentationTask
     assert isinstance(task, expected)
     polygon_task = toy_task(toys, fmt, backend, mask_format="polygon")
+    png_task = toy_task(toys, fmt, backend, mask_format="png")
     for width, height in SCENES:
         image = bright_box_scene(width, height)[0]
         rle_agreement = check_toy_answer(task.run([png(image)])[0], fmt, width, height)
         polygon_agreement = check_toy_answer(polygon_task.run([png(image)])[0], fmt, width, height, "polygon")
+        png_agreement = check_toy_answer(png_task.run([png(image)])[0], fmt, width, height, "png")
         print(f"\n{fmt} {backend} {width}x{height}: mask agreement RLE {rle_agreement:.5f}, polygon {polygon_agreement:.5f}")
         assert rle_agreement >= 0.99 and polygon_agreement >= 0.99
+        assert png_agreement == rle_agreement  # the same mask, written another way
         if fmt == "torchvision":  # the model's own mask at the original size: nothing to map, so exact
             assert rle_agreement == polygon_agreement == 1.0
+    for each in (task, polygon_task, png_task):
+        each.close()
+
+
+@pytest.mark.parametrize("mask_format", ["rle", "polygon", "png"])
+def test_toy_picture_tints_the_mask_in_the_class_colour(toys, mask_format):
+    """The picture (``Accept: image/png``) at the original size: inside the true mask, away from the
+    box outline and label, each pixel is the photo blended 0.45 with class 1's colour; far from the
+    box the photo is untouched."""
+    task = toy_task(toys, "torchvision", "onnx", mask_format=mask_format)
+    image, truth, box = toy_truth("torchvision", 333, 777)
+    answer = task.run([png(image)])[0]
+    picture = np.asarray(task.draw(image, answer)).astype(np.float64)
+    photo = np.asarray(image.convert("RGB")).astype(np.float64)
+    assert picture.shape == photo.shape
+    x1, y1, x2, y2 = (int(v) for v in box)
+    margin = 40  # the outline and the label inside the top of the box
+    inside = np.zeros_like(truth)
+    inside[y1 + margin:y2 - 8, x1 + 8:x2 - 8] = True
+    assert inside.sum() > 1000
+    expected = np.round(0.55 * photo + 0.45 * np.asarray(box_colour(1), dtype=np.float64))
+    assert np.abs(picture[inside] - expected[inside]).max() <= 1
+    far = np.ones_like(truth)
+    far[max(0, y1 - 60):y2 + 20, max(0, x1 - 20):x2 + 200] = False
+    assert np.array_equal(picture[far], photo[far])
     task.close()
-    polygon_task.close()
 
 
 @pytest.mark.parametrize("fmt", list(TOY_SETTINGS))
@@ -415,6 +446,39 @@ def test_served(toys, mrcnn, yolo_seg, photos, tmp_path):
             assert_close(figures)
         bad = server.predict("mrcnn_onnx", b"not an image", content_type="image/png")
         assert bad.status_code == 400, bad.text
+        check_served_options_and_picture(server, "toy_torchvision_onnx_rle")
     finally:
         server.stop()
+
+
+def check_served_options_and_picture(server, name: str) -> None:
+    """``mask_format`` per request (JSON body) decodes to the archive's RLE answer's mask; a bad one is
+    a 400 naming the option; ``Accept: image/png`` gets the picture with the mask tinted."""
+    import requests
+
+    image, truth, _ = toy_truth("torchvision", 333, 777)
+    data = png(image)
+    url = f"{server.inference_url}/predictions/{name}"
+
+    def post(body=None, headers=None):
+        return requests.post(url, json={"data": base64.b64encode(data).decode("ascii"), **(body or {})},
+                             headers={**server.headers("inference"), **(headers or {})}, timeout=120)
+
+    default = post().json()
+    assert np.array_equal(rle_mask(default[0]["mask"]), truth)
+    for mask_format in ("png", "polygon"):
+        answer = post({"mask_format": mask_format}).json()
+        assert check_toy_answer(answer, "torchvision", 333, 777, mask_format) == 1.0
+        assert [a["box"] for a in answer] == [d["box"] for d in default]
+    assert post({"classes": [0]}).json() == []  # only class 0 wanted: the toy finds class 1
+    bad = post({"mask_format": "bmp"})
+    assert bad.status_code == 400 and "'mask_format'" in bad.json()["message"] and "rle" in bad.json()["message"]
+    drawn = post(headers={"Accept": "image/png"})
+    assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/png"
+    pixels = np.asarray(Image.open(io.BytesIO(drawn.content)).convert("RGB")).astype(np.float64)
+    assert pixels.shape == (777, 333, 3)
+    ys, xs = np.nonzero(truth)
+    y, x = int(np.median(ys)), int(np.median(xs))
+    expected = np.round(0.55 * np.asarray(image.convert("RGB"), dtype=np.float64)[y, x] + 0.45 * np.asarray(box_colour(1)))
+    assert np.abs(pixels[y, x] - expected).max() <= 1
         torch.set_num_threads(threads)

@@ -14,7 +14,9 @@ import base64
 import io
 import json
 import os
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List
 
@@ -28,6 +30,7 @@ from PIL import Image
 from tests.keypoint_toys import (TOY_KEYPOINT_NAMES, TOY_KEYPOINT_SCORES, TOY_SKELETON, TOY_VISIBILITY,
                                  BrightRectangleKeypointRCNN, BrightRectanglePose, OneImage, true_keypoints)
 from tests.scenes import bright_box_scene
+from tsvision.serving.drawing import box_colour, draw_keypoints
 from tsvision.serving.geometry import YOLO_FILL, fit_square
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import load_export
@@ -188,6 +191,32 @@ def test_toy_keypoints_land_on_the_corners(toys, toy, backend):
     scenes = [bright_box_scene(w, h) for w, h in SCENES]
     errors = [assert_toy_truth(answer, truth, toy) for (_, truth), answer in zip(scenes, task.run([png(i) for i, _ in scenes]))]
     print(f"\n{toy} {backend}: largest box/point error {max(errors):.2f} px")
+
+
+@pytest.mark.parametrize("toy", list(TOY_SETTINGS))
+def test_toy_picture_draws_the_skeleton_on_the_keypoints(toys, toy):
+    """The picture at the original size: keypoint k's dot in colour k where the truth puts it,
+    limb 0 (top-left to top-right) in colour 0 along the top edge; a keypoint whose score is not
+    above the visibility cut is not drawn, nor its limbs."""
+    task = load_export(toys / toy, "model.onnx")
+    image, truth = bright_box_scene(1280, 720)
+    answer = task.run([png(image)])[0]
+    picture = task.draw(image, answer)
+    assert picture.size == image.size
+    pixels = np.asarray(picture)
+    points = true_keypoints(truth)
+    for k, (x, y) in enumerate(points):
+        assert tuple(pixels[int(y), int(x)]) == box_colour(k), (k, x, y)
+    (x0, y0), (x1, _) = points[0], points[1]
+    assert tuple(pixels[int(y0), int((x0 + x1) / 2)]) == box_colour(0)
+    scores = [p[2] for p in answer[0]["keypoints"]]
+    cut = sorted(scores)[2]  # hides the two lowest-scoring keypoints
+    hidden = [k for k, score in enumerate(scores) if score <= cut]
+    partial = np.asarray(draw_keypoints(image, answer, TOY_SKELETON, cut))
+    for k in range(len(points)):
+        x, y = points[k]
+        assert (tuple(partial[int(y), int(x)]) == box_colour(k)) == (k not in hidden), (k, hidden)
+    task.close()
 
 
 @pytest.mark.parametrize("toy", list(TOY_SETTINGS))
@@ -449,3 +478,35 @@ def test_served_describe_carries_keypoint_names_and_skeleton(served, name, names
     assert about["keypoints"] == {"names": names, "skeleton": edges}
     bad = served.predict(name, b"\xff\xd8\xff\xe0 cut short")
     assert bad.status_code == 400 and bad.json()["type"] == "UnreadableImage"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", ["toy_rcnn_onnx", "toy_pose_torchscript"])
+def test_served_options_and_pictures_in_one_batch(served, name):
+    """Concurrent requests (batch delay 300 ms): the plain answer, a lower score_threshold (the
+    same person: a superset), one above the toy's 0.9 (nothing), a bad option (its own 400), and a
+    picture with the skeleton's dots where the truth puts the keypoints."""
+    image, truth = bright_box_scene(1280, 720)
+    data = base64.b64encode(png(image)).decode("ascii")
+    url = f"{served.inference_url}/predictions/{name}"
+    cases = [({}, {}), ({"score_threshold": 0.1}, {}), ({"score_threshold": 0.95}, {}), ({"top_k": 3}, {}),
+             ({}, {"Accept": "image/png"})]
+    barrier = threading.Barrier(len(cases))
+
+    def send(case):
+        options, headers = case
+        barrier.wait()
+        return requests.post(url, json={"data": data, **options}, headers={**served.headers("inference"), **headers}, timeout=120)
+
+    with ThreadPoolExecutor(len(cases)) as pool:
+        plain, lower, none, bad, drawn = pool.map(send, cases)
+    assert max(int(r.headers.get("X-Batch-Size", 0)) for r in (plain, lower, none, bad, drawn)) > 1
+    assert plain.status_code == lower.status_code == none.status_code == 200
+    assert_toy_truth(plain.json(), truth, name.rsplit("_", 1)[0]) is not None
+    assert lower.json() == plain.json() and none.json() == []
+    assert bad.status_code == 400 and bad.json()["type"] == "UnknownOption" and "'score_threshold'" in bad.json()["message"]
+    assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/png"
+    pixels = np.asarray(Image.open(io.BytesIO(drawn.content)).convert("RGB"))
+    assert pixels.shape == (720, 1280, 3)
+    for k, (x, y) in enumerate(true_keypoints(truth)):
+        assert tuple(pixels[int(y), int(x)]) == box_colour(k), (k, x, y)

@@ -18,7 +18,8 @@ from tsvision.serving.service import answer_requests
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask
 from tests.conftest import jpeg, load_task, png
-from tests.scenes import bright_box_scene
+from tests.scenes import bright_box_scene, colour_scene
+from tsvision.serving.tasks.segmentation import class_mask, decode_png
 
 DETECTION = ("score_threshold", "iou_threshold", "max_detections", "classes", "agnostic_nms")
 LABELS = ["background", "person", "dog"]
@@ -122,6 +123,28 @@ def test_a_batch_with_different_options_shares_one_pass_and_each_gets_its_own(to
     assert filtered.body == [] and none.body == []  # only background wanted; no score is above 1
     assert bad.status == 400 and "max_detections" in bad.body["message"]
     assert drawn.content_type == "image/png" and Image.open(io.BytesIO(drawn.body)).size == (333, 777)
+
+
+def test_segmentation_mask_formats_decode_to_the_same_class_mask(toy_exports):
+    """The toy segmenter on the colour scene: ``mask_format`` rle and polygon (per class) decode to
+    the class mask of the default PNG answer, which is the scene's truth; all in one forward pass."""
+    task = load_task(toy_exports / "segmentation", "onnx")
+    scene, truth = colour_scene(333, 257)
+    data = png(scene)
+    calls = []
+    run = task.runtime.run
+    task.runtime.run = lambda inputs: calls.append(len(inputs)) or run(inputs)
+    plain, rle, polygon, bad = answer_requests(task, [{"body": data}, {"body": data, "mask_format": "rle"},
+                                                      {"body": data, "mask_format": b"polygon"}, {"body": data, "mask_format": "bmp"}])
+    assert calls == [3]
+    assert np.array_equal(decode_png(plain.body["mask"]), truth)
+    assert "mask" not in rle.body and "mask" not in polygon.body
+    assert [c["pixels"] for c in rle.body["classes"]] == [c["pixels"] for c in plain.body["classes"]]
+    assert isinstance(rle.body["classes"][0]["mask"], dict) and isinstance(polygon.body["classes"][0]["mask"], list)
+    assert np.array_equal(class_mask(rle.body), truth)
+    assert np.array_equal(class_mask(polygon.body), truth)  # the scene's shapes have no holes
+    assert bad.status == 400 and "mask_format" in bad.body["message"] and "polygon" in bad.body["message"]
+    task.close()
 
 
 def test_a_picture_for_a_list_of_images_is_refused_clearly(toy_detector):

@@ -266,6 +266,10 @@ def test_grpc_predictions_carries_options_and_returns_the_picture(served, photos
         drawn = Image.open(io.BytesIO(call(format=b"png")))
         assert drawn.format == "PNG" and drawn.height == photos["chelsea"].height
         assert json.loads(call(top_k=b"0"))["type"] == "BadOption"
+        streamed = list(client.inference.StreamPredictions(
+            pb.PredictionsRequest(model_name="classification_onnx", input={"data": data, "format": b"png"}),
+            metadata=client._metadata["inference"], timeout=60))
+        assert len(streamed) == 1 and streamed[0].prediction == call(format=b"png")  # the same picture, one message
     finally:
         client.close()
 

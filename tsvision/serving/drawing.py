@@ -1,8 +1,10 @@
 """Answers drawn for people: a top-k bar chart beside the photo, boxes with labels and scores,
-a coloured class mask with a legend. PIL and numpy only (this ships in every archive).
+a coloured class mask with a legend, instance masks under their boxes, keypoint skeletons.
+PIL and numpy only (this ships in every archive).
 
 The photo keeps its original resolution; text and line widths scale with it. Colours are stable
-per class index: ``BOX_COLOURS`` for boxes and bars, ``voc_palette`` for masks. The server draws
+per class index: ``BOX_COLOURS`` for boxes, bars and instance masks, ``voc_palette`` for class
+masks; a skeleton's limbs and points take ``BOX_COLOURS`` by edge and keypoint index. The server draws
 with these (``Accept: image/png``), and so do the examples and the demo.
 """
 
@@ -77,6 +79,39 @@ def draw_detection(image: Image.Image, answer: Sequence[dict]) -> Image.Image:
         ty = y1 - height if y1 >= height else y1 + width  # above the box if it fits, else inside
         pen.rectangle((x1, ty, x1 + right - left + 4, ty + height), fill=colour)
         pen.text((x1 + 2 - left, ty + 2 - top), text, fill=_text_colour(colour), font=face)
+    return picture
+
+
+def draw_instances(image: Image.Image, answer: Sequence[dict], masks: Sequence[np.ndarray],
+                   alpha: float = 0.45) -> Image.Image:
+    """Each instance's mask (H×W booleans, one per answer entry) blended in its class colour,
+    worst first so the best lies on top, then the boxes and labels of ``draw_detection``."""
+    photo = image.convert("RGB")
+    pixels = np.asarray(photo, dtype=np.float32).copy()
+    for det, mask in sorted(zip(answer, masks), key=lambda pair: pair[0]["score"]):
+        if mask.shape != pixels.shape[:2]:
+            raise ValueError(f"the image is {photo.width}x{photo.height} but a mask is {mask.shape[1]}x{mask.shape[0]}")
+        pixels[mask] = (1 - alpha) * pixels[mask] + alpha * np.asarray(box_colour(det["index"]), dtype=np.float32)
+    return draw_detection(Image.fromarray(np.round(pixels).astype(np.uint8)), answer)
+
+
+def draw_keypoints(image: Image.Image, answer: Sequence[dict], skeleton: Sequence[Sequence[int]],
+                   visible: float = 0.5) -> Image.Image:
+    """Each person's box, then its skeleton: limb ``e`` in colour ``e``, keypoint ``k`` as a dot in
+    colour ``k``. Only keypoints scoring above ``visible`` are drawn, and limbs between two of them."""
+    picture = draw_detection(image, answer)
+    pen = ImageDraw.Draw(picture)
+    width = max(2, round(min(picture.size) / 150))
+    radius = width + 1
+    for det in answer:
+        points = det.get("keypoints") or []
+        shown = [len(p) == 3 and p[2] > visible for p in points]
+        for edge, (a, b) in enumerate(skeleton):
+            if a < len(points) and b < len(points) and shown[a] and shown[b]:
+                pen.line((points[a][0], points[a][1], points[b][0], points[b][1]), fill=box_colour(edge), width=width)
+        for k, (x, y, _) in enumerate(points):
+            if shown[k]:
+                pen.ellipse((x - radius, y - radius, x + radius, y + radius), fill=box_colour(k), outline=(255, 255, 255))
     return picture
 
 

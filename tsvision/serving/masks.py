@@ -8,13 +8,19 @@ order, starting with a run of zeros. ``decode_rle`` reads it back (for clients a
 edges, in original-image pixels (pixel ``(x, y)`` covers ``[x, x+1] × [y, y+1]``), as COCO
 polygons ``[x1, y1, x2, y2, ...]``. Holes are not represented (COCO polygons cannot say
 "minus"; use RLE for exact masks).
+
+``encode_png_mask`` writes a 1-bit PNG (base64) at the mask's size. ``decode_mask`` reads any of
+the three back to an H×W boolean array (``mask_format``: ``rle``, ``polygon``, ``png``).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List
+import base64
+import io
+from typing import Dict, List, Sequence, Union
 
 import numpy as np
+from PIL import Image
 
 
 def run_lengths(mask: np.ndarray) -> np.ndarray:
@@ -159,3 +165,50 @@ def polygons(mask: np.ndarray) -> List[List[int]]:
             found.append((area, ring))
     found.sort(key=lambda item: -item[0])
     return [ring for _, ring in found]
+
+
+def fill_polygons(rings: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+    """The pixels whose centres lie inside any of ``rings`` (even-odd per ring, rings OR-ed).
+    Exact for the pixel-edge polygons ``polygons`` writes: ``fill_polygons(polygons(m))`` is ``m``
+    with its holes filled."""
+    mask = np.zeros((height, width), dtype=bool)
+    for ring in rings:
+        xs = np.rint(np.asarray(ring[0::2], dtype=np.float64)).astype(np.int64)
+        ys = np.rint(np.asarray(ring[1::2], dtype=np.float64)).astype(np.int64)
+        toggles = np.zeros((height + 1, width + 2), dtype=np.int8)
+        for x, y0, y1 in zip(xs, ys, np.roll(ys, -1)):  # vertical edges: (x, y0) -> (x, y1)
+            low, high = sorted((int(np.clip(y0, 0, height)), int(np.clip(y1, 0, height))))
+            toggles[low:high, int(np.clip(x, 0, width + 1))] ^= 1
+        mask |= (np.cumsum(toggles[:height], axis=1)[:, :width] % 2).astype(bool)
+    return mask
+
+
+def encode_png_mask(mask: np.ndarray) -> str:
+    """An H×W boolean mask -> base64 1-bit PNG (white = in the mask)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(mask, dtype=bool)).save(buffer, format="PNG", compress_level=6)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def encode_mask(mask: np.ndarray, mask_format: str) -> Union[dict, list, str]:
+    """An H×W boolean mask in ``mask_format``: ``rle`` (dict), ``polygon`` (list) or ``png`` (str)."""
+    if mask_format == "rle":
+        return encode_rle(mask)
+    if mask_format == "polygon":
+        return polygons(mask)
+    if mask_format == "png":
+        return encode_png_mask(mask)
+    raise ValueError(f"mask_format must be 'png', 'rle' or 'polygon', got {mask_format!r}")
+
+
+def decode_mask(encoded: Union[dict, list, str], height: int, width: int) -> np.ndarray:
+    """One answer's ``mask`` in any ``mask_format`` -> H×W boolean array (for clients, drawing, tests)."""
+    if isinstance(encoded, dict):
+        mask = decode_rle(encoded).astype(bool)
+    elif isinstance(encoded, list):
+        return fill_polygons(encoded, height, width)
+    else:
+        mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))).convert("1"), dtype=bool)
+    if mask.shape != (height, width):
+        raise ValueError(f"the mask is {mask.shape[1]}x{mask.shape[0]}, the image {width}x{height}")
+    return mask

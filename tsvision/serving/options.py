@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tsvision.serving.errors import RequestError
+from tsvision.serving.settings import MASK_FORMATS
 
 PICTURE_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 FORMATS = ("json",) + tuple(PICTURE_TYPES)
@@ -132,7 +133,7 @@ def _bad(name: str, value: Any, allowed: str, what: str = "bad value") -> Reques
 
 
 # Every option any task knows: name -> parser(value, labels). A task accepts the names in its
-# ``options``; ``mask_format``/``mask_threshold`` are for the instance-segmentation task.
+# ``options``; ``mask_format`` is for the segmentation tasks, ``mask_threshold`` for instance segmentation.
 PARSERS: Dict[str, Callable[[Any, Sequence[str]], Any]] = {
     "format": _choice("format", FORMATS),
     "top_k": _integer("top_k", 1),
@@ -141,7 +142,7 @@ PARSERS: Dict[str, Callable[[Any, Sequence[str]], Any]] = {
     "max_detections": _integer("max_detections", 1, 10000),
     "classes": _classes,
     "agnostic_nms": _boolean("agnostic_nms"),
-    "mask_format": _choice("mask_format", ("png", "rle", "polygon")),
+    "mask_format": _choice("mask_format", MASK_FORMATS),
     "mask_threshold": _fraction("mask_threshold"),
 }
 COMMON = ("format",)  # accepted by every task

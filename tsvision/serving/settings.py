@@ -12,6 +12,7 @@ from tsvision.serving.images import DEFAULT_MAX_PIXELS
 TASKS = ("classification", "segmentation", "detection", "instance_segmentation", "keypoints")
 DETECTING_TASKS = ("detection", "instance_segmentation", "keypoints")  # boxes, and the detection_format setting
 RESIZE_MODES = ("stretch", "letterbox", "letterbox_center")
+MASK_FORMATS = ("png", "rle", "polygon")  # how masks are written (tsvision.serving.masks)
 DETECTION_FORMATS = ("ssd", "yolov8", "yolov5", "yolo_nms", "detr", "rtdetr", "torchvision",  # docs/models.md
                      "yolov8_seg", "yolov8_pose")  # instance_segmentation, keypoints
 KEYPOINT_FORMATS = ("torchvision", "yolov8_pose")  # the keypoints task reads these
@@ -51,7 +52,8 @@ class Settings:
     agnostic_nms: bool = False             # detection: one NMS over all classes instead of per class
     classes: Optional[tuple] = None        # detection: keep only these class indices (None: all); also a per-request option
     mask_threshold: float = 0.5            # instance_segmentation: soft mask -> pixel in the mask
-    mask_format: str = "rle"               # instance_segmentation: "rle" (COCO run-length) or "polygon"
+    mask_format: Optional[str] = None      # masks: "png", "rle" (COCO run-length) or "polygon"; None: the task's
+                                           # default (segmentation "png", instance_segmentation "rle")
     keypoint_names: Optional[tuple] = None  # keypoints: names by index (None: COCO's 17)
     skeleton: Optional[tuple] = None       # keypoints: [a, b] index pairs to draw (None: COCO's)
     max_pixels: int = DEFAULT_MAX_PIXELS    # decompression-bomb guard, per image
@@ -93,8 +95,8 @@ class Settings:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.resize_mode == "letterbox_center" and self.task not in DETECTING_TASKS:
             raise ValueError(f"resize_mode 'letterbox_center' is for the tasks {DETECTING_TASKS} only")
-        if self.mask_format not in ("rle", "polygon"):
-            raise ValueError(f"mask_format must be 'rle' or 'polygon', got {self.mask_format!r}")
+        if self.mask_format not in (None,) + MASK_FORMATS:
+            raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {self.mask_format!r}")
         if not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must lie between 0 and 1, got {self.mask_threshold!r}")
         if self.detection_format not in DETECTION_FORMATS:

@@ -1,8 +1,9 @@
 """Instance segmentation: detection entries plus each instance's ``"mask"`` at the ORIGINAL size.
 
 Each instance is ``{"label", "index", "score", "box": [x1, y1, x2, y2], "mask"}``; ``mask`` is
-COCO RLE ``{"size": [h, w], "counts": "..."}`` (``mask_format: rle``, pycocotools decodes it)
-or a list of polygons ``[x1, y1, x2, y2, ...]`` in original pixels (``mask_format: polygon``).
+COCO RLE ``{"size": [h, w], "counts": "..."}`` (``mask_format: rle``, the default; pycocotools
+decodes it), a list of polygons ``[x1, y1, x2, y2, ...]`` in original pixels (``polygon``) or a
+base64 1-bit PNG at the original size (``png``); ``masks.decode_mask`` reads all three.
 A pixel belongs to the mask when its probability is above ``mask_threshold``.
 
 Two model contracts (``detection_format``, docs/models.md):
@@ -26,8 +27,11 @@ from typing import List, Tuple
 import numpy as np
 
 from tsvision.serving.geometry import Placement
-from tsvision.serving.masks import encode_rle, polygons
-from tsvision.serving.tasks.detection import DetectionTask, detection_entry
+from PIL import Image
+
+from tsvision.serving.drawing import draw_instances
+from tsvision.serving.masks import decode_mask, encode_mask
+from tsvision.serving.tasks.detection import DETECTION_OPTIONS, DetectionTask, detection_entry
 from tsvision.serving.tasks.detection_formats import Candidates, _best_class, _shape_error, _xyxy
 from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask
 
@@ -36,14 +40,26 @@ PIXEL_BUDGET = 16_000_000  # float mask pixels upsampled at once (ultralytics' o
 
 def instance(task, index: int, score: float, box: np.ndarray, mask: np.ndarray) -> dict:
     """One answer entry; ``mask`` is a boolean H×W array at the original size."""
-    encoded = polygons(mask) if task.settings.mask_format == "polygon" else encode_rle(mask)
+    encoded = encode_mask(mask, task.settings.mask_format or "rle")
     return {**detection_entry(task.label(int(index)), int(index), score, box), "mask": encoded}
+
+
+INSTANCE_OPTIONS = DETECTION_OPTIONS + ("mask_format", "mask_threshold")
+
+
+def draw_answer(image: Image.Image, answer: list) -> Image.Image:
+    """Each instance's mask in its class colour, its box and "label score" on top."""
+    return draw_instances(image, answer, [decode_mask(entry["mask"], image.height, image.width) for entry in answer])
 
 
 class TorchvisionInstanceSegmentationTask(TorchvisionDetectionTask):
     """Mask R-CNN (``detection_format: torchvision``): the model pastes soft masks at the original size."""
 
     name = "instance_segmentation"
+    options = INSTANCE_OPTIONS
+
+    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+        return draw_answer(image, answer)
 
     def finish(self, outputs: List[np.ndarray], size: Tuple[int, int]) -> list:
         boxes, labels, scores, masks = mask_rcnn_outputs(outputs)
@@ -75,6 +91,10 @@ class YoloInstanceSegmentationTask(DetectionTask):
     """YOLOv8-seg (``detection_format: yolov8_seg``): letterboxed batches, masks from prototypes."""
 
     name = "instance_segmentation"
+    options = INSTANCE_OPTIONS
+
+    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+        return draw_answer(image, answer)
 
     def decode(self, outputs: List[np.ndarray], placement: Placement) -> Candidates:
         """``output0``'s candidates above the threshold, each carrying its mask coefficients (``extra``)."""

@@ -25,6 +25,9 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from PIL import Image
+
+from tsvision.serving.drawing import draw_keypoints
 from tsvision.serving.geometry import Placement, normalize
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks.detection import DetectionTask, detection_entry
@@ -91,6 +94,10 @@ class KeypointsTask(DetectionTask):
     """YOLOv8-pose (``detection_format: yolov8_pose``): letterboxed batches, NMS here."""
 
     name = "keypoints"
+    visible_score = 0.5  # a keypoint is drawn when its visibility (a probability) is above this
+
+    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+        return draw_keypoints(image, answer, keypoint_metadata(self.settings)["skeleton"], self.visible_score)
 
     def decode(self, outputs: List[np.ndarray], placement: Placement) -> Candidates:
         if self.settings.detection_format != "yolov8_pose":
@@ -140,6 +147,10 @@ class TorchvisionKeypointsTask(TorchvisionDetectionTask):
     """Keypoint R-CNN (``detection_format: torchvision``): each image at its own size."""
 
     name = "keypoints"
+    visible_score = 0.0  # torchvision's keypoint scores are logits: above 0 is a probability above 0.5
+
+    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+        return draw_keypoints(image, answer, keypoint_metadata(self.settings)["skeleton"], self.visible_score)
 
     def finish(self, outputs: List[np.ndarray], size: Tuple[int, int]) -> list:
         found = split_torchvision_outputs(outputs)

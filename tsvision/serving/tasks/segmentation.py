@@ -1,5 +1,8 @@
 """Semantic segmentation: a class-index mask at the original resolution, as base64 PNG,
-with per-class pixel counts and fractions."""
+with per-class pixel counts and fractions.
+
+With ``mask_format`` ``rle`` or ``polygon`` there is no class-index PNG: each entry of
+``classes`` carries its own ``"mask"`` (that class's pixels, ``masks.encode_mask``) instead."""
 
 from __future__ import annotations
 
@@ -13,11 +16,13 @@ from PIL import Image
 
 from tsvision.serving.drawing import draw_segmentation
 from tsvision.serving.geometry import Placement, fit_square, mean_fill
+from tsvision.serving.masks import decode_mask, encode_mask
 from tsvision.serving.tasks.base import VisionTask
 
 
 class SegmentationTask(VisionTask):
     name = "segmentation"
+    options = ("mask_format",)
 
     def prepare(self, image: Image.Image):
         return fit_square(image, self.settings.input_size, self.settings.resize_mode, mean_fill(self.settings.mean))
@@ -26,7 +31,7 @@ class SegmentationTask(VisionTask):
         return max(answer["classes"], key=lambda c: c["pixels"])["label"] if answer["classes"] else ""
 
     def draw(self, image: Image.Image, answer: dict) -> Image.Image:
-        return draw_segmentation(image, decode_png(answer["mask"]), answer["classes"])
+        return draw_segmentation(image, class_mask(answer), answer["classes"])
 
     def finish(self, outputs: List[np.ndarray], placement: Placement) -> dict:
         mask = upsample_argmax(outputs[0], placement)
@@ -37,7 +42,25 @@ class SegmentationTask(VisionTask):
             for i, n in enumerate(counts)
             if n
         ]
-        return {"width": placement.width, "height": placement.height, "mask": encode_png(mask), "classes": classes}
+        mask_format = self.settings.mask_format or "png"
+        if mask_format == "png":
+            return {"width": placement.width, "height": placement.height, "mask": encode_png(mask), "classes": classes}
+        for entry in classes:
+            entry["mask"] = encode_mask(mask == entry["index"], mask_format)
+        return {"width": placement.width, "height": placement.height, "classes": classes}
+
+
+def class_mask(answer: dict) -> np.ndarray:
+    """An answer's H×W class indices, from its PNG ``mask`` or its classes' own masks. Polygons fill
+    holes, so a class's polygons may cover the classes inside it: the largest areas are painted first."""
+    if "mask" in answer:
+        return decode_png(answer["mask"])
+    height, width = answer["height"], answer["width"]
+    decoded = [(decode_mask(entry["mask"], height, width), entry["index"]) for entry in answer["classes"]]
+    mask = np.zeros((height, width), dtype=np.int32)
+    for pixels, index in sorted(decoded, key=lambda item: -int(item[0].sum())):
+        mask[pixels] = index
+    return mask
 
 
 def upsample_argmax(logits: np.ndarray, placement: Placement) -> np.ndarray:
