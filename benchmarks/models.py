@@ -62,10 +62,11 @@ def stock_module(exportable: Exportable, sample: torch.Tensor) -> torch.jit.Scri
 
 def prepare_exports(task: str, root: Path, fresh: bool = False, pt2: bool = False) -> Path:
     """Export ``task``'s default model (random seeded weights; with ``pt2`` also the AOTInductor
-    package) and its stock-handler TorchScript into ``root/task`` once; later runs reuse the files
+    package) and, where TorchServe has one, its stock-handler TorchScript into ``root/task`` once; later runs reuse the files
     unless ``fresh``."""
     folder = root / task
-    names = ("model.pt", "model.onnx", "settings.json", "labels.json", "stock.pt") + (("model.pt2",) if pt2 else ())
+    stock = task in STOCK_HANDLERS  # TorchServe has no stock handler for instance segmentation or keypoints
+    names = ("model.pt", "model.onnx", "settings.json", "labels.json") + (("stock.pt",) if stock else ()) + (("model.pt2",) if pt2 else ())
     if not fresh and all((folder / name).exists() for name in names):
         return folder
     exportable = build_exportable(task)
@@ -73,8 +74,9 @@ def prepare_exports(task: str, root: Path, fresh: bool = False, pt2: bool = Fals
     report = export_files(exportable, folder, pt2=pt2)
     if not report["ok"]:
         raise RuntimeError(f"{task}: the export's backends disagree: {report['max_abs_diff']}")
-    size = exportable.settings["input_size"]
-    stock_module(exportable, torch.zeros(1, 3, size, size)).save(str(folder / "stock.pt"))
+    if stock:
+        size = exportable.settings["input_size"]
+        stock_module(exportable, torch.zeros(1, 3, size, size)).save(str(folder / "stock.pt"))
     return folder
 
 

@@ -1,6 +1,6 @@
 """The cost of per-request options and of picture answers, measured side by side in one run.
 
-    python -m benchmarks.options [--tasks classification,detection] [--backend onnx] [--rounds 30]
+    python -m benchmarks.options [--tasks classification,detection,keypoints] [--backend onnx] [--rounds 30]
 
 Per task, one request of one photo through each path, interleaved round by round (so a busy,
 shared machine slows every path alike), median milliseconds per request:
@@ -29,13 +29,16 @@ from tsvision.serving.payloads import ParsedRequest, format_response
 from tsvision.serving.service import answer_requests
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OPTIONS = {"classification": ("top_k",), "detection": ("score_threshold", "iou_threshold", "max_detections")}
+DETECTING = ("score_threshold", "iou_threshold", "max_detections")
+DEFAULT_OPTIONS = {"classification": ("top_k",), "segmentation": ("mask_format",), "detection": DETECTING,
+                   "instance_segmentation": DETECTING + ("mask_format", "mask_threshold"), "keypoints": DETECTING}
 
 
 def paths(task, photo: bytes) -> Dict[str, Callable[[], object]]:
     """Each measured path as a call answering one request of ``photo``."""
     s = task.settings
-    same = {name: getattr(s, name) for name in DEFAULT_OPTIONS.get(task.name, ())}
+    defaults = {"mask_format": "png" if task.name == "segmentation" else "rle"}  # what None means
+    same = {name: defaults[name] if getattr(s, name) is None else getattr(s, name) for name in DEFAULT_OPTIONS.get(task.name, ())}
 
     def skip():
         return json.dumps(format_response(ParsedRequest([photo]), task.run([photo])))
@@ -73,7 +76,7 @@ def measure(task, photo: bytes, rounds: int = 30) -> dict:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.options", description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", default="classification,segmentation,detection")
+    p.add_argument("--tasks", default="classification,segmentation,detection,instance_segmentation,keypoints")
     p.add_argument("--backend", default="onnx", choices=sorted(MODEL_FILES))
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--width", type=int, default=1280)
