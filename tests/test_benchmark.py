@@ -20,7 +20,8 @@ def bench(tmp_path_factory) -> dict:
     if shutil.which("wrk") is None:
         pytest.fail("wrk is not installed: run scripts/setup.sh")
     out = tmp_path_factory.mktemp("bench")
-    assert bench_main(["--tasks", "classification", "--backends", "onnx", "--quick", "--seconds", "3", "--warmup", "3",
+    assert bench_main(["--tasks", "classification", "--backends", "onnx", "--quick", "--seconds", "2", "--warmup", "1",
+                       "--shape-warmup", "3", "--inprocess-seconds", "0.5",
                        "--concurrency", "1,4", "--batch-sizes", "1,2", "--exports", str(out / "exports"),
                        "--out", str(out / "results")]) == 0
     data = json.loads((out / "results" / "results.json").read_text())
