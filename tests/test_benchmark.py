@@ -103,3 +103,21 @@ def test_heavy_runs_wait_for_each_other(tmp_path):
     assert outcome == [f"{lock} held by another heavy run for 2 s"]
     second_run()  # released: the next run gets it at once
     assert outcome[-1] == "ran"
+
+
+def test_scaling_configurations_and_tables():
+    """The scaling benchmark's pure parts: configuration names, thread shares, the goal's ratio, the table."""
+    from benchmarks.scaling import markdown, parse_config, ratio_at, threads_for
+
+    assert parse_config("w2b8") == (2, 8) and parse_config(" w1b16") == (1, 16)
+    for bad in ("2x8", "w0b8", "w2b0", "w2"):
+        with pytest.raises(ValueError, match="expected wWbB"):
+            parse_config(bad)
+    assert threads_for(1, 2) == 2 and threads_for(2, 2) == 1 and threads_for(4, 2) == 1
+    points = [{"connections": 1, "throughput": 30.0, "latency_ms": {"p99": 40.0}},
+              {"connections": 32, "throughput": 180.0, "latency_ms": {"p99": 250.0}}]
+    assert ratio_at(points, 32, 200.0) == 0.9 and ratio_at(points, 64, 200.0) is None
+    data = {"config": {"clients": [1, 32]},
+            "results": {"classification": {"inprocess_best": {"images_per_s": 200.0, "batch_size": 8}, "served": {"w1b8": points}}}}
+    table = markdown(data)
+    assert "| w1b8 | 30.0 | 180.0 | 40 | 250 | 0.9 |" in table and "in-process best 200.0 img/s at batch 8" in table

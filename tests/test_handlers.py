@@ -62,6 +62,20 @@ def test_a_mixed_batch_gets_a_status_content_type_and_body_per_request(detector)
     assert "X-Top-Label" not in responses[0].headers  # off unless the archive asks (the A/B router does)
 
 
+def test_grpc_answers_close_the_stream_and_rest_answers_stay_plain(detector):
+    """TorchServe's gRPC requests have no text headers (only the inputs' content types): their answers,
+    errors included, carry ``ts_stream_next: false`` (StreamPredictions needs it; without it TorchServe
+    0.12 restarts the worker). A REST answer must not carry it (it would become a broken stream)."""
+    scene, _ = bright_box_scene(320, 200)
+    rows = [{"data": png(scene)}, {"data": b"junk"}, {"body": png(scene)}]
+    headers = [{"data": {"content-type": ""}}, {"data": {"content-type": ""}},
+               {"body": {"content-type": "image/png"}, "Host": "127.0.0.1:8080", "Content-Length": "123"}]
+    grpc, grpc_bad, rest = detector.predict(rows, headers)
+    assert [r.status for r in (grpc, grpc_bad, rest)] == [200, 400, 200]
+    assert grpc.headers.get("ts_stream_next") == "false" and grpc_bad.headers.get("ts_stream_next") == "false"
+    assert "ts_stream_next" not in rest.headers
+
+
 def test_explanations_are_refused_per_request_and_describe_answers(detector):
     scene, _ = bright_box_scene(320, 200)
     responses = detector.predict([{"body": png(scene)}, {"body": png(scene)}],

@@ -246,7 +246,7 @@ def test_mask_rcnn_export_report(mrcnn):
     assert report["ok"] and report["files"] == ["model.pt", "model.onnx"] and report["outputs"] == OUTPUT_NAMES
     settings = json.loads((folder / "settings.json").read_text())
     assert settings["task"] == "instance_segmentation" and settings["detection_format"] == "torchvision"
-    assert settings["random_weights"] and settings["background_index"] == 0 and settings["mask_format"] == "rle"
+    assert settings["random_weights"] and settings["background_index"] == 0 and settings["mask_format"] is None  # None: the task's default, RLE
     assert json.loads((folder / "labels.json").read_text())[1] == "person"
 
 
@@ -449,6 +449,7 @@ def test_served(toys, mrcnn, yolo_seg, photos, tmp_path):
         check_served_options_and_picture(server, "toy_torchvision_onnx_rle")
     finally:
         server.stop()
+        torch.set_num_threads(threads)
 
 
 def check_served_options_and_picture(server, name: str) -> None:
@@ -481,4 +482,3 @@ def check_served_options_and_picture(server, name: str) -> None:
     y, x = int(np.median(ys)), int(np.median(xs))
     expected = np.round(0.55 * np.asarray(image.convert("RGB"), dtype=np.float64)[y, x] + 0.45 * np.asarray(box_colour(1)))
     assert np.abs(pixels[y, x] - expected).max() <= 1
-        torch.set_num_threads(threads)

@@ -266,10 +266,14 @@ def test_grpc_predictions_carries_options_and_returns_the_picture(served, photos
         drawn = Image.open(io.BytesIO(call(format=b"png")))
         assert drawn.format == "PNG" and drawn.height == photos["chelsea"].height
         assert json.loads(call(top_k=b"0"))["type"] == "BadOption"
+        # a standard client's StreamPredictions (no tsvision marker): TorchServe 0.12 restarted the
+        # worker on it (NullPointerException in its frontend) until the handler marked gRPC answers
+        workers = served.worker_pids("classification_onnx")
         streamed = list(client.inference.StreamPredictions(
             pb.PredictionsRequest(model_name="classification_onnx", input={"data": data, "format": b"png"}),
             metadata=client._metadata["inference"], timeout=60))
         assert len(streamed) == 1 and streamed[0].prediction == call(format=b"png")  # the same picture, one message
+        assert served.worker_pids("classification_onnx") == workers
     finally:
         client.close()
 

@@ -126,6 +126,15 @@ class VisionHandler(BaseHandler):
         """Each request's response from ``batch.answers``: status, headers, JSON body."""
         return self.send(batch.responses(self.task, self.model_name, self.model_version), batch.rows)
 
+    def _is_grpc(self, index: int) -> bool:
+        """TorchServe's gRPC requests carry no HTTP headers: their header map holds only the inputs'
+        per-part content types (dicts); every REST request has text headers (Host, Content-Length)."""
+        try:
+            headers = self.context.get_all_request_header(index) or {}
+            return not any(isinstance(value, str) for value in headers.values())
+        except Exception:  # no such request slot (a failure answered for the whole batch)
+            return False
+
     def send(self, responses: List[Response], rows: List[Any]) -> List[Any]:
         """Set each request's status, content type and headers; return the bodies (JSON text, or a picture's bytes)."""
         bodies = []
@@ -134,9 +143,11 @@ class VisionHandler(BaseHandler):
             self.context.set_response_header(index, "X-Batch-Size", str(len(responses)))
             if response.headline and self.settings.top_label_header:
                 self.context.set_response_header(index, "X-Top-Label", quote(response.headline, safe=" '"))
-            if is_stream(rows[index]):
-                # StreamPredictions: this one message is the whole answer; TorchServe closes the
-                # stream on "false" (and fails without the header). Never set for REST.
+            if is_stream(rows[index]) or self._is_grpc(index):
+                # gRPC: this one message is the whole answer. TorchServe 0.12 closes a
+                # StreamPredictions stream on "false"; without the header its frontend throws a
+                # NullPointerException and restarts the worker (any client could). Predictions
+                # ignores it. Never set for REST: there it turns the answer into a broken stream.
                 self.context.set_response_header(index, "ts_stream_next", "false")
             try:
                 body = response.body if isinstance(response.body, bytes) else json.dumps(response.body)
