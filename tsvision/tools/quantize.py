@@ -280,7 +280,7 @@ def output_sqnr(first: List[np.ndarray], second: List[np.ndarray], names: Sequen
     for name, a, b in zip(names, first, second):
         a, b = a.astype(np.float64), b.astype(np.float64)
         noise = float(((a - b) ** 2).sum())
-        ratios[name] = round(10 * np.log10(float((a ** 2).sum()) / noise), 2) if noise > 0 else float("inf")
+        ratios[name] = round(float(10 * np.log10(float((a ** 2).sum()) / noise)), 2) if noise > 0 else float("inf")
     return ratios
 
 
