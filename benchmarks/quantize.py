@@ -109,6 +109,55 @@ def measure(task: str, folder: Path, photo: bytes, batch_sizes: List[int], round
     return result
 
 
+def probe_models(folder: Path) -> Dict[str, Path]:
+    """Two synthetic networks that show what int8 gains on this CPU apart from any real model: five
+    dense 3×3 convolutions (64 channels, ResNet-like) and four depthwise-separable blocks (a 3×3
+    depthwise and a 1×1 convolution, MobileNet-like), 112×112 inputs, quantised the same way."""
+    import torch
+    from torch import nn
+
+    from tsvision.tools.export import export_onnx
+    from tsvision.tools.quantize import quantize_onnx
+
+    def relu_conv(*args, **kwargs):
+        return [nn.Conv2d(*args, **kwargs), nn.ReLU()]
+
+    torch.manual_seed(0)
+    stacks = {"dense_conv3x3": relu_conv(3, 64, 3, padding=1) + sum([relu_conv(64, 64, 3, padding=1) for _ in range(4)], []),
+              "depthwise_separable": relu_conv(3, 64, 3, padding=1) + sum(
+                  [relu_conv(64, 64, 3, padding=1, groups=64) + relu_conv(64, 64, 1) for _ in range(4)], [])}
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, layers in stacks.items():
+        fp32, int8 = folder / f"{name}.onnx", folder / f"{name}.int8.onnx"
+        if not int8.exists():
+            sample = torch.rand(4, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+            export_onnx(nn.Sequential(*layers).eval(), sample[:2], fp32, ["out"])
+            quantize_onnx(fp32, int8, sample.numpy())
+        files[name] = fp32
+    return files
+
+
+def measure_probe(path: Path, batch_size: int, rounds: int) -> dict:
+    """fp32 vs int8 forward pass of one probe network, interleaved, median ms."""
+    import numpy as np
+
+    from tsvision.serving.runtimes import load_runtime
+
+    runtimes = {"fp32": load_runtime(path), "int8": load_runtime(path.with_suffix(".int8.onnx"))}
+    batch = np.random.default_rng(0).random((batch_size, 3, 112, 112), dtype=np.float32)
+    for runtime in runtimes.values():
+        runtime.run(batch), runtime.run(batch)
+    times: Dict[str, List[float]] = {name: [] for name in runtimes}
+    for round_ in range(rounds):
+        for name in (["fp32", "int8"] if round_ % 2 == 0 else ["int8", "fp32"]):
+            tick = time.perf_counter()
+            runtimes[name].run(batch)
+            times[name].append((time.perf_counter() - tick) * 1000)
+    medians = {name: round(statistics.median(values), 2) for name, values in times.items()}
+    return {"batch_size": batch_size, "ms": medians, "speedup": round(medians["fp32"] / medians["int8"], 3), "rounds": rounds}
+
+
 def _answer(task, rows, types) -> None:
     for response in answer_requests(task, rows, types):
         if response.status != 200:
@@ -125,15 +174,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--fresh", action="store_true", help="export and quantise again")
     p.add_argument("--out", type=Path, default=ROOT / "results")
     p.add_argument("--lock-timeout", type=float, default=1800)
+    p.add_argument("--no-probe", action="store_true", help="skip the two synthetic networks (dense 3×3 and depthwise-separable convolutions)")
     args = p.parse_args(argv)
     tasks, sizes = args.tasks.split(","), [int(s) for s in args.batch_sizes.split(",")]
     photo = make_photo()
     cpu = cpu_summary()
     print(f"CPU: {cpu['model']}, {cpu['cores']} cores; " + ", ".join(f"{f} {'yes' if cpu[f] else 'no'}" for f in INT8_FLAGS), flush=True)
     folders = {task: prepare(task, args.exports, args.fresh) for task in tasks}  # exports outside the lock
+    probes = {} if args.no_probe else probe_models(args.exports / "probe")
     started = time.time()
-    results = {}
+    results, probe_results = {}, {}
     with heavy_run(timeout_s=args.lock_timeout):
+        for name, path in probes.items():
+            probe_results[name] = measure_probe(path, max(sizes), args.rounds)
+            r = probe_results[name]
+            print(f"probe {name} batch {r['batch_size']}: fp32 {r['ms']['fp32']} ms, int8 {r['ms']['int8']} ms -> x{r['speedup']}", flush=True)
         for task in tasks:
             results[task] = measure(task, folders[task], photo, sizes, args.rounds)
             for size in sizes:
@@ -144,7 +199,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{task} agreement on the benchmark photo: {json.dumps(results[task]['agreement_on_photo'])}", flush=True)
     summary = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "seconds": round(time.time() - started, 1),
                "cpu": cpu, "photo": "scikit-image astronaut 1280x720 JPEG", "weights": "RANDOM (seeded)",
-               "speedup": "fp32 ms / int8 ms (median per batch); above 1: int8 faster", "results": results}
+               "speedup": "fp32 ms / int8 ms (median per batch); above 1: int8 faster", "results": results,
+               "probes": probe_results}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"quantize-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
