@@ -1,6 +1,6 @@
 """int8 against fp32 in-process, side by side in one run (issue 18: quantised ONNX).
 
-    python -m benchmarks.quantize [--tasks classification,segmentation,detection] [--rounds 20] [--batch-sizes 1,8]
+    python -m benchmarks.quantize [--tasks classification,segmentation,detection] [--rounds 20] [--batch-sizes 1,8] [--served]
 
 Per task: the default model exported once (random seeded weights, ``build/quantize/<task>``) and
 quantised with ``tsvision.tools.quantize`` (calibrated on scikit-image's photos); then both ONNX
@@ -16,6 +16,8 @@ Ratios are fp32 time / int8 time (above 1: int8 faster). The agreement figures c
 export's ``report.json`` (int8 vs fp32 on the calibration photos) plus the answers on the
 benchmark photo. The CPU's int8-relevant flags (AVX2, AVX-512, VNNI, AMX) are recorded: ONNX
 Runtime's uint8×int8 kernels gain most with VNNI. Holds the machine lock (``benchmarks.lock``).
+With ``--served``, both archives of each task also run in one TorchServe under wrk
+(``benchmarks.load.run_wrk``, ``--connections`` clients, the order alternating round by round).
 Writes ``results/quantize-<time>.json``.
 """
 
@@ -158,6 +160,53 @@ def measure_probe(path: Path, batch_size: int, rounds: int) -> dict:
     return {"batch_size": batch_size, "ms": medians, "speedup": round(medians["fp32"] / medians["int8"], 3), "rounds": rounds}
 
 
+def measure_served(folders: Dict[str, Path], photo: bytes, out: Path, connections: int, rounds: int, seconds: float,
+                   warmup: float = 2.0, batch_size: int = 8, delay: int = 20) -> dict:
+    """Served JSON throughput of the fp32 and int8 archives of each task in ONE TorchServe, wrk with
+    ``connections`` clients, the order alternating round by round; median req/s and their ratio."""
+    from benchmarks.load import run_wrk, wrk_path
+    from benchmarks.warmup import warm_batch_sizes
+    from tsvision.serving.settings import Settings
+    from tsvision.tools.archive import build_archive
+    from tsvision.tools.server import TorchServe
+
+    wrk_path()
+    out.mkdir(parents=True, exist_ok=True)
+    photo_path = out / "photo.jpg"
+    photo_path.write_bytes(photo)
+    store = out / "store"
+    for task, folder in folders.items():
+        values = {k: v for k, v in json.loads((folder / "settings.json").read_text()).items() if k != "labels"}
+        for variant, file, quantized in (("fp32", "model.onnx", ""), ("int8", QUANTIZED_FILES["int8"], "int8")):
+            build_archive(folder / file, Settings.from_mapping({**values, "quantized": quantized}), folder / "labels.json",
+                          f"{task}_{variant}", "1.0", store, batch_size, delay, 1)
+    server = TorchServe(store, out / "torchserve")
+    results = {}
+    try:
+        server.start(timeout=600)
+        headers = server.headers("inference")
+        for task in folders:
+            urls = {v: f"{server.inference_url}/predictions/{task}_{v}" for v in ("fp32", "int8")}
+            for url in urls.values():
+                warm_batch_sizes(url, photo, headers, batch_size, budget_s=20)
+            rates: Dict[str, List[float]] = {"fp32": [], "int8": []}
+            for round_ in range(rounds):
+                for variant in (("fp32", "int8") if round_ % 2 == 0 else ("int8", "fp32")):
+                    run_wrk(urls[variant], photo_path, headers, connections, warmup)
+                    measured = run_wrk(urls[variant], photo_path, headers, connections, seconds)
+                    if measured["failed"]:
+                        raise RuntimeError(f"{task} {variant}: {measured['failed']} requests failed: {measured['errors']}")
+                    rates[variant].append(measured["throughput"])
+            fp32, int8 = statistics.median(rates["fp32"]), statistics.median(rates["int8"])
+            results[task] = {"connections": connections, "fp32_req_s": rates["fp32"], "int8_req_s": rates["int8"],
+                             "fp32_median": fp32, "int8_median": int8, "int8_vs_fp32": round(int8 / fp32, 3)}
+            print(f"served {task} c={connections}: fp32 {fp32:.1f} req/s, int8 {int8:.1f} req/s -> x{int8 / fp32:.3f} "
+                  f"(rounds {rates['fp32']} / {rates['int8']})", flush=True)
+    finally:
+        server.stop()
+    return results
+
+
 def _answer(task, rows, types) -> None:
     for response in answer_requests(task, rows, types):
         if response.status != 200:
@@ -174,6 +223,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--fresh", action="store_true", help="export and quantise again")
     p.add_argument("--out", type=Path, default=ROOT / "results")
     p.add_argument("--lock-timeout", type=float, default=1800)
+    p.add_argument("--served", action="store_true", help="also serve the fp32 and int8 archives in one TorchServe under wrk")
+    p.add_argument("--connections", type=int, default=8, help="wrk clients for --served")
+    p.add_argument("--served-rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=6, help="seconds per wrk point for --served")
     p.add_argument("--no-probe", action="store_true", help="skip the two synthetic networks (dense 3×3 and depthwise-separable convolutions)")
     args = p.parse_args(argv)
     tasks, sizes = args.tasks.split(","), [int(s) for s in args.batch_sizes.split(",")]
@@ -197,10 +250,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"{task} batch {size}: model fp32 {ms['model_fp32']} ms, int8 {ms['model_int8']} ms -> x{r['model_speedup']}; "
                       f"pipeline fp32 {ms['pipeline_fp32']} ms, int8 {ms['pipeline_int8']} ms -> x{r['pipeline_speedup']}", flush=True)
             print(f"{task} agreement on the benchmark photo: {json.dumps(results[task]['agreement_on_photo'])}", flush=True)
+        served = (measure_served(folders, photo, args.out / time.strftime("quantize-served-%Y%m%d-%H%M%S"), args.connections,
+                                 args.served_rounds, args.seconds) if args.served else {})
     summary = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "seconds": round(time.time() - started, 1),
                "cpu": cpu, "photo": "scikit-image astronaut 1280x720 JPEG", "weights": "RANDOM (seeded)",
                "speedup": "fp32 ms / int8 ms (median per batch); above 1: int8 faster", "results": results,
-               "probes": probe_results}
+               "probes": probe_results, "served": served}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"quantize-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
