@@ -248,7 +248,8 @@ def quantize_export(out_dir: Path, calibration: Optional[Path] = None, quantizat
         fp32.close()
     record = {
         "format": quantization, "file": target.name, "method": "onnxruntime quantize_static, QDQ, MinMax calibration",
-        "weights": "int8 per channel" if per_channel else "int8 per tensor", "activations": "uint8 asymmetric",
+        "weights": ("int8 per channel" if per_channel else "int8 per tensor") + (", 7-bit range" if reduce_range else ""),
+        "activations": "uint8 asymmetric",
         "reduce_range": reduce_range, "calibration": described, "calibration_images": [name for name, _ in items],
         "agreement_photos": "the calibration images", "size_bytes": target.stat().st_size,
         "fp32_size_bytes": source.stat().st_size, "agreement": agreement,
