@@ -79,9 +79,12 @@ class VisionHandler(BaseHandler):
         self.initialized = True
         if self.settings.random_weights:
             logger.warning("%s: this model has RANDOM weights; its answers are meaningless", self.model_name)
+        if self.settings.quantized:
+            logger.info("%s: this model is QUANTISED (%s); its answers differ slightly from the float model's "
+                        "(the export's report.json has the agreement)", self.model_name, self.settings.quantized)
         fixed = getattr(self.task.runtime, "fixed_batch", None)
-        logger.info("tsvision %s: %s %s on %s (%s)%s ready in %.1f s", __version__, type(self).__name__, self.settings.task,
-                    self.task.runtime.name, self.task.runtime.device,
+        logger.info("tsvision %s: %s %s on %s%s (%s)%s ready in %.1f s", __version__, type(self).__name__, self.settings.task,
+                    self.task.runtime.name, f" {self.settings.quantized}" if self.settings.quantized else "", self.task.runtime.device,
                     f", fixed batch size {fixed} (one forward pass per {fixed} images)" if fixed else "",
                     time.time() - started)
 
@@ -169,7 +172,7 @@ class VisionHandler(BaseHandler):
             "tsvision": __version__, "handler": type(self).__name__, "task": s.task, "runtime": self.task.runtime.name,
             "device": self.task.runtime.device, "input_size": s.input_size, "resize_mode": s.resize_mode,
             "classes": len(self.task.labels), "labels": self.task.labels, "random_weights": s.random_weights,
-            "settings": s.to_mapping(), "description": s.description,
+            "quantized": s.quantized, "settings": s.to_mapping(), "description": s.description,
         })
 
     def _is_explain(self) -> bool:

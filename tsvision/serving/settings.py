@@ -26,6 +26,7 @@ FORMAT_DEFAULTS = {"yolov8": _YOLO_DEFAULTS, "yolov5": {**_YOLO_DEFAULTS, "iou_t
                    "yolov8_pose": _YOLO_DEFAULTS,
                    "detr": {"input_size": 800, "resize_mode": "stretch", "score_threshold": 0.7}}
 FORMAT_DEFAULTS["yolov8_seg"] = _YOLO_DEFAULTS  # instance_segmentation: YOLOv8-seg, as ultralytics predicts
+QUANTIZATIONS = ("", "int8")  # "": a float model; "int8": statically quantised (tsvision export --quantize int8)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -63,6 +64,7 @@ class Settings:
     top_label_header: bool = False         # add X-Top-Label to one-image answers (the A/B router logs it)
     profile: bool = False                  # TorchServe's own key: per-step timings (ts_handler_*) as metrics
     random_weights: bool = False           # recorded by the export step; logged at load
+    quantized: str = ""                    # "int8": the model file is quantised (set by tsvision archive from the file); logged at load
     description: str = ""
 
     @classmethod
@@ -106,6 +108,8 @@ class Settings:
         if self.detection_format not in BACKGROUND_FORMATS and self.background_index is not None:
             raise ValueError(f"background_index applies to detection_formats {BACKGROUND_FORMATS} only; the {self.detection_format!r} "
                              "format has no background column (set background_index: null)")
+        if self.quantized not in QUANTIZATIONS:
+            raise ValueError(f"quantized must be one of {QUANTIZATIONS} ('' for a float model), got {self.quantized!r}")
         if self.output not in ("logits", "probabilities"):
             raise ValueError(f"output must be 'logits' or 'probabilities', got {self.output!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:

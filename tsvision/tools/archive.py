@@ -225,6 +225,24 @@ def _fits(fmt: str, outputs: List[np.ndarray], values: dict) -> bool:
         return False
 
 
+def resolve_quantization(model: Path, values: dict) -> Optional[str]:
+    """Set ``values['quantized']`` from the model file (``tools.quantize.model_quantization``: its
+    ``tsvision.quantized`` metadata, or quantised operators in it). Returns what to tell the user.
+    Settings that call a float model quantised are refused."""
+    from tsvision.tools.quantize import model_quantization
+
+    found = model_quantization(model)
+    said = values.get("quantized") or ""
+    if said and not found:
+        raise ValueError(f"the settings say quantized: {said}, but {model} has no quantised operators "
+                         "(archive model.int8.onnx from tsvision export --quantize int8, or drop the setting)")
+    if found:
+        values["quantized"] = found
+        return f"{model.name} is QUANTISED ({found}): its answers differ slightly from the float model's (report.json beside it has the agreement)"
+    values["quantized"] = ""
+    return None
+
+
 def model_config(settings: Settings, batch_size: int, max_batch_delay: int, workers: int) -> dict:
     return {
         "minWorkers": workers,
@@ -311,9 +329,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if "task" not in values:
             raise ValueError("pass --task or --settings (the model file does not say its task)")
         note = resolve_detection_format(args.model, values) if values.get("task") == "detection" else None
+        quantized_note = resolve_quantization(args.model, values)
         settings = Settings.from_mapping(values)
         if note:
             print(f"{args.name}: {note}")
+        if quantized_note:
+            print(f"{args.name}: {quantized_note}")
         with tempfile.TemporaryDirectory() as folder:
             handler = args.handler or default_handler(settings.task, Path(folder))
             found: dict = {}
@@ -332,6 +353,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                             args.batch_size, args.max_batch_delay, args.workers, args.archive_file, args.handler)
     scratch.cleanup()
     print(f"{args.name}: wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB)"
+          + (f"  [QUANTISED: {settings.quantized}]" if settings.quantized else "")
           + ("  [RANDOM weights: answers are meaningless]" if settings.random_weights else ""))
     return 0
 

@@ -12,6 +12,7 @@ from typing import List, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "cat")
@@ -35,17 +36,35 @@ def smooth_image(height: int, width: int, seed: int, shapes: int = 24) -> torch.
 def calibration_images(seed: int = 0) -> Tuple[List[torch.Tensor], str]:
     """3×H×W float images in [0, 1] at their own sizes, and what they are ("scikit-image photos"
     or "synthetic images")."""
+    photos = scikit_image_photos()
+    if photos is None:
+        return [smooth_image(*SYNTHETIC_SIZE, seed + 1 + i) for i in range(len(PHOTOS))], "synthetic images"
+    return [torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float() / 255 for a in photos.values()], "scikit-image photos"
+
+
+def scikit_image_photos() -> "dict | None":
+    """``PHOTOS`` as H×W×3 uint8 arrays by name (None without scikit-image)."""
     try:
         import skimage.data
     except ImportError:
-        return [smooth_image(*SYNTHETIC_SIZE, seed + 1 + i) for i in range(len(PHOTOS))], "synthetic images"
-    images = []
+        return None
+    arrays = {}
     for name in PHOTOS:
         array = np.asarray(getattr(skimage.data, name)())
         if array.ndim == 2:
             array = np.stack([array] * 3, axis=-1)
-        images.append(torch.from_numpy(np.ascontiguousarray(array[..., :3].transpose(2, 0, 1))).float() / 255)
-    return images, "scikit-image photos"
+        arrays[name] = np.ascontiguousarray(array[..., :3])
+    return arrays
+
+
+def calibration_photos(seed: int = 0) -> Tuple[List[Tuple[str, Image.Image]], str]:
+    """``calibration_images`` as named RGB PIL images (what a serving task's ``prepare`` takes), and what they are."""
+    photos = scikit_image_photos()
+    if photos is None:
+        images = [smooth_image(*SYNTHETIC_SIZE, seed + 1 + i) for i in range(len(PHOTOS))]
+        return [(f"synthetic-{i}", Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)))
+                for i, image in enumerate(images)], "synthetic images"
+    return [(name, Image.fromarray(array)) for name, array in photos.items()], "scikit-image photos"
 
 
 def recompute_batchnorm(module: nn.Module, seed: int, shape: Tuple[int, int, int, int], steps: int) -> bool:

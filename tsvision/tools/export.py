@@ -6,9 +6,11 @@ and ONNX, check both, and report parity, parameters and FLOPs.
     tsvision export --task detection --arch yolov8n [--checkpoint best.pt]   (ultralytics' exporter)
     tsvision export --task detection --arch retinanet_resnet50_fpn --model-arg min_size=320 --model-arg max_size=480
     tsvision export --task keypoints [--arch keypointrcnn_mobilenet_v3_large_320_fpn | yolov8n-pose]
+    tsvision export --task detection --quantize int8 [--calibration-images DIR]   (also model.int8.onnx)
 
 Writes ``model.pt``, ``model.onnx``, ``labels.json``, ``settings.json`` (the handler settings)
-and ``report.json`` into ``--out``.
+and ``report.json`` into ``--out``; with ``--quantize int8`` also ``model.int8.onnx`` (ONNX Runtime
+static quantisation, tools/quantize.py) and its agreement with ``model.onnx`` in ``report.json``.
 """
 
 from __future__ import annotations
@@ -152,21 +154,41 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
                         help="keyword argument for torchvision's model builder, e.g. --model-arg min_size=320 "
                         "--model-arg max_size=480 (a detector's own resize)")
+    parser.add_argument("--quantize", choices=("int8",), help="also write model.int8.onnx: ONNX Runtime static "
+                        "quantisation (QDQ) calibrated on --calibration-images, with its agreement with model.onnx "
+                        "in report.json (classification, segmentation, SSD-style detection; docs/quantization.md)")
+    parser.add_argument("--calibration-images", type=Path, metavar="DIR", help="folder of .jpg/.png photos like the ones "
+                        "you will serve, for --quantize (default: scikit-image's photos)")
     args = parser.parse_args(argv)
+    if args.calibration_images is not None and not args.quantize:
+        parser.error("--calibration-images goes with --quantize int8")
 
     out_dir = args.out or Path("build") / args.task
     labels = load_labels(args.labels) if args.labels else None
     started = time.time()
     from tsvision.tools.ultralytics_export import is_ultralytics_config
 
+    if args.quantize and refuse_quantization(args, args.task):  # before a long export
+        return 2
+    if args.calibration_images is not None:  # a missing or empty folder is said before a long export too
+        from tsvision.tools.quantize import QuantizeError, calibration_items
+
+        try:
+            calibration_items(args.calibration_images)
+        except QuantizeError as error:
+            print(f"error: --quantize {args.quantize}: {error}", file=sys.stderr)
+            return 2
     if is_ultralytics_config(args.arch):
-        return export_ultralytics(args, out_dir)
+        code = export_ultralytics(args, out_dir)
+        return quantize_after_export(args, out_dir) if code == 0 and args.quantize else code
     try:
         exportable = build_exportable(args.task, args.arch, args.checkpoint, args.num_classes, labels, args.seed,
                                       parse_overrides(args.model_args))
     except (ValueError, RuntimeError, OSError, TypeError) as error:
         print(f"error: cannot build {args.arch or DEFAULT_ARCHITECTURES[args.task]}"
               f"{' from ' + str(args.checkpoint) if args.checkpoint else ''}: {error}", file=sys.stderr)
+        return 2
+    if args.quantize and refuse_quantization(args, args.task, exportable.settings.get("detection_format", "ssd")):
         return 2
     if exportable.random_weights:
         print(f"WARNING: {exportable.architecture} has RANDOM weights (seed {args.seed}); nothing can be downloaded here. "
@@ -190,7 +212,43 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("  WARNING: no detection above score_threshold on the test image, so parity compared empty answers; "
                   "export again with a lower --set score_threshold=... to compare real detections", file=sys.stderr)
     print(f"  max |difference|: {diffs} (tolerance {args.tolerance:g}) -> {'OK' if report['ok'] else 'TOO LARGE'}")
-    return 0 if report["ok"] else 1
+    if not report["ok"]:
+        return 1
+    return quantize_after_export(args, out_dir) if args.quantize else 0
+
+
+def refuse_quantization(args: argparse.Namespace, task: str, detection_format: str = "ssd") -> bool:
+    """Print why ``--quantize`` cannot apply to this task or detector format; True if refused."""
+    from tsvision.tools.quantize import refusal
+
+    reason = refusal(task, detection_format)
+    if reason:
+        print(f"error: --quantize {args.quantize}: {reason}", file=sys.stderr)
+    return reason is not None
+
+
+def quantize_after_export(args: argparse.Namespace, out_dir: Path) -> int:
+    """``--quantize``: model.int8.onnx beside model.onnx, its agreement printed and in report.json."""
+    from tsvision.tools.quantize import QuantizeError, describe_agreement, quantize_export
+
+    started = time.time()
+    try:
+        record = quantize_export(out_dir, args.calibration_images, args.quantize)
+    except QuantizeError as error:
+        print(f"error: --quantize {args.quantize}: {error}", file=sys.stderr)
+        return 2
+    task = json.loads((out_dir / "settings.json").read_text())["task"]
+    print(f"  quantised ({record['format']}, {record['weights']} weights, {record['activations']} activations) -> "
+          f"{out_dir}/{record['file']} ({record['size_bytes'] / 1e6:.1f} MB, fp32 {record['fp32_size_bytes'] / 1e6:.1f} MB) "
+          f"in {time.time() - started:.0f} s; calibrated on {record['calibration']}")
+    print(f"  int8 vs fp32 on the same images: {describe_agreement(task, record['agreement'])}")
+    sqnr = ", ".join(f"{name} {value} dB" for name, value in record["agreement"]["output_sqnr_db"].items())
+    print(f"  output SQNR (signal to quantisation noise): {sqnr}")
+    random_weights = json.loads((out_dir / "settings.json").read_text()).get("random_weights")
+    if random_weights:
+        print("  (random weights: the agreement is int8 against fp32 on a random network, which amplifies small errors; "
+              "measure with your checkpoint)")
+    return 0
 
 
 def export_ultralytics(args: argparse.Namespace, out_dir: Path) -> int:
