@@ -121,3 +121,71 @@ def test_scaling_configurations_and_tables():
             "results": {"classification": {"inprocess_best": {"images_per_s": 200.0, "batch_size": 8}, "served": {"w1b8": points}}}}
     table = markdown(data)
     assert "| w1b8 | 30.0 | 180.0 | 40 | 250 | 0.9 |" in table and "in-process best 200.0 img/s at batch 8" in table
+
+
+# -- benchmarks.families: its pure functions (no model, no server) ---------------------------------
+def _det(index, score, box, **extra):
+    return {"index": index, "score": score, "box": box, **extra}
+
+
+def test_families_compare_answers_twins_near_ties_and_differences():
+    import numpy as np
+
+    from benchmarks.families import answers_agree, compare_answers
+
+    theirs = [_det(0, 0.9, [10, 10, 50, 50]), _det(2, 0.25293, [0, 0, 20, 20]), _det(0, 0.2529, [30, 30, 60, 60])]
+    # near-tied scores (within 1e-3) may swap places; boxes within 1 px
+    ours = [_det(0, 0.9004, [10.5, 10, 50, 49.2]), _det(0, 0.2530, [30, 30, 60, 60]), _det(2, 0.25293, [0, 0, 20, 20])]
+    figures = compare_answers(ours, theirs)
+    assert figures["same"] and figures["matched"] == 3 and figures["in_order"]
+    assert figures["box_px"] == 0.8 and abs(figures["score"] - 4e-4) < 1e-9
+    assert answers_agree(figures)
+    # a box 2 px away has no twin; a different class out of order is not a near tie
+    moved = compare_answers([_det(0, 0.9, [12, 10, 50, 50])] + ours[1:], theirs)
+    assert not moved["same"] and moved["matched"] == 2
+    swapped = compare_answers([theirs[1], theirs[0], theirs[2]], theirs)
+    assert swapped["matched"] == 3 and not swapped["in_order"] and not swapped["same"]
+    assert not answers_agree(compare_answers([], []))  # nothing found is no evidence
+    # masks: pixel agreement of twins; keypoints: largest x/y gap (not the scores)
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 2:5] = True
+    other = mask.copy()
+    other[9, 9] = True
+    masked = compare_answers([_det(1, 0.5, [2, 2, 5, 5], mask=mask)], [_det(1, 0.5, [2, 2, 5, 5], mask=other)])
+    assert masked["mask_agreement"] == 0.99 and not answers_agree(masked)
+    points = compare_answers([_det(1, 0.5, [0, 0, 9, 9], keypoints=[[1, 1, 0.9], [5, 5, 3.0]])],
+                             [_det(1, 0.5, [0, 0, 9, 9], keypoints=[[1, 2.5, 0.1], [5, 5, -3.0]])])
+    assert points["keypoint_px"] == 1.5 and answers_agree(points) and not answers_agree(points, point_tol=1.0)
+
+
+def test_families_stock_answers_and_threshold():
+    from benchmarks.families import above, from_stock
+
+    labels = ["__background__", "person", "bicycle"]
+    stock = [{"person": [1.0, 2.0, 3.0, 4.0], "score": 0.9}, {"bicycle": [0, 0, 5, 5], "score": 0.5}]
+    assert from_stock(stock, labels) == [{"index": 1, "label": "person", "score": 0.9, "box": [1.0, 2.0, 3.0, 4.0]},
+                                         {"index": 2, "label": "bicycle", "score": 0.5, "box": [0.0, 0.0, 5.0, 5.0]}]
+    assert [d["score"] for d in above([_det(1, 0.9, []), _det(1, 0.5, []), _det(1, 0.4999, [])], 0.5)] == [0.9, 0.5]
+
+
+def test_families_closed_loop_goals_and_table():
+    from benchmarks.families import closed_loop, goal_rows, markdown
+
+    calls = []
+    point = closed_loop(lambda: calls.append(1), 4, seconds=0.0, min_calls=3, warmup=2)
+    assert len(calls) == 5 and point["calls"] == 3 and point["batch_size"] == 4 and point["images_per_s"] > 0
+    results = [
+        {"family": "yolov8n", "served": {"req_s": 30.0, "p50_ms": 250.0, "inprocess_img_s": 35.0},
+         "references": [{"name": "ultralytics", "single_img_s": 20.0, "single_p50_ms": 50.0, "best_img_s": 40.0,
+                         "best_batch": 8, "answers_summary": "astronaut: 5/5"}]},
+        {"family": "fasterrcnn", "served": {"req_s": 10.0, "p50_ms": 700.0},
+         "references": [{"name": "eager", "single_img_s": 12.5, "single_p50_ms": 80.0, "best_img_s": 12.5, "best_batch": 1},
+                        {"name": "stock served", "single_img_s": 5.0, "single_p50_ms": 1500.0}]},
+    ]
+    rows = goal_rows(results)
+    assert [(r["family"], r["met"], r["ratio"], r["met_best"], r["ratio_best"]) for r in rows] == [
+        ("yolov8n", True, 1.5, False, 0.75), ("fasterrcnn", False, 0.8, False, 0.8), ("fasterrcnn", True, 2.0, None, None)]
+    table = markdown(rows)
+    assert table.count("\n") == 5
+    assert "| yolov8n | ultralytics | 20.0 (50) | 40.0 (b8) | 30.0 (250) | 35.0 | 1.50 × | **met** | 0.75 × not met |" in table
+    assert "| fasterrcnn | stock served | 5.0 (1500) | – | 10.0 (700) | – | 2.00 × | **met** | – | not compared |" in table
