@@ -56,14 +56,18 @@ def build_before(source: Path, folder: Path, backend: str, name: str, store: Pat
         [sys.executable, "-c", "import dataclasses, json; from tsvision.serving.settings import Settings; "
                                "print(json.dumps([f.name for f in dataclasses.fields(Settings)]))"],
         env=env, cwd=source, check=True, capture_output=True, text=True).stdout)
-    values = {k: v for k, v in json.loads((folder / "settings.json").read_text()).items() if k in known and k != "labels"}
+    # unknown to that commit, or None (that commit's own default then applies: mask_format was "rle")
+    values = {k: v for k, v in json.loads((folder / "settings.json").read_text()).items()
+              if k in known and k != "labels" and v is not None}
     with tempfile.TemporaryDirectory(prefix="tsvision-before-settings-") as tmp:
         settings = Path(tmp) / "settings.json"
         settings.write_text(json.dumps(values))
-        subprocess.run([sys.executable, "-m", "tsvision.tools.archive", "--model", str(folder / MODEL_FILES[backend]),
-                        "--settings", str(settings), "--labels", str(folder / "labels.json"), "--name", name,
-                        "--store", str(store), "--batch-size", str(batch_size), "--max-batch-delay", str(delay)],
-                       env=env, cwd=source, check=True, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "tsvision.tools.archive", "--model", str(folder / MODEL_FILES[backend]),
+                               "--settings", str(settings), "--labels", str(folder / "labels.json"), "--name", name,
+                               "--store", str(store.resolve()), "--batch-size", str(batch_size), "--max-batch-delay", str(delay)],
+                              env=env, cwd=source, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the archive tool of {source} failed: {done.stderr.strip()[-2000:]}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -88,7 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def run(args: argparse.Namespace) -> int:
     started = time.time()
     tasks = [t for t in args.tasks.split(",") if t]
-    out = args.out or ROOT / "results" / time.strftime("before-after-%Y%m%d-%H%M%S")
+    out = (args.out or ROOT / "results" / time.strftime("before-after-%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     photo = make_photo()
     photo_path = out / "photo.jpg"
