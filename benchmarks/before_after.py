@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-from benchmarks.load import run_wrk, wrk_path
+from benchmarks.load import alternating_rounds, wrk_path
 from benchmarks.lock import heavy_run
 from benchmarks.models import MODEL_FILES, build_ours, prepare_exports
 from benchmarks.photo import make_photo
@@ -114,14 +114,7 @@ def run(args: argparse.Namespace) -> int:
             urls = {side: f"{server.inference_url}/predictions/{name}" for side, name in models[task].items()}
             for url in urls.values():
                 warm_batch_sizes(url, photo, headers, args.batch_size, budget_s=20)
-            rates = {"before": [], "after": []}
-            for round_ in range(args.rounds):
-                for side in (("before", "after") if round_ % 2 == 0 else ("after", "before")):
-                    run_wrk(urls[side], photo_path, headers, args.connections, args.warmup)
-                    measured = run_wrk(urls[side], photo_path, headers, args.connections, args.seconds)
-                    if measured["failed"]:
-                        raise RuntimeError(f"{task} {side}: {measured['failed']} requests failed: {measured['errors']}")
-                    rates[side].append(measured["throughput"])
+            rates = alternating_rounds(urls, photo_path, headers, args.connections, args.seconds, args.warmup, args.rounds, task)
             before, after = statistics.median(rates["before"]), statistics.median(rates["after"])
             results[task] = {"before_req_s": rates["before"], "after_req_s": rates["after"], "before_median": before,
                              "after_median": after, "after_vs_before": round(after / before, 3)}

@@ -24,12 +24,12 @@ def measure_batches(task, photo: bytes, batch_sizes: Iterable[int], seconds: flo
         rows = [{"body": photo} for _ in range(batch_size)]
         types = [{"body": "image/jpeg"}] * batch_size
         for _ in range(3):  # warm-up: a runtime may specialise on a new batch size over its first calls
-            _answer(task, rows, types)
+            answer_all(task, rows, types)
         durations = []
         started = time.perf_counter()
         while time.perf_counter() - started < seconds or len(durations) < 3:
             tick = time.perf_counter()
-            _answer(task, rows, types)
+            answer_all(task, rows, types)
             durations.append(time.perf_counter() - tick)
         total = sum(durations)
         results.append({"batch_size": batch_size, "batches": len(durations),
@@ -38,7 +38,7 @@ def measure_batches(task, photo: bytes, batch_sizes: Iterable[int], seconds: flo
     return results
 
 
-def _answer(task, rows, types) -> None:
+def answer_all(task, rows, types) -> None:
     for response in answer_requests(task, rows, types):
         if response.status != 200:
             raise RuntimeError(f"in-process answer {response.status}: {response.body}")

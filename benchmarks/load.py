@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 SCRIPT = Path(__file__).resolve().parent / "wrk_post.lua"
 
@@ -55,3 +55,20 @@ def run_wrk(url: str, body: Path, headers: Dict[str, str], connections: int, sec
         "latency_ms": {k: round(v / 1000.0, 2) for k, v in summary["latency_us"].items()} if summary["requests"] else None,
         "bytes_per_response": round(summary["bytes"] / summary["requests"]) if summary["requests"] else None,
     }
+
+
+def alternating_rounds(urls: Dict[str, str], body: Path, headers: Dict[str, str], connections: int, seconds: float,
+                       warmup: float, rounds: int, label: str = "") -> Dict[str, List[float]]:
+    """Load each of ``urls`` (name -> URL) in turn for ``rounds`` rounds, the order reversed every
+    other round, so a shared, noisy machine slows every side alike; returns each side's req/s per
+    round. Any failed request is an error (a comparison of failing sides means nothing)."""
+    names = list(urls)
+    rates: Dict[str, List[float]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        for name in (names if round_ % 2 == 0 else names[::-1]):
+            run_wrk(urls[name], body, headers, connections, warmup)
+            measured = run_wrk(urls[name], body, headers, connections, seconds)
+            if measured["failed"]:
+                raise RuntimeError(f"{label} {name}: {measured['failed']} requests failed: {measured['errors']}")
+            rates[name].append(measured["throughput"])
+    return rates

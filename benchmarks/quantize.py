@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from benchmarks.inprocess import answer_all
 from benchmarks.lock import heavy_run
 from benchmarks.models import prepare_exports
 from benchmarks.photo import make_photo
-from tsvision.serving.service import answer_requests
 from tsvision.serving.tasks import load_export
 from tsvision.tools.quantize import AGREEMENT, QUANTIZED_FILES, quantize_export
 
@@ -82,7 +82,7 @@ def measure(task: str, folder: Path, photo: bytes, batch_sizes: List[int], round
             inputs = tasks["fp32"].prepare_batch([photo] * size).inputs
             calls = {}
             for name, t in tasks.items():
-                calls[f"pipeline_{name}"] = (lambda t=t: _answer(t, rows, types))
+                calls[f"pipeline_{name}"] = (lambda t=t: answer_all(t, rows, types))
                 calls[f"model_{name}"] = (lambda t=t: t.runtime.run(inputs))
             for call in calls.values():  # warm-up: each batch size, each variant
                 for _ in range(2):
@@ -164,7 +164,7 @@ def measure_served(folders: Dict[str, Path], photo: bytes, out: Path, connection
                    warmup: float = 2.0, batch_size: int = 8, delay: int = 20) -> dict:
     """Served JSON throughput of the fp32 and int8 archives of each task in ONE TorchServe, wrk with
     ``connections`` clients, the order alternating round by round; median req/s and their ratio."""
-    from benchmarks.load import run_wrk, wrk_path
+    from benchmarks.load import alternating_rounds, wrk_path
     from benchmarks.warmup import warm_batch_sizes
     from tsvision.serving.settings import Settings
     from tsvision.tools.archive import build_archive
@@ -189,14 +189,7 @@ def measure_served(folders: Dict[str, Path], photo: bytes, out: Path, connection
             urls = {v: f"{server.inference_url}/predictions/{task}_{v}" for v in ("fp32", "int8")}
             for url in urls.values():
                 warm_batch_sizes(url, photo, headers, batch_size, budget_s=20)
-            rates: Dict[str, List[float]] = {"fp32": [], "int8": []}
-            for round_ in range(rounds):
-                for variant in (("fp32", "int8") if round_ % 2 == 0 else ("int8", "fp32")):
-                    run_wrk(urls[variant], photo_path, headers, connections, warmup)
-                    measured = run_wrk(urls[variant], photo_path, headers, connections, seconds)
-                    if measured["failed"]:
-                        raise RuntimeError(f"{task} {variant}: {measured['failed']} requests failed: {measured['errors']}")
-                    rates[variant].append(measured["throughput"])
+            rates = alternating_rounds(urls, photo_path, headers, connections, seconds, warmup, rounds, task)
             fp32, int8 = statistics.median(rates["fp32"]), statistics.median(rates["int8"])
             results[task] = {"connections": connections, "fp32_req_s": rates["fp32"], "int8_req_s": rates["int8"],
                              "fp32_median": fp32, "int8_median": int8, "int8_vs_fp32": round(int8 / fp32, 3)}
@@ -206,12 +199,6 @@ def measure_served(folders: Dict[str, Path], photo: bytes, out: Path, connection
         server.stop()
     return results
 
-
-def _answer(task, rows, types) -> None:
-    for response in answer_requests(task, rows, types):
-        if response.status != 200:
-            raise RuntimeError(f"in-process answer {response.status}: {response.body}")
-        json.dumps(response.body)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
