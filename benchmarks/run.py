@@ -22,7 +22,7 @@ import psutil
 
 from benchmarks import report
 from benchmarks.inprocess import load_task, measure_batches
-from benchmarks.load import run_wrk, wrk_path
+from benchmarks.load import drain, run_wrk, wrk_path
 from benchmarks.lock import HEAVY_LOCK, heavy_run
 from benchmarks.models import MODEL_FILES, build_floor, build_ours, build_stock, prepare_exports
 from benchmarks.photo import make_photo
@@ -190,7 +190,9 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
                 # clients needs a run several times its queueing time (clients / rate) to count any.
                 seconds = args.seconds if not rate else min(MAX_POINT_SECONDS, max(args.seconds, 3 * connections / rate))
                 run_wrk(url, photo_path, headers, connections, args.warmup)
+                drain(url, photo_path, headers)  # the warm-up's leftover requests are not the measurement's
                 measured = run_wrk(url, photo_path, headers, connections, seconds)
+                drain(url, photo_path, headers)
                 rate = measured["throughput"] or rate
                 result["served"].append(measured)
                 print(f"  served     {variant['task']:<14} {variant['variant']:<22} c={connections:<3} "

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from benchmarks.inprocess import load_task, measure_batches
-from benchmarks.load import run_wrk, wrk_path
+from benchmarks.load import drain, run_wrk, wrk_path
 from benchmarks.lock import heavy_run
 from benchmarks.models import MODEL_FILES, build_ours, prepare_exports
 from benchmarks.photo import make_photo
@@ -164,7 +164,9 @@ def run(args: argparse.Namespace, configs: Dict[str, Tuple[int, int]]) -> int:
                 served[name] = []
                 for connections in clients:
                     run_wrk(url, photo_path, headers, connections, args.warmup)
+                    drain(url, photo_path, headers)
                     point = run_wrk(url, photo_path, headers, connections, args.seconds)
+                    drain(url, photo_path, headers)
                     served[name].append(point)
                     print(f"  {task:<15} {name:<6} c={connections:<3} {point['throughput']:7.1f} req/s  "
                           f"p99 {(point['latency_ms'] or {}).get('p99', 0):7.0f} ms"
