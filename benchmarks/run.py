@@ -1,9 +1,11 @@
-"""One command for the performance picture: ``python -m benchmarks.run`` (``bash run.sh bench``).
+"""The core performance run: ``python -m benchmarks.run`` (the first part of ``bash run.sh bench``,
+whose whole is ``benchmarks.suite``).
 
 For each task and backend, side by side in one run: in-process throughput of the whole pipeline
-by batch size; served throughput and latency at several concurrencies through wrk; the same
-weights behind TorchServe's stock handler with the same server settings; response sizes and
-worker memory. Writes ``results/bench-<time>/`` (results.json, results.md, throughput.png).
+by batch size; served throughput and latency at several concurrencies through wrk; picture
+answers (PNG, JPEG) served beside JSON; the same weights behind TorchServe's stock handler with
+the same server settings; TorchServe's floor (an empty handler); response sizes and worker
+memory. Writes ``results/bench-<time>/`` (results.json, results.md, throughput.png).
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--shape-warmup", type=float, help="seconds at most per model for bursts of every batch size "
                         "before it is measured (benchmarks/warmup.py), default 120 (--quick: 20)")
     parser.add_argument("--batch-sizes", default="1,8", help="in-process batch sizes")
+    parser.add_argument("--pictures", default="png,jpeg", help="picture answers (Accept: image/...) measured served for "
+                        "our ONNX models; '' skips them")
+    parser.add_argument("--picture-clients", type=int, default=8, help="clients for the picture points (JSON at the same "
+                        "count, from --concurrency, is the baseline)")
     parser.add_argument("--inprocess-seconds", type=float, help="per batch size, default 3 (--quick: 1)")
     parser.add_argument("--batch-size", type=int, default=8, help="served batch size (ours and stock)")
     parser.add_argument("--max-batch-delay", type=int, default=20, help="ms (ours and stock)")
@@ -133,6 +139,7 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
     backends = [b for b in args.backends.split(",") if b]
     concurrency = [int(c) for c in args.concurrency.split(",")]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    pictures = [p for p in args.pictures.split(",") if p]
     overrides = parse_overrides(args.overrides)
     out = args.out or ROOT / "results" / time.strftime("bench-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -198,6 +205,18 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
                 print(f"  served     {variant['task']:<14} {variant['variant']:<22} c={connections:<3} "
                       f"{measured['throughput']:7.1f} req/s  p50 {(measured['latency_ms'] or {}).get('p50', 0):7.1f} ms"
                       + (f"  {measured['failed']} failed" if measured["failed"] else ""), flush=True)
+            if variant["backend"] == "onnx" and pictures:
+                result["pictures"] = {}
+                for kind in pictures:
+                    accept = {**headers, "Accept": f"image/{kind}"}
+                    run_wrk(url, photo_path, accept, args.picture_clients, args.warmup)
+                    drain(url, photo_path, headers)
+                    measured = run_wrk(url, photo_path, accept, args.picture_clients, args.seconds)
+                    drain(url, photo_path, headers)
+                    result["pictures"][kind] = measured
+                    print(f"  picture    {variant['task']:<14} {kind:<22} c={args.picture_clients:<3} "
+                          f"{measured['throughput']:7.1f} req/s  {measured['bytes_per_response'] or 0:,} B per answer"
+                          + (f"  {measured['failed']} failed" if measured["failed"] else ""), flush=True)
             result["rss_mb"] = worker_rss_mb(server, variant["model"])
     finally:
         server.stop()
@@ -209,6 +228,7 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
         "config": {"tasks": tasks, "variants": list(dict.fromkeys(v["variant"] for v in chosen)), "concurrency": concurrency,
                    "seconds": args.seconds, "warmup": args.warmup, "batch_sizes": batch_sizes,
                    "batch_size": args.batch_size, "max_batch_delay": args.max_batch_delay, "workers": args.workers,
+                   "pictures": pictures, "picture_clients": args.picture_clients,
                    "torchscript_fuser": args.torchscript_fuser,
                    "overrides": overrides, "photo": f"scikit-image astronaut, 1280x720 JPEG, {len(photo):,} bytes"},
         "results": results,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ def bench(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench")
     assert bench_main(["--tasks", "classification", "--backends", "onnx", "--quick", "--seconds", "2", "--warmup", "1",
                        "--shape-warmup", "3", "--inprocess-seconds", "0.5",
-                       "--concurrency", "1,4", "--batch-sizes", "1,2", "--exports", str(out / "exports"),
+                       "--concurrency", "1,4", "--batch-sizes", "1,2", "--picture-clients", "4", "--exports", str(out / "exports"),
                        "--out", str(out / "results")]) == 0
     data = json.loads((out / "results" / "results.json").read_text())
     data["_out"] = out / "results"
@@ -71,6 +72,26 @@ def test_the_empty_handler_measures_torchserve_alone(bench):
     single = next(g for g in bench["goals"] if g["goal"].startswith("c=1 p50"))
     p50 = next(s for s in floor["served"] if s["connections"] == 1)["latency_ms"]["p50"]
     assert single["detail"].endswith(f"TorchServe with an empty handler: p50 {p50:.1f} ms")
+
+
+def test_latency_over_the_floor_and_picture_points(bench):
+    """Issue 18's goal 2 subtracts in-process latency and the empty handler's p50; goal 5 serves pictures beside JSON."""
+    ours = next(r for r in bench["results"] if r["variant"] == "tsvision-onnx")
+    floor = next(r for r in bench["results"] if r["variant"] == "empty-handler")
+    single = next(s for s in ours["served"] if s["connections"] == 1)
+    if single["latency_ms"]:
+        row = next(g for g in bench["goals"] if g["goal"].startswith("c=1 p50 minus in-process latency minus"))
+        expected = (single["latency_ms"]["p50"] - ours["inprocess"][0]["latency_ms_p50"]
+                    - next(s for s in floor["served"] if s["connections"] == 1)["latency_ms"]["p50"])
+        assert row["value"] == round(expected, 1) and row["target"] == 3.0 and row["unit"] == "ms"
+    assert set(ours["pictures"]) == {"png", "jpeg"} and "pictures" not in floor
+    json_bytes = next(s for s in ours["served"] if s["connections"] == 4)["bytes_per_response"]
+    for kind, point in ours["pictures"].items():
+        assert point["failed"] == 0 and point["connections"] == 4, point
+        if point["requests"]:
+            assert point["bytes_per_response"] > 20 * json_bytes  # a 1280x720 picture, not the JSON top-5
+    table = (bench["_out"] / "results.md").read_text()
+    assert "| classification | tsvision-onnx | png |" in table and "| classification | tsvision-onnx | jpeg |" in table
 
 
 def test_goals_table_and_plot_written(bench):
@@ -189,3 +210,64 @@ def test_families_closed_loop_goals_and_table():
     assert table.count("\n") == 5
     assert "| yolov8n | ultralytics | 20.0 (50) | 40.0 (b8) | 30.0 (250) | 35.0 | 1.50 × | **met** | 0.75 × not met |" in table
     assert "| fasterrcnn | stock served | 5.0 (1500) | – | 10.0 (700) | – | 2.00 × | **met** | – | not compared |" in table
+
+
+# -- benchmarks.suite: issue 18's goals from the steps' results (no measurement) -----------------
+def _suite_results() -> dict:
+    scaling = {"results": {"segmentation": {"inprocess_best": {"images_per_s": 10.0, "batch_size": 4},
+                                            "served_vs_inprocess_c32": {"w1b8": 0.7, "w2b4": 0.95, "w2b8": None}}}}
+    core = {"config": {"picture_clients": 8, "concurrency": [1, 8]},
+            "goals": [{"goal": "c=1 p50 minus in-process latency minus the empty handler's c=1 p50", "task": "detection",
+                       "value": 4.2, "target": 3.0, "detail": "tsvision-onnx: 60.0 − 33.0 − 22.8 ms"},
+                      {"goal": "c=1 p50 minus in-process latency minus the empty handler's c=1 p50", "task": "detection",
+                       "value": 9.0, "target": 3.0, "detail": "tsvision-torchscript: ..."}],
+            "results": [{"task": "detection", "variant": "tsvision-onnx",
+                         "served": [{"connections": 8, "throughput": 40.0, "bytes_per_response": 900}],
+                         "pictures": {"png": {"throughput": 10.0, "bytes_per_response": 1_500_000, "failed": 0}}}]}
+    quantize = {"results": {"classification": {"batch_1": {"pipeline_speedup": 0.94, "model_speedup": 0.9},
+                                               "batch_8": {"pipeline_speedup": 1.6, "model_speedup": 1.7},
+                                               "agreement_on_photo": {"top1_equal": 1}}},
+                "served": {"classification": {"int8_vs_fp32": 1.01}}}
+    families = {"goals": [{"family": "yolov8n", "reference": "ultralytics", "ratio": 1.1, "ours_req_s": 22.0,
+                           "reference_img_s": 20.0, "answers": "5/5"}]}
+    before_after = {"ref": "13e7cc7", "results": {"detection": {"after_vs_before": 0.93, "after_median": 28.0,
+                                                                "before_median": 30.1, "after_req_s": [28.0] * 4}}}
+    return {"scaling": scaling, "core": core, "quantize": quantize, "families": families, "before_after": before_after}
+
+
+def test_suite_goals_from_every_step():
+    from benchmarks.suite import goals, goals_markdown
+
+    rows = goals(_suite_results())
+    got = [(r["goal"].split(" ")[0], r["task"], r["value"], r["met"]) for r in rows]
+    assert got == [("1.", "segmentation", 0.7, False), ("1.", "segmentation", 0.95, True),
+                   ("2.", "detection", 4.2, False),  # the ONNX row only
+                   ("3.", "classification", 1.6, True),  # the best batch's whole pipeline
+                   ("4.", "yolov8n", 1.1, True),
+                   ("5.", "detection", 0.25, None),  # a cost: no target
+                   ("5.", "detection", 0.93, False)]
+    assert "w2b4; tried: w1b8 0.70, w2b4 0.95" in rows[1]["detail"] and "served ×1.01" in rows[3]["detail"]
+    table = goals_markdown(rows, Path("/tmp/suite-x"), "2026-11-30 16:00 UTC")
+    assert "| 2. c=1 p50 over in-process and TorchServe's floor | detection | 4.2 ms | ≤ 3 ms | **no** |" in table
+    assert "| (a cost; no target) |" in table and "`suite-x/`" in table
+    assert goals({}) == []
+
+
+def test_suite_reads_step_folders_and_rewrites_marked_sections(tmp_path):
+    from benchmarks.suite import load_results, update_docs
+
+    (tmp_path / "families").mkdir()
+    (tmp_path / "families" / "results.json").write_text(json.dumps(_suite_results()["families"]))
+    (tmp_path / "families" / "results.md").write_text("| the families table |\n")
+    (tmp_path / "quantize").mkdir()
+    for stamp in ("20261130-100000", "20261130-110000"):
+        (tmp_path / "quantize" / f"quantize-{stamp}.json").write_text(json.dumps({**_suite_results()["quantize"], "stamp": stamp}))
+    found = load_results(tmp_path)
+    assert set(found) == {"families", "quantize"} and found["quantize"]["stamp"] == "20261130-110000"  # the latest
+    doc = tmp_path / "performance.md"
+    doc.write_text("intro\n<!-- goals18:start -->\nSTALE\n<!-- goals18:end -->\nmiddle\n"
+                   "<!-- families:start -->\nSTALE\n<!-- families:end -->\nend\n")
+    written = update_docs(found, [], tmp_path, "now", doc)
+    assert written == ["goals18", "families"]  # quantize has no markers in this doc
+    text = doc.read_text()
+    assert "STALE" not in text and "| the families table |" in text and text.startswith("intro\n") and text.endswith("end\n")
