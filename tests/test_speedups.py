@@ -5,6 +5,7 @@ backend matches eager PyTorch and the other backends."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -79,6 +80,20 @@ def test_threaded_preparation_equals_serial(exports, photos, task_name):
     serial = load_task(exports / task_name, "onnx", preprocess_threads=1).run(images)
     threaded = load_task(exports / task_name, "onnx", preprocess_threads=4).run(images)
     assert threaded == serial
+
+
+def test_several_workers_split_the_cores_between_their_runtimes(toy_exports):
+    """threads: 0 means the runtime's default for one worker, each worker's share of the cores for several."""
+    from tsvision.serving.tasks import runtime_threads
+
+    assert runtime_threads(0, 1, cores=8) == 0 and runtime_threads(3, 4, cores=8) == 3
+    assert runtime_threads(0, 2, cores=8) == 4 and runtime_threads(0, 3, cores=2) == 1
+    folder = toy_exports / "segmentation"
+    values = {"task": "segmentation", "labels": "labels.json", **TOY_SETTINGS["segmentation"]}
+    for workers, expected in ((1, 0), (2, max(1, (os.cpu_count() or 1) // 2))):
+        task = build_task(folder / "model.onnx", Settings.from_mapping(values), folder, workers)
+        assert task.runtime._session.get_session_options().intra_op_num_threads == expected
+        task.close()
 
 
 @pytest.fixture(scope="module")

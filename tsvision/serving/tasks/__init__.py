@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Dict, Optional, Type
 
@@ -48,8 +49,9 @@ def build_task(model_path: Path, settings: Settings, base_dir: Optional[Path] = 
     """Load the model file with the runtime its suffix names and wrap it in the settings' task.
 
     ``settings.labels`` is read relative to ``base_dir`` (an archive's or an export's folder);
-    ``workers`` (the model's worker count) sizes the image-preparation threads; ``device`` is
-    ``cpu`` or ``cuda:N`` (``runtimes.pick_device``)."""
+    ``workers`` (the model's worker count) sizes the image-preparation threads and, unless
+    ``settings.threads`` is set, the runtime's (``runtime_threads``); ``device`` is ``cpu`` or
+    ``cuda:N`` (``runtimes.pick_device``)."""
     labels_path = None
     if settings.labels:
         labels_path = Path(settings.labels)
@@ -57,8 +59,17 @@ def build_task(model_path: Path, settings: Settings, base_dir: Optional[Path] = 
             labels_path = Path(base_dir) / labels_path
     cls = task_class(settings)
     cls.before_load()
-    runtime = load_runtime(Path(model_path), settings.threads, device)
+    runtime = load_runtime(Path(model_path), runtime_threads(settings.threads, workers), device)
     return cls(runtime, settings, load_labels(labels_path), workers)
+
+
+def runtime_threads(threads: int, workers: int, cores: Optional[int] = None) -> int:
+    """The runtime's intra-op threads: ``threads`` when set; else, with several workers, each one's
+    share of the cores (two workers each running one thread per core would fight over them:
+    docs/performance.md, "Scaling"); else 0, the runtime's own default."""
+    if threads > 0 or workers <= 1:
+        return threads
+    return max(1, (cores or os.cpu_count() or 1) // workers)
 
 
 def load_export(folder: Path, model_file: str = "model.onnx", **overrides) -> VisionTask:
