@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
+import onnx
 import pytest
 import requests
 import skimage.data
@@ -303,6 +304,21 @@ def test_keypoint_rcnn_export_report_and_settings(krcnn):
     assert settings["keypoint_names"] == list(COCO_KEYPOINT_NAMES) and len(settings["keypoint_names"]) == 17
     assert settings["skeleton"] == [list(e) for e in COCO_SKELETON] and len(settings["skeleton"]) == 19
     assert json.loads((folder / "labels.json").read_text()) == ["no person", "person"]
+    # the keypoint decoding's bicubic Resize (ONNX Runtime's slow cubic kernel) was rewritten as matrix
+    # products by the export (tools/onnx_cubic.py); report["ok"] above holds its answers to eager's
+    from tests.test_onnx_cubic import op_types
+
+    assert "Resize" in op_types(onnx.load(str(folder / "model.onnx")).graph)  # the transform's bilinear resize stays
+    assert not [n for n in _all_nodes(onnx.load(str(folder / "model.onnx")).graph)
+                if n.op_type == "Resize" and any(a.name == "mode" and a.s == b"cubic" for a in n.attribute)]
+
+
+def _all_nodes(graph):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attribute.g)
 
 
 @pytest.mark.parametrize("backend", list(FILES))

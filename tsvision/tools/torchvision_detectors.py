@@ -9,7 +9,8 @@ R-CNN adds ``keypoints`` (N×K×3) and ``keypoints_scores`` (N×K) (``output_key
 - ``model.pt``: ``torch.jit.script`` of the detector (it returns ``(losses, detections)``).
 - ``model.onnx``: ``torch.onnx.export`` (the TorchScript-based exporter, ``dynamo=False``: the
   path torchvision itself tests) of the detector on ONE image, height and width dynamic; one
-  image per call. If ONNX export fails for an architecture on this torch, only ``model.pt`` is
+  image per call. Bicubic ``Resize`` nodes (Keypoint R-CNN's keypoint decoding) are rewritten as
+  two matrix products (``tools/onnx_cubic.py``): ONNX Runtime's cubic kernel is slow. If ONNX export fails for an architecture on this torch, only ``model.pt`` is
   written and the report says why.
 
 Random weights are conditioned so that their answers are stable and comparable
@@ -317,6 +318,14 @@ def export_detector_onnx(model: nn.Module, path: Path, height: int, width: int,
             input_names=["images"], output_names=list(keys),
             dynamic_axes={"images": [1, 2], **{key: ([0, 2, 3] if key == "masks" else [0]) for key in keys}},  # masks K×1×H×W
         )
+    # Keypoint R-CNN's keypoint decoding resizes each person's heatmaps with a bicubic Resize, which
+    # ONNX Runtime's CPU kernel runs about 10x slower than PyTorch: the same resize as two matrix
+    # products (tools/onnx_cubic.py; equal to the Resize to float rounding).
+    from tsvision.tools.onnx_cubic import rewrite_cubic_resizes
+
+    graph = onnx.load(str(path))
+    if rewrite_cubic_resizes(graph):
+        onnx.save(graph, str(path))
     onnx.checker.check_model(str(path), full_check=True)
 
 
