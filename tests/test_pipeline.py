@@ -55,9 +55,9 @@ def assert_same(task_name: str, a, b) -> None:
 
 
 @pytest.mark.parametrize("task_name", ["classification", "detection", "toy-detection", "toy-segmentation"])
-def test_pipelined_answers_equal_serial(exports, toy_exports, photos, task_name):
+def test_pipelined_answers_equal_serial(request, photos, task_name):
     name = task_name.replace("toy-", "")
-    serial, pipelined = pair((toy_exports if task_name.startswith("toy-") else exports) / name)
+    serial, pipelined = pair(request.getfixturevalue("toy_exports" if task_name.startswith("toy-") else "exports") / name)
     pipelined.runtime = counting = CountingRuntime(pipelined.runtime)
     data = mixed(photos)
     assert pipelined.prepare_batch(data).pending, "the batch was not pipelined"
