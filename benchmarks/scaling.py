@@ -1,12 +1,13 @@
 """Served throughput against clients and against worker/batch configurations, per task, in one run.
 
     python -m benchmarks.scaling [--tasks classification,segmentation,detection] [--backend onnx]
-                                 [--configs w1b8,w2b8,w1b16,w2b4] [--clients 1,8,32,64]
+                                 [--configs w1b8,w2b8,w1b16,w2b4,w1b8p4] [--clients 1,8,32,64]
                                  [--seconds 6] [--warmup 2] [--out DIR]
 
 A configuration ``wWbB`` is W workers per model and batch size B (max batch delay 20 ms); each
 worker's runtime gets ``cores // W`` threads and one preparation thread per core it has, so W
-workers never oversubscribe the machine. Per task, one TorchServe serves every configuration as
+workers never oversubscribe the machine. ``wWbBpN`` also sets ``micro_batch`` N (one batch
+pipelined: the model runs on N images at a time while the threads prepare and finish the others). Per task, one TorchServe serves every configuration as
 its own model, and the task's best in-process throughput (the same pipeline, batch sizes 1/4/8/16)
 is measured just before, in the same run. For each configuration and client count, wrk gives the
 req/s and p50/p99; ``served / in-process`` at 32 clients is the issue-18 goal (≥ 0.90).
@@ -34,15 +35,16 @@ from benchmarks.warmup import warm_batch_sizes
 from tsvision.tools.server import TorchServe
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = re.compile(r"^w(\d+)b(\d+)$")
+CONFIG = re.compile(r"^w(\d+)b(\d+)(?:p(\d+))?$")
 
 
-def parse_config(text: str) -> Tuple[int, int]:
-    """``w2b8`` -> (2 workers, batch size 8)."""
+def parse_config(text: str) -> Tuple[int, int, int]:
+    """``w2b8`` -> (2 workers, batch size 8, micro_batch 0); ``w1b8p4`` -> (1, 8, 4)."""
     match = CONFIG.match(text.strip())
-    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise ValueError(f"configuration {text!r}: expected wWbB, e.g. w2b8 (2 workers, batch size 8)")
-    return int(match.group(1)), int(match.group(2))
+    if not match or min(int(g) for g in match.groups(default="1")) < 1:
+        raise ValueError(f"configuration {text!r}: expected wWbB or wWbBpN, e.g. w2b8 (2 workers, batch size 8) "
+                         "or w1b8p4 (1 worker, batch size 8, micro_batch 4)")
+    return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
 
 
 def threads_for(workers: int, cores: int) -> int:
@@ -104,7 +106,7 @@ def plot(data: dict, path: Path) -> None:
             axis.set_ylim(bottom=0)
             axis.grid(alpha=0.3)
         row[0].legend(fontsize=7)
-    figure.suptitle(f"{data['machine_cores']} cores, {data['config']['backend']}, random weights; wWbB = W workers, batch B")
+    figure.suptitle(f"{data['machine_cores']} cores, {data['config']['backend']}, random weights; wWbB(pN) = W workers, batch B (micro_batch N)")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
@@ -129,7 +131,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return run(args, configs)
 
 
-def run(args: argparse.Namespace, configs: Dict[str, Tuple[int, int]]) -> int:
+def run(args: argparse.Namespace, configs: Dict[str, Tuple[int, int, int]]) -> int:
     started = time.time()
     cores = os.cpu_count() or 1
     clients = [int(c) for c in args.clients.split(",")]
@@ -149,16 +151,18 @@ def run(args: argparse.Namespace, configs: Dict[str, Tuple[int, int]]) -> int:
         best = max(measured, key=lambda r: r["images_per_s"])
         print(f"{task}: in-process best {best['images_per_s']} img/s at batch {best['batch_size']}", flush=True)
         store = out / f"store-{task}"
-        for name, (workers, batch_size) in configs.items():
+        for name, (workers, batch_size, micro_batch) in configs.items():
             threads = threads_for(workers, cores)
-            build_ours(folder, args.backend, f"{task}_{name}", store, batch_size, args.max_batch_delay, workers,
-                       {"threads": threads, "preprocess_threads": threads})
+            overrides = {"threads": threads, "preprocess_threads": threads}
+            if micro_batch:
+                overrides["micro_batch"] = micro_batch
+            build_ours(folder, args.backend, f"{task}_{name}", store, batch_size, args.max_batch_delay, workers, overrides)
         server = TorchServe(store, out / f"torchserve-{task}")
         served: Dict[str, List[dict]] = {}
         try:
             server.start(timeout=600)
             headers = server.headers("inference")
-            for name, (workers, batch_size) in configs.items():
+            for name, (workers, batch_size, _) in configs.items():
                 url = f"{server.inference_url}/predictions/{task}_{name}"
                 warm_batch_sizes(url, photo, headers, batch_size, budget_s=30)
                 served[name] = []

@@ -130,8 +130,9 @@ def test_scaling_configurations_and_tables():
     """The scaling benchmark's pure parts: configuration names, thread shares, the goal's ratio, the table."""
     from benchmarks.scaling import markdown, parse_config, ratio_at, threads_for
 
-    assert parse_config("w2b8") == (2, 8) and parse_config(" w1b16") == (1, 16)
-    for bad in ("2x8", "w0b8", "w2b0", "w2"):
+    assert parse_config("w2b8") == (2, 8, 0) and parse_config(" w1b16") == (1, 16, 0)
+    assert parse_config("w1b8p4") == (1, 8, 4)
+    for bad in ("2x8", "w0b8", "w2b0", "w2", "w1b8p0", "w1b8p"):
         with pytest.raises(ValueError, match="expected wWbB"):
             parse_config(bad)
     assert threads_for(1, 2) == 2 and threads_for(2, 2) == 1 and threads_for(4, 2) == 1

@@ -105,7 +105,7 @@ def calibration_items(folder: Optional[Path]) -> Tuple[List[Tuple[str, Any]], st
 def prepared_inputs(task, items: Sequence[Tuple[str, Any]]) -> np.ndarray:
     """The model inputs of ``items`` as the serving task makes them (decode, ``prepare``, ``normalize``);
     an image the server could not read is an error naming the file."""
-    batch = task.prepare_batch([image for _, image in items])
+    batch = task.prepared(task.prepare_batch([image for _, image in items]))  # pipelined (micro_batch): wait for it
     bad = [(name, result) for (name, _), result in zip(items, batch.results) if result is not None]
     if bad:
         details = "; ".join(f"{name}: {getattr(error, 'message', error)}" for name, error in bad[:3])

@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -22,6 +22,7 @@ from tsvision.serving.runtimes import Runtime
 from tsvision.serving.settings import Settings, label_for
 
 Item = Union[bytes, bytearray, Image.Image, RequestError]
+Prepared = Union[Tuple[np.ndarray, Any], RequestError]  # what ``_prepare_item`` gives for one item
 logger = logging.getLogger(__name__)
 
 
@@ -32,6 +33,9 @@ class ImageBatch:
     ``results`` has one slot per image: ``None`` while it is live, else its ``RequestError``
     (or, after ``finish_batch``, its answer). ``inputs`` is the model input of the live images,
     whose slots are ``positions``; ``metas`` is what ``finish`` needs for each of them.
+
+    Pipelined (``micro_batch``): ``pending`` holds one preparation per slot until ``infer``
+    takes them, and ``finishing`` the (slot, answer) of every image ``infer`` has finished.
     """
 
     results: List[Any]
@@ -40,6 +44,8 @@ class ImageBatch:
     positions: List[int] = field(default_factory=list)
     outputs: Optional[List[np.ndarray]] = None
     settings: List[Any] = field(default_factory=list)  # per slot: the request's Settings (empty: the archive's)
+    pending: List["Future[Prepared]"] = field(default_factory=list)
+    finishing: List[Tuple[int, "Future[Any]"]] = field(default_factory=list)
 
     def settings_at(self, position: int) -> Any:
         """The settings image ``position`` is finished with (None: the task's own)."""
@@ -115,25 +121,27 @@ class VisionTask:
 
     # -- the three steps ---------------------------------------------------------------------
     def prepare_batch(self, items: Sequence[Item]) -> ImageBatch:
-        """Decode and prepare every image (on the worker's threads); errors stay in their slots."""
+        """Decode and prepare every image (on the worker's threads); errors stay in their slots.
+
+        With ``micro_batch`` set (and threads, and more items than it), this only hands each
+        item's preparation to the threads and returns; ``infer`` takes them as they are ready."""
         batch = ImageBatch([None] * len(items))
-        arrays = []
-        for position, prepared in enumerate(self._map(self._prepare_item, items)):
-            if isinstance(prepared, RequestError):
-                batch.results[position] = prepared
-                continue
-            arrays.append(prepared[0])
-            batch.metas.append(prepared[1])
-            batch.positions.append(position)
-        if arrays:
-            try:
-                batch.inputs = normalize(np.stack(arrays), self.settings.mean, self.settings.std)
-            except Exception:  # e.g. an overridden prepare() that returns mismatched shapes
-                self._fail(batch, internal_error("PreprocessError", f"stacking this batch of {len(arrays)} images failed"))
-        return batch
+        if self._pool is not None and 0 < self.settings.micro_batch < len(items):
+            batch.pending = [self._pool.submit(self._prepare_item, item) for item in items]
+            return batch
+        return self._gather(batch, enumerate(self._map(self._prepare_item, items)))
+
+    def prepared(self, batch: ImageBatch) -> ImageBatch:
+        """``batch`` as the unpipelined ``prepare_batch`` makes it (``inputs`` holds every live
+        image): waits for the pending preparations, for callers that read ``inputs`` themselves."""
+        pending, batch.pending = batch.pending, []
+        return self._gather(batch, ((position, future.result()) for position, future in enumerate(pending)))
 
     def infer(self, batch: ImageBatch) -> ImageBatch:
-        """One forward pass over the live images; if the model fails, each of them gets the 500."""
+        """One forward pass over the live images; if the model fails, each of them gets the 500.
+        A pipelined batch runs in micro-batches instead (``_infer_pipelined``)."""
+        if batch.pending:
+            return self._infer_pipelined(batch)
         if batch.inputs is not None:
             try:
                 batch.outputs = self.runtime.run(batch.inputs)
@@ -144,11 +152,12 @@ class VisionTask:
     def finish_batch(self, batch: ImageBatch) -> List[Any]:
         """Every image's answer (or its error), in the order the images came."""
         if batch.outputs is not None:
-            rows = [([output[row] for output in batch.outputs], meta, batch.settings_at(position))
-                    for row, (meta, position) in enumerate(zip(batch.metas, batch.positions))]
-            for position, answer in zip(batch.positions, self._map(self._finish_item, rows)):
+            for position, answer in zip(batch.positions, self._map(self._finish_item, self._rows(batch))):
                 batch.results[position] = answer
             batch.outputs = None
+        for position, future in batch.finishing:  # pipelined: the answers finished on the threads
+            batch.results[position] = future.result()
+        batch.finishing = []
         return batch.results
 
     def run(self, items: Sequence[Item]) -> List[Any]:
@@ -161,13 +170,68 @@ class VisionTask:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
+    def _infer_pipelined(self, batch: ImageBatch) -> ImageBatch:
+        """The model on ``micro_batch`` live images at a time, in order: while it runs on one
+        micro-batch the threads prepare the next ones and finish the previous ones. Each
+        micro-batch is stacked, run and failed on its own (its images only get its 500)."""
+        size = self.settings.micro_batch
+        fixed = getattr(self.runtime, "fixed_batch", None)
+        if fixed:  # whole chunks of the model's own batch size: no padded forward passes in between
+            size = -(-size // fixed) * fixed
+        pending, batch.pending = batch.pending, []
+        chunk: List[Tuple[int, Prepared]] = []
+        for position, future in enumerate(pending):
+            prepared = future.result()
+            if isinstance(prepared, RequestError):
+                batch.results[position] = prepared
+                continue
+            chunk.append((position, prepared))
+            if len(chunk) == size:
+                self._run_micro_batch(batch, chunk)
+                chunk = []
+        if chunk:
+            self._run_micro_batch(batch, chunk)
+        return batch
+
+    def _run_micro_batch(self, batch: ImageBatch, chunk: Sequence[Tuple[int, Prepared]]) -> None:
+        """Stack ``chunk`` (slot, prepared image), run the model on it (``infer``), and hand each
+        image's ``finish`` to the threads (``batch.finishing``). Slots and settings are ``batch``'s."""
+        part = self.infer(self._gather(ImageBatch(batch.results, settings=batch.settings), chunk))
+        if part.outputs is not None:
+            batch.finishing.extend((position, self._pool.submit(self._finish_item, row))
+                                   for position, row in zip(part.positions, self._rows(part)))
+
+    def _gather(self, batch: ImageBatch, prepared: Iterable[Tuple[int, Prepared]]) -> ImageBatch:
+        """Put each (slot, prepared image) into ``batch``: errors in their slots, the live images
+        stacked and normalised into ``inputs``."""
+        arrays = []
+        for position, item in prepared:
+            if isinstance(item, RequestError):
+                batch.results[position] = item
+                continue
+            arrays.append(item[0])
+            batch.metas.append(item[1])
+            batch.positions.append(position)
+        if arrays:
+            try:
+                batch.inputs = normalize(np.stack(arrays), self.settings.mean, self.settings.std)
+            except Exception:  # e.g. an overridden prepare() that returns mismatched shapes
+                self._fail(batch, internal_error("PreprocessError", f"stacking this batch of {len(arrays)} images failed"))
+        return batch
+
+    @staticmethod
+    def _rows(batch: ImageBatch) -> List[Tuple[List[np.ndarray], Any, Optional[Settings]]]:
+        """Per live image: its slice of every model output, its meta, its request's settings."""
+        return [([output[row] for output in batch.outputs], meta, batch.settings_at(position))
+                for row, (meta, position) in enumerate(zip(batch.metas, batch.positions))]
+
     @staticmethod
     def _fail(batch: ImageBatch, error: RequestError) -> None:
         for position in batch.positions:
             batch.results[position] = error
         batch.inputs, batch.positions, batch.metas = None, [], []
 
-    def _prepare_item(self, item: Item) -> Union[Tuple[np.ndarray, Any], RequestError]:
+    def _prepare_item(self, item: Item) -> Prepared:
         """Whatever one item raises is that item's answer: its own 4xx, or a 500 for a bug."""
         try:
             return self.prepare(self._image(item))
