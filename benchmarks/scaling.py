@@ -1,7 +1,7 @@
 """Served throughput against clients and against worker/batch configurations, per task, in one run.
 
     python -m benchmarks.scaling [--tasks classification,segmentation,detection] [--backend onnx]
-                                 [--configs w1b8,w2b8,w1b16,w2b4,w1b8p4] [--clients 1,8,32,64]
+                                 [--configs w1b8,w1b8p4,w1b16p4,w2b4,w2b8] [--clients 1,8,32,64]
                                  [--seconds 6] [--warmup 2] [--out DIR]
 
 A configuration ``wWbB`` is W workers per model and batch size B (max batch delay 20 ms); each
@@ -116,7 +116,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", default="classification,segmentation,detection")
     p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
-    p.add_argument("--configs", default="w1b8,w2b8,w1b16,w2b4")
+    p.add_argument("--configs", default="w1b8,w1b8p4,w1b16p4,w2b4,w2b8")
     p.add_argument("--clients", default="1,8,32,64")
     p.add_argument("--seconds", type=float, default=6)
     p.add_argument("--warmup", type=float, default=2)
