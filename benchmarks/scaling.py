@@ -1,13 +1,14 @@
 """Served throughput against clients and against worker/batch configurations, per task, in one run.
 
     python -m benchmarks.scaling [--tasks classification,segmentation,detection] [--backend onnx]
-                                 [--configs w1b8,w1b8p4,w1b16p4,w2b4,w2b8] [--clients 1,8,32,64]
+                                 [--configs w1b8p0,w1b8p4,w1b16p4,w2b4,w2b8] [--clients 1,8,32,64]
                                  [--seconds 6] [--warmup 2] [--out DIR]
 
 A configuration ``wWbB`` is W workers per model and batch size B (max batch delay 20 ms); each
 worker's runtime gets ``cores // W`` threads and one preparation thread per core it has, so W
 workers never oversubscribe the machine. ``wWbBpN`` also sets ``micro_batch`` N (one batch
-pipelined: the model runs on N images at a time while the threads prepare and finish the others). Per task, one TorchServe serves every configuration as
+pipelined: the model runs on N images at a time while the threads prepare and finish the others;
+p0: serial; without it, the task's default). Per task, one TorchServe serves every configuration as
 its own model, and the task's best in-process throughput (the same pipeline, batch sizes 1/4/8/16)
 is measured just before, in the same run. For each configuration and client count, wrk gives the
 req/s and p50/p99; ``served / in-process`` at 32 clients is the issue-18 goal (≥ 0.90).
@@ -38,13 +39,14 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = re.compile(r"^w(\d+)b(\d+)(?:p(\d+))?$")
 
 
-def parse_config(text: str) -> Tuple[int, int, int]:
-    """``w2b8`` -> (2 workers, batch size 8, micro_batch 0); ``w1b8p4`` -> (1, 8, 4)."""
+def parse_config(text: str) -> Tuple[int, int, Optional[int]]:
+    """``w2b8`` -> (2 workers, batch size 8, None: the task's default micro_batch); ``w1b8p4`` ->
+    (1, 8, 4); ``w1b8p0`` -> (1, 8, 0: one batch serial)."""
     match = CONFIG.match(text.strip())
-    if not match or min(int(g) for g in match.groups(default="1")) < 1:
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
         raise ValueError(f"configuration {text!r}: expected wWbB or wWbBpN, e.g. w2b8 (2 workers, batch size 8) "
-                         "or w1b8p4 (1 worker, batch size 8, micro_batch 4)")
-    return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+                         "or w1b8p4 (1 worker, batch size 8, micro_batch 4; p0: serial)")
+    return int(match.group(1)), int(match.group(2)), None if match.group(3) is None else int(match.group(3))
 
 
 def threads_for(workers: int, cores: int) -> int:
@@ -116,7 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", default="classification,segmentation,detection")
     p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
-    p.add_argument("--configs", default="w1b8,w1b8p4,w1b16p4,w2b4,w2b8")
+    p.add_argument("--configs", default="w1b8p0,w1b8p4,w1b16p4,w2b4,w2b8")
     p.add_argument("--clients", default="1,8,32,64")
     p.add_argument("--seconds", type=float, default=6)
     p.add_argument("--warmup", type=float, default=2)
@@ -154,7 +156,7 @@ def run(args: argparse.Namespace, configs: Dict[str, Tuple[int, int, int]]) -> i
         for name, (workers, batch_size, micro_batch) in configs.items():
             threads = threads_for(workers, cores)
             overrides = {"threads": threads, "preprocess_threads": threads}
-            if micro_batch:
+            if micro_batch is not None:
                 overrides["micro_batch"] = micro_batch
             build_ours(folder, args.backend, f"{task}_{name}", store, batch_size, args.max_batch_delay, workers, overrides)
         server = TorchServe(store, out / f"torchserve-{task}")

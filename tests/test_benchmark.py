@@ -130,9 +130,9 @@ def test_scaling_configurations_and_tables():
     """The scaling benchmark's pure parts: configuration names, thread shares, the goal's ratio, the table."""
     from benchmarks.scaling import markdown, parse_config, ratio_at, threads_for
 
-    assert parse_config("w2b8") == (2, 8, 0) and parse_config(" w1b16") == (1, 16, 0)
-    assert parse_config("w1b8p4") == (1, 8, 4)
-    for bad in ("2x8", "w0b8", "w2b0", "w2", "w1b8p0", "w1b8p"):
+    assert parse_config("w2b8") == (2, 8, None) and parse_config(" w1b16") == (1, 16, None)  # None: the task's default
+    assert parse_config("w1b8p4") == (1, 8, 4) and parse_config("w1b8p0") == (1, 8, 0)
+    for bad in ("2x8", "w0b8", "w2b0", "w2", "w1b8p", "w1b8p-1"):
         with pytest.raises(ValueError, match="expected wWbB"):
             parse_config(bad)
     assert threads_for(1, 2) == 2 and threads_for(2, 2) == 1 and threads_for(4, 2) == 1
@@ -216,7 +216,7 @@ def test_families_closed_loop_goals_and_table():
 # -- benchmarks.suite: issue 18's goals from the steps' results (no measurement) -----------------
 def _suite_results() -> dict:
     scaling = {"results": {"segmentation": {"inprocess_best": {"images_per_s": 10.0, "batch_size": 4},
-                                            "served_vs_inprocess_c32": {"w1b8": 0.7, "w2b4": 0.95, "w2b8": None}}}}
+                                            "served_vs_inprocess_c32": {"w1b8p0": 0.7, "w2b4": 0.95, "w2b8": None}}}}
     core = {"config": {"picture_clients": 8, "concurrency": [1, 8]},
             "goals": [{"goal": "c=1 p50 minus in-process latency minus the empty handler's c=1 p50", "task": "detection",
                        "value": 4.2, "target": 3.0, "detail": "tsvision-onnx: 60.0 − 33.0 − 22.8 ms"},
@@ -247,7 +247,8 @@ def test_suite_goals_from_every_step():
                    ("4.", "yolov8n", 1.1, True),
                    ("5.", "detection", 0.25, None),  # a cost: no target
                    ("5.", "detection", 0.93, False)]
-    assert "w2b4; tried: w1b8 0.70, w2b4 0.95" in rows[1]["detail"] and "served ×1.01" in rows[3]["detail"]
+    assert rows[0]["detail"].startswith("w1b8p0; in-process best 10.0 img/s")  # segmentation's default is serial
+    assert "w2b4; tried: w1b8p0 0.70, w2b4 0.95" in rows[1]["detail"] and "served ×1.01" in rows[3]["detail"]
     table = goals_markdown(rows, Path("/tmp/suite-x"), "2026-11-30 16:00 UTC")
     assert "| 2. c=1 p50 over in-process and TorchServe's floor | detection | 4.2 ms | ≤ 3 ms | **no** |" in table
     assert "| (a cost; no target) |" in table and "`suite-x/`" in table

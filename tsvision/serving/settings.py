@@ -61,8 +61,9 @@ class Settings:
     max_images: int = 64                   # images in one request (lists, instances)
     threads: int = 0                       # model runtime threads; 0: the runtime's default
     preprocess_threads: int = 0            # threads decoding/resizing a batch's images; 0: one per CPU, 1: serial
-    micro_batch: int = 0                   # N > 0: run the model on N images at a time while the threads prepare
-                                           # the next N and finish the last (one batch pipelined); 0: off
+    micro_batch: Optional[int] = None      # N > 0: run the model on N images at a time while the threads prepare
+                                           # the next N and finish the last (one batch pipelined); 0: off;
+                                           # None: the task's default (4 for classification and detection, else 0)
     top_label_header: bool = False         # add X-Top-Label to one-image answers (the A/B router logs it)
     profile: bool = False                  # TorchServe's own key: per-step timings (ts_handler_*) as metrics
     random_weights: bool = False           # recorded by the export step; logged at load
@@ -118,8 +119,8 @@ class Settings:
             raise ValueError("mean and std need three values each, std > 0")
         if self.input_size < 8 or self.top_k < 1 or self.max_detections < 1 or self.max_pixels < 1 or self.max_images < 1 or self.preprocess_threads < 0:
             raise ValueError("input_size >= 8, top_k, max_detections, max_pixels and max_images >= 1 are required")
-        if self.micro_batch < 0:
-            raise ValueError(f"micro_batch must be >= 0 (0: off), got {self.micro_batch!r}")
+        if self.micro_batch is not None and self.micro_batch < 0:
+            raise ValueError(f"micro_batch must be >= 0 (0: off, null: the task's default), got {self.micro_batch!r}")
 
     def to_mapping(self) -> dict:
         values = asdict(self)

@@ -67,6 +67,9 @@ class VisionTask:
     # Each names a Settings field: while ``finish`` and ``draw`` run, ``self.settings`` holds the
     # request's value, so a task honours an option by reading its setting.
     options: Tuple[str, ...] = ()
+    # ``micro_batch`` when the settings leave it unset (None): measured per task in
+    # docs/performance.md ("Pipelining inside one worker"); 0 keeps one batch serial.
+    default_micro_batch = 0
 
     def __init__(self, runtime: Runtime, settings: Settings, labels: Sequence[str] = (), workers: int = 1) -> None:
         self.runtime = runtime
@@ -109,6 +112,12 @@ class VisionTask:
     def settings(self, value: Settings) -> None:
         self.archive_settings = value
 
+    @property
+    def micro_batch(self) -> int:
+        """Images per forward pass when one batch is pipelined (0: serial): the setting, else the task's default."""
+        value = self.archive_settings.micro_batch
+        return self.default_micro_batch if value is None else value
+
     def with_settings(self, settings: Optional[Settings], function: Callable, *args) -> Any:
         """``function(*args)`` with ``self.settings`` being ``settings`` on this thread."""
         if settings is None:
@@ -126,7 +135,7 @@ class VisionTask:
         With ``micro_batch`` set (and threads, and more items than it), this only hands each
         item's preparation to the threads and returns; ``infer`` takes them as they are ready."""
         batch = ImageBatch([None] * len(items))
-        if self._pool is not None and 0 < self.settings.micro_batch < len(items):
+        if self._pool is not None and 0 < self.micro_batch < len(items):
             batch.pending = [self._pool.submit(self._prepare_item, item) for item in items]
             return batch
         return self._gather(batch, enumerate(self._map(self._prepare_item, items)))
@@ -174,7 +183,7 @@ class VisionTask:
         """The model on ``micro_batch`` live images at a time, in order: while it runs on one
         micro-batch the threads prepare the next ones and finish the previous ones. Each
         micro-batch is stacked, run and failed on its own (its images only get its 500)."""
-        size = self.settings.micro_batch
+        size = self.micro_batch
         fixed = getattr(self.runtime, "fixed_batch", None)
         if fixed:  # whole chunks of the model's own batch size: no padded forward passes in between
             size = -(-size // fixed) * fixed

@@ -57,6 +57,7 @@ class TorchvisionInstanceSegmentationTask(TorchvisionDetectionTask):
 
     name = "instance_segmentation"
     options = INSTANCE_OPTIONS
+    default_micro_batch = 0  # not measured for this task: serial unless set
 
     def draw(self, image: Image.Image, answer: list) -> Image.Image:
         return draw_answer(image, answer)

@@ -94,6 +94,7 @@ class KeypointsTask(DetectionTask):
     """YOLOv8-pose (``detection_format: yolov8_pose``): letterboxed batches, NMS here."""
 
     name = "keypoints"
+    default_micro_batch = 0  # not measured for this task: serial unless set
     visible_score = 0.5  # a keypoint is drawn when its visibility (a probability) is above this
 
     def draw(self, image: Image.Image, answer: list) -> Image.Image:
