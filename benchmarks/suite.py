@@ -127,7 +127,8 @@ def family_rows(families: dict) -> List[dict]:
 def picture_rows(core: dict, before_after: Optional[dict]) -> List[dict]:
     """Goal 5: picture ÷ JSON req/s served (a cost, no target), and JSON after ÷ before picture answers existed."""
     rows = [_row(f"5. {p['format'].upper()} picture ÷ JSON req/s, c={p['clients']}", p["task"], p["ratio"], None,
-                 detail=f"{p['picture_req_s']} vs {p['json_req_s']} req/s; {p['picture_bytes']} vs {p['json_bytes']} B")
+                 detail=f"{p['picture_req_s']} vs {p['json_req_s']} req/s; {report._bytes(p['picture_bytes'])} vs "
+                        f"{report._bytes(p['json_bytes'])} B per answer")
             for p in report.picture_rows(core) if p["variant"] == "tsvision-onnx"]
     for task, result in ((before_after or {}).get("results") or {}).items():
         rows.append(_row("5. JSON req/s with picture answers ÷ before them (c=8)", task, result["after_vs_before"], JSON_UNCHANGED,
@@ -159,7 +160,7 @@ def goals_markdown(rows: List[dict], out: Path, started: str) -> str:
     for row in rows:
         value = "–" if row["value"] is None else f"{row['value']:g} {row['unit']}"
         target = "–" if row["target"] is None else f"{'≥' if row['higher_is_better'] else '≤'} {row['target']:g} {row['unit']}"
-        met = {True: "yes", False: "**no**", None: "not measured" if row["value"] is None else "(a cost; no target)"}[row["met"]]
+        met = {True: "yes", False: "**no**", None: "not measured" if row["value"] is None else "(no target)"}[row["met"]]
         lines.append(f"| {row['goal']} | {row['task']} | {value} | {target} | {met} | {row['detail']} |")
     return "\n".join(lines) + "\n"
 

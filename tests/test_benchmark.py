@@ -251,7 +251,7 @@ def test_suite_goals_from_every_step():
     assert "w2b4; tried: w1b8p0 0.70, w2b4 0.95" in rows[1]["detail"] and "served ×1.01" in rows[3]["detail"]
     table = goals_markdown(rows, Path("/tmp/suite-x"), "2026-11-30 16:00 UTC")
     assert "| 2. c=1 p50 over in-process and TorchServe's floor | detection | 4.2 ms | ≤ 3 ms | **no** |" in table
-    assert "| (a cost; no target) |" in table and "`suite-x/`" in table
+    assert "| (no target) |" in table and "1,500,000 vs 900 B per answer" in table and "`suite-x/`" in table
     assert goals({}) == []
 
 
