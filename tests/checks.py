@@ -56,3 +56,14 @@ def assert_same_detections(a: list, b: list, box_tol: float = 1.0, score_tol: fl
 def mask_agreement(a: dict, b: dict) -> float:
     assert (a["width"], a["height"]) == (b["width"], b["height"])
     return float((decode_png(a["mask"]) == decode_png(b["mask"])).mean())
+
+
+def assert_same_answer(task_name: str, a, b) -> None:
+    """Two answers of one image by the same model, within float noise: classification and
+    detection entry by entry, masks by pixel agreement."""
+    if task_name == "classification":
+        assert_same_classification(a, b, score_tol=1e-5)
+    elif task_name == "detection":
+        assert_same_detections(a, b, box_tol=0.05, score_tol=1e-5)
+    else:
+        assert mask_agreement(a, b) >= 0.9999

@@ -10,7 +10,7 @@ from tsvision.serving.errors import RequestError
 from tsvision.serving.service import answer_requests
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
-from tests.checks import assert_same_classification, assert_same_detections, mask_agreement
+from tests.checks import assert_same_answer, assert_same_classification
 from tests.conftest import jpeg, load_task
 from tests.test_fixed_batch import SETTINGS as TINY_SETTINGS, TinyClassifier
 
@@ -46,12 +46,8 @@ def pair(folder, backend="onnx"):
 def assert_same(task_name: str, a, b) -> None:
     if isinstance(a, RequestError) or isinstance(b, RequestError):
         assert (type(a), getattr(a, "status", None), getattr(a, "kind", None)) == (type(b), getattr(b, "status", None), getattr(b, "kind", None))
-    elif task_name == "classification":
-        assert_same_classification(a, b, score_tol=1e-5)
-    elif task_name == "detection":
-        assert_same_detections(a, b, box_tol=0.05, score_tol=1e-5)
     else:
-        assert mask_agreement(a, b) >= 0.9999
+        assert_same_answer(task_name, a, b)
 
 
 @pytest.mark.parametrize("task_name", ["classification", "detection", "toy-detection", "toy-segmentation"])

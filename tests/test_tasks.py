@@ -8,7 +8,7 @@ from PIL import Image
 
 from tsvision.serving.errors import RequestError
 from tsvision.serving.tasks.segmentation import decode_png
-from tests.checks import (assert_same_classification, assert_same_detections, check_classification, check_detection,
+from tests.checks import (assert_same_answer, assert_same_classification, assert_same_detections, check_classification, check_detection,
                           check_segmentation, mask_agreement)
 from tests.conftest import BACKENDS, jpeg, load_task
 from tests.scenes import GEOMETRY_SIZES, bright_box_scene, colour_scene
@@ -70,13 +70,7 @@ def test_mixed_sizes_in_one_batch_equal_one_by_one(tasks, photos, task_name):
     data = [jpeg(p) for p in photos.values()] + [jpeg(Image.fromarray(np.full((41, 333, 3), 128, np.uint8)))]
     batched = task.run(data)
     for item, answer in zip(data, batched):
-        single = task.run([item])[0]
-        if task_name == "classification":
-            assert_same_classification(answer, single, score_tol=1e-5)
-        elif task_name == "detection":
-            assert_same_detections(answer, single, box_tol=0.05, score_tol=1e-5)
-        else:
-            assert mask_agreement(answer, single) >= 0.9999
+        assert_same_answer(task_name, answer, task.run([item])[0])
 
 
 # -- geometry with models whose answer is known ----------------------------------------

@@ -213,6 +213,17 @@ class VisionTask:
     def _gather(self, batch: ImageBatch, prepared: Iterable[Tuple[int, Prepared]]) -> ImageBatch:
         """Put each (slot, prepared image) into ``batch``: errors in their slots, the live images
         stacked and normalised into ``inputs``."""
+        arrays = self._place(batch, prepared)
+        if arrays:
+            try:
+                batch.inputs = normalize(np.stack(arrays), self.settings.mean, self.settings.std)
+            except Exception:  # e.g. an overridden prepare() that returns mismatched shapes
+                self._fail(batch, internal_error("PreprocessError", f"stacking this batch of {len(arrays)} images failed"))
+        return batch
+
+    @staticmethod
+    def _place(batch: ImageBatch, prepared: Iterable[Tuple[int, Prepared]]) -> List[np.ndarray]:
+        """Each error into its slot, each live image's meta and slot into ``batch``; returns the live arrays."""
         arrays = []
         for position, item in prepared:
             if isinstance(item, RequestError):
@@ -221,12 +232,7 @@ class VisionTask:
             arrays.append(item[0])
             batch.metas.append(item[1])
             batch.positions.append(position)
-        if arrays:
-            try:
-                batch.inputs = normalize(np.stack(arrays), self.settings.mean, self.settings.std)
-            except Exception:  # e.g. an overridden prepare() that returns mismatched shapes
-                self._fail(batch, internal_error("PreprocessError", f"stacking this batch of {len(arrays)} images failed"))
-        return batch
+        return arrays
 
     @staticmethod
     def _rows(batch: ImageBatch) -> List[Tuple[List[np.ndarray], Any, Optional[Settings]]]:

@@ -48,14 +48,7 @@ class TorchvisionDetectionTask(VisionTask):
 
     def prepare_batch(self, items) -> ImageBatch:
         batch = ImageBatch([None] * len(items))
-        images = []
-        for position, prepared in enumerate(self._map(self._prepare_item, items)):
-            if not isinstance(prepared, tuple):  # its RequestError
-                batch.results[position] = prepared
-                continue
-            images.append(prepared[0])
-            batch.metas.append(prepared[1])
-            batch.positions.append(position)
+        images = self._place(batch, enumerate(self._map(self._prepare_item, items)))
         if images:
             batch.inputs = self._map(to_chw_float, images)  # a list: the sizes differ
         return batch
