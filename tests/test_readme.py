@@ -33,6 +33,7 @@ START_SECTIONS = ("Starting TorchServe",)
 REQUEST_SECTIONS = ("Sending requests", "Per-request options", "Pictures")
 SHIPPED_PORTS = ("8080", "8081", "8082", "7070", "7071", "9000")  # the listeners and initial_worker_port
 MODEL = "detection_onnx"  # the model the request sections call
+CURL_MODELS = ("classification_onnx", "segmentation_onnx")  # and examples/curl.sh's others
 MARK = "@@@ next README block @@@"
 
 
@@ -97,11 +98,13 @@ def test_the_readme_sections_hold_the_commands_the_e2e_test_runs():
 def test_readme_commands_run_as_written_against_torchserve_started_as_the_readme_says(model_store, tmp_path):
     text = README.read_text()
     ports = {port: free_port() for port in SHIPPED_PORTS}
-    root = tmp_path / "repo"  # laid out as the repository root after ./archive.sh (one archive of the ten)
+    root = tmp_path / "repo"  # laid out as the repository root after ./archive.sh (three archives of the ten)
     (root / "model_store").mkdir(parents=True)
     (root / "tmp").mkdir()
     (root / ".venv").symlink_to(sys.prefix)
-    shutil.copy(model_store / f"{MODEL}.mar", root / "model_store")
+    (root / "examples").symlink_to(README.parent / "examples")
+    for name in (MODEL, *CURL_MODELS):
+        shutil.copy(model_store / f"{name}.mar", root / "model_store")
     (root / "config.properties").write_text(with_ports(REPO_CONFIG.read_text(), ports))
     env = {key: value for key, value in os.environ.items() if key != "TS_CONFIG_FILE"}
     env["TMPDIR"] = str(root / "tmp")
@@ -112,7 +115,7 @@ def test_readme_commands_run_as_written_against_torchserve_started_as_the_readme
     server = TorchServe(root / "model_store", root, base_config=root / "config.properties", free_ports=False)
     server.pid = int((root / "tmp" / ".model_server.pid").read_text())
     try:
-        server.wait_ready([MODEL], timeout=300)
+        server.wait_ready([MODEL, *CURL_MODELS], timeout=300)
         assert (root / "key_file.json").exists() and (root / "logs").is_dir()  # in the directory it was started from
 
         blocks = [with_ports(block, ports) for block in bash_blocks(text, REQUEST_SECTIONS)]
@@ -143,6 +146,15 @@ def test_readme_commands_run_as_written_against_torchserve_started_as_the_readme
         picture = Image.open(root / "boxes.png")
         assert picture.format == "PNG" and picture.size == (width, height)
         assert picture.convert("RGB").tobytes() != Image.open(root / "photo.jpg").convert("RGB").tobytes()
+
+        # examples/curl.sh from the directory TorchServe was started from (URL: the port only).
+        curl_sh = run_bash(f"URL={server.inference_url} bash examples/curl.sh", root, env).split("\n== ")[1:]
+        assert [section.split(":")[0] for section in curl_sh] == ["classification_onnx"] * 2 + [MODEL, "segmentation_onnx"]
+        top5, top5_from_json = (json.loads(section.splitlines()[1]) for section in curl_sh[:2])
+        assert len(top5) == 5 and top5 == top5_from_json and all({"label", "index", "score"} == set(x) for x in top5)
+        assert curl_sh[2].splitlines()[1].startswith('[{"label": ')  # cut to 600 characters
+        segmentation = json.loads(curl_sh[3].splitlines()[1])
+        assert (segmentation["width"], segmentation["height"]) == (width, height) and segmentation["mask"].endswith("...")
 
         # The demo's --keep-running lines for this server: the key, a request, and the stop.
         lines = [line.strip() for line in keep_running_help(server).splitlines() if line.startswith("  ")]
