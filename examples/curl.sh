@@ -4,6 +4,7 @@
 # set KEY_FILE:
 #   bash examples/curl.sh [image-file]          default image: scikit-image's astronaut photo
 #   URL=http://127.0.0.1:8080 KEY_FILE=key_file.json bash examples/curl.sh photo.jpg
+#   KEY_FILE=build/torchserve/key_file.json bash examples/curl.sh     the demo's server (run.sh demo --keep-running)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 URL=${URL:-http://127.0.0.1:8080}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import shlex
 import socket
 import sys
 from pathlib import Path
@@ -43,6 +44,21 @@ def summarize(model: str, answer) -> str:
     if answer and "keypoints" in answer[0]:
         return f"{len(answer)} persons with {len(answer[0]['keypoints'])} keypoints each; {top}"
     return f"{len(answer)} boxes; {top}"
+
+
+def keep_running_help(server: TorchServe) -> str:
+    """What to type to send the README's requests to this server, and to stop it."""
+    key_file = shlex.quote(str(server.workdir / "key_file.json"))
+    torchserve = shlex.quote(str(Path(sys.executable).parent / "torchserve"))
+    return "\n".join([
+        f"TorchServe keeps running (pid {server.pid}). Its key is in {server.workdir / 'key_file.json'}:",
+        f"  KEY=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[\"inference\"][\"key\"])' {key_file})",
+        "send a photo (photo.jpg) to detection_onnx:",
+        f'  curl -s -H "Authorization: Bearer $KEY" -H "Content-Type: image/jpeg" --data-binary @photo.jpg '
+        f"{server.inference_url}/predictions/detection_onnx",
+        "stop it with:",
+        f"  (cd {shlex.quote(str(server.workdir))} && TMPDIR=$PWD/tmp {torchserve} --stop)",
+    ])
 
 
 def main(argv=None) -> int:
@@ -91,8 +107,7 @@ def main(argv=None) -> int:
         print(f"\npictures of the answers: {args.out}/")
     finally:
         if args.keep_running:
-            print(f"TorchServe keeps running (pid {server.pid}); stop it with: "
-                  f"TMPDIR={server.workdir / 'tmp'} {Path(sys.executable).parent / 'torchserve'} --stop")
+            print(keep_running_help(server))
         else:
             server.stop()
             print("TorchServe stopped.")
