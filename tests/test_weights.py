@@ -238,3 +238,21 @@ def test_missing_weights_file_fails_fast_in_one_line_naming_file_and_folder(tmp_
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert str(tmp_path / "hub" / "checkpoints" / cached_name(DETECTION)) in err and DETECTION.url in err
     assert time.time() - started < 30
+
+
+@pytest.mark.parametrize("weights", [torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1, CLASSIFICATION])
+def test_classification_input_is_the_weights_preset(weights):
+    """The served input equals ``weights.transforms()`` (bicubic for EfficientNet, bilinear for
+    MobileNetV3) within a grey level; the other filter would be 20 and more off."""
+    from tsvision.serving.geometry import normalize, resize_center_crop
+    from tsvision.tools.pretrained import settings_from_preset
+
+    s = settings_from_preset("classification", weights)
+    other = {"bilinear": "bicubic", "bicubic": "bilinear"}[s["interpolation"]]
+    for name in ("chelsea", "rocket"):
+        expected = weights.transforms()(photo(name)).numpy()
+        for interpolation, low, high in ((s["interpolation"], 0, 1.5), (other, 10, 255)):
+            ours = normalize(resize_center_crop(photo(name), s["resize_size"], s["input_size"], interpolation)[None],
+                             s["mean"], s["std"])[0]
+            grey_levels = float((np.abs(ours - expected) * np.asarray(s["std"])[:, None, None]).max() * 255)
+            assert low <= grey_levels <= high, (name, interpolation, grey_levels)
