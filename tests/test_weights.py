@@ -256,3 +256,24 @@ def test_classification_input_is_the_weights_preset(weights):
                              s["mean"], s["std"])[0]
             grey_levels = float((np.abs(ours - expected) * np.asarray(s["std"])[:, None, None]).max() * 255)
             assert low <= grey_levels <= high, (name, interpolation, grey_levels)
+
+
+def test_a_silent_server_times_out_in_one_line(tmp_path, monkeypatch):
+    """A download that never answers (a firewall that drops, a dead proxy) gives up after the socket timeout."""
+    import socket
+    from types import SimpleNamespace
+
+    from tsvision.tools.pretrained import WeightsError, ensure_cached
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("TSVISION_OFFLINE", raising=False)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)  # connections complete in the backlog; nothing is ever sent
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/models/net-0123abcd.pth"
+        started = time.time()
+        with pytest.raises(WeightsError) as error:
+            ensure_cached(SimpleNamespace(url=url), timeout=1.0)
+    assert time.time() - started < 10
+    message = str(error.value)
+    assert "\n" not in message and "timed out" in message and str(tmp_path / "hub" / "checkpoints" / "net-0123abcd.pth") in message

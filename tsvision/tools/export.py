@@ -1,5 +1,5 @@
-"""Export a torchvision architecture (random seeded weights or a checkpoint) to TorchScript
-and ONNX, check both, and report parity, parameters and FLOPs.
+"""Export a torchvision architecture (random seeded weights, torchvision's pretrained --weights, or a
+checkpoint) to TorchScript and ONNX, check both, and report parity, parameters and FLOPs.
 
     tsvision export --task classification [--arch NAME] [--checkpoint FILE | --weights DEFAULT]
                               [--labels FILE] [--out DIR] [--set key=value ...]
