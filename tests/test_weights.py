@@ -223,6 +223,16 @@ def test_weights_mistakes_are_one_line(arguments, words, offline, tmp_path, caps
     assert not (tmp_path / "out").exists()
 
 
+def test_a_file_that_is_not_the_weights_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    placed = tmp_path / "hub" / "checkpoints" / cached_name(CLASSIFICATION)
+    placed.parent.mkdir(parents=True)
+    placed.write_text("not a checkpoint\n")
+    assert export_main(["--task", "classification", "--weights", "DEFAULT", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(placed) in err and CLASSIFICATION.url in err, err
+
+
 def test_weights_with_checkpoint_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         export_main(["--task", "classification", "--weights", "DEFAULT", "--checkpoint", str(tmp_path / "x.pth")])

@@ -12,6 +12,7 @@ where; ``TSVISION_OFFLINE=1`` never tries the network.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 from pathlib import Path
 from typing import List, Optional
@@ -48,7 +49,8 @@ def resolve_weights(task: str, architecture: str, name: str):
 
     known = architectures_with_weights(task)
     if architecture not in known:
-        raise WeightsError(f"{architecture} has no torchvision pretrained weights for --task {task}; "
+        raise WeightsError(f"{architecture} has no torchvision pretrained weights for --task {task} (tsvision's own "
+                           "build, or another task's model); "
                            f"--weights works with: {', '.join(known)}")
     enum = models.get_model_weights(architecture)
     prefix, _, member = name.rpartition(".")
@@ -107,7 +109,7 @@ def build_pretrained(task: str, architecture: str, name: str, num_classes: Optio
     path = ensure_cached(weights)
     try:
         model = torchvision.models.get_model(architecture, weights=weights, **(model_args or {}))
-    except (RuntimeError, EOFError, OSError) as error:  # a truncated or foreign file placed by hand
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:  # a truncated or foreign file placed by hand
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise WeightsError(f"{path} does not hold {weights} ({first}); delete it and place the file from {weights.url}") from None
     return model.eval(), weights, labels if labels is not None else categories
