@@ -9,7 +9,6 @@ then equal torchvision's own ``weights.transforms()`` + model built with ``weigh
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
