@@ -130,7 +130,8 @@ def count_flops(module: torch.nn.Module, size: int) -> int:
 
 def write_settings(exportable: Exportable, out_dir: Path, overrides: dict) -> Settings:
     out_dir.mkdir(parents=True, exist_ok=True)
-    origin = "random seeded weights" if exportable.random_weights else f"pretrained {exportable.weights}" if exportable.weights else "checkpoint"
+    origin = ("random seeded weights" if exportable.random_weights
+              else f"pretrained {exportable.weights}" if exportable.weights else "checkpoint")
     values = {"task": exportable.task, "labels": "labels.json", "random_weights": exportable.random_weights,
               "description": f"{exportable.architecture} ({origin})"}
     values.update(exportable.settings)
