@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 RESAMPLE = Image.BILINEAR
+FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}  # settings.INTERPOLATIONS -> PIL's (antialiased) filters
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,9 @@ def fit_square(image: Image.Image, size: int, mode: str, fill: Sequence[int]) ->
     return array, Placement(width, height, content_w, content_h, size, left, top)
 
 
-def resize_center_crop(image: Image.Image, resize_size: int, crop_size: int) -> np.ndarray:
-    """torchvision's classification preset: shorter side to ``resize_size``, centre crop.
+def resize_center_crop(image: Image.Image, resize_size: int, crop_size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """torchvision's classification preset: shorter side to ``resize_size`` (PIL's ``interpolation``
+    filter, as torchvision resizes a PIL image), centre crop.
 
     Sizes and offsets follow torchvision's arithmetic (long side truncated, offsets rounded),
     but only the region that survives the crop is resized: same pixels, less work.
@@ -89,7 +91,7 @@ def resize_center_crop(image: Image.Image, resize_size: int, crop_size: int) -> 
     scale_x, scale_y = new_w / width, new_h / height
     left, top = int(round((new_w - crop_size) / 2.0)), int(round((new_h - crop_size) / 2.0))
     box = (left / scale_x, top / scale_y, (left + crop_size) / scale_x, (top + crop_size) / scale_y)
-    return np.asarray(image.resize((crop_size, crop_size), RESAMPLE, box=box))
+    return np.asarray(image.resize((crop_size, crop_size), FILTERS[interpolation], box=box))
 
 
 def normalize(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

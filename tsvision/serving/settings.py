@@ -12,6 +12,7 @@ from tsvision.serving.images import DEFAULT_MAX_PIXELS
 TASKS = ("classification", "segmentation", "detection", "instance_segmentation", "keypoints")
 DETECTING_TASKS = ("detection", "instance_segmentation", "keypoints")  # boxes, and the detection_format setting
 RESIZE_MODES = ("stretch", "letterbox", "letterbox_center")
+INTERPOLATIONS = ("bilinear", "bicubic")  # classification's resize filter (PIL, antialiased), as torchvision's presets name it
 MASK_FORMATS = ("png", "rle", "polygon")  # how masks are written (tsvision.serving.masks)
 DETECTION_FORMATS = ("ssd", "yolov8", "yolov5", "yolo_nms", "detr", "rtdetr", "torchvision",  # docs/models.md
                      "yolov8_seg", "yolov8_pose")  # instance_segmentation, keypoints
@@ -39,6 +40,7 @@ class Settings:
     labels: Optional[str] = None          # JSON list of names (or {"index": name}), relative to the model dir
     input_size: int = 224                  # side of the square tensor the model sees
     resize_size: int = 256                 # classification: shorter side before the centre crop
+    interpolation: str = "bilinear"        # classification: the resize filter, "bilinear" or "bicubic" (the weights' preset)
     resize_mode: str = "stretch"           # segmentation/detection: "stretch", "letterbox" or (detection) "letterbox_center"
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
@@ -100,6 +102,8 @@ class Settings:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.resize_mode == "letterbox_center" and self.task not in DETECTING_TASKS:
             raise ValueError(f"resize_mode 'letterbox_center' is for the tasks {DETECTING_TASKS} only")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if self.mask_format not in (None,) + MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {self.mask_format!r}")
         if not 0.0 < self.mask_threshold < 1.0:

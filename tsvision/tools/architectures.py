@@ -16,6 +16,7 @@ from torch import nn
 
 from tsvision.tools.torchvision_detectors import (OWN_ARCHITECTURES, build_torchvision_detector, is_torchvision_detector,
                                                   keypoint_count, load_detector_checkpoint, output_keys)
+from tsvision.tools.pretrained import settings_from_preset
 
 DEFAULT_ARCHITECTURES = {
     "classification": "mobilenet_v3_small",
@@ -37,6 +38,7 @@ class Exportable:
     labels: List[str]
     random_weights: bool
     output_names: List[str] = field(default_factory=list)
+    weights: Optional[str] = None  # torchvision's pretrained weights, e.g. "MobileNet_V3_Small_Weights.IMAGENET1K_V1"
 
 
 class SegmentationLogits(nn.Module):
@@ -54,7 +56,8 @@ class SSDBoxesScores(nn.Module):
     """An SSD/SSDlite detector up to decoded boxes and class probabilities, for a fixed input size.
 
     Anchors depend only on the input size, so they are computed once here and stored; the
-    batch axis stays free. NMS and the mapping to original pixels run in the handler.
+    batch axis stays free. Boxes are clipped to the input, as torchvision's SSD does before its NMS.
+    NMS and the mapping to original pixels run in the handler.
     """
 
     def __init__(self, model: nn.Module, input_size: int) -> None:
@@ -65,6 +68,7 @@ class SSDBoxesScores(nn.Module):
         weights = torch.tensor(model.box_coder.weights, dtype=torch.float32)
         self.register_buffer("coder_weights", weights)
         self.clip = float(model.box_coder.bbox_xform_clip)
+        self.size = float(input_size)
         with torch.no_grad():
             probe = torch.zeros(1, 3, input_size, input_size)
             features = list(model.backbone(probe).values())
@@ -85,7 +89,7 @@ class SSDBoxesScores(nn.Module):
         w = torch.exp(torch.clamp(deltas[..., 2] / ww, max=self.clip)) * widths
         h = torch.exp(torch.clamp(deltas[..., 3] / wh, max=self.clip)) * heights
         boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
-        return boxes, torch.softmax(logits, dim=-1)
+        return boxes.clamp(0.0, self.size), torch.softmax(logits, dim=-1)
 
 
 def build_exportable(
@@ -96,19 +100,30 @@ def build_exportable(
     labels: Optional[List[str]] = None,
     seed: int = 0,
     model_args: Optional[dict] = None,
+    weights: Optional[str] = None,
 ) -> Exportable:
-    """Instantiate ``architecture`` (seeded random weights, or ``checkpoint``) for ``task``.
+    """Instantiate ``architecture`` (seeded random weights, ``checkpoint``, or torchvision's pretrained
+    ``weights`` such as ``"DEFAULT"``: tools/pretrained.py) for ``task``.
     ``model_args`` go to torchvision's model builder, e.g. ``{"min_size": 320, "max_size": 480}``
     for a detector that resizes to a smaller image than its default."""
     import torchvision
 
+    refuse_weights_model_args(model_args)
+    if weights is not None and checkpoint is not None:
+        raise ValueError("--weights and --checkpoint exclude each other: a checkpoint is the whole state dict; "
+                         "pass one of them")
     if task == "instance_segmentation":  # a whole Mask R-CNN (tools/instance_segmenters.py)
         from tsvision.tools.instance_segmenters import build_instance_segmenter
 
-        return build_instance_segmenter(architecture, checkpoint, num_classes, labels, seed)
+        return build_instance_segmenter(architecture, checkpoint, num_classes, labels, seed, weights)
 
     architecture = architecture or DEFAULT_ARCHITECTURES[task]
-    if architecture in OWN_ARCHITECTURES:  # not in torchvision's registry
+    preset = None
+    if weights is not None:
+        from tsvision.tools.pretrained import build_pretrained
+
+        model, preset, labels = build_pretrained(task, architecture, weights, num_classes, labels, model_args)
+    elif architecture in OWN_ARCHITECTURES:  # not in torchvision's registry
         builder, default_labels = OWN_ARCHITECTURES[architecture]
         labels = list(default_labels) if labels is None else labels
         torch.manual_seed(seed)
@@ -125,24 +140,22 @@ def build_exportable(
     if checkpoint is not None:
         (load_detector_checkpoint if is_torchvision_detector(model) else load_checkpoint)(model, checkpoint)
     model.eval()
+    random_weights = checkpoint is None and weights is None
+    weights_name = str(preset) if weights is not None else None
 
     if task == "classification":
-        transforms = preset.transforms()
         module = model
-        settings = {"input_size": transforms.crop_size[0], "resize_size": transforms.resize_size[0],
-                    "mean": list(transforms.mean), "std": list(transforms.std)}
+        settings = settings_from_preset(task, preset)
     elif task == "segmentation":
-        transforms = preset.transforms()
         module = SegmentationLogits(model)
-        settings = {"input_size": transforms.resize_size[0], "resize_mode": "letterbox",
-                    "mean": list(transforms.mean), "std": list(transforms.std)}
+        settings = {**settings_from_preset(task, preset), "resize_mode": "letterbox"}
     elif is_torchvision_detector(model):  # Faster R-CNN, RetinaNet, FCOS, Keypoint R-CNN: the whole detector (tools/torchvision_detectors.py)
         keypoints = keypoint_count(model) > 0
         if keypoints != (task == "keypoints"):
             raise ValueError(f"{architecture} is {'a keypoint' if keypoints else 'not a keypoint'} model: export it with "
                              f"--task {'keypoints' if keypoints else 'detection'}")
-        model, settings = build_torchvision_detector(model, architecture, checkpoint is None, seed)
-        return Exportable(task, architecture, model, settings, labels, checkpoint is None, list(output_keys(model)))
+        model, settings = build_torchvision_detector(model, architecture, random_weights, seed)
+        return Exportable(task, architecture, model, settings, labels, random_weights, list(output_keys(model)), weights_name)
     elif task == "keypoints":
         raise ValueError(f"{architecture} is not a Keypoint R-CNN; --task keypoints exports Keypoint R-CNNs "
                          "(keypointrcnn_mobilenet_v3_large_320_fpn, keypointrcnn_resnet50_fpn) and ultralytics pose models (yolov8n-pose)")
@@ -155,14 +168,22 @@ def build_exportable(
         settings = {"input_size": size, "resize_mode": "stretch", "mean": list(model.transform.image_mean),
                     "std": list(model.transform.image_std), "background_index": 0,
                     "iou_threshold": float(model.nms_thresh)}
-    random_weights = checkpoint is None
     if random_weights:
         calibrate_batchnorm(module, settings["input_size"], seed)
         if task == "detection":
             # Untrained class scores sit near 1/C (top around 0.036 for COCO's 91): at the usual
             # 0.5 nothing would be shown, so the demo shows its (meaningless) top boxes instead.
             settings["score_threshold"] = RANDOM_WEIGHTS_SCORE_THRESHOLD
-    return Exportable(task, architecture, module.eval(), settings, labels, random_weights, OUTPUT_NAMES[task])
+    return Exportable(task, architecture, module.eval(), settings, labels, random_weights, OUTPUT_NAMES[task], weights_name)
+
+
+def refuse_weights_model_args(model_args: Optional[dict]) -> None:
+    """``--model-arg weights=...`` (or ``weights_backbone``) would reach torchvision's builder twice:
+    pretrained weights go through ``--weights`` (the hub cache, the weights' labels and transforms)."""
+    given = sorted({"weights", "weights_backbone"} & set(model_args or {}))
+    if given:
+        raise ValueError(f"--model-arg {given[0]}=... is not passed to torchvision: use --weights NAME "
+                         "(DEFAULT or a weights name of the architecture) for pretrained weights of the whole model")
 
 
 def read_state_dict(path: Path) -> dict:

@@ -7,7 +7,7 @@ import sys
 from typing import List, Optional
 
 COMMANDS = {
-    "export": ("tsvision.tools.export", "export a torchvision model to TorchScript and ONNX (random weights or --checkpoint)"),
+    "export": ("tsvision.tools.export", "export a torchvision model to TorchScript and ONNX (random weights, --weights or --checkpoint)"),
     "archive": ("tsvision.tools.archive", "build a .mar from a model file (checked through its handler first)"),
     "predict": ("tsvision.tools.predict", "send an image to a served model over REST, gRPC or the Open Inference Protocol"),
     "manage": ("tsvision.tools.manage", "versions: list, register, scale, set-default, promote, rollback, retire"),

@@ -1,7 +1,7 @@
-"""Export a torchvision architecture (random seeded weights or a checkpoint) to TorchScript
-and ONNX, check both, and report parity, parameters and FLOPs.
+"""Export a torchvision architecture (random seeded weights, torchvision's pretrained --weights, or a
+checkpoint) to TorchScript and ONNX, check both, and report parity, parameters and FLOPs.
 
-    tsvision export --task classification [--arch NAME] [--checkpoint FILE]
+    tsvision export --task classification [--arch NAME] [--checkpoint FILE | --weights DEFAULT]
                               [--labels FILE] [--out DIR] [--set key=value ...]
     tsvision export --task detection --arch yolov8n [--checkpoint best.pt]   (ultralytics' exporter)
     tsvision export --task detection --arch retinanet_resnet50_fpn --model-arg min_size=320 --model-arg max_size=480
@@ -9,7 +9,8 @@ and ONNX, check both, and report parity, parameters and FLOPs.
     tsvision export --task detection --quantize int8 [--calibration-images DIR]   (also model.int8.onnx)
 
 Writes ``model.pt``, ``model.onnx``, ``labels.json``, ``settings.json`` (the handler settings)
-and ``report.json`` into ``--out``; with ``--quantize int8`` also ``model.int8.onnx`` (ONNX Runtime
+and ``report.json`` into ``--out``. ``--weights NAME`` loads torchvision's pretrained weights
+through torch's hub cache (tools/pretrained.py) and takes labels and preprocessing from them; with ``--quantize int8`` also ``model.int8.onnx`` (ONNX Runtime
 static quantisation, tools/quantize.py) and its agreement with ``model.onnx`` in ``report.json``.
 """
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from tsvision.tools.architectures import DEFAULT_ARCHITECTURES, Exportable, build_exportable
+from tsvision.tools.pretrained import WeightsError
 from tsvision.serving.settings import TASKS, Settings, load_labels, parse_overrides
 
 
@@ -60,6 +62,7 @@ def export_files(exportable: Exportable, out_dir: Path, tolerance: float = 1e-3,
         "task": exportable.task,
         "architecture": exportable.architecture,
         "random_weights": exportable.random_weights,
+        "weights": exportable.weights,
         "input": [None, 3, size, size],
         "outputs": exportable.output_names,
         "parameters": sum(p.numel() for p in module.parameters()),
@@ -127,8 +130,10 @@ def count_flops(module: torch.nn.Module, size: int) -> int:
 
 def write_settings(exportable: Exportable, out_dir: Path, overrides: dict) -> Settings:
     out_dir.mkdir(parents=True, exist_ok=True)
+    origin = ("random seeded weights" if exportable.random_weights
+              else f"pretrained {exportable.weights}" if exportable.weights else "checkpoint")
     values = {"task": exportable.task, "labels": "labels.json", "random_weights": exportable.random_weights,
-              "description": f"{exportable.architecture} ({'random seeded weights' if exportable.random_weights else 'checkpoint'})"}
+              "description": f"{exportable.architecture} ({origin})"}
     values.update(exportable.settings)
     values.update(overrides)
     settings = Settings.from_mapping(values)
@@ -141,7 +146,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="tsvision export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--arch", help="torchvision architecture (default per task: %s)" % DEFAULT_ARCHITECTURES)
-    parser.add_argument("--checkpoint", type=Path, help="state dict for the architecture (torch.save); strict load")
+    parser.add_argument("--checkpoint", type=Path, help="state dict for the architecture (torch.save); strict load "
+                        "(not with --weights)")
+    parser.add_argument("--weights", metavar="NAME", help="torchvision's pretrained weights: DEFAULT or a weights name of "
+                        "--arch (IMAGENET1K_V1, MobileNet_V3_Small_Weights.IMAGENET1K_V1); labels and preprocessing come "
+                        "from them; the file is read from torch's hub cache ($TORCH_HOME/hub/checkpoints) or downloaded "
+                        "there (not with TSVISION_OFFLINE=1); docs/models.md")
     parser.add_argument("--labels", type=Path, help="class names: JSON list, JSON {index: name} or one per line (.txt)")
     parser.add_argument("--num-classes", type=int, help="output classes (default: the number of labels)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
@@ -162,6 +172,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.calibration_images is not None and not args.quantize:
         parser.error("--calibration-images goes with --quantize int8")
+    if args.weights is not None and args.checkpoint is not None:
+        parser.error("--weights and --checkpoint exclude each other: a checkpoint is the whole state dict "
+                     "(start it from the weights when you train, then export it with --checkpoint)")
 
     out_dir = args.out or Path("build") / args.task
     labels = load_labels(args.labels) if args.labels else None
@@ -179,11 +192,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: --quantize {args.quantize}: {error}", file=sys.stderr)
             return 2
     if is_ultralytics_config(args.arch):
+        if args.weights is not None:
+            print(f"error: --weights is for torchvision architectures; for {args.arch} pass your trained "
+                  "ultralytics file with --checkpoint (e.g. yolov8n.pt)", file=sys.stderr)
+            return 2
         code = export_ultralytics(args, out_dir)
         return quantize_after_export(args, out_dir) if code == 0 and args.quantize else code
     try:
         exportable = build_exportable(args.task, args.arch, args.checkpoint, args.num_classes, labels, args.seed,
-                                      parse_overrides(args.model_args))
+                                      parse_overrides(args.model_args), args.weights)
+    except WeightsError as error:
+        print(f"error: --weights {args.weights}: {error}", file=sys.stderr)
+        return 2
     except (ValueError, RuntimeError, OSError, TypeError) as error:
         print(f"error: cannot build {args.arch or DEFAULT_ARCHITECTURES[args.task]}"
               f"{' from ' + str(args.checkpoint) if args.checkpoint else ''}: {error}", file=sys.stderr)
@@ -192,7 +212,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if exportable.random_weights:
         print(f"WARNING: {exportable.architecture} has RANDOM weights (seed {args.seed}); nothing can be downloaded here. "
-              "Its predictions are meaningless. Pass --checkpoint FILE for a trained model.", file=sys.stderr)
+              "Its predictions are meaningless. Pass --weights DEFAULT (torchvision's pretrained weights) or "
+              "--checkpoint FILE for a trained model.", file=sys.stderr)
     write_settings(exportable, out_dir, parse_overrides(args.overrides))
     report = export_files(exportable, out_dir, args.tolerance, pt2=args.pt2)
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items())
@@ -202,7 +223,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if report.get("onnx_error"):
         print(f"  NO model.onnx: ONNX export of {exportable.architecture} failed on torch {torch.__version__}: "
               f"{report['onnx_error']}; model.pt (TorchScript) is usable", file=sys.stderr)
-    print(f"  weights: {'RANDOM (seed %d)' % args.seed if exportable.random_weights else args.checkpoint}")
+    if exportable.weights:
+        import torchvision
+
+        from tsvision.tools.pretrained import cache_file
+
+        print(f"  weights: {exportable.weights} ({cache_file(torchvision.models.get_weight(exportable.weights))})")
+    else:
+        print(f"  weights: {'RANDOM (seed %d)' % args.seed if exportable.random_weights else args.checkpoint}")
     flops = report["flops_per_image"]
     where = " at %dx%d" % tuple(report["parity_image"]) if "parity_image" in report else ""
     print(f"  parameters: {report['parameters']:,}  FLOPs/image{where}: {'%.3f G' % (flops / 1e9) if flops else 'not counted'}")

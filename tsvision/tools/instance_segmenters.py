@@ -67,15 +67,22 @@ def build_mask_rcnn(architecture: str, num_classes: int) -> nn.Module:
 
 
 def build_instance_segmenter(architecture: Optional[str], checkpoint: Optional[Path], num_classes: Optional[int],
-                             labels: Optional[List[str]], seed: int):
-    """An ``Exportable`` Mask R-CNN: seeded random weights (conditioned) or ``checkpoint``."""
+                             labels: Optional[List[str]], seed: int, weights: Optional[str] = None):
+    """An ``Exportable`` Mask R-CNN: seeded random weights (conditioned), ``checkpoint``, or torchvision's
+    pretrained ``weights`` (``maskrcnn_resnet50_fpn``/``_v2`` only; tools/pretrained.py)."""
     from tsvision.tools.architectures import Exportable
 
     architecture = architecture or DEFAULT_ARCHITECTURE
-    labels = labels if labels is not None else coco_labels()
-    torch.manual_seed(seed)
-    model = build_mask_rcnn(architecture, num_classes or len(labels))
-    random_weights = checkpoint is None
+    preset = None
+    if weights is not None:
+        from tsvision.tools.pretrained import build_pretrained
+
+        model, preset, labels = build_pretrained("instance_segmentation", architecture, weights, num_classes, labels)
+    else:
+        labels = labels if labels is not None else coco_labels()
+        torch.manual_seed(seed)
+        model = build_mask_rcnn(architecture, num_classes or len(labels))
+    random_weights = checkpoint is None and weights is None
     if checkpoint is not None:
         load_detector_checkpoint(model, checkpoint)
     transform = model.transform
@@ -87,7 +94,8 @@ def build_instance_segmenter(architecture: Optional[str], checkpoint: Optional[P
         # Below the served threshold nothing is answered: the model need not paste those masks.
         model.roi_heads.score_thresh = RANDOM_WEIGHTS_SCORE_THRESHOLD
         settings["score_threshold"] = RANDOM_WEIGHTS_SCORE_THRESHOLD
-    return Exportable("instance_segmentation", architecture, model.eval(), settings, labels, random_weights, list(OUTPUT_NAMES))
+    return Exportable("instance_segmentation", architecture, model.eval(), settings, labels, random_weights, list(OUTPUT_NAMES),
+                      None if preset is None else str(preset))
 
 
 def _logits(model: nn.Module, layer: nn.Module, channel: int, images: List[torch.Tensor]) -> List[torch.Tensor]:

@@ -18,7 +18,8 @@ class ClassificationTask(VisionTask):
     default_micro_batch = 4  # served 0.79 -> 0.95 of in-process at 32 clients on 2 cores (docs/performance.md)
 
     def prepare(self, image: Image.Image):
-        return resize_center_crop(image, self.settings.resize_size, self.settings.input_size), None
+        return resize_center_crop(image, self.settings.resize_size, self.settings.input_size,
+                                  self.settings.interpolation), None
 
     def headline(self, answer: list) -> str:
         return answer[0]["label"] if answer else ""
