@@ -77,6 +77,7 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown handler setting(s) {unknown}; known: {sorted(known)}")
         values = dict(values)
+        _check_types(values, {f.name: f.type for f in fields(cls)})
         if values.get("task") not in TASKS:
             raise ValueError(f"handler setting 'task' must be one of {TASKS}, got {values.get('task')!r}")
         if values["task"] in DETECTING_TASKS:
@@ -132,6 +133,22 @@ class Settings:
         if self.skeleton is not None:
             values["skeleton"] = [list(pair) for pair in self.skeleton]
         return values
+
+
+_SCALARS = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "bool": ((bool,), "true or false"),
+            "str": ((str,), "a string")}
+
+
+def _check_types(values: Mapping[str, Any], types: Mapping[str, str]) -> None:
+    """A scalar setting of the wrong type (``input_size: "abc"``) is said by name, not found later by a comparison."""
+    for key, value in values.items():
+        declared = str(types.get(key, ""))
+        optional = declared.startswith("Optional[")
+        accepted, said = _SCALARS.get(declared[len("Optional["):-1] if optional else declared, (None, ""))
+        if accepted is None or (value is None and optional):
+            continue
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+            raise ValueError(f"handler setting {key!r} must be {'null or ' if optional else ''}{said}, got {value!r}")
 
 
 def load_labels(path: Optional[Path]) -> list:
