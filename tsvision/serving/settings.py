@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, List, Mapping, Optional
@@ -135,7 +136,7 @@ class Settings:
         return values
 
 
-_SCALARS = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "bool": ((bool,), "true or false"),
+_SCALARS = {"int": ((numbers.Integral,), "an integer"), "float": ((numbers.Real,), "a number"), "bool": ((bool,), "true or false"),
             "str": ((str,), "a string")}
 
 
