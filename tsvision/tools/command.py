@@ -91,6 +91,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def host_port(text: str) -> str:
+    """argparse ``type=``: an address ``HOST:PORT`` (port 0-65535)."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8001)")
+    return text
+
+
 def read_json(path: Path, what: str = "") -> object:
     """A JSON file's content; a missing file or one that is not JSON is a :class:`UsageError` naming it."""
     label = f"{what} {path}".strip()
@@ -147,11 +155,18 @@ def describe(error: BaseException) -> str:
     return one_line(f"{type(error).__name__}: {error}")
 
 
+def bad_url(error: BaseException) -> bool:
+    """requests refused the URL itself (a usage error): no scheme, a port out of range, ..."""
+    return type(error).__name__ in ("InvalidURL", "InvalidSchema", "MissingSchema") and type(error).__module__.startswith("requests")
+
+
 def describe_request_error(error: BaseException) -> str:
     """requests' exceptions carry pages of urllib3 text: the URL tried and the reason."""
     import requests
 
     url = getattr(getattr(error, "request", None), "url", None) or "the server"
+    if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)):
+        return f"not a usable URL: {error} (expected e.g. http://127.0.0.1:8080)"
     if isinstance(error, requests.Timeout):
         return f"no answer from {url} in time ({type(error).__name__})"
     if isinstance(error, requests.exceptions.SSLError):
@@ -189,7 +204,7 @@ def run(prog: str, main: Callable[[List[str]], Optional[int]], argv: List[str]) 
         if debug:
             traceback.print_exc()
     except Exception as error:  # noqa: BLE001 - every failure ends in one line
-        message, status = describe(error), error.status if isinstance(error, CommandError) else 1
+        message, status = describe(error), error.status if isinstance(error, CommandError) else 2 if bad_url(error) else 1
         if debug:
             traceback.print_exc()
     print(f"{prog}: error: {message}", file=sys.stderr)

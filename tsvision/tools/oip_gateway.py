@@ -29,7 +29,7 @@ from typing import Callable, List, Optional
 import grpc
 import numpy as np
 
-from tsvision.tools.command import CommandError, UsageError, entry_point, parser as command_parser
+from tsvision.tools.command import CommandError, entry_point, host_port, parser as command_parser
 
 from tsvision.tools.grpc_client import SERVER_REQUEST_LIMIT
 from tsvision.tools.grpc_stubs import load
@@ -167,17 +167,16 @@ class _Forwarder(grpc.GenericRpcHandler):
 @entry_point("tsvision gateway")
 def main(argv: Optional[List[str]] = None) -> int:
     parser = command_parser("tsvision gateway", __doc__)
-    parser.add_argument("--listen", default="127.0.0.1:8001", help="address for standard KServe v2 gRPC clients")
-    parser.add_argument("--torchserve", default="127.0.0.1:7070", help="TorchServe's gRPC inference address")
+    parser.add_argument("--listen", type=host_port, default="127.0.0.1:8001", help="address for standard KServe v2 gRPC clients")
+    parser.add_argument("--torchserve", type=host_port, default="127.0.0.1:7070", help="TorchServe's gRPC inference address")
     parser.add_argument("--message-limit", type=int, default=DEFAULT_MESSAGE_LIMIT, help="largest message in bytes, both ways")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
+    host = host.strip("[]")
     try:  # said here in one line; gRPC's own refusal comes with a C-core log line
-        with socket.create_server((host.strip("[]"), int(port))):
+        with socket.create_server((host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET):
             pass
         gateway = OipGateway(args.listen, args.torchserve, args.message_limit).start()
-    except ValueError:
-        raise UsageError(f"--listen {args.listen}: expected HOST:PORT") from None
     except (OSError, RuntimeError) as error:
         raise CommandError(f"--listen {args.listen}: cannot listen there ({getattr(error, 'strerror', None) or error})") from None
     print(f"KServe v2 gRPC on {args.listen.rsplit(':', 1)[0]}:{gateway.port} -> TorchServe {args.torchserve}", flush=True)

@@ -12,7 +12,8 @@ from typing import Any, List, Optional, Union
 
 import requests
 
-from tsvision.tools.command import CommandError, describe, entry_point, existing_file, parser as command_parser
+from tsvision.tools.command import (CommandError, describe, entry_point, existing_file, host_port,
+                                    parser as command_parser)
 from tsvision.tools.keys import KEY_FILE_HELP, checked_key, key_file_or_default, token_hint
 
 PROTOCOLS = ("rest", "grpc", "grpc-stream", "oip-rest", "oip-grpc")
@@ -78,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--version", default="", help="model version (default: the model's default version)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="rest", help="how to send it")
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="REST inference address")
-    parser.add_argument("--grpc", default="127.0.0.1:7070", help="gRPC inference address")
+    parser.add_argument("--grpc", type=host_port, default="127.0.0.1:7070", help="gRPC inference address")
     parser.add_argument("--key-file", type=existing_file, help=KEY_FILE_HELP)
     parser.add_argument("--tls-cert", type=existing_file, help="CA certificate that signed the server's (https and gRPC over TLS)")
     args = parser.parse_args(argv)

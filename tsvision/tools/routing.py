@@ -31,7 +31,8 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
-from tsvision.tools.command import CommandError, UsageError, describe, entry_point, existing_file, parser as command_parser
+from tsvision.tools.command import (CommandError, UsageError, describe, entry_point, existing_file, host_port,
+                                    parser as command_parser)
 
 
 @dataclass(frozen=True)
@@ -387,13 +388,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     haproxy = commands.add_parser("haproxy", help="write buckets.map into --prefix and print the HAProxy configuration (the split)")
     haproxy.add_argument("routing", type=existing_file, help="the routing file (YAML)")
-    haproxy.add_argument("--listen", default="127.0.0.1:8091", help="address HAProxy listens on")
+    haproxy.add_argument("--listen", type=host_port, default="127.0.0.1:8091", help="address HAProxy listens on")
     haproxy.add_argument("--torchserve", default="http://127.0.0.1:8080", help="TorchServe inference address")
     haproxy.add_argument("--prefix", type=Path, default=Path("build/router/haproxy"), help="folder for the map and the admin socket")
     nginx = commands.add_parser("nginx", help="print the nginx configuration (the front: 401, log, shadow)")
     nginx.add_argument("routing", type=existing_file, help="the routing file (YAML)")
-    nginx.add_argument("--listen", default="127.0.0.1:8090", help="address nginx listens on (the clients' address)")
-    nginx.add_argument("--router", default="127.0.0.1:8091", help="the HAProxy address (haproxy --listen)")
+    nginx.add_argument("--listen", type=host_port, default="127.0.0.1:8090", help="address nginx listens on (the clients' address)")
+    nginx.add_argument("--router", type=host_port, default="127.0.0.1:8091", help="the HAProxy address (haproxy --listen)")
     nginx.add_argument("--torchserve", default="http://127.0.0.1:8080", help="TorchServe inference address (for the shadow)")
     nginx.add_argument("--prefix", type=Path, default=Path("build/router/nginx"), help="folder for logs, pid and temp files")
     apply = commands.add_parser("apply", help="change a running router's weights live from the routing file (no reload)")
