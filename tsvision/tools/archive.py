@@ -319,7 +319,7 @@ def check_model_file(model: Path) -> None:
         try:
             onnx.load(str(model), load_external_data=False)
         except Exception as error:  # protobuf's DecodeError and the like
-            raise UsageError(f"--model {model} is not an ONNX model ({type(error).__name__}: {one_line(str(error))})") from None
+            raise UsageError(f"--model {model} is not an ONNX model ({type(error).__name__}: {one_line(str(error))})") from error
 
 
 @entry_point("tsvision archive")
@@ -367,7 +367,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if "task" in values:
             Settings.from_mapping(values)  # unknown settings and bad values, before the model is loaded
     except (ValueError, TypeError) as error:
-        raise UsageError(str(error)) from None
+        raise UsageError(str(error)) from error
     check_model_file(args.model)
     scratch = tempfile.TemporaryDirectory(prefix="tsvision-labels-")
     try:
@@ -392,7 +392,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             answer = check_model(args.model, settings, handler, labels, found, args.name)
     except ValueError as error:
         scratch.cleanup()
-        raise UsageError(str(error)) from None
+        raise UsageError(str(error)) from error
     print(f"{args.name}: {Path(handler).name} answers a batch of two test images ({type(answer).__name__} of {len(answer)})")
     if found.get("fixed_batch"):
         size = found["fixed_batch"]

@@ -109,7 +109,7 @@ def read_json(path: Path, what: str = "") -> object:
     except IsADirectoryError:
         raise UsageError(f"{label} is a folder, not a file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{label} is not JSON: {error}") from None
+        raise UsageError(f"{label} is not JSON: {error}") from error
 
 
 def writable_folder(path: Path, flag: str) -> Path:
@@ -133,7 +133,7 @@ def labels_file(path: Path, flag: str = "--labels") -> list:
         raise UsageError(f"{flag} {path}: no such file") from None
     except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as error:
         raise UsageError(f"{flag} {path} is not a labels file (a JSON list, a JSON {{index: name}} map, or .txt "
-                         f"with one name per line): {one_line(str(error))}") from None
+                         f"with one name per line): {one_line(str(error))}") from error
 
 
 def one_line(text: str) -> str:
@@ -155,6 +155,13 @@ def describe(error: BaseException) -> str:
     return one_line(f"{type(error).__name__}: {error}")
 
 
+def exit_status(error: BaseException) -> int:
+    """2 for a usage error (the command line or a file it names), 1 for a failure."""
+    if isinstance(error, CommandError):
+        return error.status
+    return 2 if bad_url(error) else 1
+
+
 def bad_url(error: BaseException) -> bool:
     """requests refused the URL itself (a usage error): no scheme, a port out of range, ..."""
     return type(error).__name__ in ("InvalidURL", "InvalidSchema", "MissingSchema") and type(error).__module__.startswith("requests")
@@ -165,7 +172,7 @@ def describe_request_error(error: BaseException) -> str:
     import requests
 
     url = getattr(getattr(error, "request", None), "url", None) or "the server"
-    if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)):
+    if bad_url(error):
         return f"not a usable URL: {error} (expected e.g. http://127.0.0.1:8080)"
     if isinstance(error, requests.Timeout):
         return f"no answer from {url} in time ({type(error).__name__})"
@@ -204,7 +211,7 @@ def run(prog: str, main: Callable[[List[str]], Optional[int]], argv: List[str]) 
         if debug:
             traceback.print_exc()
     except Exception as error:  # noqa: BLE001 - every failure ends in one line
-        message, status = describe(error), error.status if isinstance(error, CommandError) else 2 if bad_url(error) else 1
+        message, status = describe(error), exit_status(error)
         if debug:
             traceback.print_exc()
     print(f"{prog}: error: {message}", file=sys.stderr)

@@ -179,7 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             calibration_items(args.calibration_images)
         except QuantizeError as error:
-            raise UsageError(f"--quantize {args.quantize}: {error}") from None
+            raise UsageError(f"--quantize {args.quantize}: {error}") from error
     if is_ultralytics_config(args.arch):
         code = export_ultralytics(args, out_dir)
         return quantize_after_export(args, out_dir) if code == 0 and args.quantize else code
@@ -188,7 +188,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                       parse_overrides(args.model_args))
     except (ValueError, RuntimeError, OSError, TypeError) as error:
         raise UsageError(f"cannot build {args.arch or DEFAULT_ARCHITECTURES[args.task]}"
-                         f"{' from ' + str(args.checkpoint) if args.checkpoint else ''}: {error}") from None
+                         f"{' from ' + str(args.checkpoint) if args.checkpoint else ''}: {error}") from error
     if args.quantize and refuse_quantization(args, args.task, exportable.settings.get("detection_format", "ssd")):
         return 2
     if exportable.random_weights:
@@ -236,7 +236,7 @@ def quantize_after_export(args: argparse.Namespace, out_dir: Path) -> int:
     try:
         record = quantize_export(out_dir, args.calibration_images, args.quantize)
     except QuantizeError as error:
-        raise UsageError(f"--quantize {args.quantize}: {error}") from None
+        raise UsageError(f"--quantize {args.quantize}: {error}") from error
     task = json.loads((out_dir / "settings.json").read_text())["task"]
     print(f"  quantised ({record['format']}, {record['weights']} weights, {record['activations']} activations) -> "
           f"{out_dir}/{record['file']} ({record['size_bytes'] / 1e6:.1f} MB, fp32 {record['fp32_size_bytes'] / 1e6:.1f} MB) "
@@ -263,7 +263,7 @@ def export_ultralytics(args: argparse.Namespace, out_dir: Path) -> int:
     try:
         report = export_yolo(args.arch, out_dir, args.checkpoint, args.seed, tolerance=args.tolerance)
     except (ValueError, RuntimeError, OSError, FileNotFoundError) as error:
-        raise UsageError(f"cannot export {args.arch}{' from ' + str(args.checkpoint) if args.checkpoint else ''}: {error}") from None
+        raise UsageError(f"cannot export {args.arch}{' from ' + str(args.checkpoint) if args.checkpoint else ''}: {error}") from error
     if report["task"] != args.task:
         raise UsageError(f"{args.arch} is a {report['task']} model, not {args.task}")
     settings_path = out_dir / "settings.json"

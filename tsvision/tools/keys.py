@@ -31,7 +31,7 @@ def checked_key(key_file: Optional[Path], api: str = "inference") -> Optional[st
         return read_key(key_file, api)
     except (ValueError, KeyError, TypeError) as error:
         raise UsageError(f"--key-file {key_file} is not TorchServe's key file (JSON with {api}.key; "
-                         f"{type(error).__name__}: {error})") from None
+                         f"{type(error).__name__}: {error})") from error
 
 
 def token_hint(status: int, text: str, key_file: Optional[Path]) -> str:

@@ -197,7 +197,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(client.retire(args.name, args.version).get("status", "unregistered"))
     except ManagementError as error:
         status = re.search(r"HTTP (\d+)", str(error))
-        raise CommandError(f"{args.management}: {error}{token_hint(int(status[1]) if status else 0, str(error), key_file)}") from None
+        raise CommandError(f"{args.management}: {error}{token_hint(int(status[1]) if status else 0, str(error), key_file)}") from error
     return 0
 
 

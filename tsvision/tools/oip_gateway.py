@@ -178,7 +178,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             pass
         gateway = OipGateway(args.listen, args.torchserve, args.message_limit).start()
     except (OSError, RuntimeError) as error:
-        raise CommandError(f"--listen {args.listen}: cannot listen there ({getattr(error, 'strerror', None) or error})") from None
+        raise CommandError(f"--listen {args.listen}: cannot listen there ({getattr(error, 'strerror', None) or error})") from error
     print(f"KServe v2 gRPC on {args.listen.rsplit(':', 1)[0]}:{gateway.port} -> TorchServe {args.torchserve}", flush=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

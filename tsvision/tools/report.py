@@ -81,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         report = variant_report(args.log)
     except (ValueError, KeyError, TypeError) as error:
-        raise UsageError(f"--log {args.log} is not the router's JSON access log ({describe(error)})") from None
+        raise UsageError(f"--log {args.log} is not the router's JSON access log ({describe(error)})") from error
     served = served_by_version(requests.get(args.metrics, timeout=10).text, args.model) if args.metrics and args.model else None
     print(json.dumps({"variants": report, "served_by_version": served}, indent=2) if args.json else format_table(report, served))
     return 0

@@ -408,11 +408,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         routing = Routing.load(args.routing)
     except yaml.YAMLError as error:
-        raise UsageError(f"{args.routing} is not YAML: {error}") from None
+        raise UsageError(f"{args.routing} is not YAML: {error}") from error
     except KeyError as error:
-        raise UsageError(f"{args.routing}: every variant needs a version and a weight (one has no {error})") from None
+        raise UsageError(f"{args.routing}: every variant needs a version and a weight (one has no {error})") from error
     except (ValueError, TypeError) as error:
-        raise UsageError(f"{args.routing}: {error}") from None
+        raise UsageError(f"{args.routing}: {error}") from error
     if args.command == "haproxy":
         from tsvision.tools.proxy import HAProxy
 
@@ -433,7 +433,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             result = HAProxy.running(args.prefix).apply(routing)
         except (OSError, RuntimeError) as error:
-            raise CommandError(f"--prefix {args.prefix}: {describe(error)}") from None
+            raise CommandError(f"--prefix {args.prefix}: {describe(error)}") from error
         print(f"{routing.model}: live, {result['moved']} of {BUCKETS} buckets moved; buckets "
               + ", ".join(f"{v} {n}" for v, n in result["buckets"].items()) + " (no reload)")
     else:
