@@ -210,7 +210,11 @@ def test_predict_without_a_key_file_and_into_a_closed_pipe(served, photos, files
     """Against a real TorchServe with token authorization: no key file is said, and | head ends quietly."""
     photos["chelsea"].save(tmp_path / "chelsea.png")
     url = ["--url", served.inference_url, "--model", "classification_onnx", "--image", tmp_path / "chelsea.png"]
-    assert_one_line(run(["predict", *url], tmp_path), 1, "HTTP 400", "no key file", "--key-file")  # no ./key_file.json
+    print(assert_one_line(run(["predict", *url], tmp_path), 1, "HTTP 400", "no key file", "--key-file"))  # no ./key_file.json
+    grpc = ["--protocol", "grpc", "--grpc", f"127.0.0.1:{served.properties['grpc_inference_port']}"]
+    print(assert_one_line(run(["predict", *url, *grpc], tmp_path), 1, "no key file", "--key-file"))
+    manage = ["manage", "--management", served.management_url, "list"]
+    print(assert_one_line(run(manage, tmp_path), 1, served.management_url, "no key file", "--key-file"))
     key = ["--key-file", served.workdir / "key_file.json"]
     answered = run(["predict", *url, *key], tmp_path)
     assert answered.returncode == 0 and json.loads(answered.stdout)[0]["label"], answered.stderr

@@ -34,9 +34,9 @@ def checked_key(key_file: Optional[Path], api: str = "inference") -> Optional[st
                          f"{type(error).__name__}: {error})") from error
 
 
-def token_hint(status: int, text: str, key_file: Optional[Path]) -> str:
-    """What to add to a 400/401 answer that says the token was missing or wrong."""
-    if status not in (400, 401) or not any(word in text for word in ("InvalidKey", "Token", "token")):
+def token_hint(message: str, key_file: Optional[Path]) -> str:
+    """What to add to a refusal whose ``message`` says the token was missing or wrong (else "")."""
+    if not any(word in message for word in ("InvalidKeyException", "Token Authorization", "Unauthorized", "UNAUTHENTICATED")):
         return ""
     if key_file is None:
         return ("; no key file was read (no ./key_file.json here): pass --key-file PATH, the key_file.json "

@@ -11,7 +11,6 @@ TorchServe ignores ``defaultVersion`` when several versions load at start-up
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Union
@@ -196,8 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif args.command == "retire":
             print(client.retire(args.name, args.version).get("status", "unregistered"))
     except ManagementError as error:
-        status = re.search(r"HTTP (\d+)", str(error))
-        raise CommandError(f"{args.management}: {error}{token_hint(int(status[1]) if status else 0, str(error), key_file)}") from error
+        raise CommandError(f"{args.management}: {error}{token_hint(str(error), key_file)}") from error
     return 0
 
 

@@ -107,11 +107,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 else:
                     answer = client.infer_v2(args.model, [image], args.version)[0]
             except grpc.RpcError as error:
-                raise CommandError(f"{args.grpc} ({args.protocol}): {describe(error)}") from error
+                said = describe(error)
+                raise CommandError(f"{args.grpc} ({args.protocol}): {said}{token_hint(said, key_file)}") from error
     except RuntimeError as error:  # the server's refusal (Refused, grpc_client.PredictionError): its status and message
-        status = getattr(error, "status", getattr(error, "code", 0))
         raise CommandError(f"{args.url if args.protocol.endswith('rest') else args.grpc} ({args.protocol}), model "
-                           f"{args.model}: {error}{token_hint(status, str(error), key_file)}") from error
+                           f"{args.model}: {error}{token_hint(str(error), key_file)}") from error
     print(json.dumps(answer, indent=2))
     return 0
 
