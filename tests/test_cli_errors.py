@@ -92,7 +92,7 @@ MISTAKES = {  # name: (arguments, exit status, words the one line must hold)
     "archive: settings not JSON": (["archive", "--model", "tiny.onnx", "--settings", "broken.json", "--name", "m"], 2,
                                    ["broken.json", "not JSON"]),
     "archive: unknown setting": (["archive", "--model", "tiny.onnx", "--settings", "typo.json", "--name", "m"], 2,
-                                 ["input_sise", "unknown handler setting"]),
+                                 ["input_sise", "unknown handler setting", "did you mean 'input_size'?"]),
     "archive: bad name": (["archive", "--model", "garbage.onnx", "--task", "classification", "--name", "my model/1"], 2,
                           ["--name", "'my model/1'", "^[A-Za-z0-9][A-Za-z0-9_\\-.]*$"]),  # before the model check
     "archive: --set without =": (["archive", "--model", "tiny.onnx", "--task", "classification", "--name", "m",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import numbers
 from dataclasses import asdict, dataclass, fields
@@ -76,7 +77,9 @@ class Settings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown handler setting(s) {unknown}; known: {sorted(known)}")
+            close = [match for key in unknown for match in difflib.get_close_matches(key, known, n=1)]
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            raise ValueError(f"unknown handler setting(s) {unknown}{hint}; known: {sorted(known)}")
         values = dict(values)
         _check_types(values, {f.name: f.type for f in fields(cls)})
         if values.get("task") not in TASKS:
