@@ -107,6 +107,8 @@ MISTAKES = {  # name: (arguments, exit status, words the one line must hold)
                                            "--labels", "not-a-key.json"], 2, ["--labels", "not-a-key.json", "labels file"]),
     "export: missing checkpoint": (["export", "--task", "classification", "--checkpoint", "nope.pth"], 2,
                                    ["--checkpoint", "nope.pth", "no such file"]),
+    "export: --set unknown setting": (["export", "--task", "detection", "--set", "score_treshold=0.3"], 2,
+                                      ["--set", "score_treshold", "did you mean 'score_threshold'?"]),
     "export: unknown architecture": (["export", "--task", "classification", "--arch", "nope", "--out", "out"], 2,
                                      ["nope", "Unknown model"]),
     "predict: no server": (["predict", "--model", "m", "--image", "photo.png", "--url", f"http://127.0.0.1:{PORT}"], 1,

@@ -74,14 +74,8 @@ class Settings:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "Settings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            close = [match for key in unknown for match in difflib.get_close_matches(key, known, n=1)]
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            raise ValueError(f"unknown handler setting(s) {unknown}{hint}; known: {sorted(known)}")
+        check_names_and_types(values)
         values = dict(values)
-        _check_types(values, {f.name: f.type for f in fields(cls)})
         if values.get("task") not in TASKS:
             raise ValueError(f"handler setting 'task' must be one of {TASKS}, got {values.get('task')!r}")
         if values["task"] in DETECTING_TASKS:
@@ -143,10 +137,17 @@ _SCALARS = {"int": ((numbers.Integral,), "an integer"), "float": ((numbers.Real,
             "str": ((str,), "a string")}
 
 
-def _check_types(values: Mapping[str, Any], types: Mapping[str, str]) -> None:
-    """A scalar setting of the wrong type (``input_size: "abc"``) is said by name, not found later by a comparison."""
+def check_names_and_types(values: Mapping[str, Any]) -> None:
+    """Some handler settings, checked alone: unknown names (with the closest known one) and a scalar of
+    the wrong type (``input_size: "abc"``), said by name. ``Settings.from_mapping`` does this first."""
+    types = {f.name: str(f.type) for f in fields(Settings)}
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        close = [match for key in unknown for match in difflib.get_close_matches(key, types, n=1)]
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise ValueError(f"unknown handler setting(s) {unknown}{hint}; known: {sorted(types)}")
     for key, value in values.items():
-        declared = str(types.get(key, ""))
+        declared = types[key]
         optional = declared.startswith("Optional[")
         accepted, said = _SCALARS.get(declared[len("Optional["):-1] if optional else declared, (None, ""))
         if accepted is None or (value is None and optional):

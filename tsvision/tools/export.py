@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from tsvision.tools.architectures import DEFAULT_ARCHITECTURES, Exportable, build_exportable
-from tsvision.serving.settings import TASKS, Settings, parse_overrides
+from tsvision.serving.settings import TASKS, Settings, check_names_and_types, parse_overrides
 from tsvision.tools.command import UsageError, entry_point, existing_file, labels_file, parser as command_parser, writable_folder
 
 
@@ -168,6 +168,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     out_dir = writable_folder(args.out or Path("build") / args.task, "--out")
     labels = labels_file(args.labels) if args.labels else None
     settings_overrides = parse_overrides(args.overrides)  # a malformed --set is said before the export
+    try:
+        check_names_and_types(settings_overrides)
+    except ValueError as error:
+        raise UsageError(f"--set: {error}") from error
     started = time.time()
     from tsvision.tools.ultralytics_export import is_ultralytics_config
 
