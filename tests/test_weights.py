@@ -233,6 +233,7 @@ def test_a_file_that_is_not_the_weights_is_named(tmp_path, monkeypatch, capsys):
 
 
 def test_weights_with_checkpoint_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "x.pth").write_bytes(b"")  # exists: the refusal is about the pair, not a missing file
     with pytest.raises(SystemExit) as exit_:
         export_main(["--task", "classification", "--weights", "DEFAULT", "--checkpoint", str(tmp_path / "x.pth")])
     assert exit_.value.code == 2 and "exclude each other" in capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import numbers
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, List, Mapping, Optional
@@ -74,10 +76,7 @@ class Settings:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "Settings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown handler setting(s) {unknown}; known: {sorted(known)}")
+        check_names_and_types(values)
         values = dict(values)
         if values.get("task") not in TASKS:
             raise ValueError(f"handler setting 'task' must be one of {TASKS}, got {values.get('task')!r}")
@@ -136,6 +135,29 @@ class Settings:
         if self.skeleton is not None:
             values["skeleton"] = [list(pair) for pair in self.skeleton]
         return values
+
+
+_SCALARS = {"int": ((numbers.Integral,), "an integer"), "float": ((numbers.Real,), "a number"), "bool": ((bool,), "true or false"),
+            "str": ((str,), "a string")}
+
+
+def check_names_and_types(values: Mapping[str, Any]) -> None:
+    """Some handler settings, checked alone: unknown names (with the closest known one) and a scalar of
+    the wrong type (``input_size: "abc"``), said by name. ``Settings.from_mapping`` does this first."""
+    types = {f.name: str(f.type) for f in fields(Settings)}
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        close = [match for key in unknown for match in difflib.get_close_matches(key, types, n=1)]
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise ValueError(f"unknown handler setting(s) {unknown}{hint}; known: {sorted(types)}")
+    for key, value in values.items():
+        declared = types[key]
+        optional = declared.startswith("Optional[")
+        accepted, said = _SCALARS.get(declared[len("Optional["):-1] if optional else declared, (None, ""))
+        if accepted is None or (value is None and optional):
+            continue
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+            raise ValueError(f"handler setting {key!r} must be {'null or ' if optional else ''}{said}, got {value!r}")
 
 
 def load_labels(path: Optional[Path]) -> list:

@@ -10,7 +10,6 @@ the task's contract (docs/models.md) fails here, not in a TorchServe worker.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -27,6 +26,8 @@ import yaml
 from PIL import Image
 
 from tsvision.serving.settings import TASKS, Settings, load_labels, parse_overrides
+from tsvision.tools.command import (CommandError, UsageError, entry_point, existing_file, labels_file, one_line,
+                                    parser as command_parser, positive_int, read_json, writable_folder)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]          # tsvision/
 HANDLERS_DIR = PACKAGE_DIR.parent / "handlers"              # the entry files TorchServe loads
@@ -281,7 +282,10 @@ def build_archive(model: Path, settings: Settings, labels: Optional[Path], name:
         # TMPDIR so two builds of the same model name cannot destroy each other's files.
         private_tmp = Path(tmp) / "archiver-tmp"
         private_tmp.mkdir()
-        subprocess.run(command, check=True, env={**os.environ, "TMPDIR": str(private_tmp)})
+        done = subprocess.run(command, env={**os.environ, "TMPDIR": str(private_tmp)}, capture_output=True, text=True)
+        if done.returncode != 0:
+            said = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+            raise CommandError(f"torch-model-archiver failed (exit status {done.returncode}): {said[-1] if said else 'no message'}")
         # Built aside, then moved: a second version never overwrites the first one's file.
         archive = store / f"{archive_file or name}.mar"
         shutil.move(str(Path(tmp) / f"{name}.mar"), str(archive))
@@ -290,34 +294,81 @@ def build_archive(model: Path, settings: Settings, labels: Optional[Path], name:
     return archive
 
 
+def check_name(name: str, flag: str = "--name") -> str:
+    """TorchServe's rule for model names (the archiver's own check), applied before any model work."""
+    from model_archiver.model_packaging_utils import ModelArchiverError, ModelExportUtils
+
+    try:
+        ModelExportUtils.check_model_name_regex_or_exit(name)
+    except ModelArchiverError:
+        raise UsageError(f"{flag} {name!r}: a model name is letters, digits, '_', '-' and '.', starting with a letter "
+                         "or digit (the archiver's rule ^[A-Za-z0-9][A-Za-z0-9_\\-.]*$)") from None
+    return name
+
+
+def check_model_file(model: Path) -> None:
+    """A model file tsvision can run: a known suffix, and an ONNX file that parses (said before the model check)."""
+    from tsvision.serving.runtimes import RUNTIMES
+
+    if model.suffix.lower() not in RUNTIMES:
+        raise UsageError(f"--model {model}: cannot tell the backend from the suffix {model.suffix or '(none)'!r}; "
+                         f"expected one of {', '.join(sorted(RUNTIMES))}")
+    if model.suffix.lower() == ".onnx":
+        import onnx
+
+        try:
+            onnx.load(str(model), load_external_data=False)
+        except Exception as error:  # protobuf's DecodeError and the like
+            raise UsageError(f"--model {model} is not an ONNX model ({type(error).__name__}: {one_line(str(error))})") from error
+
+
+@entry_point("tsvision archive")
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="tsvision archive", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="TorchScript (.pt) or ONNX (.onnx) file")
-    parser.add_argument("--settings", type=Path, help="settings.json written by tsvision.tools.export")
+    parser = command_parser("tsvision archive", __doc__)
+    parser.add_argument("--model", type=existing_file, required=True, help="TorchScript (.pt), ONNX (.onnx) or AOTInductor (.pt2) file")
+    parser.add_argument("--settings", type=existing_file, help="settings.json written by tsvision export")
     parser.add_argument("--task", choices=TASKS, help="task, when there is no settings.json (your own model)")
-    parser.add_argument("--labels", type=Path, help="class names: JSON list, JSON {index: name} or .txt, one per line")
+    parser.add_argument("--labels", type=existing_file, help="class names: JSON list, JSON {index: name} or .txt, one per line")
     parser.add_argument("--name", required=True, help="model name in TorchServe, e.g. classification_onnx")
-    parser.add_argument("--version", default="1.0")
+    parser.add_argument("--version", default="1.0", help="model version in TorchServe")
     parser.add_argument("--archive-file", help="file name without .mar (default: --name); give each version its own, "
                         "e.g. --name classifier --version 2.0 --archive-file classifier-2.0")
-    parser.add_argument("--store", type=Path, default=Path("model_store"))
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--store", type=Path, default=Path("model_store"), help="folder the .mar is written to")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="TorchServe's batchSize for the model")
     parser.add_argument("--max-batch-delay", type=int, default=20, help="milliseconds a batch may wait to fill")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--handler", type=Path, help="your own handler file: one class subclassing ImageClassifier, "
-                        "ImageSegmenter or ObjectDetector from tsvision.serving (default: the task's file in handlers/)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="TorchServe workers for the model (minWorkers = maxWorkers)")
+    parser.add_argument("--handler", type=existing_file, help="your own handler file: one class subclassing "
+                        f"{', '.join(name for _, name in DEFAULT_HANDLERS.values())} from tsvision.serving "
+                        "(default: the task's file in handlers/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="handler setting, e.g. --set input_size=320 --set score_threshold=0.4")
     args = parser.parse_args(argv)
 
-    values = json.loads(args.settings.read_text()) if args.settings else {}
+    # Everything the command line names is checked before any model work.
+    check_name(args.name)
+    if args.archive_file is not None:
+        check_name(args.archive_file, "--archive-file")
+    writable_folder(args.store, "--store")
+    values = read_json(args.settings, "--settings") if args.settings else {}
+    if not isinstance(values, dict):
+        raise UsageError(f"--settings {args.settings}: expected a JSON object of handler settings (settings.json)")
     if args.task:
         values["task"] = args.task
     values.update(parse_overrides(args.overrides))
     labels = args.labels
     if labels is None and args.settings and values.get("labels"):
         labels = args.settings.parent / values["labels"]
+        if not labels.is_file():
+            raise UsageError(f"--settings {args.settings} names the labels file {values['labels']}, which is not beside it ({labels})")
     values.pop("labels", None)
+    if labels is not None:
+        labels_file(labels, "--labels" if args.labels else "the labels file")
+    try:
+        if "task" in values:
+            Settings.from_mapping(values)  # unknown settings and bad values, before the model is loaded
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from error
+    check_model_file(args.model)
     scratch = tempfile.TemporaryDirectory(prefix="tsvision-labels-")
     try:
         names, metadata_note = from_onnx_metadata(args.model, values, labels_given=labels is not None)
@@ -340,9 +391,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             found: dict = {}
             answer = check_model(args.model, settings, handler, labels, found, args.name)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
         scratch.cleanup()
-        return 2
+        raise UsageError(str(error)) from error
     print(f"{args.name}: {Path(handler).name} answers a batch of two test images ({type(answer).__name__} of {len(answer)})")
     if found.get("fixed_batch"):
         size = found["fixed_batch"]

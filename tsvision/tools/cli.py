@@ -6,6 +6,8 @@ import importlib
 import sys
 from typing import List, Optional
 
+from tsvision.tools import command
+
 COMMANDS = {
     "export": ("tsvision.tools.export", "export a torchvision model to TorchScript and ONNX (random weights, --weights or --checkpoint)"),
     "archive": ("tsvision.tools.archive", "build a .mar from a model file (checked through its handler first)"),
@@ -18,13 +20,18 @@ COMMANDS = {
 
 
 def usage() -> str:
-    lines = ["usage: tsvision COMMAND [options]   (tsvision COMMAND --help)", "", "commands:"]
+    lines = ["usage: tsvision [--debug] COMMAND [options]   (tsvision COMMAND --help)", "", "commands:"]
     lines += [f"  {name:<9} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += ["", "An error is one line on stderr; exit status 2: the command line or a file it names is wrong,",
+              "1: the work failed. --debug (before or after COMMAND) prints the traceback too."]
     return "\n".join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(argv) and argv[0] == "--debug"
+    if debug:
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -34,10 +41,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"tsvision {__version__}")
         return 0
     if argv[0] not in COMMANDS:
-        print(f"tsvision: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        print(f"tsvision: error: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)} (see tsvision --help)",
+              file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    name, rest = argv[0], argv[1:]
+    previous, command.DEBUG = command.DEBUG, command.DEBUG or debug
+    try:  # each main reports its own errors; this also covers one that fails to import
+        return command.run(f"tsvision {name}", lambda args: importlib.import_module(COMMANDS[name][0]).main(args), rest)
+    finally:
+        command.DEBUG = previous
 
 
 if __name__ == "__main__":

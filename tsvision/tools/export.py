@@ -29,7 +29,8 @@ import torch
 
 from tsvision.tools.architectures import DEFAULT_ARCHITECTURES, Exportable, build_exportable
 from tsvision.tools.pretrained import WeightsError
-from tsvision.serving.settings import TASKS, Settings, load_labels, parse_overrides
+from tsvision.serving.settings import TASKS, Settings, check_names_and_types, parse_overrides
+from tsvision.tools.command import UsageError, entry_point, existing_file, labels_file, parser as command_parser, writable_folder
 
 
 def export_files(exportable: Exportable, out_dir: Path, tolerance: float = 1e-3, pt2: bool = False) -> dict:
@@ -142,17 +143,18 @@ def write_settings(exportable: Exportable, out_dir: Path, overrides: dict) -> Se
     return settings
 
 
+@entry_point("tsvision export")
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="tsvision export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", required=True, choices=TASKS)
+    parser = command_parser("tsvision export", __doc__)
+    parser.add_argument("--task", required=True, choices=TASKS, help="what the model does")
     parser.add_argument("--arch", help="torchvision architecture (default per task: %s)" % DEFAULT_ARCHITECTURES)
-    parser.add_argument("--checkpoint", type=Path, help="state dict for the architecture (torch.save); strict load "
+    parser.add_argument("--checkpoint", type=existing_file, help="state dict for the architecture (torch.save); strict load "
                         "(not with --weights)")
     parser.add_argument("--weights", metavar="NAME", help="torchvision's pretrained weights: DEFAULT or a weights name of "
                         "--arch (IMAGENET1K_V1, MobileNet_V3_Small_Weights.IMAGENET1K_V1); labels and preprocessing come "
                         "from them; the file is read from torch's hub cache ($TORCH_HOME/hub/checkpoints) or downloaded "
                         "there (not with TSVISION_OFFLINE=1); docs/models.md")
-    parser.add_argument("--labels", type=Path, help="class names: JSON list, JSON {index: name} or one per line (.txt)")
+    parser.add_argument("--labels", type=existing_file, help="class names: JSON list, JSON {index: name} or one per line (.txt)")
     parser.add_argument("--num-classes", type=int, help="output classes (default: the number of labels)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
     parser.add_argument("--out", type=Path, help="output folder (default build/<task>)")
@@ -176,8 +178,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--weights and --checkpoint exclude each other: a checkpoint is the whole state dict "
                      "(start it from the weights when you train, then export it with --checkpoint)")
 
-    out_dir = args.out or Path("build") / args.task
-    labels = load_labels(args.labels) if args.labels else None
+    out_dir = writable_folder(args.out or Path("build") / args.task, "--out")
+    labels = labels_file(args.labels) if args.labels else None
+    settings_overrides = parse_overrides(args.overrides)  # a malformed --set is said before the export
+    try:
+        check_names_and_types(settings_overrides)
+    except ValueError as error:
+        raise UsageError(f"--set: {error}") from error
     started = time.time()
     from tsvision.tools.ultralytics_export import is_ultralytics_config
 
@@ -189,32 +196,28 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             calibration_items(args.calibration_images)
         except QuantizeError as error:
-            print(f"error: --quantize {args.quantize}: {error}", file=sys.stderr)
-            return 2
+            raise UsageError(f"--quantize {args.quantize}: {error}") from error
     if is_ultralytics_config(args.arch):
         if args.weights is not None:
-            print(f"error: --weights is for torchvision architectures; for {args.arch} pass your trained "
-                  "ultralytics file with --checkpoint (e.g. yolov8n.pt)", file=sys.stderr)
-            return 2
+            raise UsageError(f"--weights is for torchvision architectures; for {args.arch} pass your trained "
+                             "ultralytics file with --checkpoint (e.g. yolov8n.pt)")
         code = export_ultralytics(args, out_dir)
         return quantize_after_export(args, out_dir) if code == 0 and args.quantize else code
     try:
         exportable = build_exportable(args.task, args.arch, args.checkpoint, args.num_classes, labels, args.seed,
                                       parse_overrides(args.model_args), args.weights)
     except WeightsError as error:
-        print(f"error: --weights {args.weights}: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--weights {args.weights}: {error}") from error
     except (ValueError, RuntimeError, OSError, TypeError) as error:
-        print(f"error: cannot build {args.arch or DEFAULT_ARCHITECTURES[args.task]}"
-              f"{' from ' + str(args.checkpoint) if args.checkpoint else ''}: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(f"cannot build {args.arch or DEFAULT_ARCHITECTURES[args.task]}"
+                         f"{' from ' + str(args.checkpoint) if args.checkpoint else ''}: {error}") from error
     if args.quantize and refuse_quantization(args, args.task, exportable.settings.get("detection_format", "ssd")):
         return 2
     if exportable.random_weights:
         print(f"WARNING: {exportable.architecture} has RANDOM weights (seed {args.seed}); nothing can be downloaded here. "
               "Its predictions are meaningless. Pass --weights DEFAULT (torchvision's pretrained weights) or "
               "--checkpoint FILE for a trained model.", file=sys.stderr)
-    write_settings(exportable, out_dir, parse_overrides(args.overrides))
+    write_settings(exportable, out_dir, settings_overrides)
     report = export_files(exportable, out_dir, args.tolerance, pt2=args.pt2)
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items())
     files = report.get("files") or ["model.pt", "model.onnx"] + (["model.pt2"] if args.pt2 else [])
@@ -246,13 +249,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def refuse_quantization(args: argparse.Namespace, task: str, detection_format: str = "ssd") -> bool:
-    """Print why ``--quantize`` cannot apply to this task or detector format; True if refused."""
+    """Raise ``UsageError`` saying why ``--quantize`` cannot apply to this task or detector format; else False."""
     from tsvision.tools.quantize import refusal
 
     reason = refusal(task, detection_format)
     if reason:
-        print(f"error: --quantize {args.quantize}: {reason}", file=sys.stderr)
-    return reason is not None
+        raise UsageError(f"--quantize {args.quantize}: {reason}")
+    return False
 
 
 def quantize_after_export(args: argparse.Namespace, out_dir: Path) -> int:
@@ -263,8 +266,7 @@ def quantize_after_export(args: argparse.Namespace, out_dir: Path) -> int:
     try:
         record = quantize_export(out_dir, args.calibration_images, args.quantize)
     except QuantizeError as error:
-        print(f"error: --quantize {args.quantize}: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--quantize {args.quantize}: {error}") from error
     task = json.loads((out_dir / "settings.json").read_text())["task"]
     print(f"  quantised ({record['format']}, {record['weights']} weights, {record['activations']} activations) -> "
           f"{out_dir}/{record['file']} ({record['size_bytes'] / 1e6:.1f} MB, fp32 {record['fp32_size_bytes'] / 1e6:.1f} MB) "
@@ -291,11 +293,9 @@ def export_ultralytics(args: argparse.Namespace, out_dir: Path) -> int:
     try:
         report = export_yolo(args.arch, out_dir, args.checkpoint, args.seed, tolerance=args.tolerance)
     except (ValueError, RuntimeError, OSError, FileNotFoundError) as error:
-        print(f"error: cannot export {args.arch}{' from ' + str(args.checkpoint) if args.checkpoint else ''}: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(f"cannot export {args.arch}{' from ' + str(args.checkpoint) if args.checkpoint else ''}: {error}") from error
     if report["task"] != args.task:
-        print(f"error: {args.arch} is a {report['task']} model, not {args.task}", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.arch} is a {report['task']} model, not {args.task}")
     settings_path = out_dir / "settings.json"
     values = {**json.loads(settings_path.read_text()), **parse_overrides(args.overrides)}
     settings_path.write_text(json.dumps(Settings.from_mapping(values).to_mapping(), indent=2) + "\n")

@@ -11,14 +11,15 @@ TorchServe ignores ``defaultVersion`` when several versions load at start-up
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 import requests
 
-from tsvision.tools.keys import read_key
+from tsvision.tools.command import (CommandError, UsageError, entry_point, existing_file, parser as command_parser,
+                                    positive_int)
+from tsvision.tools.keys import KEY_FILE_HELP, checked_key, key_file_or_default, read_key, token_hint
 
 
 class ManagementError(RuntimeError):
@@ -144,31 +145,36 @@ class Management:
         return self._call("DELETE", f"/models/{name}/{version}")
 
 
+@entry_point("tsvision manage")
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="tsvision manage", description=__doc__.split("\n\n")[0])
+    parser = command_parser("tsvision manage", __doc__)
     parser.add_argument("--management", default="http://127.0.0.1:8081", help="management API address")
-    parser.add_argument("--key-file", type=Path, default=Path("key_file.json"), help="TorchServe's key file (token auth)")
-    parser.add_argument("--tls-cert", help="over https: the server's certificate (or its CA) to trust")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--key-file", type=existing_file, help=KEY_FILE_HELP)
+    parser.add_argument("--tls-cert", type=existing_file, help="over https: the server's certificate (or its CA) to trust")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("list", help="models, versions, defaults and workers")
     register = commands.add_parser("register", help="register an archive from the model store")
-    register.add_argument("archive")
-    register.add_argument("--workers", type=int, default=1)
+    register.add_argument("archive", help="file name of the .mar in TorchServe's model store")
+    register.add_argument("--workers", type=positive_int, default=1, help="workers to start")
     register.add_argument("--store", type=Path, default=Path("model_store"),
                           help="the model store on this machine, to check the archive's recorded SHA-256")
     register.add_argument("--skip-integrity-check", action="store_true",
                           help="register without checking the hash (when the store is not on this machine)")
     scale = commands.add_parser("scale", help="set a version's worker count")
     scale.add_argument("name"), scale.add_argument("version"), scale.add_argument("workers", type=int)
-    for command in ("set-default", "promote", "retire"):
-        sub = commands.add_parser(command)
+    for command, said in (("set-default", "make a version the default"),
+                          ("promote", "scale a version to 1 worker if it has none, then make it the default"),
+                          ("retire", "unregister a version (refused for the default)")):
+        sub = commands.add_parser(command, help=said)
         sub.add_argument("name"), sub.add_argument("version")
     rollback = commands.add_parser("rollback", help="default back to the previous version")
     rollback.add_argument("name")
-    rollback.add_argument("--to")
+    rollback.add_argument("--to", help="the version to go back to (default: the highest below the current default)")
     args = parser.parse_args(argv)
 
-    client = Management(args.management, args.key_file, verify=args.tls_cert or True)
+    key_file = key_file_or_default(args.key_file)
+    checked_key(key_file, "management")
+    client = Management(args.management, key_file, verify=str(args.tls_cert) if args.tls_cert else True)
     try:
         if args.command == "list":
             for name, versions in client.summary().items():
@@ -176,6 +182,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     print(f"{name:28s} {v['version']:8s} {'default' if v['default'] else '':8s} workers {v['ready']}/{v['workers']} READY")
         elif args.command == "register":
             store = None if args.skip_integrity_check else args.store
+            if store is not None and "/" not in args.archive and not (store / args.archive).is_file():
+                raise UsageError(f"{store / args.archive}: no such archive in --store {store}")
             print(client.register(args.archive, args.workers, store).get("status", "registered"))
         elif args.command == "scale":
             print(client.scale(args.name, args.version, args.workers).get("status", "scaled"))
@@ -186,9 +194,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{args.name}: rolled back; default version is now {client.rollback(args.name, args.to)} (verified)")
         elif args.command == "retire":
             print(client.retire(args.name, args.version).get("status", "unregistered"))
-    except (ManagementError, requests.RequestException) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except ManagementError as error:
+        raise CommandError(f"{args.management}: {error}{token_hint(str(error), key_file)}") from error
     return 0
 
 

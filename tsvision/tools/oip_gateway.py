@@ -18,9 +18,9 @@ The messages are wire-compatible; the gateway only
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
+import socket
 import struct
 import threading
 from concurrent import futures
@@ -28,6 +28,8 @@ from typing import Callable, List, Optional
 
 import grpc
 import numpy as np
+
+from tsvision.tools.command import CommandError, entry_point, host_port, parser as command_parser
 
 from tsvision.tools.grpc_client import SERVER_REQUEST_LIMIT
 from tsvision.tools.grpc_stubs import load
@@ -162,13 +164,21 @@ class _Forwarder(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(behaviour)
 
 
+@entry_point("tsvision gateway")
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="tsvision gateway", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--listen", default="127.0.0.1:8001", help="address for standard KServe v2 gRPC clients")
-    parser.add_argument("--torchserve", default="127.0.0.1:7070", help="TorchServe's gRPC inference address")
+    parser = command_parser("tsvision gateway", __doc__)
+    parser.add_argument("--listen", type=host_port, default="127.0.0.1:8001", help="address for standard KServe v2 gRPC clients")
+    parser.add_argument("--torchserve", type=host_port, default="127.0.0.1:7070", help="TorchServe's gRPC inference address")
     parser.add_argument("--message-limit", type=int, default=DEFAULT_MESSAGE_LIMIT, help="largest message in bytes, both ways")
     args = parser.parse_args(argv)
-    gateway = OipGateway(args.listen, args.torchserve, args.message_limit).start()
+    host, _, port = args.listen.rpartition(":")
+    host = host.strip("[]")
+    try:  # said here in one line; gRPC's own refusal comes with a C-core log line
+        with socket.create_server((host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET):
+            pass
+        gateway = OipGateway(args.listen, args.torchserve, args.message_limit).start()
+    except (OSError, RuntimeError) as error:
+        raise CommandError(f"--listen {args.listen}: cannot listen there ({getattr(error, 'strerror', None) or error})") from error
     print(f"KServe v2 gRPC on {args.listen.rsplit(':', 1)[0]}:{gateway.port} -> TorchServe {args.torchserve}", flush=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,19 +5,34 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import sys
-from pathlib import Path
 from typing import Any, List, Optional, Union
 
 import requests
 
-from tsvision.tools.keys import read_key
+from tsvision.tools.command import (CommandError, describe, entry_point, existing_file, host_port,
+                                    parser as command_parser)
+from tsvision.tools.keys import KEY_FILE_HELP, checked_key, key_file_or_default, token_hint
 
 PROTOCOLS = ("rest", "grpc", "grpc-stream", "oip-rest", "oip-grpc")
 
+
+class Refused(RuntimeError):
+    """The server answered, with an HTTP error ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+def _compact(text: str) -> str:
+    """TorchServe's pretty-printed JSON error body on one line."""
+    try:
+        return json.dumps(json.loads(text))
+    except ValueError:
+        return text.strip()
 
 
 def post_image(url: str, model: str, image: bytes, key: Optional[str] = None, version: str = "",
@@ -34,7 +49,7 @@ def predict_rest(url: str, model: str, image: bytes, key: Optional[str] = None, 
     """The answer's JSON; anything but 200 raises ``RuntimeError`` with the server's message."""
     response = post_image(url, model, image, key, version, verify)
     if response.status_code != 200:
-        raise RuntimeError(f"HTTP {response.status_code}: {response.text}")
+        raise Refused(response.status_code, _compact(response.text))
     return response.json()
 
 
@@ -47,24 +62,30 @@ def predict_oip_rest(url: str, model: str, images: List[bytes], key: Optional[st
     response = requests.post(path, json=body, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=120,
                              verify=verify)
     if response.status_code != 200:
-        raise RuntimeError(f"HTTP {response.status_code}: {response.json().get('error', response.text)}")
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text
+        raise Refused(response.status_code, _compact(str(message)))
     output = next(o for o in response.json()["outputs"] if o["name"] == "answers")
     return [json.loads(text) for text in output["data"]]
 
 
+@entry_point("tsvision predict")
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="tsvision predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--image", type=Path, required=True)
-    parser.add_argument("--version", default="")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="rest")
+    parser = command_parser("tsvision predict", __doc__)
+    parser.add_argument("--model", required=True, help="model name in TorchServe")
+    parser.add_argument("--image", type=existing_file, required=True, help="image file to send (JPEG, PNG, ...)")
+    parser.add_argument("--version", default="", help="model version (default: the model's default version)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="rest", help="how to send it")
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="REST inference address")
-    parser.add_argument("--grpc", default="127.0.0.1:7070", help="gRPC inference address")
-    parser.add_argument("--key-file", type=Path, default=Path("key_file.json"), help="TorchServe's key file")
-    parser.add_argument("--tls-cert", type=Path, help="CA certificate that signed the server's (https and gRPC over TLS)")
+    parser.add_argument("--grpc", type=host_port, default="127.0.0.1:7070", help="gRPC inference address")
+    parser.add_argument("--key-file", type=existing_file, help=KEY_FILE_HELP)
+    parser.add_argument("--tls-cert", type=existing_file, help="CA certificate that signed the server's (https and gRPC over TLS)")
     args = parser.parse_args(argv)
     image = args.image.read_bytes()
-    key = read_key(args.key_file)
+    key_file = key_file_or_default(args.key_file)
+    key = checked_key(key_file)
     # Passed per request: REQUESTS_CA_BUNDLE would override a Session's verify (psf/requests#3829).
     verify: Union[bool, str] = str(args.tls_cert) if args.tls_cert else True
     try:
@@ -73,18 +94,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif args.protocol == "oip-rest":
             answer = predict_oip_rest(args.url, args.model, [image], key, args.version, verify)[0]
         else:
+            import grpc
+
             from tsvision.tools.grpc_client import GrpcClient
 
-            client = GrpcClient(args.grpc, key_file=args.key_file, root_certificate=args.tls_cert)
-            if args.protocol == "grpc":
-                answer = client.predict(args.model, image, args.version)
-            elif args.protocol == "grpc-stream":
-                answer = list(client.stream_predict(args.model, image, args.version))[-1]
-            else:
-                answer = client.infer_v2(args.model, [image], args.version)[0]
-    except Exception as error:  # every failure is reported the same way, with its reason
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+            client = GrpcClient(args.grpc, key_file=key_file, root_certificate=args.tls_cert)
+            try:
+                if args.protocol == "grpc":
+                    answer = client.predict(args.model, image, args.version)
+                elif args.protocol == "grpc-stream":
+                    answer = list(client.stream_predict(args.model, image, args.version))[-1]
+                else:
+                    answer = client.infer_v2(args.model, [image], args.version)[0]
+            except grpc.RpcError as error:
+                said = describe(error)
+                raise CommandError(f"{args.grpc} ({args.protocol}): {said}{token_hint(said, key_file)}") from error
+    except RuntimeError as error:  # the server's refusal (Refused, grpc_client.PredictionError): its status and message
+        raise CommandError(f"{args.url if args.protocol.endswith('rest') else args.grpc} ({args.protocol}), model "
+                           f"{args.model}: {error}{token_hint(str(error), key_file)}") from error
     print(json.dumps(answer, indent=2))
     return 0
 

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -16,6 +15,8 @@ from urllib.parse import unquote
 
 import numpy as np
 import requests
+
+from tsvision.tools.command import UsageError, describe, entry_point, parser as command_parser
 
 
 def variant_report(log: Path) -> Dict[str, dict]:
@@ -65,14 +66,22 @@ def format_table(report: Dict[str, dict], served: Optional[Dict[str, float]] = N
     return "\n".join(lines)
 
 
+@entry_point("tsvision report")
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="tsvision report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--log", type=Path, default=Path("build/nginx/access.log"))
+    parser = command_parser("tsvision report", __doc__)
+    parser.add_argument("--log", type=Path, default=Path("build/nginx/access.log"), help="the router's JSON access log")
     parser.add_argument("--metrics", help="TorchServe's Prometheus endpoint, e.g. http://127.0.0.1:8082/metrics")
     parser.add_argument("--model", help="model name to read from the metrics")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    report = variant_report(args.log)
+    if args.metrics and not args.model:
+        raise UsageError("--metrics needs --model (the model whose requests to count)")
+    if not args.log.is_file():
+        raise UsageError(f"--log {args.log}: no such file (the access log of the router tsvision route nginx configured)")
+    try:
+        report = variant_report(args.log)
+    except (ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"--log {args.log} is not the router's JSON access log ({describe(error)})") from error
     served = served_by_version(requests.get(args.metrics, timeout=10).text, args.model) if args.metrics and args.model else None
     print(json.dumps({"variants": report, "served_by_version": served}, indent=2) if args.json else format_table(report, served))
     return 0

@@ -23,7 +23,6 @@ The routing file::
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from dataclasses import dataclass
@@ -31,6 +30,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import yaml
+
+from tsvision.tools.command import (CommandError, UsageError, describe, entry_point, existing_file, host_port,
+                                    parser as command_parser)
 
 
 @dataclass(frozen=True)
@@ -380,33 +382,37 @@ def render_kubernetes(routing: Routing, image: str, namespace: str = "default", 
     return yaml.safe_dump_all(documents, sort_keys=False)
 
 
+@entry_point("tsvision route")
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="tsvision route", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = command_parser("tsvision route", __doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     haproxy = commands.add_parser("haproxy", help="write buckets.map into --prefix and print the HAProxy configuration (the split)")
-    haproxy.add_argument("routing", type=Path)
-    haproxy.add_argument("--listen", default="127.0.0.1:8091")
+    haproxy.add_argument("routing", type=existing_file, help="the routing file (YAML)")
+    haproxy.add_argument("--listen", type=host_port, default="127.0.0.1:8091", help="address HAProxy listens on")
     haproxy.add_argument("--torchserve", default="http://127.0.0.1:8080", help="TorchServe inference address")
     haproxy.add_argument("--prefix", type=Path, default=Path("build/router/haproxy"), help="folder for the map and the admin socket")
     nginx = commands.add_parser("nginx", help="print the nginx configuration (the front: 401, log, shadow)")
-    nginx.add_argument("routing", type=Path)
-    nginx.add_argument("--listen", default="127.0.0.1:8090")
-    nginx.add_argument("--router", default="127.0.0.1:8091", help="the HAProxy address (haproxy --listen)")
+    nginx.add_argument("routing", type=existing_file, help="the routing file (YAML)")
+    nginx.add_argument("--listen", type=host_port, default="127.0.0.1:8090", help="address nginx listens on (the clients' address)")
+    nginx.add_argument("--router", type=host_port, default="127.0.0.1:8091", help="the HAProxy address (haproxy --listen)")
     nginx.add_argument("--torchserve", default="http://127.0.0.1:8080", help="TorchServe inference address (for the shadow)")
     nginx.add_argument("--prefix", type=Path, default=Path("build/router/nginx"), help="folder for logs, pid and temp files")
     apply = commands.add_parser("apply", help="change a running router's weights live from the routing file (no reload)")
-    apply.add_argument("routing", type=Path)
+    apply.add_argument("routing", type=existing_file, help="the routing file (YAML)")
     apply.add_argument("--prefix", type=Path, default=Path("build/router/haproxy"), help="the running HAProxy's folder")
     kube = commands.add_parser("kubernetes", help="write Kubernetes manifests (Istio, KServe)")
-    kube.add_argument("routing", type=Path)
-    kube.add_argument("--image", default="registry.example/tsvision-torchserve:latest")
-    kube.add_argument("--namespace", default="default")
+    kube.add_argument("routing", type=existing_file, help="the routing file (YAML)")
+    kube.add_argument("--image", default="registry.example/tsvision-torchserve:latest", help="the TorchServe image")
+    kube.add_argument("--namespace", default="default", help="Kubernetes namespace")
     args = parser.parse_args(argv)
     try:
         routing = Routing.load(args.routing)
-    except (ValueError, KeyError, OSError) as error:
-        print(f"error: {args.routing}: {error}", file=sys.stderr)
-        return 2
+    except yaml.YAMLError as error:
+        raise UsageError(f"{args.routing} is not YAML: {error}") from error
+    except KeyError as error:
+        raise UsageError(f"{args.routing}: every variant needs a version and a weight (one has no {error})") from error
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"{args.routing}: {error}") from error
     if args.command == "haproxy":
         from tsvision.tools.proxy import HAProxy
 
@@ -421,11 +427,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif args.command == "apply":
         from tsvision.tools.proxy import HAProxy
 
+        if not (args.prefix / "haproxy.cfg").is_file():
+            raise UsageError(f"--prefix {args.prefix}: no haproxy.cfg there (the --prefix of a running "
+                             "router's tsvision route haproxy)")
         try:
             result = HAProxy.running(args.prefix).apply(routing)
         except (OSError, RuntimeError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+            raise CommandError(f"--prefix {args.prefix}: {describe(error)}") from error
         print(f"{routing.model}: live, {result['moved']} of {BUCKETS} buckets moved; buckets "
               + ", ".join(f"{v} {n}" for v, n in result["buckets"].items()) + " (no reload)")
     else:
