@@ -13,7 +13,39 @@ from typing import Callable, Dict, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-RESAMPLE = Image.BILINEAR  # PIL's bilinear filter: antialiased (widened) when shrinking
+RESAMPLE = Image.BILINEAR
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The original ``width``×``height`` image occupies ``content_width``×``content_height``
+    pixels of a square model input of side ``input_size``, starting ``offset_x``/``offset_y``
+    pixels from its top-left corner (0 except for ``letterbox_center``)."""
+
+    width: int
+    height: int
+    content_width: int
+    content_height: int
+    input_size: int
+    offset_x: int = 0
+    offset_y: int = 0
+
+    def boxes_to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """Map N×4 ``x1, y1, x2, y2`` boxes from model-input pixels to original pixels, clipped."""
+        scale = np.array([self.width / self.content_width, self.height / self.content_height] * 2, dtype=np.float32)
+        offset = np.array([self.offset_x, self.offset_y] * 2, dtype=np.float32)
+        mapped = (boxes.astype(np.float32) - offset) * scale
+        np.clip(mapped[:, 0::2], 0, self.width, out=mapped[:, 0::2])
+        np.clip(mapped[:, 1::2], 0, self.height, out=mapped[:, 1::2])
+        return mapped
+
+    def points_to_original(self, points: np.ndarray) -> np.ndarray:
+        """Map ``…×2`` (or more) ``x, y`` points from model-input pixels to original pixels, clipped
+        (ultralytics' ``scale_coords``); further columns (scores) are kept as they are."""
+        mapped = np.array(points, dtype=np.float32)
+        mapped[..., 0] = np.clip((mapped[..., 0] - self.offset_x) * np.float32(self.width / self.content_width), 0, self.width)
+        mapped[..., 1] = np.clip((mapped[..., 1] - self.offset_y) * np.float32(self.height / self.content_height), 0, self.height)
+        return mapped
 
 
 def resize_antialiased(image: Image.Image, size: Tuple[int, int]) -> np.ndarray:
@@ -48,38 +80,6 @@ def check_resizer(mode: str) -> None:
         except ImportError as error:
             raise ImportError(f"resize_mode {mode!r} (the YOLO formats) resizes with OpenCV, as ultralytics does; "
                               f"install it on this host: pip install opencv-python-headless ({error})") from None
-
-
-@dataclass(frozen=True)
-class Placement:
-    """The original ``width``×``height`` image occupies ``content_width``×``content_height``
-    pixels of a square model input of side ``input_size``, starting ``offset_x``/``offset_y``
-    pixels from its top-left corner (0 except for ``letterbox_center``)."""
-
-    width: int
-    height: int
-    content_width: int
-    content_height: int
-    input_size: int
-    offset_x: int = 0
-    offset_y: int = 0
-
-    def boxes_to_original(self, boxes: np.ndarray) -> np.ndarray:
-        """Map N×4 ``x1, y1, x2, y2`` boxes from model-input pixels to original pixels, clipped."""
-        scale = np.array([self.width / self.content_width, self.height / self.content_height] * 2, dtype=np.float32)
-        offset = np.array([self.offset_x, self.offset_y] * 2, dtype=np.float32)
-        mapped = (boxes.astype(np.float32) - offset) * scale
-        np.clip(mapped[:, 0::2], 0, self.width, out=mapped[:, 0::2])
-        np.clip(mapped[:, 1::2], 0, self.height, out=mapped[:, 1::2])
-        return mapped
-
-    def points_to_original(self, points: np.ndarray) -> np.ndarray:
-        """Map ``…×2`` (or more) ``x, y`` points from model-input pixels to original pixels, clipped
-        (ultralytics' ``scale_coords``); further columns (scores) are kept as they are."""
-        mapped = np.array(points, dtype=np.float32)
-        mapped[..., 0] = np.clip((mapped[..., 0] - self.offset_x) * np.float32(self.width / self.content_width), 0, self.width)
-        mapped[..., 1] = np.clip((mapped[..., 1] - self.offset_y) * np.float32(self.height / self.content_height), 0, self.height)
-        return mapped
 
 
 def fit_square(image: Image.Image, size: int, mode: str, fill: Sequence[int]) -> Tuple[np.ndarray, Placement]:
