@@ -1,4 +1,4 @@
-"""Synthetic pictures whose right answer is known to the pixel."""
+"""Synthetic pictures whose right answer is known to the pixel, and real photos at chosen sizes."""
 
 from __future__ import annotations
 
@@ -37,3 +37,22 @@ def colour_scene(width: int, height: int) -> Tuple[Image.Image, np.ndarray]:
     mask = np.asarray(truth)
     palette = np.array([[0, 0, 0], [230, 20, 20], [20, 230, 20], [20, 20, 230]], dtype=np.uint8)
     return Image.fromarray(palette[mask]), mask
+
+
+# Real photos at sizes ultralytics' letterbox must resample (issue 24: 1280×720, 333×777, 900×420): a
+# crop box of a scikit-image photo, resized to width × height. Chosen so that the random conditioned
+# YOLOv8n/-seg (OBJECT_PHOTOS) and YOLOv8n-pose (PERSON_PHOTOS) exports find a few things on each.
+OBJECT_PHOTOS = {(1280, 720): ("immunohistochemistry", (0, 112, 512, 400)),
+                 (333, 777): ("immunohistochemistry", (0, 0, 219, 512)),
+                 (900, 420): ("immunohistochemistry", (0, 273, 512, 512))}
+PERSON_PHOTOS = {(1280, 720): ("immunohistochemistry", (0, 224, 512, 512)),
+                 (333, 777): ("immunohistochemistry", (293, 0, 512, 512)),
+                 (900, 420): ("page", (192, 50, 384, 140))}
+
+
+def sized_photos(chosen: dict) -> dict:
+    """``{"WxH": image}`` for ``OBJECT_PHOTOS`` or ``PERSON_PHOTOS``: each crop resized with PIL's bilinear filter."""
+    import skimage.data
+
+    return {f"{width}x{height}": Image.fromarray(getattr(skimage.data, name)()).convert("RGB").crop(box).resize((width, height), Image.BILINEAR)
+            for (width, height), (name, box) in chosen.items()}

@@ -1,6 +1,7 @@
 """An archive is self-contained: unpacked into an empty folder it imports and answers in a fresh
 Python that may import only what a TorchServe host has (torch, torchvision, onnxruntime, pillow,
-numpy, pyyaml and TorchServe itself), with ``tsvision`` coming from the archive, not this repo."""
+numpy, pyyaml, OpenCV (``cv2``: the YOLO formats' resize) and TorchServe itself), with ``tsvision``
+coming from the archive, not this repo."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tsvision.tools.archive import main as archive_main
 WORKER = r'''
 import importlib.util, inspect, json, sys
 folder, image_path = sys.argv[1], sys.argv[2]
-import torch, torchvision, onnxruntime, numpy, yaml, PIL.Image          # a TorchServe host's packages
+import torch, torchvision, onnxruntime, numpy, yaml, PIL.Image, cv2     # a TorchServe host's packages
 import ts.context, ts.torch_handler.base_handler, ts.handler_utils.timer, ts.metrics.metric_cache_yaml_impl
 host = {name.split(".")[0] for name in sys.modules}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -174,6 +175,18 @@ def test_normalize_layout_and_values():
     assert out.shape == (2, 3, 4, 5) and out.dtype == np.float32 and out.flags["C_CONTIGUOUS"]
     np.testing.assert_allclose(out[0, :, 0, 0], [-2.0, -1.0, -0.5], rtol=1e-6)
     np.testing.assert_allclose(out[1, 2], 0.5, rtol=1e-6)
+
+
+def test_a_host_without_opencv_refuses_a_yolo_model_at_load(monkeypatch):
+    """``letterbox_center`` resizes with OpenCV (ultralytics' LetterBox): without it the task does not
+    load, with one line naming the package; the PIL families load as before."""
+    from tsvision.serving.tasks.detection import DetectionTask
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now raises ImportError
+    yolo = Settings.from_mapping({"task": "detection", "detection_format": "yolov8"})
+    with pytest.raises(ImportError, match="resize_mode 'letterbox_center'.*pip install opencv-python-headless"):
+        DetectionTask(None, yolo)
+    DetectionTask(None, Settings.from_mapping({"task": "detection"})).close()  # ssd: stretch, PIL
 
 
 # -- settings ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ can be mapped back to the pixels of the image the client sent.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -49,6 +49,40 @@ class Placement:
         return mapped
 
 
+def resize_antialiased(image: Image.Image, size: Tuple[int, int]) -> np.ndarray:
+    """``image`` at ``size`` (width, height) with PIL's bilinear filter, which antialiases when
+    shrinking: how torchvision's weights were trained (``transforms.Resize(antialias=True)``)."""
+    return np.asarray(image.resize(size, RESAMPLE))
+
+
+def resize_like_ultralytics(image: Image.Image, size: Tuple[int, int]) -> np.ndarray:
+    """``image`` at ``size`` (width, height) as ultralytics' ``LetterBox`` resizes: OpenCV's
+    ``cv2.resize(..., INTER_LINEAR)``, no antialiasing, skipped when the size is already right.
+    OpenCV works per channel, so RGB gives the same pixels as ultralytics' BGR."""
+    import cv2  # only this family needs OpenCV (opencv-python-headless)
+
+    array = np.asarray(image)
+    if image.size == tuple(size):
+        return array
+    return cv2.resize(array, tuple(size), interpolation=cv2.INTER_LINEAR)
+
+
+# Each resize_mode resizes as its family's models were trained (docs/models.md, "How images are resized").
+RESIZERS: Dict[str, Callable[[Image.Image, Tuple[int, int]], np.ndarray]] = {
+    "stretch": resize_antialiased, "letterbox": resize_antialiased, "letterbox_center": resize_like_ultralytics}
+
+
+def check_resizer(mode: str) -> None:
+    """Fail now, with what to install, if ``mode``'s resize needs a package this host lacks
+    (a worker should refuse to load rather than fail every request)."""
+    if RESIZERS.get(mode) is resize_like_ultralytics:
+        try:
+            import cv2  # noqa: F401
+        except ImportError as error:
+            raise ImportError(f"resize_mode {mode!r} (the YOLO formats) resizes with OpenCV, as ultralytics does; "
+                              f"install it on this host: pip install opencv-python-headless ({error})") from None
+
+
 def fit_square(image: Image.Image, size: int, mode: str, fill: Sequence[int]) -> Tuple[np.ndarray, Placement]:
     """Resize ``image`` into a ``size``×``size`` uint8 array.
 
@@ -56,6 +90,7 @@ def fit_square(image: Image.Image, size: int, mode: str, fill: Sequence[int]) ->
     ``letterbox`` keeps the aspect ratio and pads the right/bottom with ``fill``;
     ``letterbox_center`` keeps it and centres the image, padding both sides (ultralytics'
     ``LetterBox(auto=False)``: offsets ``round(pad / 2 - 0.1)``; YOLO models use grey 114).
+    Each mode resizes with its family's filter (``RESIZERS``).
     """
     width, height = image.size
     if mode == "stretch":
@@ -66,7 +101,7 @@ def fit_square(image: Image.Image, size: int, mode: str, fill: Sequence[int]) ->
     left = top = 0
     if mode == "letterbox_center":
         left, top = round((size - content_w) / 2 - 0.1), round((size - content_h) / 2 - 0.1)
-    resized = np.asarray(image.resize((content_w, content_h), RESAMPLE))
+    resized = RESIZERS[mode](image, (content_w, content_h))
     if (content_w, content_h) == (size, size):
         array = resized
     else:

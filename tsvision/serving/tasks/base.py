@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from tsvision.serving.errors import RequestError, as_request_error, internal_error
-from tsvision.serving.geometry import normalize
+from tsvision.serving.geometry import check_resizer, normalize
 from tsvision.serving.images import decode_image
 from tsvision.serving.runtimes import Runtime
 from tsvision.serving.settings import Settings, label_for
@@ -72,6 +72,7 @@ class VisionTask:
     default_micro_batch = 0
 
     def __init__(self, runtime: Runtime, settings: Settings, labels: Sequence[str] = (), workers: int = 1) -> None:
+        check_resizer(settings.resize_mode)  # a host without the family's resizer refuses to load
         self.runtime = runtime
         self.archive_settings = settings
         self._request = threading.local()  # the settings of the request being finished on this thread
