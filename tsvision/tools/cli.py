@@ -9,6 +9,7 @@ from typing import List, Optional
 COMMANDS = {
     "export": ("tsvision.tools.export", "export a torchvision model to TorchScript and ONNX (random weights or --checkpoint)"),
     "archive": ("tsvision.tools.archive", "build a .mar from a model file (checked through its handler first)"),
+    "extra-files": ("tsvision.tools.extra_files", "print torch-model-archiver's --extra-files: the serving code and labels"),
     "predict": ("tsvision.tools.predict", "send an image to a served model over REST, gRPC or the Open Inference Protocol"),
     "manage": ("tsvision.tools.manage", "versions: list, register, scale, set-default, promote, rollback, retire"),
     "route": ("tsvision.tools.routing", "a routing file -> an A/B router configuration or Kubernetes manifests"),
@@ -19,7 +20,7 @@ COMMANDS = {
 
 def usage() -> str:
     lines = ["usage: tsvision COMMAND [options]   (tsvision COMMAND --help)", "", "commands:"]
-    lines += [f"  {name:<9} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += [f"  {name:<11} {help_text}" for name, (_, help_text) in COMMANDS.items()]
     return "\n".join(lines)
 
 
