@@ -92,6 +92,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"error: cannot stage in {args.out}: {error.strerror or error}", file=sys.stderr)
+        return 1
     print(",".join(str(path) for path in paths))
     return 0
 

@@ -47,7 +47,7 @@ class DetectionTask(VisionTask):
         return draw_detection(image, answer)
 
     def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
-        return class_count(self.settings.detection_format, outputs)
+        return class_count(self.settings.detection_format, outputs, self.settings.background_index is not None)
 
     def decode(self, outputs: List[np.ndarray], placement: Placement) -> Candidates:
         """One image's raw outputs -> its candidates above the threshold (``detection_format``)."""
