@@ -17,7 +17,7 @@ from PIL import Image
 from tsvision.serving.drawing import draw_segmentation
 from tsvision.serving.geometry import Placement, fit_square, mean_fill
 from tsvision.serving.masks import decode_mask, encode_mask
-from tsvision.serving.tasks.base import VisionTask
+from tsvision.serving.tasks.base import ClassCount, VisionTask, shape_text
 
 
 class SegmentationTask(VisionTask):
@@ -26,6 +26,9 @@ class SegmentationTask(VisionTask):
 
     def prepare(self, image: Image.Image):
         return fit_square(image, self.settings.input_size, self.settings.resize_mode, mean_fill(self.settings.mean))
+
+    def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
+        return outputs[0].shape[0], f"logits {shape_text(outputs[0])}"
 
     def headline(self, answer: dict) -> str:
         return max(answer["classes"], key=lambda c: c["pixels"])["label"] if answer["classes"] else ""
