@@ -98,7 +98,10 @@ def test_export_writes_model_config_for_the_archiver(exports):
 def run_extra_files(args: List[str]) -> tuple:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = extra_files_main(args)
+        try:
+            code = extra_files_main(args)
+        except SystemExit as exit_:  # argparse's own one-line usage errors
+            code = exit_.code
     return code, out.getvalue(), err.getvalue()
 
 

@@ -15,7 +15,6 @@ Use one ``--out`` per model when several archives are built at once.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -23,16 +22,19 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
-from tsvision.serving.settings import load_labels
 from tsvision.tools.archive import external_data_files, stage_package
+from tsvision.tools.command import (CommandError, UsageError, entry_point, existing_file, labels_file,
+                                   parser as command_parser)
 
 DEFAULT_OUT = Path("build") / "extra-files"
 
 
 def stage_extra_files(out: Path, labels: Optional[Path] = None, model: Optional[Path] = None) -> List[Path]:
     """Stage the package (and ``labels`` as ``labels.json``) under ``out``; return the paths to give
-    ``--extra-files``, in order. Raises ``ValueError`` with a one-line reason."""
-    names = load_labels_file(labels) if labels is not None else None
+    ``--extra-files``, in order. Raises ``UsageError`` (or ``ValueError``) with a one-line reason."""
+    names = labels_file(labels) if labels is not None else None
+    if names is not None and not names:
+        raise UsageError(f"--labels {labels} names no classes")
     data_files = external_data_files(model) if model is not None else []
     out.mkdir(parents=True, exist_ok=True)
     package = out / "package"
@@ -46,55 +48,35 @@ def stage_extra_files(out: Path, labels: Optional[Path] = None, model: Optional[
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
     paths = [package]
-    labels_file = out / "labels.json"
+    staged_labels = out / "labels.json"
     if names is not None:
-        labels_file.write_text(json.dumps(names) + "\n")
-        paths.append(labels_file)
-    elif labels_file.exists():  # from an earlier run for another model: never carried by mistake
-        labels_file.unlink()
+        staged_labels.write_text(json.dumps(names) + "\n")
+        paths.append(staged_labels)
+    elif staged_labels.exists():  # from an earlier run for another model: never carried by mistake
+        staged_labels.unlink()
     return paths + data_files
 
 
-def load_labels_file(path: Path) -> list:
-    """The names in ``path`` (``settings.load_labels``), or ``ValueError`` saying why they cannot be read."""
-    try:
-        names = load_labels(path)
-    except OSError as error:
-        raise ValueError(f"cannot read the labels file {path}: {error.strerror or error}") from None
-    except (ValueError, TypeError, AttributeError) as error:
-        raise ValueError(f"{path} is not a labels file (a JSON list, a JSON {{\"0\": \"name\"}} map, "
-                         f"or .txt with one name per line): {error}") from None
-    if not names:
-        raise ValueError(f"{path} names no classes")
-    return names
-
-
+@entry_point("tsvision extra-files")
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="tsvision extra-files", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Print the value for torch-model-archiver --extra-files: the serving code (tsvision/serving, staged\n"
-                    "as OUT/package/tsvision) so the archive loads where tsvision is not installed, and the labels.",
-        epilog="example:\n  torch-model-archiver --model-name classifier --version 1.0 --handler handlers/image_classifier.py \\\n"
-               "    --serialized-file build/classification/model.onnx --config-file build/classification/model-config.yaml \\\n"
-               "    --extra-files \"$(tsvision extra-files --labels build/classification/labels.json)\" --export-path model_store")
+    parser = command_parser("tsvision extra-files", __doc__)
+    parser.epilog = ("example:\n  torch-model-archiver --model-name classifier --version 1.0 --handler handlers/image_classifier.py \\\n"
+                     "    --serialized-file build/classification/model.onnx --config-file build/classification/model-config.yaml \\\n"
+                     "    --extra-files \"$(tsvision extra-files --labels build/classification/labels.json)\" --export-path model_store")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder to stage in: OUT/package/tsvision/ and "
-                        "OUT/labels.json, restaged on every run (default: %(default)s; one per model when building in parallel)")
-    parser.add_argument("--labels", type=Path, help="class names (JSON list, JSON {\"0\": \"name\"} map, or .txt with one per "
-                        "line): written as OUT/labels.json and appended (default: none; the archive then answers class indices)")
-    parser.add_argument("--model", type=Path, help="the model file: appends the files an ONNX model keeps its weights in "
-                        "(model.onnx.data), which must sit beside it in the archive (default: none)")
+                        "OUT/labels.json, restaged on every run (one per model when building in parallel)")
+    parser.add_argument("--labels", type=existing_file, help="class names (JSON list, JSON {\"0\": \"name\"} map, or .txt with one "
+                        "per line): written as OUT/labels.json and appended (without it the archive answers class indices, "
+                        "or uses a labels.json/index_to_name.json you add yourself)")
+    parser.add_argument("--model", type=existing_file, help="the model file: appends the files an ONNX model keeps its weights in "
+                        "(model.onnx.data), which must sit beside it in the archive")
     args = parser.parse_args(argv)
-    if args.model is not None and not args.model.is_file():
-        print(f"error: no model file {args.model}", file=sys.stderr)
-        return 2
     try:
         paths = stage_extra_files(args.out, args.labels, args.model)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from error
     except OSError as error:
-        print(f"error: cannot stage in {args.out}: {error.strerror or error}", file=sys.stderr)
-        return 1
+        raise CommandError(f"cannot stage in {args.out}: {error.strerror or error}") from error
     print(",".join(str(path) for path in paths))
     return 0
 
