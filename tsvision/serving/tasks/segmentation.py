@@ -25,7 +25,8 @@ class SegmentationTask(VisionTask):
     options = ("mask_format",)
 
     def prepare(self, image: Image.Image):
-        return fit_square(image, self.settings.input_size, self.settings.resize_mode, mean_fill(self.settings.mean))
+        s = self.settings
+        return fit_square(image, s.input_size, s.resize_mode, mean_fill(s.mean), s.interpolation)
 
     def headline(self, answer: dict) -> str:
         return max(answer["classes"], key=lambda c: c["pixels"])["label"] if answer["classes"] else ""
