@@ -38,7 +38,7 @@ class DetectionTask(VisionTask):
     def prepare(self, image: Image.Image):
         s = self.settings
         fill = YOLO_FILL if s.resize_mode == "letterbox_center" else mean_fill(s.mean)
-        return fit_square(image, s.input_size, s.resize_mode, fill)
+        return fit_square(image, s.input_size, s.resize_mode, fill, s.interpolation)
 
     def headline(self, answer: list) -> str:
         return answer[0]["label"] if answer else ""

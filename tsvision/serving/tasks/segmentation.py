@@ -25,7 +25,8 @@ class SegmentationTask(VisionTask):
     options = ("mask_format",)
 
     def prepare(self, image: Image.Image):
-        return fit_square(image, self.settings.input_size, self.settings.resize_mode, mean_fill(self.settings.mean))
+        s = self.settings
+        return fit_square(image, s.input_size, s.resize_mode, mean_fill(s.mean), s.interpolation)
 
     def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
         return outputs[0].shape[0], f"logits {shape_text(outputs[0])}"
