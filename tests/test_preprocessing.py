@@ -191,6 +191,26 @@ def test_shorter_side_is_for_segmentation_with_a_cap_above_input_size():
         Settings.from_mapping({"task": "segmentation", "resize_mode": "shorter_side", "input_size": 520, "max_size": 520})
 
 
+@pytest.mark.parametrize("source, target", [((451, 300), (320, 320)), ((37, 81), (200, 13)), ((640, 427), (641, 1000))])
+def test_bilinear_float_equals_torch_interpolate(source, target):
+    """``interpolation: bilinear_float`` (SSD/SSDlite) resizes as torchvision's detectors do inside:
+    ``F.interpolate(bilinear, align_corners=False)``, no antialiasing, unrounded floats."""
+    import torch
+
+    from tsvision.serving.geometry import resize_bilinear_float
+
+    pixels = np.random.default_rng(1).integers(0, 256, (*source[::-1], 3), dtype=np.uint8)
+    theirs = torch.nn.functional.interpolate(torch.from_numpy(pixels).permute(2, 0, 1)[None].float(), size=target[::-1],
+                                             mode="bilinear", align_corners=False, antialias=False)[0].permute(1, 2, 0).numpy()
+    ours = resize_bilinear_float(Image.fromarray(pixels), target)
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=0.01)  # grey levels; PIL or OpenCV are whole levels off
+    boxed, placement = fit_square(Image.fromarray(pixels), 320, "letterbox", (1, 2, 3), "bilinear_float")
+    w, h = placement.content_width, placement.content_height
+    assert boxed.dtype == np.float32 and (boxed[h:, :] == (1, 2, 3)).all() and (boxed[:, w:] == (1, 2, 3)).all()
+    np.testing.assert_array_equal(boxed[:h, :w], resize_bilinear_float(Image.fromarray(pixels), (w, h)))
+
+
 def test_normalize_layout_and_values():
     batch = np.zeros((2, 4, 5, 3), dtype=np.uint8)
     batch[1, :, :, 2] = 255
@@ -220,6 +240,10 @@ def test_settings_reject_unknown_keys_and_bad_values():
         Settings.from_mapping({"task": "captioning"})
     with pytest.raises(ValueError, match="resize_mode"):
         Settings.from_mapping({"task": "detection", "resize_mode": "crop"})
+    with pytest.raises(ValueError, match="'bilinear_float' is for resize_mode stretch and letterbox"):
+        Settings.from_mapping({"task": "classification", "interpolation": "bilinear_float"})
+    with pytest.raises(ValueError, match="'letterbox_center' resizes as ultralytics"):
+        Settings.from_mapping({"task": "detection", "detection_format": "yolov8", "interpolation": "bilinear_float"})
     settings = Settings.from_mapping({"task": "detection", "mean": [0, 0, 0], "std": [1, 1, 1]})
     assert Settings.from_mapping(settings.to_mapping()) == settings
 

@@ -51,8 +51,9 @@ def test_letterbox_center_is_ultralytics_letterbox_pixel_for_pixel():
 
 
 def test_torchvision_families_keep_the_antialiased_resize():
-    """``stretch`` and ``letterbox`` (SSD, segmentation: torchvision's weights) still resize with PIL's
-    antialiased bilinear filter, which differs from OpenCV's when shrinking."""
+    """``stretch`` and ``letterbox`` with the default ``interpolation: bilinear`` (segmentation, detection
+    archives made before SSD exports wrote ``bilinear_float``) still resize with PIL's antialiased
+    bilinear filter, which differs from OpenCV's when shrinking."""
     import cv2
 
     image = Image.fromarray(skimage.data.coffee())  # 600×400

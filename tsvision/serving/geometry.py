@@ -17,6 +17,7 @@ from PIL import Image
 
 RESAMPLE = Image.BILINEAR
 FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}  # settings.INTERPOLATIONS -> PIL's (antialiased) filters
+Resizer = Callable[[Image.Image, Tuple[int, int]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,10 @@ class Placement:
         return mapped
 
 
-def resize_antialiased(image: Image.Image, size: Tuple[int, int]) -> np.ndarray:
-    """``image`` at ``size`` (width, height) with PIL's bilinear filter, which antialiases when
-    shrinking: how torchvision's weights were trained (``transforms.Resize(antialias=True)``)."""
-    return np.asarray(image.resize(size, RESAMPLE))
+def resize_antialiased(image: Image.Image, size: Tuple[int, int], resample: int = RESAMPLE) -> np.ndarray:
+    """``image`` at ``size`` (width, height) with PIL's bilinear (or ``resample``) filter, which
+    antialiases when shrinking: how torchvision's weights were trained (``transforms.Resize(antialias=True)``)."""
+    return np.asarray(image.resize(size, resample))
 
 
 def resize_like_ultralytics(image: Image.Image, size: Tuple[int, int]) -> np.ndarray:
@@ -79,16 +80,49 @@ def resize_like_ultralytics(image: Image.Image, size: Tuple[int, int]) -> np.nda
     return cv2.resize(array, tuple(size), interpolation=cv2.INTER_LINEAR)
 
 
-# Each resize_mode resizes as its family's models were trained (docs/models.md, "How images are resized").
-RESIZERS: Dict[str, Callable[[Image.Image, Tuple[int, int]], np.ndarray]] = {
-    "stretch": resize_antialiased, "letterbox": resize_antialiased, "letterbox_center": resize_like_ultralytics,
-    "shorter_side": resize_antialiased}
+def _linear_taps(source: int, target: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``target`` output positions: its two source positions and the second one's
+    weight, as PyTorch's ``upsample_bilinear2d`` computes them (``align_corners=False``, float32)."""
+    scale = np.float64(np.float32(source) / np.float32(target))
+    # scale * (i + 0.5) - 0.5 rounded once to float32, as PyTorch's compiled (fused multiply-add) kernel does
+    position = np.maximum(((np.arange(target) + 0.5) * scale - 0.5).astype(np.float32), np.float32(0))
+    first = position.astype(np.int64)  # floor: position >= 0
+    return first, np.minimum(first + 1, source - 1), np.minimum(position - first.astype(np.float32), np.float32(1))
+
+
+def resize_bilinear_float(image: Image.Image, size: Tuple[int, int]) -> np.ndarray:
+    """``image`` at ``size`` (width, height) as a float32 array (0-255, not rounded): bilinear without
+    antialiasing, equal to ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``,
+    which torchvision's detectors apply inside (``GeneralizedRCNNTransform``; SSD/SSDlite)."""
+    array = np.asarray(image)
+    if image.size == tuple(size):
+        return array  # the same values; normalize() takes uint8 and float alike
+    (top, bottom, down), (left, right, across) = _linear_taps(image.height, size[1]), _linear_taps(image.width, size[0])
+    down, across = down[:, None, None], across[:, None]  # weights by output row, by output column
+    upper, lower = array.take(top, axis=0), array.take(bottom, axis=0)  # uint8: only the rows that are read
+    upper = upper.take(left, axis=1) * (1 - across) + upper.take(right, axis=1) * across
+    lower = lower.take(left, axis=1) * (1 - across) + lower.take(right, axis=1) * across
+    return upper * (1 - down) + lower * down
+
+
+# Each family resizes as its models were trained (docs/models.md, "How images are resized"): the
+# ``interpolation`` setting picks the filter of ``stretch`` and ``letterbox``; ``letterbox_center``
+# (the YOLO formats) always resizes as ultralytics does.
+RESIZERS: Dict[str, Resizer] = {
+    "bilinear": resize_antialiased, "bicubic": lambda image, size: resize_antialiased(image, size, Image.BICUBIC),
+    "bilinear_float": resize_bilinear_float}
+MODE_RESIZERS: Dict[str, Resizer] = {"letterbox_center": resize_like_ultralytics}
+
+
+def resizer(mode: str, interpolation: str = "bilinear") -> Resizer:
+    """The resize of ``resize_mode`` ``mode`` with the ``interpolation`` setting."""
+    return MODE_RESIZERS.get(mode) or RESIZERS[interpolation]
 
 
 def check_resizer(mode: str) -> None:
     """Fail now, with what to install, if ``mode``'s resize needs a package this host lacks
     (a worker should refuse to load rather than fail every request)."""
-    if RESIZERS.get(mode) is resize_like_ultralytics:
+    if MODE_RESIZERS.get(mode) is resize_like_ultralytics:
         try:
             import cv2  # noqa: F401
         except ImportError as error:
@@ -96,14 +130,15 @@ def check_resizer(mode: str) -> None:
                               f"install it on this host: pip install opencv-python-headless ({error})") from None
 
 
-def fit_square(image: Image.Image, size: int, mode: str, fill: Sequence[int]) -> Tuple[np.ndarray, Placement]:
-    """Resize ``image`` into a ``size``×``size`` uint8 array.
+def fit_square(image: Image.Image, size: int, mode: str, fill: Sequence[int],
+               interpolation: str = "bilinear") -> Tuple[np.ndarray, Placement]:
+    """Resize ``image`` into a ``size``×``size`` array (uint8; float32 for ``bilinear_float``).
 
     ``stretch`` scales each axis to ``size`` (what SSD-style detectors are trained on);
     ``letterbox`` keeps the aspect ratio and pads the right/bottom with ``fill``;
     ``letterbox_center`` keeps it and centres the image, padding both sides (ultralytics'
     ``LetterBox(auto=False)``: offsets ``round(pad / 2 - 0.1)``; YOLO models use grey 114).
-    Each mode resizes with its family's filter (``RESIZERS``).
+    ``interpolation`` picks the filter of ``stretch`` and ``letterbox`` (``resizer``).
     """
     width, height = image.size
     if mode == "stretch":
@@ -114,21 +149,23 @@ def fit_square(image: Image.Image, size: int, mode: str, fill: Sequence[int]) ->
     left = top = 0
     if mode == "letterbox_center":
         left, top = round((size - content_w) / 2 - 0.1), round((size - content_h) / 2 - 0.1)
-    resized = RESIZERS[mode](image, (content_w, content_h))
+    resized = resizer(mode, interpolation)(image, (content_w, content_h))
     if (content_w, content_h) == (size, size):
         array = resized
     else:
-        array = np.empty((size, size, 3), dtype=np.uint8)
+        array = np.empty((size, size, 3), dtype=resized.dtype)
         array[...] = np.asarray(fill, dtype=np.uint8)
         array[top:top + content_h, left:left + content_w] = resized
     return array, Placement(width, height, content_w, content_h, size, left, top)
 
 
-def resize_shorter_side(image: Image.Image, size: int, max_size: Optional[int] = None) -> Tuple[np.ndarray, Placement]:
+def resize_shorter_side(image: Image.Image, size: int, max_size: Optional[int] = None,
+                        interpolation: str = "bilinear") -> Tuple[np.ndarray, Placement]:
     """torchvision's segmentation preset (``SemanticSegmentation``: ``Resize(size)`` of a PIL image):
     the shorter side to ``size``, the longer one in proportion (truncated), no crop, no padding,
-    PIL's antialiased bilinear filter. The longer side is capped at ``max_size`` (None: ``2 * size``)
-    with ``Resize(size, max_size=...)``'s arithmetic; the preset itself has no cap."""
+    with the ``interpolation`` filter (``resizer``; the preset's is PIL's antialiased bilinear). The
+    longer side is capped at ``max_size`` (None: ``2 * size``) with ``Resize(size, max_size=...)``'s
+    arithmetic; the preset itself has no cap."""
     width, height = image.size
     short, long = min(width, height), max(width, height)
     new_short, new_long = size, int(size * long / short)
@@ -136,7 +173,7 @@ def resize_shorter_side(image: Image.Image, size: int, max_size: Optional[int] =
     if new_long > cap:
         new_short, new_long = max(1, int(cap * new_short / new_long)), cap
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    array = resize_antialiased(image, (new_w, new_h))
+    array = resizer("shorter_side", interpolation)(image, (new_w, new_h))
     return array, Placement(width, height, new_w, new_h, size, input_shape=(new_h, new_w))
 
 

@@ -73,6 +73,10 @@ class VisionHandler(BaseHandler):
         self.device = pick_device(context.system_properties.get("gpu_id"))
         workers = int(config.get("minWorkers") or 1)
         self.task = build_task(model_dir / model["serializedFile"], self.settings, model_dir, workers, self.device)
+        if self.task.settings.labels != self.settings.labels:  # found in the archive (tasks.LABEL_FILES)
+            logger.info("labels: %s in the archive (%d names; the settings name no labels file)",
+                        self.task.settings.labels, len(self.task.labels))
+            self.settings = self.task.settings
         self.task.warm_up()
         atexit.register(self.task.close)  # the preparation threads end with the worker
         self.model_name, self.model_version = model.get("modelName", ""), model.get("modelVersion", "")

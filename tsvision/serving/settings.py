@@ -14,7 +14,8 @@ from tsvision.serving.images import DEFAULT_MAX_PIXELS
 TASKS = ("classification", "segmentation", "detection", "instance_segmentation", "keypoints")
 DETECTING_TASKS = ("detection", "instance_segmentation", "keypoints")  # boxes, and the detection_format setting
 RESIZE_MODES = ("stretch", "letterbox", "letterbox_center", "shorter_side")
-INTERPOLATIONS = ("bilinear", "bicubic")  # classification's resize filter (PIL, antialiased), as torchvision's presets name it
+INTERPOLATIONS = ("bilinear", "bicubic", "bilinear_float")  # the resize filter (geometry.RESIZERS); PIL's antialiased
+# bilinear and bicubic as torchvision's presets name them, or F.interpolate's plain bilinear on floats (SSD/SSDlite)
 MASK_FORMATS = ("png", "rle", "polygon")  # how masks are written (tsvision.serving.masks)
 DETECTION_FORMATS = ("ssd", "yolov8", "yolov5", "yolo_nms", "detr", "rtdetr", "torchvision",  # docs/models.md
                      "yolov8_seg", "yolov8_pose")  # instance_segmentation, keypoints
@@ -42,7 +43,8 @@ class Settings:
     labels: Optional[str] = None          # JSON list of names (or {"index": name}), relative to the model dir
     input_size: int = 224                  # side of the square tensor the model sees
     resize_size: int = 256                 # classification: shorter side before the centre crop
-    interpolation: str = "bilinear"        # classification: the resize filter, "bilinear" or "bicubic" (the weights' preset)
+    interpolation: str = "bilinear"        # the resize filter: "bilinear" or "bicubic" (PIL, antialiased; classification:
+                                           # the weights' preset), "bilinear_float" (stretch/letterbox: as torchvision's SSD)
     resize_mode: str = "stretch"           # segmentation/detection: "stretch", "letterbox", (detection) "letterbox_center"
                                            # or (segmentation) "shorter_side": torchvision's preset, any aspect ratio
     max_size: Optional[int] = None         # shorter_side: cap on the longer side (None: 2 × input_size)
@@ -110,6 +112,12 @@ class Settings:
                              f"got {self.max_size!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.interpolation == "bilinear_float" and self.task == "classification":
+            raise ValueError("interpolation 'bilinear_float' is for resize_mode stretch and letterbox (segmentation, detection); "
+                             "classification resizes with PIL's 'bilinear' or 'bicubic'")
+        if self.resize_mode == "letterbox_center" and self.interpolation != "bilinear":
+            raise ValueError(f"resize_mode 'letterbox_center' resizes as ultralytics does (OpenCV's bilinear); "
+                             f"interpolation {self.interpolation!r} does not apply: leave it 'bilinear'")
         if self.mask_format not in (None,) + MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {self.mask_format!r}")
         if not 0.0 < self.mask_threshold < 1.0:

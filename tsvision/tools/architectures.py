@@ -166,7 +166,9 @@ def build_exportable(
                              "export other detectors yourself (see docs/models.md)")
         size = int(model.transform.fixed_size[0]) if model.transform.fixed_size else int(model.transform.min_size[0])
         module = SSDBoxesScores(model, size)
-        settings = {"input_size": size, "resize_mode": "stretch", "mean": list(model.transform.image_mean),
+        # resized as the model's own transform does: normalised floats through F.interpolate, no antialiasing
+        settings = {"input_size": size, "resize_mode": "stretch", "interpolation": "bilinear_float",
+                    "mean": list(model.transform.image_mean),
                     "std": list(model.transform.image_std), "background_index": 0,
                     "iou_threshold": float(model.nms_thresh)}
     if random_weights:

@@ -82,6 +82,7 @@ def check_model(model: Path, settings: Settings, handler: Path, labels: Optional
     """Serve two differently sized synthetic images in one batch through ``handler`` in-process (TorchServe's
     own context and ``handle``); return the first answer. A model or handler that breaks the contract fails here.
     ``found`` (a dict) receives what the check learnt about the model: ``fixed_batch``."""
+    from tsvision.serving.tasks.base import LabelCountError
     from tsvision.tools.local import LocalWorker, load_handler_class
 
     images = [np.linspace(0, 255, h * w * 3).reshape(h, w, 3).astype(np.uint8) for h, w in ((333, 777), (480, 640))]
@@ -103,6 +104,8 @@ def check_model(model: Path, settings: Settings, handler: Path, labels: Optional
             if found is not None:
                 found["fixed_batch"] = getattr(worker.handler.task.runtime, "fixed_batch", None)
             worker.handler.task.close()
+        except LabelCountError as error:
+            raise ValueError(error.describe(str(labels))) from None
         except Exception as error:
             raise ValueError(f"{model} with {handler.name} does not meet the {settings.task} contract (docs/models.md): "
                              f"{type(error).__name__}: {error}") from None
@@ -244,7 +247,9 @@ def resolve_quantization(model: Path, values: dict) -> Optional[str]:
     return None
 
 
-def model_config(settings: Settings, batch_size: int, max_batch_delay: int, workers: int) -> dict:
+def model_config(settings: Settings, batch_size: int = 8, max_batch_delay: int = 20, workers: int = 1) -> dict:
+    """An archive's ``model-config.yaml``: TorchServe's batching, workers and timeout, and the
+    ``handler:`` section (the defaults are ``tsvision archive``'s)."""
     return {
         "minWorkers": workers,
         "maxWorkers": workers,

@@ -11,6 +11,7 @@ from tsvision.tools import command
 COMMANDS = {
     "export": ("tsvision.tools.export", "export a torchvision model to TorchScript and ONNX (random weights, --weights or --checkpoint)"),
     "archive": ("tsvision.tools.archive", "build a .mar from a model file (checked through its handler first)"),
+    "extra-files": ("tsvision.tools.extra_files", "print torch-model-archiver's --extra-files: the serving code and labels"),
     "predict": ("tsvision.tools.predict", "send an image to a served model over REST, gRPC or the Open Inference Protocol"),
     "manage": ("tsvision.tools.manage", "versions: list, register, scale, set-default, promote, rollback, retire"),
     "route": ("tsvision.tools.routing", "a routing file -> an A/B router configuration or Kubernetes manifests"),
@@ -21,7 +22,7 @@ COMMANDS = {
 
 def usage() -> str:
     lines = ["usage: tsvision [--debug] COMMAND [options]   (tsvision COMMAND --help)", "", "commands:"]
-    lines += [f"  {name:<9} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += [f"  {name:<11} {help_text}" for name, (_, help_text) in COMMANDS.items()]
     lines += ["", "An error is one line on stderr; exit status 2: the command line or a file it names is wrong,",
               "1: the work failed. --debug (before or after COMMAND) prints the traceback too."]
     return "\n".join(lines)

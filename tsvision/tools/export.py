@@ -8,8 +8,9 @@ checkpoint) to TorchScript and ONNX, check both, and report parity, parameters a
     tsvision export --task keypoints [--arch keypointrcnn_mobilenet_v3_large_320_fpn | yolov8n-pose]
     tsvision export --task detection --quantize int8 [--calibration-images DIR]   (also model.int8.onnx)
 
-Writes ``model.pt``, ``model.onnx``, ``labels.json``, ``settings.json`` (the handler settings)
-and ``report.json`` into ``--out``. ``--weights NAME`` loads torchvision's pretrained weights
+Writes ``model.pt``, ``model.onnx``, ``labels.json``, ``settings.json`` (the handler settings),
+``model-config.yaml`` (the same settings for ``torch-model-archiver --config-file``) and
+``report.json`` into ``--out``. ``--weights NAME`` loads torchvision's pretrained weights
 through torch's hub cache (tools/pretrained.py) and takes labels and preprocessing from them; with ``--quantize int8`` also ``model.int8.onnx`` (ONNX Runtime
 static quantisation, tools/quantize.py) and its agreement with ``model.onnx`` in ``report.json``.
 """
@@ -150,7 +151,20 @@ def write_settings(exportable: Exportable, out_dir: Path, overrides: dict) -> Se
     settings = Settings.from_mapping(values)
     (out_dir / "labels.json").write_text(json.dumps(exportable.labels) + "\n")
     (out_dir / "settings.json").write_text(json.dumps(settings.to_mapping(), indent=2) + "\n")
+    write_model_config(out_dir, settings)
     return settings
+
+
+def write_model_config(out_dir: Path, settings: Settings) -> Path:
+    """``model-config.yaml`` beside ``settings.json``, for ``torch-model-archiver --config-file``: what
+    ``tsvision archive`` writes (its batch size, delay, workers, timeout and ``handler:`` section)."""
+    import yaml
+
+    from tsvision.tools.archive import model_config
+
+    path = out_dir / "model-config.yaml"
+    path.write_text(yaml.safe_dump(model_config(settings), sort_keys=False))
+    return path
 
 
 @entry_point("tsvision export")
@@ -307,8 +321,9 @@ def export_ultralytics(args: argparse.Namespace, out_dir: Path) -> int:
     if report["task"] != args.task:
         raise UsageError(f"{args.arch} is a {report['task']} model, not {args.task}")
     settings_path = out_dir / "settings.json"
-    values = {**json.loads(settings_path.read_text()), **parse_overrides(args.overrides)}
-    settings_path.write_text(json.dumps(Settings.from_mapping(values).to_mapping(), indent=2) + "\n")
+    settings = Settings.from_mapping({**json.loads(settings_path.read_text()), **parse_overrides(args.overrides)})
+    settings_path.write_text(json.dumps(settings.to_mapping(), indent=2) + "\n")
+    write_model_config(out_dir, settings)
     print(f"{args.task}: {report['architecture']} (ultralytics exporter, format {report['detection_format']}) -> "
           f"{out_dir}/model.onnx in {time.time() - started:.0f} s")
     print(f"  weights: {'RANDOM (seed %d), conditioned on %s' % (args.seed, report['conditioned_on']) if report['random_weights'] else args.checkpoint}")

@@ -10,7 +10,8 @@ weights and class names are used. The file is written by ``YOLO.export(format="o
 as a YOLO user would write it (dynamic batch and image size, ``names`` in the ONNX metadata),
 then checked: ONNX Runtime against the eager model on a seeded image.
 
-Writes ``model.onnx``, ``labels.json``, ``settings.json`` and ``report.json`` into ``--out``.
+Writes ``model.onnx``, ``labels.json``, ``settings.json``, ``model-config.yaml`` (for
+``torch-model-archiver --config-file``) and ``report.json`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tsvision.serving.settings import Settings
 from tsvision.tools.calibration import calibration_images, recompute_batchnorm
 
 # Random weights: these COCO classes are made to stand out (their scores spread over (0, 1));
@@ -281,6 +283,9 @@ def export_yolo(architecture: str, out_dir: Path, checkpoint: Optional[Path] = N
     }
     (out_dir / "labels.json").write_text(json.dumps(labels) + "\n")
     (out_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    from tsvision.tools.export import write_model_config
+
+    write_model_config(out_dir, Settings.from_mapping(settings))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Dict, Optional, Type
@@ -30,6 +31,8 @@ FORMAT_CLASSES: Dict[tuple, Type[VisionTask]] = {("keypoints", "torchvision"): T
 INSTANCE_SEGMENTATION_CLASSES: Dict[str, Type[VisionTask]] = {"torchvision": TorchvisionInstanceSegmentationTask,
                                                                "yolov8_seg": YoloInstanceSegmentationTask}
 FORMAT_CLASSES.update({("instance_segmentation", fmt): cls for fmt, cls in INSTANCE_SEGMENTATION_CLASSES.items()})
+# Read from the model folder when the settings name no labels file: ours, then TorchServe's stock name.
+LABEL_FILES = ("labels.json", "index_to_name.json")
 
 
 def task_class(settings: Settings) -> Type[VisionTask]:
@@ -48,15 +51,23 @@ def build_task(model_path: Path, settings: Settings, base_dir: Optional[Path] = 
                device: str = "cpu") -> VisionTask:
     """Load the model file with the runtime its suffix names and wrap it in the settings' task.
 
-    ``settings.labels`` is read relative to ``base_dir`` (an archive's or an export's folder);
-    ``workers`` (the model's worker count) sizes the image-preparation threads and, unless
+    ``settings.labels`` is read relative to ``base_dir`` (an archive's or an export's folder); when
+    the settings name none, the first of ``LABEL_FILES`` found in ``base_dir`` is read (the task's
+    settings then name it); ``workers`` (the model's worker count) sizes the image-preparation threads and, unless
     ``settings.threads`` is set, the runtime's (``runtime_threads``); ``device`` is ``cpu`` or
     ``cuda:N`` (``runtimes.pick_device``)."""
     labels_path = None
+    if not settings.labels and base_dir is not None:
+        found = next((name for name in LABEL_FILES if (Path(base_dir) / name).is_file()), None)
+        settings = dataclasses.replace(settings, labels=found)
     if settings.labels:
         labels_path = Path(settings.labels)
         if not labels_path.is_absolute() and base_dir is not None:
             labels_path = Path(base_dir) / labels_path
+        if not labels_path.is_file():
+            raise FileNotFoundError(f"the settings name the labels file {settings.labels!r}, which is not in {labels_path.parent}: "
+                                    "put it in the archive (torch-model-archiver --extra-files: tsvision extra-files --labels FILE) "
+                                    "or set labels: null")
     cls = task_class(settings)
     cls.before_load()
     runtime = load_runtime(Path(model_path), runtime_threads(settings.threads, workers), device)

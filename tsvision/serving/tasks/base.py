@@ -22,6 +22,7 @@ from tsvision.serving.runtimes import Runtime
 from tsvision.serving.settings import Settings, label_for
 
 Item = Union[bytes, bytearray, Image.Image, RequestError]
+ClassCount = Optional[Tuple[int, str]]  # (classes, the output that shows them) or None: the outputs do not say
 Prepared = Union[Tuple[np.ndarray, Any], RequestError]  # what ``_prepare_item`` gives for one item
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,24 @@ class ImageBatch:
 
     def __len__(self) -> int:
         return len(self.results)
+
+
+class LabelCountError(ValueError):
+    """The labels do not name the model's classes one for one (found when the model loads)."""
+
+    def __init__(self, labels: int, classes: int, shown_by: str, source: str = "the labels") -> None:
+        self.labels, self.classes, self.shown_by = labels, classes, shown_by
+        super().__init__(self.describe(source))
+
+    def describe(self, source: str) -> str:
+        """The message, naming the labels file as ``source``."""
+        return (f"{source} names {self.labels} classes, but the model has {self.classes} ({self.shown_by}): "
+                f"give exactly one name per class index 0..{self.classes - 1}")
+
+
+def shape_text(array: np.ndarray) -> str:
+    """One image's output shape with the batch axis put back: ``N×1000``."""
+    return "×".join(["N"] + [str(d) for d in np.shape(array)])
 
 
 class VisionTask:
@@ -94,6 +113,18 @@ class VisionTask:
     def finish(self, outputs: List[np.ndarray], meta: Any) -> Any:
         """This image's slice of every model output -> its JSON-ready answer."""
         raise NotImplementedError
+
+    def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
+        """How many classes one image's outputs score, and which output shows it; None where the
+        outputs do not tell (e.g. a whole detector that outputs label indices)."""
+        return None
+
+    def check_labels(self, outputs: List[np.ndarray]) -> None:
+        """Refuse labels whose count is not the model's class count (``LabelCountError``), when
+        one image's ``outputs`` tell the count; no labels at all are fine (answers carry indices)."""
+        found = self.class_count(outputs) if self.labels else None
+        if found is not None and found[0] != len(self.labels):
+            raise LabelCountError(len(self.labels), found[0], found[1], self.settings.labels or "the labels")
 
     def headline(self, answer: Any) -> str:
         """The one label that sums up an answer (logged per A/B variant); '' if none."""
@@ -300,11 +331,12 @@ class VisionTask:
 
     def warm_up(self, batch_size: int = 2, rounds: int = 2) -> None:
         """Run the model on blank input so the first real requests are not slow (TorchScript
-        optimises on its first calls)."""
+        optimises on its first calls), and check the labels against its outputs (``check_labels``)."""
         size = self.settings.input_size
         blank = np.zeros((batch_size, size, size, 3), dtype=np.uint8)
         for _ in range(rounds):
-            self.runtime.run(normalize(blank, self.settings.mean, self.settings.std))
+            outputs = self.runtime.run(normalize(blank, self.settings.mean, self.settings.std))
+        self.check_labels([output[0] for output in outputs])
 
     def _image(self, item: Item) -> Image.Image:
         if isinstance(item, RequestError):

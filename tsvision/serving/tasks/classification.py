@@ -9,7 +9,7 @@ from PIL import Image
 
 from tsvision.serving.drawing import draw_classification
 from tsvision.serving.geometry import resize_center_crop
-from tsvision.serving.tasks.base import VisionTask
+from tsvision.serving.tasks.base import ClassCount, VisionTask, shape_text
 
 
 class ClassificationTask(VisionTask):
@@ -20,6 +20,9 @@ class ClassificationTask(VisionTask):
     def prepare(self, image: Image.Image):
         return resize_center_crop(image, self.settings.resize_size, self.settings.input_size,
                                   self.settings.interpolation), None
+
+    def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
+        return outputs[0].size, f"{self.settings.output} {shape_text(outputs[0])}"
 
     def headline(self, answer: list) -> str:
         return answer[0]["label"] if answer else ""

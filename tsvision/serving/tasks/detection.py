@@ -16,8 +16,8 @@ from PIL import Image
 
 from tsvision.serving.drawing import draw_detection
 from tsvision.serving.geometry import YOLO_FILL, Placement, fit_square, mean_fill
-from tsvision.serving.tasks.base import VisionTask
-from tsvision.serving.tasks.detection_formats import DECODERS, NMS_FREE, Candidates
+from tsvision.serving.tasks.base import ClassCount, VisionTask
+from tsvision.serving.tasks.detection_formats import DECODERS, NMS_FREE, Candidates, class_count
 
 
 DETECTION_OPTIONS = ("score_threshold", "iou_threshold", "max_detections", "classes", "agnostic_nms")
@@ -38,13 +38,16 @@ class DetectionTask(VisionTask):
     def prepare(self, image: Image.Image):
         s = self.settings
         fill = YOLO_FILL if s.resize_mode == "letterbox_center" else mean_fill(s.mean)
-        return fit_square(image, s.input_size, s.resize_mode, fill)
+        return fit_square(image, s.input_size, s.resize_mode, fill, s.interpolation)
 
     def headline(self, answer: list) -> str:
         return answer[0]["label"] if answer else ""
 
     def draw(self, image: Image.Image, answer: list) -> Image.Image:
         return draw_detection(image, answer)
+
+    def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
+        return class_count(self.settings.detection_format, outputs, self.settings.background_index is not None)
 
     def decode(self, outputs: List[np.ndarray], placement: Placement) -> Candidates:
         """One image's raw outputs -> its candidates above the threshold (``detection_format``)."""

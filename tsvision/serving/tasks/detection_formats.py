@@ -23,11 +23,12 @@ The yolo and detr formats keep the best class of each box (as ultralytics and DE
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from tsvision.serving.geometry import Placement
+from tsvision.serving.tasks.base import shape_text
 
 
 @dataclass
@@ -129,6 +130,26 @@ DECODERS: Dict[str, Callable[..., Candidates]] = {
     "yolo_nms": decode_yolo_nms, "detr": decode_detr, "rtdetr": decode_rtdetr,
 }
 NMS_FREE = ("yolo_nms",)  # formats whose model already suppressed overlapping boxes
+
+
+def class_count(fmt: str, outputs: Sequence[np.ndarray], background: bool = True) -> Optional[Tuple[int, str]]:
+    """How many classes one image's outputs in format ``fmt`` score, and where that shows (``background``:
+    ``ssd``'s scores have a background column); None where the layout does not tell (``yolo_nms``
+    carries class indices) or the shapes do not fit (the decoder then says what is wrong)."""
+    shapes = [np.shape(o) for o in outputs]
+    one = len(shapes) == 1 and len(shapes[0]) == 2
+    if fmt == "ssd" and len(shapes) >= 2 and len(shapes[1]) == 2:
+        return shapes[1][1], f"scores {shape_text(outputs[1])}" + (", the background column included" if background else "")
+    if fmt == "yolov8" and one and shapes[0][0] > 4:
+        return shapes[0][0] - 4, f"output {shape_text(outputs[0])}: 4 box rows, then one per class"
+    if fmt == "yolov5" and one and shapes[0][1] > 5:
+        return shapes[0][1] - 5, f"output {shape_text(outputs[0])}: 4 box columns and objectness, then one per class"
+    if fmt == "rtdetr" and one and shapes[0][1] > 4:
+        return shapes[0][1] - 4, f"output {shape_text(outputs[0])}: 4 box columns, then one per class"
+    if fmt == "detr" and len(shapes) == 2 and all(len(shape) == 2 for shape in shapes):
+        logits = 1 if shapes[0][-1] == 4 and shapes[1][-1] != 4 else 0  # pred_boxes may come first
+        return shapes[logits][1] - 1, f"pred_logits {shape_text(outputs[logits])}, the last column 'no object'"
+    return None
 
 
 def guess_format(shapes: List[Sequence[int]]) -> Optional[str]:

@@ -31,6 +31,7 @@ from PIL import Image
 
 from tsvision.serving.drawing import draw_instances
 from tsvision.serving.masks import decode_mask, encode_mask
+from tsvision.serving.tasks.base import ClassCount, shape_text
 from tsvision.serving.tasks.detection import DETECTION_OPTIONS, DetectionTask, detection_entry
 from tsvision.serving.tasks.detection_formats import Candidates, _best_class, _shape_error, _xyxy
 from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask
@@ -96,6 +97,14 @@ class YoloInstanceSegmentationTask(DetectionTask):
 
     def draw(self, image: Image.Image, answer: list) -> Image.Image:
         return draw_answer(image, answer)
+
+    def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
+        try:
+            raw, protos = yolo_seg_outputs(outputs)
+        except ValueError:  # the decoder says what is wrong
+            return None
+        return (raw.shape[0] - 4 - protos.shape[0],
+                f"output0 {shape_text(raw)}: 4 box rows, one per class, then {protos.shape[0]} mask coefficients")
 
     def decode(self, outputs: List[np.ndarray], placement: Placement) -> Candidates:
         """``output0``'s candidates above the threshold, each carrying its mask coefficients (``extra``)."""

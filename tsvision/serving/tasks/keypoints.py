@@ -30,6 +30,7 @@ from PIL import Image
 from tsvision.serving.drawing import draw_keypoints
 from tsvision.serving.geometry import Placement, normalize
 from tsvision.serving.settings import Settings
+from tsvision.serving.tasks.base import ClassCount, shape_text
 from tsvision.serving.tasks.detection import DetectionTask, detection_entry
 from tsvision.serving.tasks.detection_formats import Candidates, _best_class, _one_output, _xyxy
 from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask, run_by_size
@@ -100,6 +101,9 @@ class KeypointsTask(DetectionTask):
     def draw(self, image: Image.Image, answer: list) -> Image.Image:
         return draw_keypoints(image, answer, keypoint_metadata(self.settings)["skeleton"], self.visible_score)
 
+    def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
+        return 1, f"output {shape_text(outputs[0])}: yolov8_pose scores one class, the person"
+
     def decode(self, outputs: List[np.ndarray], placement: Placement) -> Candidates:
         if self.settings.detection_format != "yolov8_pose":
             raise ValueError(f"task keypoints reads detection_format yolov8_pose or torchvision, not {self.settings.detection_format!r}")
@@ -119,6 +123,7 @@ class KeypointsTask(DetectionTask):
             outputs = self.runtime.run(blank)
         side = s.input_size
         self.decode([o[0] for o in outputs], Placement(side, side, side, side, side))
+        self.check_labels([o[0] for o in outputs])
 
 
 def split_torchvision_outputs(outputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:

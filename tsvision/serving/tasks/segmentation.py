@@ -17,7 +17,7 @@ from PIL import Image
 from tsvision.serving.drawing import draw_segmentation
 from tsvision.serving.geometry import Placement, fit_square, mean_fill, resize_shorter_side
 from tsvision.serving.masks import decode_mask, encode_mask
-from tsvision.serving.tasks.base import VisionTask
+from tsvision.serving.tasks.base import ClassCount, VisionTask, shape_text
 
 
 class SegmentationTask(VisionTask):
@@ -27,8 +27,11 @@ class SegmentationTask(VisionTask):
     def prepare(self, image: Image.Image):
         s = self.settings
         if s.resize_mode == "shorter_side":  # torchvision's preset: any aspect ratio, one forward pass per shape
-            return resize_shorter_side(image, s.input_size, s.max_size)
-        return fit_square(image, s.input_size, s.resize_mode, mean_fill(s.mean))
+            return resize_shorter_side(image, s.input_size, s.max_size, s.interpolation)
+        return fit_square(image, s.input_size, s.resize_mode, mean_fill(s.mean), s.interpolation)
+
+    def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
+        return outputs[0].shape[0], f"logits {shape_text(outputs[0])}"
 
     def headline(self, answer: dict) -> str:
         return max(answer["classes"], key=lambda c: c["pixels"])["label"] if answer["classes"] else ""
