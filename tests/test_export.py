@@ -32,6 +32,9 @@ def test_default_exports_report_parity_and_say_weights_are_random(exports, task,
     assert labels == list(torchvision.models.get_model_weights(architecture).DEFAULT.meta["categories"])
     graph = onnx.load(str(exports / task / "model.onnx")).graph
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param, "the ONNX batch axis must be dynamic"
+    if task == "segmentation":  # torchvision's preset: any aspect ratio, so height and width are dynamic too
+        assert settings["resize_mode"] == "shorter_side" and report["input"] == [None, 3, None, None]
+        assert all(graph.input[0].type.tensor_type.shape.dim[axis].dim_param for axis in (2, 3))
     size = settings["input_size"]
     for filename in ("model.pt", "model.onnx"):
         outputs = load_runtime(exports / task / filename).run(np.zeros((3, 3, size, size), np.float32))

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tsvision.serving.errors import RequestError
-from tsvision.serving.geometry import Placement, fit_square, normalize, resize_center_crop
+from tsvision.serving.geometry import Placement, fit_square, normalize, resize_center_crop, resize_shorter_side
 from tsvision.serving.images import decode_image
 from tsvision.serving.payloads import STREAM_FIELD, format_response, is_stream, parse_request
 from tsvision.serving.settings import Settings, load_labels
@@ -166,6 +166,29 @@ def test_centre_crop_matches_torchvision_preset(photos):
         theirs = reference(image).permute(1, 2, 0).numpy().astype(np.int16)
         assert ours.shape == theirs.shape == (224, 224, 3)
         assert np.abs(ours - theirs).mean() < 1.5, image.size
+
+
+@pytest.mark.parametrize("size", [(451, 300), (300, 451), (520, 520), (333, 41), (4000, 500)])
+def test_shorter_side_is_torchvisions_segmentation_resize(size):
+    """``shorter_side`` equals torchvision's ``Resize(520, max_size=1040)`` of a PIL image (the preset
+    without its missing cap; the photos below 2:1 are not capped), and its placement covers the whole input."""
+    from torchvision.transforms import functional as TF
+
+    image = Image.fromarray(np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    array, placement = resize_shorter_side(image, 520)
+    theirs = np.asarray(TF.resize(image, 520, max_size=1040))
+    assert array.shape == theirs.shape and np.array_equal(array, theirs), (size, array.shape, theirs.shape)
+    assert (placement.input_height, placement.input_width) == array.shape[:2] == (placement.content_height, placement.content_width)
+    if max(size) <= 2 * min(size):
+        assert min(array.shape[:2]) == 520
+
+
+def test_shorter_side_is_for_segmentation_with_a_cap_above_input_size():
+    assert Settings.from_mapping({"task": "segmentation", "resize_mode": "shorter_side", "input_size": 520, "max_size": 600})
+    with pytest.raises(ValueError, match="segmentation task only"):
+        Settings.from_mapping({"task": "detection", "resize_mode": "shorter_side"})
+    with pytest.raises(ValueError, match="max_size"):
+        Settings.from_mapping({"task": "segmentation", "resize_mode": "shorter_side", "input_size": 520, "max_size": 520})
 
 
 @pytest.mark.parametrize("source, target", [((451, 300), (320, 320)), ((37, 81), (200, 13)), ((640, 427), (641, 1000))])

@@ -29,8 +29,8 @@ def reference_upsample(logits: np.ndarray, placement: Placement) -> np.ndarray:
     import math
 
     _, out_h, out_w = logits.shape
-    rows = min(out_h, math.ceil(placement.content_height * out_h / placement.input_size))
-    cols = min(out_w, math.ceil(placement.content_width * out_w / placement.input_size))
+    rows = min(out_h, math.ceil(placement.content_height * out_h / placement.input_height))
+    cols = min(out_w, math.ceil(placement.content_width * out_w / placement.input_width))
     region = torch.from_numpy(np.ascontiguousarray(logits[:, :rows, :cols]))[None]
     full = F.interpolate(region, size=(placement.height, placement.width), mode="bilinear", align_corners=False)
     return full[0].numpy()

@@ -68,6 +68,8 @@ def test_bad_items_do_not_disturb_the_batch(tasks, photos):
 def test_mixed_sizes_in_one_batch_equal_one_by_one(tasks, photos, task_name):
     task = tasks[task_name, "onnx"]
     data = [jpeg(p) for p in photos.values()] + [jpeg(Image.fromarray(np.full((41, 333, 3), 128, np.uint8)))]
+    if task_name == "segmentation":  # shorter_side: 520×520, 780×520 (twice), 779×520, 1040×128: one pass per shape
+        assert isinstance(task.prepare_batch(data).inputs, list)
     batched = task.run(data)
     for item, answer in zip(data, batched):
         assert_same_answer(task_name, answer, task.run([item])[0])
@@ -87,7 +89,7 @@ def test_toy_detector_boxes_land_on_the_rectangle(toy_exports, backend, mode):
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
-@pytest.mark.parametrize("mode", ["letterbox", "stretch"])
+@pytest.mark.parametrize("mode", ["letterbox", "stretch", "shorter_side"])
 def test_toy_segmenter_masks_match_at_original_resolution(toy_exports, backend, mode):
     task = load_task(toy_exports / "segmentation", backend, resize_mode=mode)
     scenes = [colour_scene(w, h) for w, h in GEOMETRY_SIZES]
@@ -96,3 +98,24 @@ def test_toy_segmenter_masks_match_at_original_resolution(toy_exports, backend, 
         mask = decode_png(answer["mask"])
         assert mask.shape == truth.shape
         assert (mask == truth).mean() >= 0.99, (image.size, mode, (mask == truth).mean())
+
+
+def test_one_forward_pass_per_shape_and_a_failing_shape_fails_only_its_images(toy_exports, monkeypatch):
+    """``shorter_side`` keeps each image's aspect ratio: a batch runs once per shape (two images of one
+    shape share a pass), every image answers as alone, and a pass that fails is a 500 for its images only."""
+    task = load_task(toy_exports / "segmentation", "onnx", resize_mode="shorter_side")
+    scenes = [colour_scene(w, h)[0] for w, h in GEOMETRY_SIZES + [(666, 1554)]]  # 333×777 and 666×1554: one shape
+    alone = [task.run([image])[0] for image in scenes]
+    run, passes = task.runtime.run, []
+
+    def failing_on_tall(batch):
+        passes.append(batch.shape)
+        if batch.shape[2] > batch.shape[3]:
+            raise RuntimeError("this shape is not supported")
+        return run(batch)
+
+    monkeypatch.setattr(task.runtime, "run", failing_on_tall)
+    answers = task.run(scenes)
+    assert sorted(passes) == sorted([(2, 3, 1280, 548), (1, 3, 548, 1280), (1, 3, 640, 1137)])
+    assert [getattr(a, "status", 200) for a in answers] == [500, 200, 200, 500]
+    assert answers[0].kind == "InferenceError" and answers[1:3] == alone[1:3]

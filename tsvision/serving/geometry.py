@@ -1,6 +1,8 @@
-"""Image -> fixed-size model input, and model coordinates -> original-image coordinates.
+"""Image -> model input, and model coordinates -> original-image coordinates.
 
-Images of any size become the same square input so a whole batch runs in one forward pass.
+Images of any size become the same square input so a whole batch runs in one forward pass
+(``fit_square``), or, for segmentation's ``shorter_side``, keep their aspect ratio as
+torchvision's preset does (``resize_shorter_side``: one forward pass per shape).
 ``Placement`` remembers where the original image sits in that input, so boxes and masks
 can be mapped back to the pixels of the image the client sent.
 """
@@ -8,7 +10,7 @@ can be mapped back to the pixels of the image the client sent.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -22,7 +24,8 @@ Resizer = Callable[[Image.Image, Tuple[int, int]], np.ndarray]
 class Placement:
     """The original ``width``×``height`` image occupies ``content_width``×``content_height``
     pixels of a square model input of side ``input_size``, starting ``offset_x``/``offset_y``
-    pixels from its top-left corner (0 except for ``letterbox_center``)."""
+    pixels from its top-left corner (0 except for ``letterbox_center``). ``input_shape``
+    (height, width) is the input's own shape when it is not that square (``shorter_side``)."""
 
     width: int
     height: int
@@ -31,6 +34,15 @@ class Placement:
     input_size: int
     offset_x: int = 0
     offset_y: int = 0
+    input_shape: Optional[Tuple[int, int]] = None
+
+    @property
+    def input_height(self) -> int:
+        return self.input_shape[0] if self.input_shape else self.input_size
+
+    @property
+    def input_width(self) -> int:
+        return self.input_shape[1] if self.input_shape else self.input_size
 
     def boxes_to_original(self, boxes: np.ndarray) -> np.ndarray:
         """Map N×4 ``x1, y1, x2, y2`` boxes from model-input pixels to original pixels, clipped."""
@@ -145,6 +157,24 @@ def fit_square(image: Image.Image, size: int, mode: str, fill: Sequence[int],
         array[...] = np.asarray(fill, dtype=np.uint8)
         array[top:top + content_h, left:left + content_w] = resized
     return array, Placement(width, height, content_w, content_h, size, left, top)
+
+
+def resize_shorter_side(image: Image.Image, size: int, max_size: Optional[int] = None,
+                        interpolation: str = "bilinear") -> Tuple[np.ndarray, Placement]:
+    """torchvision's segmentation preset (``SemanticSegmentation``: ``Resize(size)`` of a PIL image):
+    the shorter side to ``size``, the longer one in proportion (truncated), no crop, no padding,
+    with the ``interpolation`` filter (``resizer``; the preset's is PIL's antialiased bilinear). The
+    longer side is capped at ``max_size`` (None: ``2 * size``) with ``Resize(size, max_size=...)``'s
+    arithmetic; the preset itself has no cap."""
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    new_short, new_long = size, int(size * long / short)
+    cap = max_size or 2 * size
+    if new_long > cap:
+        new_short, new_long = max(1, int(cap * new_short / new_long)), cap
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    array = resizer("shorter_side", interpolation)(image, (new_w, new_h))
+    return array, Placement(width, height, new_w, new_h, size, input_shape=(new_h, new_w))
 
 
 def resize_center_crop(image: Image.Image, resize_size: int, crop_size: int, interpolation: str = "bilinear") -> np.ndarray:

@@ -13,7 +13,7 @@ from tsvision.serving.images import DEFAULT_MAX_PIXELS
 
 TASKS = ("classification", "segmentation", "detection", "instance_segmentation", "keypoints")
 DETECTING_TASKS = ("detection", "instance_segmentation", "keypoints")  # boxes, and the detection_format setting
-RESIZE_MODES = ("stretch", "letterbox", "letterbox_center")
+RESIZE_MODES = ("stretch", "letterbox", "letterbox_center", "shorter_side")
 INTERPOLATIONS = ("bilinear", "bicubic", "bilinear_float")  # the resize filter (geometry.RESIZERS); PIL's antialiased
 # bilinear and bicubic as torchvision's presets name them, or F.interpolate's plain bilinear on floats (SSD/SSDlite)
 MASK_FORMATS = ("png", "rle", "polygon")  # how masks are written (tsvision.serving.masks)
@@ -45,7 +45,9 @@ class Settings:
     resize_size: int = 256                 # classification: shorter side before the centre crop
     interpolation: str = "bilinear"        # the resize filter: "bilinear" or "bicubic" (PIL, antialiased; classification:
                                            # the weights' preset), "bilinear_float" (stretch/letterbox: as torchvision's SSD)
-    resize_mode: str = "stretch"           # segmentation/detection: "stretch", "letterbox" or (detection) "letterbox_center"
+    resize_mode: str = "stretch"           # segmentation/detection: "stretch", "letterbox", (detection) "letterbox_center"
+                                           # or (segmentation) "shorter_side": torchvision's preset, any aspect ratio
+    max_size: Optional[int] = None         # shorter_side: cap on the longer side (None: 2 × input_size)
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     top_k: int = 5
@@ -103,6 +105,11 @@ class Settings:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.resize_mode == "letterbox_center" and self.task not in DETECTING_TASKS:
             raise ValueError(f"resize_mode 'letterbox_center' is for the tasks {DETECTING_TASKS} only")
+        if self.resize_mode == "shorter_side" and self.task != "segmentation":
+            raise ValueError("resize_mode 'shorter_side' is for the segmentation task only")
+        if self.max_size is not None and self.max_size <= self.input_size:
+            raise ValueError(f"max_size (the cap on the longer side) must be larger than input_size {self.input_size}, "
+                             f"got {self.max_size!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if self.interpolation == "bilinear_float" and self.task == "classification":

@@ -1,7 +1,7 @@
 """torchvision architectures -> modules with the documented tensor contract (export time only).
 
-Every exported graph takes one float32 N×3×S×S batch (already normalised) and returns:
-classification ``logits`` N×C; segmentation ``logits`` N×C×S×S; detection ``boxes`` N×A×4
+Every exported graph takes one float32 N×3×S×S batch (already normalised; segmentation: N×3×H×W,
+any H and W) and returns: classification ``logits`` N×C; segmentation ``logits`` N×C×H×W; detection ``boxes`` N×A×4
 (model-input pixels) and ``scores`` N×A×C (softmax; column 0 is background).
 """
 
@@ -148,7 +148,8 @@ def build_exportable(
         settings = settings_from_preset(task, preset)
     elif task == "segmentation":
         module = SegmentationLogits(model)
-        settings = {**settings_from_preset(task, preset), "resize_mode": "letterbox"}
+        # torchvision's preset and reference evaluation: shorter side to 520, any aspect ratio (docs/models.md)
+        settings = {**settings_from_preset(task, preset), "resize_mode": "shorter_side"}
     elif is_torchvision_detector(model):  # Faster R-CNN, RetinaNet, FCOS, Keypoint R-CNN: the whole detector (tools/torchvision_detectors.py)
         keypoints = keypoint_count(model) > 0
         if keypoints != (task == "keypoints"):

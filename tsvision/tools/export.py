@@ -45,6 +45,7 @@ def export_files(exportable: Exportable, out_dir: Path, tolerance: float = 1e-3,
         return export_torchvision_files(exportable, out_dir, tolerance)
     out_dir.mkdir(parents=True, exist_ok=True)
     module, size = exportable.module, exportable.settings["input_size"]
+    spatial = exportable.task == "segmentation"  # any height and width: resize_mode shorter_side keeps the aspect ratio
     generator = torch.Generator().manual_seed(1)
     sample = torch.randn(2, 3, size, size, generator=generator)
     ts_path, onnx_path = out_dir / "model.pt", out_dir / "model.onnx"
@@ -52,20 +53,22 @@ def export_files(exportable: Exportable, out_dir: Path, tolerance: float = 1e-3,
         warnings.simplefilter("ignore")
         with torch.no_grad():
             torch.jit.trace(module, sample, check_trace=False).save(str(ts_path))
-        export_onnx(module, sample, onnx_path, exportable.output_names)
+        export_onnx(module, sample, onnx_path, exportable.output_names, spatial)
     pt2_seconds = None
     if pt2:
         started = time.time()
-        export_pt2(module, sample, out_dir / "model.pt2")
+        export_pt2(module, sample, out_dir / "model.pt2", spatial)
         pt2_seconds = round(time.time() - started, 1)
-    parity = compare_backends(module, ts_path, onnx_path, torch.randn(3, 3, size, size, generator=generator),
+    # A segmenter is compared on a shape it was not traced with: its files must follow the input's size.
+    parity = compare_backends(module, ts_path, onnx_path, torch.randn(3, 3, size, size + size // 3 if spatial else size,
+                                                                      generator=generator),
                               out_dir / "model.pt2" if pt2 else None)
     report = {
         "task": exportable.task,
         "architecture": exportable.architecture,
         "random_weights": exportable.random_weights,
         "weights": exportable.weights,
-        "input": [None, 3, size, size],
+        "input": [None, 3, None, None] if spatial else [None, 3, size, size],
         "outputs": exportable.output_names,
         "parameters": sum(p.numel() for p in module.parameters()),
         "flops_per_image": count_flops(module, size),
@@ -78,25 +81,32 @@ def export_files(exportable: Exportable, out_dir: Path, tolerance: float = 1e-3,
     return report
 
 
-def export_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path, output_names: List[str]) -> None:
+def dynamic_axes(spatial: bool = False) -> dict:
+    """``torch.export``'s dynamic dimensions of the ``images`` input: the batch, and with ``spatial``
+    the height and width too (a fully convolutional segmenter fed images of any aspect ratio)."""
+    axes = {0: torch.export.Dim("batch", min=1, max=1024)}
+    if spatial:
+        axes.update({2: torch.export.Dim("height", min=32, max=16384), 3: torch.export.Dim("width", min=32, max=16384)})
+    return axes
+
+
+def export_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path, output_names: List[str], spatial: bool = False) -> None:
     import onnx
 
-    batch = torch.export.Dim("batch", min=1, max=1024)
     torch.onnx.export(
         module, (sample,), str(path), input_names=["images"], output_names=output_names,
-        dynamic_shapes=({0: batch},), dynamo=True, verbose=False, external_data=False,
+        dynamic_shapes=(dynamic_axes(spatial),), dynamo=True, verbose=False, external_data=False,
     )
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def export_pt2(module: torch.nn.Module, sample: torch.Tensor, path: Path) -> None:
-    """``torch.export`` with a dynamic batch axis, compiled for this CPU by AOTInductor (needs a C++
-    compiler; a minute or more per model on 2 cores)."""
+def export_pt2(module: torch.nn.Module, sample: torch.Tensor, path: Path, spatial: bool = False) -> None:
+    """``torch.export`` with a dynamic batch axis (and with ``spatial`` height and width), compiled for
+    this CPU by AOTInductor (needs a C++ compiler; a minute or more per model on 2 cores)."""
     import torch._inductor
 
-    batch = torch.export.Dim("batch", min=1, max=1024)
     with torch.no_grad():
-        program = torch.export.export(module, (sample,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(module, (sample,), dynamic_shapes=(dynamic_axes(spatial),))
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -102,7 +102,7 @@ def calibration_items(folder: Optional[Path]) -> Tuple[List[Tuple[str, Any]], st
     return [(f.name, f.read_bytes()) for f in files], f"{len(files)} images from {folder}"
 
 
-def prepared_inputs(task, items: Sequence[Tuple[str, Any]]) -> np.ndarray:
+def prepared_inputs(task, items: Sequence[Tuple[str, Any]]) -> Union[np.ndarray, List[np.ndarray]]:
     """The model inputs of ``items`` as the serving task makes them (decode, ``prepare``, ``normalize``);
     an image the server could not read is an error naming the file."""
     batch = task.prepared(task.prepare_batch([image for _, image in items]))  # pipelined (micro_batch): wait for it
@@ -119,7 +119,7 @@ class _Reader:
     """onnxruntime's CalibrationDataReader: one image per call."""
 
     def __init__(self, name: str, inputs: np.ndarray) -> None:
-        self._feeds = iter([{name: inputs[i:i + 1]} for i in range(len(inputs))])
+        self._feeds = iter([{name: np.ascontiguousarray(inputs[i])[None]} for i in range(len(inputs))])  # array or list
 
     def get_next(self):
         return next(self._feeds, None)
@@ -179,8 +179,8 @@ def decoder_tail(model: Path) -> List[str]:
     return [node.name for node in graph.node if id(node) not in upstream]
 
 
-def quantize_onnx(source: Path, target: Path, inputs: np.ndarray, per_channel: bool = True, reduce_range: bool = True,
-                  metadata: Optional[Dict[str, str]] = None) -> None:
+def quantize_onnx(source: Path, target: Path, inputs: Union[np.ndarray, List[np.ndarray]], per_channel: bool = True,
+                  reduce_range: bool = True, metadata: Optional[Dict[str, str]] = None) -> None:
     """``quantize_static`` of ``source`` into ``target`` (QDQ, int8 weights, uint8 activations, MinMax
     ranges over ``inputs`` fed one image at a time), after ``quant_pre_process`` (shape inference and
     ONNX Runtime's graph optimisations, e.g. folded BatchNorm, so the quantised nodes are the ones run).
@@ -241,7 +241,8 @@ def quantize_export(out_dir: Path, calibration: Optional[Path] = None, quantizat
         int8 = load_export(out_dir, target.name)
         try:
             agreement = compare_answers(fp32, int8, [image for _, image in items], settings["task"])
-            agreement["output_sqnr_db"] = output_sqnr(fp32.runtime.run(inputs), int8.runtime.run(inputs), _output_names(source))
+            agreement["output_sqnr_db"] = output_sqnr(run_outputs(fp32.runtime, inputs), run_outputs(int8.runtime, inputs),
+                                                      _output_names(source))
         finally:
             int8.close()
     finally:
@@ -272,6 +273,15 @@ def _output_names(model: Path) -> List[str]:
     import onnx
 
     return [output.name for output in onnx.load(str(model), load_external_data=False).graph.output]
+
+
+def run_outputs(runtime, inputs: Union[np.ndarray, List[np.ndarray]]) -> List[np.ndarray]:
+    """``runtime``'s outputs on the prepared ``inputs``: one pass over a stacked array, or for a list
+    (images of different shapes: segmentation's ``shorter_side``) one pass per image, each output flattened and joined."""
+    if not isinstance(inputs, list):
+        return runtime.run(inputs)
+    runs = [runtime.run(image[None]) for image in inputs]
+    return [np.concatenate([run[k].reshape(-1) for run in runs]) for k in range(len(runs[0]))]
 
 
 def output_sqnr(first: List[np.ndarray], second: List[np.ndarray], names: Sequence[str]) -> Dict[str, float]:

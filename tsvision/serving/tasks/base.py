@@ -10,7 +10,7 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -33,17 +33,19 @@ class ImageBatch:
 
     ``results`` has one slot per image: ``None`` while it is live, else its ``RequestError``
     (or, after ``finish_batch``, its answer). ``inputs`` is the model input of the live images,
-    whose slots are ``positions``; ``metas`` is what ``finish`` needs for each of them.
+    whose slots are ``positions``: one N×3×H×W array, or, when their shapes differ (segmentation's
+    ``shorter_side``), a list of 3×H×W arrays run one shape at a time (``outputs`` then holds a
+    list per output, one array per image); ``metas`` is what ``finish`` needs for each of them.
 
     Pipelined (``micro_batch``): ``pending`` holds one preparation per slot until ``infer``
     takes them, and ``finishing`` the (slot, answer) of every image ``infer`` has finished.
     """
 
     results: List[Any]
-    inputs: Optional[np.ndarray] = None
+    inputs: Union[np.ndarray, List[np.ndarray], None] = None
     metas: List[Any] = field(default_factory=list)
     positions: List[int] = field(default_factory=list)
-    outputs: Optional[List[np.ndarray]] = None
+    outputs: Optional[List[Any]] = None
     settings: List[Any] = field(default_factory=list)  # per slot: the request's Settings (empty: the archive's)
     pending: List["Future[Prepared]"] = field(default_factory=list)
     finishing: List[Tuple[int, "Future[Any]"]] = field(default_factory=list)
@@ -105,7 +107,7 @@ class VisionTask:
         """Called before the model file is loaded (e.g. to register the custom ops it calls)."""
 
     def prepare(self, image: Image.Image) -> Tuple[np.ndarray, Any]:
-        """RGB image -> (input_size×input_size×3 uint8 array, whatever ``finish`` needs)."""
+        """RGB image -> (H×W×3 uint8 array, usually input_size×input_size; whatever ``finish`` needs)."""
         raise NotImplementedError
 
     def finish(self, outputs: List[np.ndarray], meta: Any) -> Any:
@@ -183,6 +185,8 @@ class VisionTask:
         A pipelined batch runs in micro-batches instead (``_infer_pipelined``)."""
         if batch.pending:
             return self._infer_pipelined(batch)
+        if isinstance(batch.inputs, list):
+            return self._infer_by_shape(batch)
         if batch.inputs is not None:
             try:
                 batch.outputs = self.runtime.run(batch.inputs)
@@ -210,6 +214,28 @@ class VisionTask:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+    def _infer_by_shape(self, batch: ImageBatch) -> ImageBatch:
+        """Images of different shapes: one forward pass per shape (padding them to one shape would
+        change a fully convolutional model's answers near the edges), each image's outputs kept in
+        its row; a pass that fails gives only its own images the 500."""
+        rows: List[Optional[List[np.ndarray]]] = [None] * len(batch.inputs)
+        for shape, indices in group_by_shape(batch.inputs).items():
+            try:
+                outputs = self.runtime.run(np.stack([batch.inputs[i] for i in indices]))
+            except Exception:  # the model failed on this shape: its images get 500, the others go on
+                error = internal_error("InferenceError", f"the model failed on {len(indices)} image(s) of "
+                                       f"{shape[-1]}×{shape[-2]} pixels in this batch")
+                for i in indices:
+                    batch.results[batch.positions[i]] = error
+                continue
+            for row, i in enumerate(indices):
+                rows[i] = [output[row] for output in outputs]
+        live = [i for i, row in enumerate(rows) if row is not None]
+        batch.positions, batch.metas = [batch.positions[i] for i in live], [batch.metas[i] for i in live]
+        batch.outputs = [list(column) for column in zip(*(rows[i] for i in live))] if live else None
+        batch.inputs = None
+        return batch
 
     def _infer_pipelined(self, batch: ImageBatch) -> ImageBatch:
         """The model on ``micro_batch`` live images at a time, in order: while it runs on one
@@ -244,12 +270,16 @@ class VisionTask:
 
     def _gather(self, batch: ImageBatch, prepared: Iterable[Tuple[int, Prepared]]) -> ImageBatch:
         """Put each (slot, prepared image) into ``batch``: errors in their slots, the live images
-        stacked and normalised into ``inputs``."""
+        normalised into ``inputs`` (stacked when they all have one shape, else a list)."""
         arrays = self._place(batch, prepared)
         if arrays:
+            mean, std = self.settings.mean, self.settings.std
             try:
-                batch.inputs = normalize(np.stack(arrays), self.settings.mean, self.settings.std)
-            except Exception:  # e.g. an overridden prepare() that returns mismatched shapes
+                if len({array.shape for array in arrays}) > 1:  # e.g. shorter_side: one forward pass per shape
+                    batch.inputs = [normalize(array[None], mean, std)[0] for array in arrays]
+                else:
+                    batch.inputs = normalize(np.stack(arrays), mean, std)
+            except Exception:  # e.g. an overridden prepare() that returns something other than H×W×3 uint8
                 self._fail(batch, internal_error("PreprocessError", f"stacking this batch of {len(arrays)} images failed"))
         return batch
 
@@ -314,3 +344,11 @@ class VisionTask:
         if isinstance(item, Image.Image):
             return item.convert("RGB")
         return decode_image(bytes(item), self.settings.max_pixels)
+
+
+def group_by_shape(arrays: Sequence[np.ndarray]) -> Dict[tuple, List[int]]:
+    """The indices of ``arrays`` grouped by shape, groups in order of first appearance."""
+    groups: Dict[tuple, List[int]] = {}
+    for index, array in enumerate(arrays):
+        groups.setdefault(tuple(array.shape), []).append(index)
+    return groups

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from tsvision.serving.drawing import draw_segmentation
-from tsvision.serving.geometry import Placement, fit_square, mean_fill
+from tsvision.serving.geometry import Placement, fit_square, mean_fill, resize_shorter_side
 from tsvision.serving.masks import decode_mask, encode_mask
 from tsvision.serving.tasks.base import ClassCount, VisionTask, shape_text
 
@@ -26,6 +26,8 @@ class SegmentationTask(VisionTask):
 
     def prepare(self, image: Image.Image):
         s = self.settings
+        if s.resize_mode == "shorter_side":  # torchvision's preset: any aspect ratio, one forward pass per shape
+            return resize_shorter_side(image, s.input_size, s.max_size, s.interpolation)
         return fit_square(image, s.input_size, s.resize_mode, mean_fill(s.mean), s.interpolation)
 
     def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
@@ -78,8 +80,8 @@ def upsample_argmax(logits: np.ndarray, placement: Placement) -> np.ndarray:
     too, and only the pixels near a class edge (a few percent) are interpolated, all classes.
     """
     _, out_h, out_w = logits.shape
-    rows = min(out_h, math.ceil(placement.content_height * out_h / placement.input_size))
-    cols = min(out_w, math.ceil(placement.content_width * out_w / placement.input_size))
+    rows = min(out_h, math.ceil(placement.content_height * out_h / placement.input_height))
+    cols = min(out_w, math.ceil(placement.content_width * out_w / placement.input_width))
     region = logits[:, :rows, :cols]
     y0, y1, wy = _bilinear_sources(rows, placement.height)
     x0, x1, wx = _bilinear_sources(cols, placement.width)

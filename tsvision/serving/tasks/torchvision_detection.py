@@ -14,13 +14,13 @@ the same as ``DetectionTask``'s: ``{"label", "index", "score", "box"}``.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 import numpy as np
 from PIL import Image
 
 from tsvision.serving.errors import internal_error
-from tsvision.serving.tasks.base import ImageBatch, VisionTask
+from tsvision.serving.tasks.base import ImageBatch, VisionTask, group_by_shape
 from tsvision.serving.drawing import draw_detection
 from tsvision.serving.tasks.detection import DETECTION_OPTIONS, detection_entry, keep_classes
 
@@ -121,11 +121,8 @@ def to_chw_float(image: np.ndarray) -> np.ndarray:
 
 def run_by_size(runtime, images: List[np.ndarray]) -> List[List[np.ndarray]]:
     """``runtime.run_images`` on each group of equally sized images; outputs in the images' order."""
-    groups: Dict[tuple, List[int]] = {}
-    for index, image in enumerate(images):
-        groups.setdefault(image.shape, []).append(index)
     outputs: List[Any] = [None] * len(images)
-    for indices in groups.values():
+    for indices in group_by_shape(images).values():
         for index, result in zip(indices, runtime.run_images([images[i] for i in indices])):
             outputs[index] = result
     return outputs
