@@ -182,7 +182,7 @@ def test_tsvision_archive_refuses_a_labels_count_that_differs(exports, tmp_path)
         code = archive_main(["--model", str(exports / "classification" / "model.onnx"), "--task", "classification",
                              "--labels", str(labels), "--name", "mismatch", "--store", str(tmp_path / "store")])
     assert code == 2 and not (tmp_path / "store" / "mismatch.mar").exists()
-    assert err.getvalue().strip() == (f"error: {labels} names 3 classes, but the model has 1000 (logits N×1000): "
+    assert err.getvalue().strip() == (f"tsvision archive: error: {labels} names 3 classes, but the model has 1000 (logits N×1000): "
                                       "give exactly one name per class index 0..999")
 
 
