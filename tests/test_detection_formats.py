@@ -15,7 +15,7 @@ from tsvision.serving.geometry import Placement, fit_square
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
 from tsvision.serving.tasks.detection import DetectionTask
-from tsvision.serving.tasks.detection_formats import guess_format
+from tsvision.serving.formats import guess_format
 from tsvision.tools.architectures import Exportable
 from tsvision.tools.archive import main as archive_main
 from tsvision.tools.export import export_files

@@ -43,7 +43,7 @@ from tests.conftest import TASKS, jpeg
 from tests.instance_toys import BrightMaskYoloSeg
 from tests.keypoint_toys import TOY_KEYPOINT_NAMES, TOY_SKELETON, BrightRectanglePose
 from tsvision.serving.tasks.base import LabelCountError
-from tsvision.serving.tasks.detection_formats import class_count
+from tsvision.serving.formats import class_count
 from tsvision.tools.architectures import Exportable
 from tsvision.tools.archive import main as archive_main
 from tsvision.tools.export import write_settings

@@ -179,29 +179,32 @@ def resolve_detection_format(model: Path, values: dict) -> Optional[str]:
     """Check the model's outputs against ``values['detection_format']``; without one, set it from the
     output shapes when they are unambiguous. Returns what to tell the user (None: nothing to say).
     Raises ``ValueError`` with a clear message when the shapes do not fit or cannot be told apart."""
-    from tsvision.serving.tasks.detection_formats import DECODERS, guess_format
+    from tsvision.serving import formats
 
     if "detection_format" not in values and is_whole_torchvision_detector(model):
         values.update(detection_format="torchvision", background_index=values.get("background_index", 0))
         return "detection_format torchvision (a whole torchvision detector; background_index 0)"
-    if values.get("detection_format", "ssd") not in DECODERS:
-        return None  # a whole detector (torchvision): the handler check on two images covers it
+    record = formats.find("detection", values.get("detection_format", "ssd"))
+    if record is None or record.decode is None:
+        return None  # a whole detector (torchvision), or no such format: the settings' check says so
     outputs = probe_outputs(model, values)
     shapes = [tuple(o.shape) for o in outputs]
     described = ", ".join("×".join(str(d) for d in shape) for shape in shapes)
     contract = f"{model} does not meet the detection contract (docs/models.md)"
     note = None
     if "detection_format" not in values:
-        guessed = guess_format(shapes)
+        guessed = formats.guess_format(shapes)
+        decodable = [r.name for r in formats.records("detection") if r.decode is not None]
         if guessed is None:
-            fitting = [fmt for fmt in DECODERS if _fits(fmt, outputs, values)]
+            fitting = [fmt for fmt in decodable if _fits(fmt, outputs, values)]
             if not fitting:
                 raise ValueError(f"{contract}: its outputs ({described}) fit none of the detection formats "
-                                 f"({', '.join(DECODERS)}; a whole torchvision detector needs --set detection_format=torchvision)")
+                                 f"({', '.join(decodable)}; a whole torchvision detector needs "
+                                 "--set detection_format=torchvision)")
             raise ValueError(f"cannot tell the detection output format of {model} from its output shapes ({described}): "
                              f"they fit {' and '.join(fitting)}; pass --set detection_format=FORMAT (docs/models.md)")
         values["detection_format"] = guessed
-        if guessed != "ssd":
+        if not formats.lookup("detection", guessed).background:
             values.setdefault("background_index", None)
         note = f"detection_format {guessed} (from the output shapes {described}; override with --set detection_format=...)"
     settings = Settings.from_mapping(values)
@@ -214,16 +217,20 @@ def resolve_detection_format(model: Path, values: dict) -> Optional[str]:
 
 def _decode(settings: Settings, outputs: List[np.ndarray]) -> None:
     """Decode the first image's outputs as ``settings.detection_format`` (raises ``ValueError`` on a mismatch)."""
+    from tsvision.serving import formats
     from tsvision.serving.geometry import Placement
-    from tsvision.serving.tasks.detection_formats import DECODERS
 
     side = settings.input_size
-    DECODERS[settings.detection_format]([o[0] for o in outputs], settings, Placement(side, side, side, side, side))
+    decode = formats.lookup("detection", settings.detection_format).decode
+    decode([o[0] for o in outputs], settings, Placement(side, side, side, side, side))
 
 
 def _fits(fmt: str, outputs: List[np.ndarray], values: dict) -> bool:
     try:
-        _decode(Settings.from_mapping({**values, "detection_format": fmt, "background_index": values.get("background_index") if fmt == "ssd" else None}), outputs)
+        from tsvision.serving import formats
+
+        background = values.get("background_index") if formats.lookup("detection", fmt).background else None
+        _decode(Settings.from_mapping({**values, "detection_format": fmt, "background_index": background}), outputs)
         return True
     except ValueError:
         return False

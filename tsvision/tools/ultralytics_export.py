@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tsvision.serving import formats
 from tsvision.serving.settings import Settings
 from tsvision.tools.calibration import calibration_images, recompute_batchnorm
 
@@ -40,10 +41,8 @@ RANDOM_WEIGHTS_CLASSES = (0, 2, 16)  # person, car, dog
 LOGIT_SPREAD = 3.0
 CALIBRATION_KEEP = 6  # anchors per conditioned class above the threshold in the most responsive calibration image
 SCORE_THRESHOLD = 0.25
-# ultralytics task -> (tsvision task, detection_format)
-ULTRALYTICS_TASKS = {"detect": ("detection", "yolov8"),
-                     "segment": ("instance_segmentation", "yolov8_seg"),
-                     "pose": ("keypoints", "yolov8_pose")}
+# ultralytics task -> (tsvision task, detection_format): the formats' records say (Format.ultralytics_task)
+ULTRALYTICS_TASKS = formats.ultralytics_tasks()
 
 
 def is_ultralytics_config(architecture: Optional[str]) -> bool:
