@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tsvision.serving.formats.registry import Candidates, ClassCount, Format, Shapes, register
+from tsvision.serving.formats.registry import Candidates, ClassCount, Format, Shapes
 from tsvision.serving.geometry import Placement
 from tsvision.serving.ops import best_class, shape_error, shape_text, xyxy_from_cxcywh
 
@@ -48,5 +48,5 @@ def detr_classes(outputs: Sequence[np.ndarray], background: bool) -> ClassCount:
     return None
 
 
-register(Format("detr", "detection", decode_detr, resize={"input_size": 800, "resize_mode": "stretch"},
-                defaults={"score_threshold": 0.7}, recognise=is_detr, class_count=detr_classes))
+FORMATS = (Format("detr", "detection", decode_detr, resize={"input_size": 800, "resize_mode": "stretch"},
+                defaults={"score_threshold": 0.7}, recognise=is_detr, class_count=detr_classes),)

@@ -1,10 +1,10 @@
 """The registry of model output formats: one ``Format`` record per (task, ``detection_format``).
 
-Every other module of this package is a family's file (``ssd.py``, ``yolo.py``, ...) that calls
-``register`` at import; the registry imports them all the first time it is asked anything, so a
-new format is one new file here (docs/formats.md). Task classes are named, not imported
-(``task_class`` is ``"module:Class"``), so the tasks and the settings can read the registry
-without an import cycle.
+Every other module of this package is a family's file (``ssd.py``, ``yolo.py``, ...) whose
+``FORMATS`` tuple lists its records; the registry imports them all, in the order of their names,
+the first time it is asked anything, so a new format is one new file here (docs/formats.md).
+Task classes are named, not imported (``task_class`` is ``"module:Class"``), so the tasks and the
+settings can read the registry without an import cycle.
 """
 
 from __future__ import annotations
@@ -87,17 +87,9 @@ _LOCK = threading.Lock()
 _loaded = False
 
 
-def register(*records: Format) -> None:
-    """Add records (a family's file calls this at import); a (task, name) registered twice is an error."""
-    for record in records:
-        key = (record.task, record.name)
-        if key in _RECORDS and _RECORDS[key] is not record:
-            raise ValueError(f"detection_format {record.name!r} is registered twice for task {record.task!r}")
-        _RECORDS[key] = record
-
-
 def _load() -> None:
-    """Import every module of this package once (each registers its formats)."""
+    """Read the ``FORMATS`` of every module of this package once, modules in name order, records in
+    their order there; a (task, name) given twice is an error."""
     global _loaded
     if _loaded:
         return
@@ -105,20 +97,25 @@ def _load() -> None:
         if _loaded:
             return
         package = __name__.rpartition(".")[0]
-        for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
-            if module.name != "registry":
-                importlib.import_module(f"{package}.{module.name}")
+        for info in sorted(pkgutil.iter_modules(importlib.import_module(package).__path__), key=lambda m: m.name):
+            module = importlib.import_module(f"{package}.{info.name}")
+            for record in getattr(module, "FORMATS", ()):
+                key = (record.task, record.name)
+                if key in _RECORDS:
+                    raise ValueError(f"detection_format {record.name!r} is given twice for task {record.task!r} "
+                                     f"({module.__name__})")
+                _RECORDS[key] = record
         _loaded = True
 
 
 def records(task: Optional[str] = None) -> Tuple[Format, ...]:
-    """All records (of ``task``), in the order their files registered them (files by name)."""
+    """All records (of ``task``), in the order their files list them (files by name)."""
     _load()
     return tuple(r for r in _RECORDS.values() if task is None or r.task == task)
 
 
 def names(task: Optional[str] = None) -> Tuple[str, ...]:
-    """The detection_format names (served for ``task``), each once, in registration order."""
+    """The detection_format names (served for ``task``), each once, in ``records`` order."""
     return tuple(dict.fromkeys(r.name for r in records(task)))
 
 

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tsvision.serving.formats.registry import Candidates, ClassCount, Format, Shapes, register
+from tsvision.serving.formats.registry import Candidates, ClassCount, Format, Shapes
 from tsvision.serving.geometry import Placement
 from tsvision.serving.ops import shape_error, shape_text
 
@@ -42,4 +42,4 @@ def ssd_classes(outputs: Sequence[np.ndarray], background: bool) -> ClassCount:
     return None
 
 
-register(Format("ssd", "detection", decode_ssd, background=True, recognise=is_ssd, class_count=ssd_classes))
+FORMATS = (Format("ssd", "detection", decode_ssd, background=True, recognise=is_ssd, class_count=ssd_classes),)

@@ -6,11 +6,11 @@ tasks/instance_segmentation.py, tasks/keypoints.py); label 0 is the background.
 
 from __future__ import annotations
 
-from tsvision.serving.formats.registry import Format, register
+from tsvision.serving.formats.registry import Format
 
 TASKS = "tsvision.serving.tasks"
 
-register(
+FORMATS = (
     Format("torchvision", "detection", background=True, nms_free=True,
            task_class=f"{TASKS}.torchvision_detection:TorchvisionDetectionTask"),
     Format("torchvision", "instance_segmentation", background=True, nms_free=True,

@@ -21,7 +21,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from tsvision.serving.formats.registry import Candidates, ClassCount, Format, Shapes, register
+from tsvision.serving.formats.registry import Candidates, ClassCount, Format, Shapes
 from tsvision.serving.geometry import Placement
 from tsvision.serving.ops import best_class, one_output, shape_error, shape_text, xyxy_from_cxcywh
 
@@ -133,7 +133,7 @@ def pose_classes(outputs: List[np.ndarray], background: bool) -> ClassCount:
     return 1, f"output {shape_text(outputs[0])}: yolov8_pose scores one class, the person"
 
 
-register(
+FORMATS = (
     Format("yolov8", "detection", decode_yolov8, RESIZE, PREDICT, recognise=is_yolov8, class_count=yolov8_classes,
            ultralytics_task="detect"),
     Format("yolov5", "detection", decode_yolov5, RESIZE, {**PREDICT, "iou_threshold": 0.45},

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tsvision.serving.drawing import box_colour, font, text_size
-from tsvision.serving.formats.registry import Candidates, ClassCount, Format, register
+from tsvision.serving.formats.registry import Candidates, ClassCount, Format
 from tsvision.serving.formats.yolo import PREDICT, RESIZE
 from tsvision.serving.geometry import Placement
 from tsvision.serving.ops import best_class, one_output, shape_text
@@ -153,5 +153,5 @@ class OrientedBoxesTask(DetectionTask):
         return draw_oriented(image, answer)
 
 
-register(Format("yolov8_obb", "detection", decode_yolov8_obb, RESIZE, PREDICT, suppress=suppress_rotated,
-                class_count=obb_classes, task_class=f"{__name__}:OrientedBoxesTask", ultralytics_task="obb"))
+FORMATS = (Format("yolov8_obb", "detection", decode_yolov8_obb, RESIZE, PREDICT, suppress=suppress_rotated,
+                class_count=obb_classes, task_class=f"{__name__}:OrientedBoxesTask", ultralytics_task="obb"),)
