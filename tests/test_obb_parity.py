@@ -28,8 +28,8 @@ from ultralytics import YOLO  # noqa: E402
 
 from tests.conftest import png  # noqa: E402
 from tsvision.serving.tasks import load_export  # noqa: E402
-from tsvision.tools.archive import main as archive_main  # noqa: E402
-from tsvision.tools.export import main as export_main  # noqa: E402
+from tsvision.tools.archive.cli import main as archive_main  # noqa: E402
+from tsvision.tools.export.cli import main as export_main  # noqa: E402
 
 # ultralytics' predictor defaults: conf, iou, max_det (and max_nms candidates before NMS)
 CONF, IOU, MAX_DET, MAX_NMS = 0.25, 0.7, 300, 30000

@@ -122,7 +122,7 @@ def test_settings_class_count_and_export_map():
     assert formats.class_count("yolov8_obb", [np.zeros((4 + 15 + 1, 8400))])[0] == 15
     assert formats.guess_format([(1, 20, 8400)]) == "yolov8"  # the same shapes as yolov8's: never guessed
     assert formats.ultralytics_tasks()["obb"] == ("detection", "yolov8_obb")
-    from tsvision.tools.ultralytics_export import settings_from_metadata
+    from tsvision.tools.export.ultralytics_models import settings_from_metadata
 
     assert settings_from_metadata({"task": "obb", "imgsz": "[640, 640]"}) == \
         {"task": "detection", "detection_format": "yolov8_obb", "input_size": 640}
