@@ -50,7 +50,10 @@ def exported(tmp_path_factory) -> Path:
 def images() -> Dict[str, Image.Image]:
     photos = {name: Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in PHOTOS}
     chosen = {f"{name} own size": image for name, image in photos.items()}
-    chosen.update({f"astronaut {w}x{h}": photos["astronaut"].resize((w, h), Image.BILINEAR) for w, h in SIZES})
+    chosen.update({f"{name} {w}x{h}": photos[name].resize((w, h), Image.BILINEAR)
+                   for name in ("astronaut", "camera") for w, h in SIZES})
+    # letterboxed with padding, and answered by the conditioned model: wide crops of the camera photo
+    chosen.update({f"camera crop {box}": photos["camera"].crop(box) for box in ((0, 0, 512, 360), (0, 0, 512, 256))})
     return chosen
 
 
