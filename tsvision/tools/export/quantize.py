@@ -78,7 +78,11 @@ def model_quantization(model: Path) -> str:
         return ""
     import onnx
 
-    proto = onnx.load(str(model), load_external_data=False)
+    return proto_quantization(onnx.load(str(model), load_external_data=False))
+
+
+def proto_quantization(proto: Any) -> str:
+    """``model_quantization`` of an ONNX ``ModelProto`` already loaded."""
     for entry in proto.metadata_props:
         if entry.key == METADATA_KEY:
             return entry.value
