@@ -44,17 +44,20 @@ def check_model(model: Path, settings: Settings, handler: Path, labels: Optional
             (Path(folder) / "labels.json").write_text(json.dumps(load_labels(labels)))
             values["labels"] = "labels.json"
         try:
-            worker = LocalWorker(load_handler_class(handler), Path(folder), model.name, {"batchSize": 2, "handler": values}, name=name)
+            worker = LocalWorker(load_handler_class(handler), Path(folder), model.name,
+                                 {"batchSize": 2, "handler": values}, name=name)
             responses = worker.predict([{"body": b} for b in bodies], [{"body": {"content-type": "image/png"}}] * 2)
             fixed_batch = getattr(worker.handler.task.runtime, "fixed_batch", None)
             worker.handler.task.close()
         except LabelCountError as error:
             raise ValueError(error.describe(str(labels))) from None
         except Exception as error:
-            raise ValueError(f"{model} with {handler.name} does not meet the {settings.task} contract (docs/models.md): "
+            raise ValueError(f"{model} with {handler.name} does not meet the {settings.task} contract "
+                             f"(docs/models.md): "
                              f"{type(error).__name__}: {error}") from None
     for response in responses:
         if response.status != 200:
-            raise ValueError(f"{model} with {handler.name} does not meet the {settings.task} contract (docs/models.md) on a "
+            raise ValueError(f"{model} with {handler.name} does not meet the {settings.task} contract "
+                             f"(docs/models.md) on a "
                              f"batch of two images (333x777 and 640x480): {response.status} {response.body}")
     return CheckResult(responses[0].json(), fixed_batch)

@@ -56,10 +56,12 @@ def check_model_suffix(model: Path) -> None:
 @entry_point("tsvision archive")
 def main(argv: Optional[List[str]] = None) -> int:
     parser = command_parser("tsvision archive", __doc__)
-    parser.add_argument("--model", type=existing_file, required=True, help="TorchScript (.pt), ONNX (.onnx) or AOTInductor (.pt2) file")
+    parser.add_argument("--model", type=existing_file, required=True,
+                        help="TorchScript (.pt), ONNX (.onnx) or AOTInductor (.pt2) file")
     parser.add_argument("--settings", type=existing_file, help="settings.json written by tsvision export")
     parser.add_argument("--task", choices=TASKS, help="task, when there is no settings.json (your own model)")
-    parser.add_argument("--labels", type=existing_file, help="class names: JSON list, JSON {index: name} or .txt, one per line")
+    parser.add_argument("--labels", type=existing_file,
+                        help="class names: JSON list, JSON {index: name} or .txt, one per line")
     parser.add_argument("--name", required=True, help="model name in TorchServe, e.g. classification_onnx")
     parser.add_argument("--version", default="1.0", help="model version in TorchServe")
     parser.add_argument("--archive-file", help="file name without .mar (default: --name); give each version its own, "
@@ -67,7 +69,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--store", type=Path, default=Path("model_store"), help="folder the .mar is written to")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="TorchServe's batchSize for the model")
     parser.add_argument("--max-batch-delay", type=int, default=20, help="milliseconds a batch may wait to fill")
-    parser.add_argument("--workers", type=positive_int, default=1, help="TorchServe workers for the model (minWorkers = maxWorkers)")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="TorchServe workers for the model (minWorkers = maxWorkers)")
     parser.add_argument("--handler", type=existing_file, help="your own handler file: one class subclassing "
                         f"{', '.join(name for _, name in DEFAULT_HANDLERS.values())} from tsvision.serving "
                         "(default: the task's file in handlers/)")
@@ -90,7 +93,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if labels is None and args.settings and values.get("labels"):
         labels = args.settings.parent / values["labels"]
         if not labels.is_file():
-            raise UsageError(f"--settings {args.settings} names the labels file {values['labels']}, which is not beside it ({labels})")
+            raise UsageError(f"--settings {args.settings} names the labels file {values['labels']}, which is not "
+                             f"beside it ({labels})")
     values.pop("labels", None)
     if labels is not None:
         labels_file(labels, "--labels" if args.labels else "the labels file")
@@ -134,7 +138,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             size = checked.fixed_batch
             print(f"{args.name}: the model has a fixed batch size of {size} (exported without a dynamic batch axis): "
                   f"it runs one forward pass per {size} image{'s' if size > 1 else ''}"
-                  + (", the last chunk padded" if size > 1 else "") + "; export with a dynamic batch axis to batch freely")
+                  + (", the last chunk padded" if size > 1 else "")
+                  + "; export with a dynamic batch axis to batch freely")
         archive = build_archive(args.model, settings, labels, args.name, args.version, args.store, args.batch_size,
                                 args.max_batch_delay, args.workers, args.archive_file, args.handler,
                                 list(facts.external_data))

@@ -13,7 +13,8 @@ import numpy as np
 @dataclass(frozen=True)
 class ModelFacts:
     path: Path
-    metadata: Dict[str, str] = field(default_factory=dict)  # an ONNX file's metadata_props (ultralytics: names, task, imgsz)
+    # an ONNX file's metadata_props (ultralytics: names, task, imgsz)
+    metadata: Dict[str, str] = field(default_factory=dict)
     quantization: str = ""  # "int8" when the file is statically quantised (its metadata or its operators), else ""
     external_data: Tuple[Path, ...] = ()  # an ONNX file's weight files beside it
     whole_torchvision_detector: bool = False  # a scripted torchvision detector or its one-image ONNX export

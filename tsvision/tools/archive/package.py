@@ -87,7 +87,8 @@ def build_archive(model: Path, settings: Settings, labels: Optional[Path], name:
         handler = Path(handler) if handler else default_handler(settings.task, Path(tmp))
         if labels is not None:
             (stage / "labels.json").write_text(json.dumps(load_labels(labels)) + "\n")
-        settings = Settings.from_mapping({**settings.to_mapping(), "labels": "labels.json" if labels is not None else None})
+        settings = Settings.from_mapping({**settings.to_mapping(),
+                                          "labels": "labels.json" if labels is not None else None})
         config = Path(tmp) / "model-config.yaml"
         config.write_text(yaml.safe_dump(model_config(settings, batch_size, max_batch_delay, workers), sort_keys=False))
         command = [
@@ -102,7 +103,8 @@ def build_archive(model: Path, settings: Settings, labels: Optional[Path], name:
         done = subprocess.run(command, env={**os.environ, "TMPDIR": str(private_tmp)}, capture_output=True, text=True)
         if done.returncode != 0:
             said = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-            raise CommandError(f"torch-model-archiver failed (exit status {done.returncode}): {said[-1] if said else 'no message'}")
+            raise CommandError(f"torch-model-archiver failed (exit status {done.returncode}): "
+                               f"{said[-1] if said else 'no message'}")
         # Built aside, then moved: a second version never overwrites the first one's file.
         archive = store / f"{archive_file or name}.mar"
         shutil.move(str(Path(tmp) / f"{name}.mar"), str(archive))

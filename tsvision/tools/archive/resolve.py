@@ -96,7 +96,8 @@ def detection_format(facts: ModelFacts, values: dict) -> Tuple[dict, Optional[st
         found["detection_format"] = guessed
         if guessed != "ssd" and "background_index" not in values:
             found["background_index"] = None
-        note = f"detection_format {guessed} (from the output shapes {described}; override with --set detection_format=...)"
+        note = (f"detection_format {guessed} (from the output shapes {described}; "
+                "override with --set detection_format=...)")
     try:
         _decode(Settings.from_mapping({**values, **found}), outputs)
     except ValueError as error:
