@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import BACKENDS, png
+from tests.scenes import bright_box_scene
+from tests.toy_models import TOY_FORMAT_LABELS, BrightestBoxInFormat
+from tsvision.serving.formats import guess_format
 from tsvision.serving.geometry import Placement, fit_square
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
 from tsvision.serving.tasks.detection import DetectionTask
-from tsvision.serving.tasks.detection_formats import guess_format
-from tsvision.tools.export.exportable import Exportable
 from tsvision.tools.archive.cli import main as archive_main
+from tsvision.tools.export.exportable import Exportable
 from tsvision.tools.export.model_files import export_files
-from tests.conftest import BACKENDS, png
-from tests.scenes import bright_box_scene
-from tests.toy_models import TOY_FORMAT_LABELS, BrightestBoxInFormat
 
 SIZE = 640  # 1280×720 -> scale 1/2: one input pixel is two original pixels
 SCENES = [(333, 777), (1280, 720)]

@@ -42,8 +42,8 @@ from PIL import Image
 from tests.conftest import TASKS, jpeg
 from tests.instance_toys import BrightMaskYoloSeg
 from tests.keypoint_toys import TOY_KEYPOINT_NAMES, TOY_SKELETON, BrightRectanglePose
+from tsvision.serving.formats import class_count
 from tsvision.serving.tasks.base import LabelCountError
-from tsvision.serving.tasks.detection_formats import class_count
 from tsvision.tools.archive.cli import main as archive_main
 from tsvision.tools.archive.extra_files import main as extra_files_main
 from tsvision.tools.archive.local_worker import LocalWorker, load_handler_class

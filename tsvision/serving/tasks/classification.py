@@ -9,7 +9,8 @@ from PIL import Image
 
 from tsvision.serving.drawing import draw_classification
 from tsvision.serving.geometry import resize_center_crop
-from tsvision.serving.tasks.base import ClassCount, VisionTask, shape_text
+from tsvision.serving.ops import shape_text
+from tsvision.serving.tasks.base import ClassCount, VisionTask
 
 
 class ClassificationTask(VisionTask):

@@ -25,15 +25,13 @@ import math
 from typing import List, Tuple
 
 import numpy as np
-
-from tsvision.serving.geometry import Placement
 from PIL import Image
 
 from tsvision.serving.drawing import draw_instances
+from tsvision.serving.formats.yolo import yolo_seg_outputs
+from tsvision.serving.geometry import Placement
 from tsvision.serving.masks import decode_mask, encode_mask
-from tsvision.serving.tasks.base import ClassCount, shape_text
 from tsvision.serving.tasks.detection import DETECTION_OPTIONS, DetectionTask, detection_entry
-from tsvision.serving.tasks.detection_formats import Candidates, _best_class, _shape_error, _xyxy
 from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask
 
 PIXEL_BUDGET = 16_000_000  # float mask pixels upsampled at once (ultralytics' own bound)
@@ -98,37 +96,12 @@ class YoloInstanceSegmentationTask(DetectionTask):
     def draw(self, image: Image.Image, answer: list) -> Image.Image:
         return draw_answer(image, answer)
 
-    def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
-        try:
-            raw, protos = yolo_seg_outputs(outputs)
-        except ValueError:  # the decoder says what is wrong
-            return None
-        return (raw.shape[0] - 4 - protos.shape[0],
-                f"output0 {shape_text(raw)}: 4 box rows, one per class, then {protos.shape[0]} mask coefficients")
-
-    def decode(self, outputs: List[np.ndarray], placement: Placement) -> Candidates:
-        """``output0``'s candidates above the threshold, each carrying its mask coefficients (``extra``)."""
-        raw, protos = yolo_seg_outputs(outputs)
-        classes_count = raw.shape[0] - 4 - protos.shape[0]
-        kept, scores, classes = _best_class(raw[4:4 + classes_count].T, self.settings.score_threshold)
-        return Candidates(_xyxy(raw[:4, kept].T), scores, classes, raw[4 + classes_count:, kept].T)
-
     def finish(self, outputs: List[np.ndarray], placement: Placement) -> list:
         found, mapped = self.detect(outputs, placement)
         _, protos = yolo_seg_outputs(outputs)
         masks = prototype_masks(protos, found.extra, mapped, placement, self.settings.mask_threshold)
         return [instance(self, c, score, box, mask)
                 for c, score, box, mask in zip(found.classes, found.scores, mapped, masks) if mask.any()]
-
-
-def yolo_seg_outputs(outputs: List[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
-    """One image's ``output0`` (4+C+M)×A and ``protos`` M×h×w, in either order."""
-    arrays = [np.asarray(o) for o in outputs]
-    if len(arrays) == 2 and arrays[0].ndim == 3:
-        arrays = arrays[::-1]
-    if len(arrays) != 2 or arrays[0].ndim != 2 or arrays[1].ndim != 3 or arrays[0].shape[0] <= 4 + arrays[1].shape[0]:
-        raise _shape_error("yolov8_seg", "output0 N×(4+C+32)×A and protos N×32×H×W", arrays)
-    return arrays[0], arrays[1]
 
 
 def prototype_masks(protos: np.ndarray, coefficients: np.ndarray, boxes: np.ndarray, placement: Placement,

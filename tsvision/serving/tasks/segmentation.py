@@ -17,7 +17,8 @@ from PIL import Image
 from tsvision.serving.drawing import draw_segmentation
 from tsvision.serving.geometry import Placement, fit_square, mean_fill, resize_shorter_side
 from tsvision.serving.masks import decode_mask, encode_mask
-from tsvision.serving.tasks.base import ClassCount, VisionTask, shape_text
+from tsvision.serving.ops import shape_text
+from tsvision.serving.tasks.base import ClassCount, VisionTask
 
 
 class SegmentationTask(VisionTask):

@@ -19,10 +19,11 @@ from typing import Any, List, Tuple
 import numpy as np
 from PIL import Image
 
-from tsvision.serving.errors import internal_error
-from tsvision.serving.tasks.base import ImageBatch, VisionTask, group_by_shape
 from tsvision.serving.drawing import draw_detection
-from tsvision.serving.tasks.detection import DETECTION_OPTIONS, detection_entry, keep_classes
+from tsvision.serving.errors import internal_error
+from tsvision.serving.ops import keep_classes, nms
+from tsvision.serving.tasks.base import ImageBatch, VisionTask, group_by_shape
+from tsvision.serving.tasks.detection import DETECTION_OPTIONS, detection_entry
 
 
 class TorchvisionDetectionTask(VisionTask):
@@ -96,14 +97,7 @@ class TorchvisionDetectionTask(VisionTask):
         rows = np.nonzero(keep)[0]
         rows = rows[np.argsort(-scores[rows], kind="stable")]
         if len(rows) and (s.agnostic_nms or s.iou_threshold < self.archive_settings.iou_threshold):
-            import torch
-            from torchvision.ops import batched_nms
-
-            with torch.inference_mode():
-                groups = torch.zeros(len(rows), dtype=torch.int64) if s.agnostic_nms else torch.from_numpy(labels[rows].astype(np.int64))
-                again = batched_nms(torch.from_numpy(boxes[rows].astype(np.float32)),
-                                    torch.from_numpy(scores[rows].astype(np.float32)), groups, s.iou_threshold).numpy()
-            rows = rows[again]
+            rows = rows[nms(boxes[rows], scores[rows], labels[rows], s.iou_threshold, s.agnostic_nms)]
         rows = rows[: s.max_detections]
         width, height = size
         return rows, np.clip(boxes[rows].astype(np.float64), 0, [width, height, width, height])

@@ -34,6 +34,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
+from tsvision.serving import formats
 from tsvision.serving.geometry import YOLO_FILL, fit_square
 from tsvision.serving.runtimes import load_runtime
 from tsvision.serving.settings import Settings
@@ -46,10 +47,8 @@ from tsvision.tools.export.model_files import write_model_config
 RANDOM_WEIGHTS_CLASSES = (0, 2, 16)  # person, car, dog
 CALIBRATION_KEEP = 6  # anchors per conditioned class above the threshold in the most responsive calibration image
 SCORE_THRESHOLD = 0.25
-# ultralytics task -> (tsvision task, detection_format)
-ULTRALYTICS_TASKS = {"detect": ("detection", "yolov8"),
-                     "segment": ("instance_segmentation", "yolov8_seg"),
-                     "pose": ("keypoints", "yolov8_pose")}
+# ultralytics task -> (tsvision task, detection_format): the formats' records say (Format.ultralytics_task)
+ULTRALYTICS_TASKS = formats.ultralytics_tasks()
 
 
 def is_ultralytics_config(architecture: Optional[str]) -> bool:
