@@ -38,6 +38,7 @@ import statistics
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -247,26 +248,18 @@ def prepare(family: str, root: Path, fresh: bool = False) -> Path:
     names += ["stock.pt"] if family == "fasterrcnn" else []
     if not fresh and all((folder / name).exists() for name in names):
         return folder
-    if family == "yolov8n":
-        from tsvision.tools.ultralytics_export import export_yolo
+    from benchmarks.models import StockDetector, export
+    from tsvision.tools.export import build_exportable
 
-        report = export_yolo(architecture, folder)
-    else:
-        from tsvision.tools.architectures import build_exportable
-        from tsvision.tools.export import export_files, write_settings
-
+    # tsvision export fails (and export() raises) when the exported files disagree with the model
+    export(task, folder, *(["--arch", architecture] if family in ("yolov8n", "fasterrcnn") else []))
+    if family != "yolov8n":  # the same seed (tsvision export's default, 0) gives the same weights
         exportable = build_exportable(task, None if family != "fasterrcnn" else architecture)
-        write_settings(exportable, folder, {})
-        report = export_files(exportable, folder)
         torch.save(exportable.module.eval(), folder / "eager.pt")
         if family == "fasterrcnn":
-            from benchmarks.models import StockDetector
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.jit.script(StockDetector(exportable.module.eval())).save(str(folder / "stock.pt"))
-    if not report["ok"]:
-        raise RuntimeError(f"{family}: the export's check failed: {report.get('max_abs_diff')}")
     return folder
 
 
@@ -381,7 +374,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
     import torch
 
     from benchmarks.load import run_wrk
-    from benchmarks.models import _archive, build_ours
+    from benchmarks.models import archive_handler, build_ours
     from benchmarks.run import machine
     from benchmarks.warmup import warm_batch_sizes
     from tsvision.tools.server import TorchServe
@@ -414,8 +407,8 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
         labels = json.loads((folders["fasterrcnn"] / "labels.json").read_text())
         mapping = out / "index_to_name.json"
         mapping.write_text(json.dumps({str(i): name for i, name in enumerate(labels)}))
-        _archive(STOCK, "object_detector", ["--serialized-file", str(folders["fasterrcnn"] / "stock.pt"), "--extra-files", str(mapping)],
-                 store, args.batch_size, args.max_batch_delay, 1)
+        archive_handler(STOCK, "object_detector", ["--serialized-file", str(folders["fasterrcnn"] / "stock.pt"),
+                                                   "--extra-files", str(mapping)], store, args.batch_size, args.max_batch_delay, 1)
 
     references = {family: reference_for(family, folders[family]) for family in families}
     server = TorchServe(store, out / "torchserve", models=[f"{m}.mar" for m in models.values()] + ([f"{STOCK}.mar"] if stock else []))
@@ -465,11 +458,11 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
                 steps = ["reference", "served"] if round_ % 2 == 0 else ["served", "reference"]
                 for step in steps:
                     if step == "reference":
-                        point = closed_loop(lambda: reference([body]), 1, args.inprocess_seconds)
+                        point = closed_loop(partial(reference, [body]), 1, args.inprocess_seconds)
                         measured["single"].append(point)
                         if args.best_batch > 1:
                             batch = [body] * args.best_batch
-                            measured["best"].append(closed_loop(lambda: reference(batch), args.best_batch,
+                            measured["best"].append(closed_loop(partial(reference, batch), args.best_batch,
                                                                 args.inprocess_seconds, warmup=1))
                         if round_ == 0:  # our own pipeline in-process, one image per call: what serving adds
                             result["ours_inprocess"] = ours_inprocess(folders[family], body, args.inprocess_seconds)
@@ -543,14 +536,14 @@ def _drain(server, name: str, body: bytes) -> float:
 
 
 def ours_inprocess(folder: Path, body: bytes, seconds: float) -> dict:
-    """Our archive's pipeline in this process (``answer_requests``, as a worker calls it), one image per call."""
-    from benchmarks.inprocess import load_task, measure_batches
+    """Our archive's pipeline in this process (the handler's ``handle``, as a worker calls it), one image per call."""
+    from benchmarks.inprocess import close, load_task, measure_batches
 
-    task = load_task(folder, "model.onnx")
+    worker = load_task(folder, "model.onnx")
     try:
-        return measure_batches(task, body, [1], seconds)[0]
+        return measure_batches(worker, body, [1], seconds)[0]
     finally:
-        task.close()
+        close(worker)
 
 
 def retable(path: Path) -> str:

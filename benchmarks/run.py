@@ -23,7 +23,7 @@ from typing import List, Optional
 import psutil
 
 from benchmarks import report
-from benchmarks.inprocess import load_task, measure_batches
+from benchmarks.inprocess import close, load_task, measure_batches
 from benchmarks.load import drain, run_wrk, wrk_path
 from benchmarks.lock import HEAVY_LOCK, heavy_run
 from benchmarks.models import MODEL_FILES, build_floor, build_ours, build_stock, prepare_exports
@@ -36,6 +36,20 @@ DOC = ROOT / "docs" / "performance.md"
 FULL = {"concurrency": "1,8,32", "seconds": 6.0, "warmup": 2.0, "inprocess_seconds": 3.0, "shape_warmup": 120.0}
 MAX_POINT_SECONDS = 30.0
 QUICK = {"concurrency": "1,8", "seconds": 2.0, "warmup": 1.0, "inprocess_seconds": 1.0, "shape_warmup": 20.0}
+
+
+def parse_overrides(pairs: List[str]) -> dict:
+    """``--set key=value`` strings -> settings, values read as JSON where they parse (as ``tsvision archive --set``)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
 
 
 def machine() -> dict:
@@ -132,8 +146,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
     """Run every measurement ``args`` asks for and write the results; ``argv`` is recorded with them."""
-    from tsvision.tools.export import parse_overrides
-
     started = time.time()
     tasks = [t for t in args.tasks.split(",") if t]
     backends = [b for b in args.backends.split(",") if b]
@@ -160,10 +172,9 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
     for variant in chosen:
         result = {k: variant[k] for k in ("task", "variant", "backend", "model")}
         if variant["variant"].startswith("tsvision-"):
-            task = load_task(folders[variant["task"]], MODEL_FILES[variant["backend"]], overrides)
-            task.warm_up()
-            result["inprocess"] = measure_batches(task, photo, batch_sizes, args.inprocess_seconds)
-            del task
+            worker = load_task(folders[variant["task"]], MODEL_FILES[variant["backend"]], overrides)
+            result["inprocess"] = measure_batches(worker, photo, batch_sizes, args.inprocess_seconds)
+            close(worker)
             best = max(r["images_per_s"] for r in result["inprocess"])
             print(f"  in-process {variant['task']:<14} {variant['variant']:<22} {best:8.1f} img/s (best batch)", flush=True)
         results.append(result)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from benchmarks.inprocess import load_task, measure_batches
+from benchmarks.inprocess import close, load_task, measure_batches
 from benchmarks.load import drain, run_wrk, wrk_path
 from benchmarks.lock import heavy_run
 from benchmarks.models import MODEL_FILES, build_ours, prepare_exports
@@ -146,10 +146,8 @@ def run(args: argparse.Namespace, configs: Dict[str, Tuple[int, int, int]]) -> i
     for task in [t for t in args.tasks.split(",") if t]:
         folder = prepare_exports(task, args.exports)
         inprocess = load_task(folder, MODEL_FILES[args.backend])
-        inprocess.warm_up()
         measured = measure_batches(inprocess, photo, (1, 4, 8, 16), args.inprocess_seconds)
-        inprocess.close()
-        del inprocess
+        close(inprocess)
         best = max(measured, key=lambda r: r["images_per_s"])
         print(f"{task}: in-process best {best['images_per_s']} img/s at batch {best['batch_size']}", flush=True)
         store = out / f"store-{task}"

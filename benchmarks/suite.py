@@ -9,8 +9,9 @@ heavy runs inside a step), each writing into its own folder of ``--out``:
 - ``quantize``: ``benchmarks.quantize --served``: int8 against fp32 (goal 3);
 - ``families``: ``benchmarks.families``: YOLOv8n, Faster/Mask/Keypoint R-CNN against their own
   tools (goal 4);
-- ``before_after``: ``benchmarks.before_after``: served JSON throughput of this checkout against
-  the commit before picture answers existed (goal 5, "JSON unchanged").
+- ``before_after`` (only when named in ``--only``): the study ``benchmarks.studies.before_after``,
+  served JSON throughput of this checkout against the commit before picture answers existed (goal 5,
+  "JSON unchanged"; a one-off question, answered in docs/performance.md).
 
 Then it computes issue 18's goals from their results and writes ``goals.md``; with
 ``--update-docs`` it rewrites the generated parts of docs/performance.md (between
@@ -50,8 +51,12 @@ def steps(python: str = sys.executable) -> Dict[str, Callable[[Path, List[str]],
         "scaling": lambda out, extra: [python, "-m", "benchmarks.scaling", "--out", str(out), *extra],
         "quantize": lambda out, extra: [python, "-m", "benchmarks.quantize", "--served", "--out", str(out), *extra],
         "families": lambda out, extra: [python, "-m", "benchmarks.families", "--out", str(out), *extra],
-        "before_after": lambda out, extra: [python, "-m", "benchmarks.before_after", "--out", str(out), *extra],
+        "before_after": lambda out, extra: [python, "-m", "benchmarks.studies.before_after", "--out", str(out), *extra],
     }
+
+
+# the steps ``bash run.sh bench`` runs; before_after is a study, run when ``--only`` names it
+DEFAULT_STEPS = ("core", "scaling", "quantize", "families")
 
 
 def load_results(out: Path) -> Dict[str, dict]:
@@ -166,15 +171,19 @@ def goals_markdown(rows: List[dict], out: Path, started: str) -> str:
 
 
 def quantize_markdown(quantize: dict) -> str:
-    """int8 against fp32 per task and batch size, in-process and served, with the agreement on the photo."""
+    """int8 against fp32 per task and batch size, in-process and served, with int8's agreement with fp32
+    (on the calibration photos, from the export's report; older runs: on the benchmark photo)."""
     cpu = quantize.get("cpu", {})
+    photo = any("agreement_on_photo" in result for result in quantize["results"].values())
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu.items() if isinstance(v, bool))
     lines = [f"CPU: {cpu.get('model', '?')} ({flags}).", "",
-             "| task | batch | model fp32 ms | model int8 ms | model ×| pipeline fp32 ms | pipeline int8 ms | pipeline × | served × | agreement on the photo |",
+             "| task | batch | model fp32 ms | model int8 ms | model ×| pipeline fp32 ms | pipeline int8 ms | pipeline × "
+             f"| served × | agreement {'on the photo' if photo else 'on the calibration photos'} |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for task, result in quantize["results"].items():
         served = (quantize.get("served") or {}).get(task, {}).get("int8_vs_fp32")
-        agreement = json.dumps(result.get("agreement_on_photo", {}), separators=(", ", ": "))
+        agreement = json.dumps(result.get("agreement_on_photo" if photo else "agreement_on_calibration_photos", {}),
+                               separators=(", ", ": "))
         for key in (k for k in result if k.startswith("batch_")):
             ms = result[key]["ms_per_batch"]
             lines.append(f"| {task} | {key[6:]} | {ms['model_fp32']} | {ms['model_int8']} | {result[key]['model_speedup']} | "
@@ -208,7 +217,8 @@ def update_docs(found: Dict[str, dict], rows: List[dict], out: Path, started: st
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default=",".join(steps()), help="steps to run, of: " + ",".join(steps()))
+    parser.add_argument("--only", default=",".join(DEFAULT_STEPS), help="steps to run, of: " + ",".join(steps())
+                        + f" (default {','.join(DEFAULT_STEPS)})")
     for name in steps():
         parser.add_argument(f"--{name.replace('_', '-')}-args", default="", metavar="ARGS",
                             help=f"extra arguments for the {name} step, one string (e.g. \"--seconds 4\")")

@@ -1,6 +1,6 @@
 """Served JSON throughput of this checkout against an earlier commit's, side by side in one TorchServe.
 
-    python -m benchmarks.before_after [--ref 13e7cc7] [--tasks classification,segmentation,detection]
+    python -m benchmarks.studies.before_after [--ref 13e7cc7] [--tasks classification,segmentation,detection]
                                       [--backend onnx] [--connections 8] [--rounds 4] [--seconds 6]
 
 The same exported model file is archived twice with the same batch settings: by this checkout's
@@ -33,7 +33,7 @@ from benchmarks.photo import make_photo
 from benchmarks.warmup import warm_batch_sizes
 from tsvision.tools.server import TorchServe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BEFORE_OPTIONS = "13e7cc7"  # main just before the merge of issue 16 (per-request options, pictures)
 
 
@@ -71,7 +71,7 @@ def build_before(source: Path, folder: Path, backend: str, name: str, store: Pat
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.before_after", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.studies.before_after", description=__doc__.split("\n\n")[0])
     p.add_argument("--ref", default=BEFORE_OPTIONS, help="the earlier commit (default: before issue 16)")
     p.add_argument("--tasks", default="classification,segmentation,detection")
     p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
