@@ -63,8 +63,8 @@ def drain(url: str, body: Path, headers: Dict[str, str], content_type: str = "im
 
     wrk stops at the end of its run and closes its connections, but TorchServe still answers the
     requests it had queued: without this, the next point's first seconds go to answering the
-    previous run's leftovers, which wrk never counts (at 32 clients of a 10 req/s model, three
-    seconds of a six-second point)."""
+    previous run's leftovers, which wrk never counts (C clients of a model answering R req/s leave
+    about C / R seconds of them; docs/performance.md, "Scaling")."""
     import requests
 
     tick = time.perf_counter()

@@ -102,7 +102,7 @@ def worker_rss_mb(server: TorchServe, model: str) -> float:
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="classification,segmentation,detection")
-    parser.add_argument("--backends", default="torchscript,onnx,pt2", help="of: " + ",".join(MODEL_FILES) + " (pt2 compiles once, about 4 min, then reuses --exports)")
+    parser.add_argument("--backends", default="torchscript,onnx,pt2", help="of: " + ",".join(MODEL_FILES) + " (pt2 compiles once, minutes per model, then reuses --exports)")
     parser.add_argument("--no-stock", action="store_true", help="skip TorchServe's stock handlers")
     parser.add_argument("--no-floor", action="store_true", help="skip the empty handler that measures TorchServe's own cost")
     parser.add_argument("--concurrency", help="default 1,8,32 (--quick: 1,8)")
