@@ -28,7 +28,8 @@ from torch import nn
 
 from tsvision.tools.export import Exportable, build_exportable
 
-STOCK_HANDLERS = {"classification": "image_classifier", "segmentation": "image_segmenter", "detection": "object_detector"}
+STOCK_HANDLERS = {"classification": "image_classifier", "segmentation": "image_segmenter",
+                  "detection": "object_detector"}
 MODEL_FILES = {"torchscript": "model.pt", "onnx": "model.onnx", "pt2": "model.pt2"}
 TSVISION = str(Path(sys.executable).with_name("tsvision"))
 
@@ -78,7 +79,8 @@ def prepare_exports(task: str, root: Path, fresh: bool = False, pt2: bool = Fals
     later runs reuse the files unless ``fresh``."""
     folder = root / task
     stock = task in STOCK_HANDLERS  # TorchServe has no stock handler for instance segmentation or keypoints
-    names = ("model.pt", "model.onnx", "settings.json", "labels.json") + (("stock.pt",) if stock else ()) + (("model.pt2",) if pt2 else ())
+    names = ["model.pt", "model.onnx", "settings.json", "labels.json"]
+    names += (["stock.pt"] if stock else []) + (["model.pt2"] if pt2 else [])
     if not fresh and all((folder / name).exists() for name in names):
         return folder
     export(task, folder, *(["--pt2"] if pt2 else []))
@@ -94,8 +96,9 @@ def build_ours(folder: Path, backend: str, name: str, store: Path, batch_size: i
     """``tsvision archive`` of ``folder``'s export (``backend``: a key of ``MODEL_FILES`` or a file name in
     ``folder``) with these batch settings and ``--set`` overrides."""
     sets = [arg for key, value in (overrides or {}).items() for arg in ("--set", f"{key}={json.dumps(value)}")]
-    tsvision("archive", "--model", str(folder / MODEL_FILES.get(backend, backend)), "--settings", str(folder / "settings.json"),
-             "--labels", str(folder / "labels.json"), "--name", name, "--store", str(store), "--batch-size", str(batch_size),
+    tsvision("archive", "--model", str(folder / MODEL_FILES.get(backend, backend)),
+             "--settings", str(folder / "settings.json"), "--labels", str(folder / "labels.json"),
+             "--name", name, "--store", str(store), "--batch-size", str(batch_size),
              "--max-batch-delay", str(delay), "--workers", str(workers), *sets)
     return store / f"{name}.mar"
 
@@ -106,16 +109,19 @@ def build_stock(folder: Path, task: str, name: str, store: Path, batch_size: int
     with tempfile.TemporaryDirectory(prefix="tsvision-stock-") as tmp:
         mapping = Path(tmp) / "index_to_name.json"
         mapping.write_text(json.dumps({str(i): name for i, name in enumerate(labels)}))
-        return archive_handler(name, STOCK_HANDLERS[task], ["--serialized-file", str(folder / "stock.pt"), "--extra-files", str(mapping)],
+        return archive_handler(name, STOCK_HANDLERS[task], ["--serialized-file", str(folder / "stock.pt"),
+                                                            "--extra-files", str(mapping)],
                                store, batch_size, delay, workers)
 
 
 def build_floor(name: str, store: Path, batch_size: int, delay: int, workers: int) -> Path:
     """An archive of ``floor_handler.py`` (answers ``{}``, no model) with the same batch settings."""
-    return archive_handler(name, str(Path(__file__).with_name("floor_handler.py")), [], store, batch_size, delay, workers)
+    return archive_handler(name, str(Path(__file__).with_name("floor_handler.py")), [], store, batch_size, delay,
+                           workers)
 
 
-def archive_handler(name: str, handler: str, files: List[str], store: Path, batch_size: int, delay: int, workers: int) -> Path:
+def archive_handler(name: str, handler: str, files: List[str], store: Path, batch_size: int, delay: int,
+                    workers: int) -> Path:
     """``torch-model-archiver`` of any handler with our batch settings (the model-config.yaml ``tsvision
     archive`` writes, without its handler section), staged in a private TMPDIR, moved into ``store``."""
     store.mkdir(parents=True, exist_ok=True)
@@ -125,8 +131,9 @@ def archive_handler(name: str, handler: str, files: List[str], store: Path, batc
                                           "maxBatchDelay": delay, "responseTimeout": 120}, sort_keys=False))
         private_tmp = Path(tmp) / "archiver-tmp"
         private_tmp.mkdir()
-        command = [str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name, "--version", "1.0",
-                   "--handler", handler, *files, "--config-file", str(config), "--export-path", tmp, "--force"]
+        command = [str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name,
+                   "--version", "1.0", "--handler", handler, *files, "--config-file", str(config),
+                   "--export-path", tmp, "--force"]
         subprocess.run(command, check=True, env={**os.environ, "TMPDIR": str(private_tmp)})
         archive = store / f"{name}.mar"
         shutil.move(str(Path(tmp) / f"{name}.mar"), str(archive))

@@ -1,6 +1,7 @@
 """int8 against fp32 in-process, side by side in one run (issue 18: quantised ONNX).
 
-    python -m benchmarks.quantize [--tasks classification,segmentation,detection] [--rounds 20] [--batch-sizes 1,8] [--served]
+    python -m benchmarks.quantize [--tasks classification,segmentation,detection] [--rounds 20]
+                                  [--batch-sizes 1,8] [--served]
 
 Per task: the default model exported once (random seeded weights, ``build/quantize/<task>``) and
 quantised by ``tsvision export --quantize int8`` (calibrated on scikit-image's photos); then both ONNX
@@ -13,8 +14,9 @@ both alike. Two figures per batch size, median milliseconds per batch:
 - ``model``: the forward pass alone (``load_export`` -> ``prepare_batch``, then ``runtime.run``).
 
 Ratios are fp32 time / int8 time (above 1: int8 faster). The agreement figures come from the
-export's ``report.json`` (int8 vs fp32 on the calibration photos). The CPU's int8-relevant flags (AVX2, AVX-512, VNNI, AMX) are recorded: ONNX
-Runtime's uint8×int8 kernels gain most with VNNI. Holds the machine lock (``benchmarks.lock``).
+export's ``report.json`` (int8 vs fp32 on the calibration photos). The CPU's int8-relevant flags
+(AVX2, AVX-512, VNNI, AMX) are recorded: ONNX Runtime's uint8×int8 kernels gain most with VNNI.
+Holds the machine lock (``benchmarks.lock``).
 With ``--served``, both archives of each task also run in one TorchServe under wrk
 (``benchmarks.load.run_wrk``, ``--connections`` clients, the order alternating round by round).
 Writes ``results/quantize-<time>.json``.
@@ -124,7 +126,8 @@ def probe_models(folder: Path) -> Dict[str, Path]:
         return [nn.Conv2d(*args, **kwargs), nn.ReLU()]
 
     torch.manual_seed(0)
-    stacks = {"dense_conv3x3": relu_conv(3, 64, 3, padding=1) + sum([relu_conv(64, 64, 3, padding=1) for _ in range(4)], []),
+    stacks = {"dense_conv3x3": relu_conv(3, 64, 3, padding=1)
+              + sum([relu_conv(64, 64, 3, padding=1) for _ in range(4)], []),
               "depthwise_separable": relu_conv(3, 64, 3, padding=1) + sum(
                   [relu_conv(64, 64, 3, padding=1, groups=64) + relu_conv(64, 64, 1) for _ in range(4)], [])}
     folder.mkdir(parents=True, exist_ok=True)
@@ -164,7 +167,8 @@ def measure_probe(path: Path, batch_size: int, rounds: int) -> dict:
             runtimes[name].run(None, feeds[name])
             times[name].append((time.perf_counter() - tick) * 1000)
     medians = {name: round(statistics.median(values), 2) for name, values in times.items()}
-    return {"batch_size": batch_size, "ms": medians, "speedup": round(medians["fp32"] / medians["int8"], 3), "rounds": rounds}
+    return {"batch_size": batch_size, "ms": medians, "speedup": round(medians["fp32"] / medians["int8"], 3),
+            "rounds": rounds}
 
 
 def measure_served(folders: Dict[str, Path], photo: bytes, out: Path, connections: int, rounds: int, seconds: float,
@@ -214,16 +218,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--fresh", action="store_true", help="export and quantise again")
     p.add_argument("--out", type=Path, default=ROOT / "results")
     p.add_argument("--lock-timeout", type=float, default=1800)
-    p.add_argument("--served", action="store_true", help="also serve the fp32 and int8 archives in one TorchServe under wrk")
+    p.add_argument("--served", action="store_true",
+                   help="also serve the fp32 and int8 archives in one TorchServe under wrk")
     p.add_argument("--connections", type=int, default=8, help="wrk clients for --served")
     p.add_argument("--served-rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=6, help="seconds per wrk point for --served")
-    p.add_argument("--no-probe", action="store_true", help="skip the two synthetic networks (dense 3×3 and depthwise-separable convolutions)")
+    p.add_argument("--no-probe", action="store_true",
+                   help="skip the two synthetic networks (dense 3×3 and depthwise-separable convolutions)")
     args = p.parse_args(argv)
     tasks, sizes = args.tasks.split(","), [int(s) for s in args.batch_sizes.split(",")]
     photo = make_photo()
     cpu = cpu_summary()
-    print(f"CPU: {cpu['model']}, {cpu['cores']} cores; " + ", ".join(f"{f} {'yes' if cpu[f] else 'no'}" for f in INT8_FLAGS), flush=True)
+    flags = ", ".join(f"{f} {'yes' if cpu[f] else 'no'}" for f in INT8_FLAGS)
+    print(f"CPU: {cpu['model']}, {cpu['cores']} cores; {flags}", flush=True)
     folders = {task: prepare(task, args.exports, args.fresh) for task in tasks}  # exports outside the lock
     probes = {} if args.no_probe else probe_models(args.exports / "probe")
     started = time.time()
@@ -232,19 +239,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name, path in probes.items():
             probe_results[name] = measure_probe(path, max(sizes), args.rounds)
             r = probe_results[name]
-            print(f"probe {name} batch {r['batch_size']}: fp32 {r['ms']['fp32']} ms, int8 {r['ms']['int8']} ms -> x{r['speedup']}", flush=True)
+            print(f"probe {name} batch {r['batch_size']}: fp32 {r['ms']['fp32']} ms, int8 {r['ms']['int8']} ms "
+                  f"-> x{r['speedup']}", flush=True)
         for task in tasks:
             results[task] = measure(task, folders[task], photo, sizes, args.rounds)
             for size in sizes:
                 r = results[task][f"batch_{size}"]
                 ms = r["ms_per_batch"]
-                print(f"{task} batch {size}: model fp32 {ms['model_fp32']} ms, int8 {ms['model_int8']} ms -> x{r['model_speedup']}; "
-                      f"pipeline fp32 {ms['pipeline_fp32']} ms, int8 {ms['pipeline_int8']} ms -> x{r['pipeline_speedup']}", flush=True)
-            print(f"{task} agreement on the calibration photos: {json.dumps(results[task]['agreement_on_calibration_photos'])}",
-                  flush=True)
-        served = (measure_served(folders, photo, args.out / time.strftime("quantize-served-%Y%m%d-%H%M%S"), args.connections,
-                                 args.served_rounds, args.seconds) if args.served else {})
-    summary = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "seconds": round(time.time() - started, 1),
+                print(f"{task} batch {size}: model fp32 {ms['model_fp32']} ms, int8 {ms['model_int8']} ms "
+                      f"-> x{r['model_speedup']}; pipeline fp32 {ms['pipeline_fp32']} ms, "
+                      f"int8 {ms['pipeline_int8']} ms -> x{r['pipeline_speedup']}", flush=True)
+            agreement = json.dumps(results[task]["agreement_on_calibration_photos"])
+            print(f"{task} agreement on the calibration photos: {agreement}", flush=True)
+        served = (measure_served(folders, photo, args.out / time.strftime("quantize-served-%Y%m%d-%H%M%S"),
+                                 args.connections, args.served_rounds, args.seconds) if args.served else {})
+    summary = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+               "seconds": round(time.time() - started, 1),
                "cpu": cpu, "photo": "scikit-image astronaut 1280x720 JPEG", "weights": "RANDOM (seeded)",
                "speedup": "fp32 ms / int8 ms (median per batch); above 1: int8 faster", "results": results,
                "probes": probe_results, "served": served}

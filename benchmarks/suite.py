@@ -100,7 +100,8 @@ def served_rows(scaling: dict) -> List[dict]:
 
 def latency_rows(core: dict) -> List[dict]:
     """Goal 2, as ``benchmarks.report`` computed it for the ONNX Runtime backend."""
-    return [_row("2. c=1 p50 over in-process and TorchServe's floor", g["task"], g["value"], g["target"], "ms", False, g["detail"])
+    return [_row("2. c=1 p50 over in-process and TorchServe's floor", g["task"], g["value"], g["target"], "ms", False,
+                 g["detail"])
             for g in core.get("goals", []) if g["goal"].startswith("c=1 p50 minus in-process latency minus")
             and g["detail"].startswith("tsvision-onnx")]
 
@@ -114,11 +115,13 @@ def quantize_rows(quantize: dict) -> List[dict]:
             continue
         best = max(batches, key=lambda key: batches[key]["pipeline_speedup"])
         served = (quantize.get("served") or {}).get(task, {}).get("int8_vs_fp32")
-        detail = "; ".join(f"{key.replace('_', ' ')}: pipeline ×{b['pipeline_speedup']}, model alone ×{b['model_speedup']}"
+        detail = "; ".join(f"{key.replace('_', ' ')}: pipeline ×{b['pipeline_speedup']}, "
+                           f"model alone ×{b['model_speedup']}"
                            for key, b in batches.items())
         detail += f"; served ×{served}" if served is not None else ""
         target = QUANTIZED_GOAL if task in ("classification", "detection") else None
-        rows.append(_row("3. int8 ÷ fp32 in-process (best batch)", task, batches[best]["pipeline_speedup"], target, detail=detail))
+        rows.append(_row("3. int8 ÷ fp32 in-process (best batch)", task, batches[best]["pipeline_speedup"], target,
+                         detail=detail))
     return rows
 
 
@@ -136,7 +139,8 @@ def picture_rows(core: dict, before_after: Optional[dict]) -> List[dict]:
                         f"{report._bytes(p['json_bytes'])} B per answer")
             for p in report.picture_rows(core) if p["variant"] == "tsvision-onnx"]
     for task, result in ((before_after or {}).get("results") or {}).items():
-        rows.append(_row("5. JSON req/s with picture answers ÷ before them (c=8)", task, result["after_vs_before"], JSON_UNCHANGED,
+        rows.append(_row("5. JSON req/s with picture answers ÷ before them (c=8)", task, result["after_vs_before"],
+                         JSON_UNCHANGED,
                          detail=f"{result['after_median']} vs {result['before_median']} req/s, medians of "
                                 f"{len(result['after_req_s'])} alternating rounds; before = {before_after['ref']}"))
     return rows
@@ -164,8 +168,10 @@ def goals_markdown(rows: List[dict], out: Path, started: str) -> str:
              "| goal | task | measured | target | met | detail |", "|---|---|---|---|---|---|"]
     for row in rows:
         value = "–" if row["value"] is None else f"{row['value']:g} {row['unit']}"
-        target = "–" if row["target"] is None else f"{'≥' if row['higher_is_better'] else '≤'} {row['target']:g} {row['unit']}"
-        met = {True: "yes", False: "**no**", None: "not measured" if row["value"] is None else "(no target)"}[row["met"]]
+        sign = "≥" if row["higher_is_better"] else "≤"
+        target = "–" if row["target"] is None else f"{sign} {row['target']:g} {row['unit']}"
+        met = {True: "yes", False: "**no**",
+               None: "not measured" if row["value"] is None else "(no target)"}[row["met"]]
         lines.append(f"| {row['goal']} | {row['task']} | {value} | {target} | {met} | {row['detail']} |")
     return "\n".join(lines) + "\n"
 
@@ -177,7 +183,8 @@ def quantize_markdown(quantize: dict) -> str:
     photo = any("agreement_on_photo" in result for result in quantize["results"].values())
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu.items() if isinstance(v, bool))
     lines = [f"CPU: {cpu.get('model', '?')} ({flags}).", "",
-             "| task | batch | model fp32 ms | model int8 ms | model ×| pipeline fp32 ms | pipeline int8 ms | pipeline × "
+             "| task | batch | model fp32 ms | model int8 ms | model ×| pipeline fp32 ms | pipeline int8 ms "
+             "| pipeline × "
              f"| served × | agreement {'on the photo' if photo else 'on the calibration photos'} |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for task, result in quantize["results"].items():
@@ -186,11 +193,13 @@ def quantize_markdown(quantize: dict) -> str:
                                separators=(", ", ": "))
         for key in (k for k in result if k.startswith("batch_")):
             ms = result[key]["ms_per_batch"]
-            lines.append(f"| {task} | {key[6:]} | {ms['model_fp32']} | {ms['model_int8']} | {result[key]['model_speedup']} | "
+            lines.append(f"| {task} | {key[6:]} | {ms['model_fp32']} | {ms['model_int8']} | "
+                         f"{result[key]['model_speedup']} | "
                          f"{ms['pipeline_fp32']} | {ms['pipeline_int8']} | {result[key]['pipeline_speedup']} | "
                          f"{'–' if served is None else served} | {agreement} |")
     for name, probe in (quantize.get("probes") or {}).items():
-        lines.append(f"| probe: {name} | {probe['batch_size']} | {probe['ms']['fp32']} | {probe['ms']['int8']} | {probe['speedup']} "
+        lines.append(f"| probe: {name} | {probe['batch_size']} | {probe['ms']['fp32']} | {probe['ms']['int8']} | "
+                     f"{probe['speedup']} "
                      "| – | – | – | – | – |")
     return "\n".join(lines) + "\n"
 
@@ -223,8 +232,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         parser.add_argument(f"--{name.replace('_', '-')}-args", default="", metavar="ARGS",
                             help=f"extra arguments for the {name} step, one string (e.g. \"--seconds 4\")")
     parser.add_argument("--out", type=Path, help="default results/suite-<time>")
-    parser.add_argument("--from", dest="source", type=Path, metavar="DIR", help="measure nothing: goals and docs from an earlier run")
-    parser.add_argument("--update-docs", action="store_true", help=f"rewrite the generated parts of {DOC.relative_to(ROOT)}")
+    parser.add_argument("--from", dest="source", type=Path, metavar="DIR",
+                        help="measure nothing: goals and docs from an earlier run")
+    parser.add_argument("--update-docs", action="store_true",
+                        help=f"rewrite the generated parts of {DOC.relative_to(ROOT)}")
     parser.add_argument("--keep-going", action="store_true", help="run the later steps when one fails")
     return parser.parse_args(argv)
 
@@ -248,7 +259,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             tick = time.time()
             print(f"suite: {name}: {shlex.join(command[1:])}", flush=True)
             code = subprocess.run(command, cwd=ROOT).returncode
-            print(f"suite: {name} {'done' if code == 0 else f'FAILED ({code})'} in {(time.time() - tick) / 60:.1f} min", flush=True)
+            print(f"suite: {name} {'done' if code == 0 else f'FAILED ({code})'} in {(time.time() - tick) / 60:.1f} min",
+                  flush=True)
             if code != 0:
                 failed.append(name)
                 if not args.keep_going:
@@ -265,7 +277,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(goals_markdown(rows, out, when))
     if args.update_docs:
         print("suite: docs updated: " + ", ".join(update_docs(found, rows, out, when)))
-    print(f"suite: {'FAILED steps: ' + ', '.join(failed) if failed else 'done'} in {(time.time() - started) / 60:.1f} min -> {out}")
+    outcome = "FAILED steps: " + ", ".join(failed) if failed else "done"
+    print(f"suite: {outcome} in {(time.time() - started) / 60:.1f} min -> {out}")
     return 1 if failed else 0
 
 

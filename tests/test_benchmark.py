@@ -153,7 +153,8 @@ def test_tables_and_plot_from_a_recorded_run(recorded, tmp_path):
     assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = tmp_path / "performance.md"
     doc.write_text("head\n<!-- bench:start -->\nOLD\n<!-- bench:end -->\ntail\n")
-    assert report.update_docs(doc, table) and doc.read_text() == f"head\n<!-- bench:start -->\n{table}<!-- bench:end -->\ntail\n"
+    assert report.update_docs(doc, table)
+    assert doc.read_text() == f"head\n<!-- bench:start -->\n{table}<!-- bench:end -->\ntail\n"
     assert not report.update_docs(tmp_path / "missing.md", table)
 
 
@@ -229,7 +230,8 @@ def tiny(tmp_path_factory) -> dict:
 
     folder = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4,
+                                                                                                                    6))
     sample = torch.rand(1, 3, 32, 32)
     torch.jit.trace(model.eval(), sample).save(str(folder / "model.pt"))
     labels = [f"class{i}" for i in range(6)]
@@ -249,7 +251,8 @@ def test_inprocess_throughput_through_the_handler(tiny):
     worker = load_task(tiny["folder"], "model.pt", {"top_k": 3})
     try:
         answer = worker.predict([{"body": photo}], [{"body": {"content-type": "image/jpeg"}}])[0]
-        assert answer.status == 200 and [e["label"] for e in answer.json()] == [f"class{e['index']}" for e in answer.json()]
+        labels = [(entry["label"], entry["index"]) for entry in answer.json()]
+        assert answer.status == 200 and labels == [(f"class{index}", index) for _, index in labels]
         assert len(answer.json()) == 3  # the override reached the handler's settings
         measured = measure_batches(worker, photo, [1, 2], seconds=0.05)
         assert [m["batch_size"] for m in measured] == [1, 2]
@@ -325,7 +328,8 @@ def test_scaling_configurations_and_tables():
               {"connections": 32, "throughput": 180.0, "latency_ms": {"p99": 250.0}}]
     assert ratio_at(points, 32, 200.0) == 0.9 and ratio_at(points, 64, 200.0) is None
     data = {"config": {"clients": [1, 32]},
-            "results": {"classification": {"inprocess_best": {"images_per_s": 200.0, "batch_size": 8}, "served": {"w1b8": points}}}}
+            "results": {"classification": {"inprocess_best": {"images_per_s": 200.0, "batch_size": 8},
+                                           "served": {"w1b8": points}}}}
     table = markdown(data)
     assert "| w1b8 | 30.0 | 180.0 | 40 | 250 | 0.9 |" in table and "in-process best 200.0 img/s at batch 8" in table
 
@@ -386,16 +390,20 @@ def test_families_closed_loop_goals_and_table():
          "references": [{"name": "ultralytics", "single_img_s": 20.0, "single_p50_ms": 50.0, "best_img_s": 40.0,
                          "best_batch": 8, "answers_summary": "astronaut: 5/5"}]},
         {"family": "fasterrcnn", "served": {"req_s": 10.0, "p50_ms": 700.0},
-         "references": [{"name": "eager", "single_img_s": 12.5, "single_p50_ms": 80.0, "best_img_s": 12.5, "best_batch": 1},
+         "references": [{"name": "eager", "single_img_s": 12.5, "single_p50_ms": 80.0, "best_img_s": 12.5,
+                         "best_batch": 1},
                         {"name": "stock served", "single_img_s": 5.0, "single_p50_ms": 1500.0}]},
     ]
     rows = goal_rows(results)
     assert [(r["family"], r["met"], r["ratio"], r["met_best"], r["ratio_best"]) for r in rows] == [
-        ("yolov8n", True, 1.5, False, 0.75), ("fasterrcnn", False, 0.8, False, 0.8), ("fasterrcnn", True, 2.0, None, None)]
+        ("yolov8n", True, 1.5, False, 0.75), ("fasterrcnn", False, 0.8, False, 0.8), ("fasterrcnn", True, 2.0, None,
+                                                                                      None)]
     table = markdown(rows)
     assert table.count("\n") == 5
-    assert "| yolov8n | ultralytics | 20.0 (50) | 40.0 (b8) | 30.0 (250) | 35.0 | 1.50 × | **met** | 0.75 × not met |" in table
-    assert "| fasterrcnn | stock served | 5.0 (1500) | – | 10.0 (700) | – | 2.00 × | **met** | – | not compared |" in table
+    assert ("| yolov8n | ultralytics | 20.0 (50) | 40.0 (b8) | 30.0 (250) | 35.0 | 1.50 × | **met** | "
+            "0.75 × not met |") in table
+    assert ("| fasterrcnn | stock served | 5.0 (1500) | – | 10.0 (700) | – | 2.00 × | **met** | – | "
+            "not compared |") in table
 
 
 # -- benchmarks.suite: issue 18's goals from the steps' results (no measurement) -----------------
@@ -403,9 +411,11 @@ def _suite_results() -> dict:
     scaling = {"results": {"segmentation": {"inprocess_best": {"images_per_s": 10.0, "batch_size": 4},
                                             "served_vs_inprocess_c32": {"w1b8p0": 0.7, "w2b4": 0.95, "w2b8": None}}}}
     core = {"config": {"picture_clients": 8, "concurrency": [1, 8]},
-            "goals": [{"goal": "c=1 p50 minus in-process latency minus the empty handler's c=1 p50", "task": "detection",
+            "goals": [{"goal": "c=1 p50 minus in-process latency minus the empty handler's c=1 p50",
+                       "task": "detection",
                        "value": 4.2, "target": 3.0, "detail": "tsvision-onnx: 60.0 − 33.0 − 22.8 ms"},
-                      {"goal": "c=1 p50 minus in-process latency minus the empty handler's c=1 p50", "task": "detection",
+                      {"goal": "c=1 p50 minus in-process latency minus the empty handler's c=1 p50",
+                       "task": "detection",
                        "value": 9.0, "target": 3.0, "detail": "tsvision-torchscript: ..."}],
             "results": [{"task": "detection", "variant": "tsvision-onnx",
                          "served": [{"connections": 8, "throughput": 40.0, "bytes_per_response": 900}],
@@ -413,7 +423,8 @@ def _suite_results() -> dict:
     quantize = {"results": {"classification": {"batch_1": {"pipeline_speedup": 0.94, "model_speedup": 0.9},
                                                "batch_8": {"pipeline_speedup": 1.6, "model_speedup": 1.7,
                                                            "ms_per_batch": {"model_fp32": 17.0, "model_int8": 10.0,
-                                                                            "pipeline_fp32": 80.0, "pipeline_int8": 50.0}},
+                                                                            "pipeline_fp32": 80.0,
+                                                                            "pipeline_int8": 50.0}},
                                                "agreement_on_calibration_photos": {"top1_agreement": 0.875}}},
                 "served": {"classification": {"int8_vs_fp32": 1.01}}}
     quantize["results"]["classification"]["batch_1"]["ms_per_batch"] = {"model_fp32": 4.5, "model_int8": 5.0,
@@ -474,7 +485,8 @@ def test_suite_reads_step_folders_and_rewrites_marked_sections(tmp_path):
     (tmp_path / "families" / "results.md").write_text("| the families table |\n")
     (tmp_path / "quantize").mkdir()
     for stamp in ("20261130-100000", "20261130-110000"):
-        (tmp_path / "quantize" / f"quantize-{stamp}.json").write_text(json.dumps({**_suite_results()["quantize"], "stamp": stamp}))
+        (tmp_path / "quantize" / f"quantize-{stamp}.json").write_text(json.dumps({**_suite_results()["quantize"],
+                                                                                  "stamp": stamp}))
     found = load_results(tmp_path)
     assert set(found) == {"families", "quantize"} and found["quantize"]["stamp"] == "20261130-110000"  # the latest
     doc = tmp_path / "performance.md"
@@ -483,4 +495,5 @@ def test_suite_reads_step_folders_and_rewrites_marked_sections(tmp_path):
     written = update_docs(found, [], tmp_path, "now", doc)
     assert written == ["goals18", "families"]  # quantize has no markers in this doc
     text = doc.read_text()
-    assert "STALE" not in text and "| the families table |" in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert "STALE" not in text and "| the families table |" in text
+    assert text.startswith("intro\n") and text.endswith("end\n")

@@ -84,7 +84,8 @@ def table(rows: List[dict]) -> str:
         total = row["build_ms"] + row["dumps_ms"]
         size = f"{stock['bytes'] / row['bytes']:,.0f}× smaller" if row is not stock else "(reference)"
         speed = f"{(stock['build_ms'] + stock['dumps_ms']) / total:,.1f}× faster" if row is not stock else "(reference)"
-        lines.append(f"| {row['answer']} | {row['bytes']:,} | {size} | {row['build_ms']:,.1f} | {row['dumps_ms']:,.1f} | {speed} |")
+        lines.append(f"| {row['answer']} | {row['bytes']:,} | {size} | {row['build_ms']:,.1f} | "
+                     f"{row['dumps_ms']:,.1f} | {speed} |")
     return "\n".join(lines)
 
 
