@@ -38,7 +38,7 @@ SCALING_PLOT = ROOT / "docs" / "images" / "scaling.png"
 SERVED_GOAL = 0.90             # goal 1: served ÷ in-process at 32 clients
 LATENCY_GOAL_MS = 3.0          # goal 2: c=1 p50 over in-process and TorchServe's floor
 QUANTIZED_GOAL = 1.5           # goal 3: int8 ÷ fp32 speed in-process
-JSON_UNCHANGED = 0.95          # goal 5: JSON after ÷ before picture answers existed (this machine's noise is ±5 %)
+JSON_UNCHANGED = 0.95          # goal 5: JSON after ÷ before picture answers existed (within noise: performance.md)
 # The archives' default per task: 1 worker, batch size 8, the task's default micro_batch (4 for
 # classification and detection, 0 for segmentation); the names scaling configurations give it.
 DEFAULT_CONFIGS = {"classification": ("w1b8p4",), "detection": ("w1b8p4",), "segmentation": ("w1b8p0", "w1b8")}
