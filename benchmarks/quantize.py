@@ -74,7 +74,8 @@ def prepare(task: str, root: Path, fresh: bool) -> Path:
 def measure(task: str, folder: Path, photo: bytes, batch_sizes: List[int], rounds: int) -> dict:
     """Median ms per batch of each variant, interleaved."""
     files = {"fp32": ("model.onnx", {}), "int8": (INT8_FILE, {"quantized": "int8"})}
-    tasks = {name: load_export(folder, file) for name, (file, _) in files.items()}
+    # the forward pass alone: serial preparation (micro_batch 0), so the prepared batch holds every image
+    tasks = {name: load_export(folder, file, micro_batch=0) for name, (file, _) in files.items()}
     workers = {name: load_task(folder, file, overrides) for name, (file, overrides) in files.items()}
     result: Dict[str, object] = {}
     try:

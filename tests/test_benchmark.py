@@ -279,6 +279,39 @@ def test_the_stock_and_empty_handlers_answer_in_process(tiny):
     assert [a.body for a in floor.predict([{"body": b"a"}, {"body": b"b"}])] == ["{}", "{}"]
 
 
+def test_quantize_step_measures_fp32_and_int8_in_process(tmp_path):
+    """``benchmarks.quantize.measure`` on a tiny ONNX classifier and its int8 file (``quantize_onnx``)."""
+    import torch
+    from torch import nn
+
+    from benchmarks.photo import make_photo
+    from benchmarks.quantize import INT8_FILE, measure
+    from tsvision.tools.quantize import quantize_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 6))
+    sample = torch.rand(4, 3, 32, 32)
+    torch.onnx.export(model.eval(), (sample[:2],), str(tmp_path / "model.onnx"), input_names=["images"],
+                      output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
+                      verbose=False, external_data=False)
+    quantize_onnx(tmp_path / "model.onnx", tmp_path / INT8_FILE, sample.numpy())
+    (tmp_path / "labels.json").write_text(json.dumps([f"class{i}" for i in range(6)]))
+    (tmp_path / "settings.json").write_text(json.dumps({"task": "classification", "input_size": 32}))
+    agreement = {"top1_agreement": 1.0}
+    (tmp_path / "report.json").write_text(json.dumps(
+        {"quantized": {"agreement": agreement, "fp32_size_bytes": 2000, "size_bytes": 900}}))
+    result = measure("classification", tmp_path, make_photo(), [1, 8], rounds=2)
+    assert result["agreement_on_calibration_photos"] == agreement
+    assert result["sizes_bytes"] == {"fp32": 2000, "int8": 900}
+    for size in (1, 8):
+        point = result[f"batch_{size}"]
+        ms = point["ms_per_batch"]
+        assert set(ms) == {"pipeline_fp32", "pipeline_int8", "model_fp32", "model_int8"} and min(ms.values()) > 0
+        assert point["pipeline_speedup"] == round(ms["pipeline_fp32"] / ms["pipeline_int8"], 3)
+        assert point["model_speedup"] == round(ms["model_fp32"] / ms["model_int8"], 3) and point["rounds"] == 2
+
+
 def test_stock_and_floor_archives_carry_the_batch_settings(tmp_path):
     import yaml
 
