@@ -18,10 +18,11 @@ from typing import Iterator, List
 
 import pytest
 
+import benchmarks
 from benchmarks import report
 from benchmarks.lock import heavy_run
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = Path(benchmarks.__file__).resolve().parent  # wherever this file lives under tests/
 
 # -- benchmarks/ through public APIs only -----------------------------------------------------------
 # tsvision modules the benchmarks may import, with the names they may take from each (None: any public
