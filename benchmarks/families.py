@@ -256,7 +256,7 @@ def prepare(family: str, root: Path, fresh: bool = False) -> Path:
     if not fresh and all((folder / name).exists() for name in names):
         return folder
     from benchmarks.models import StockDetector, export
-    from tsvision.tools.export import build_exportable
+    from tsvision.tools.export.architectures import build_exportable
 
     # tsvision export fails (and export() raises) when the exported files disagree with the model
     export(task, folder, *(["--arch", architecture] if family in ("yolov8n", "fasterrcnn") else []))
@@ -389,7 +389,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
     from benchmarks.models import archive_handler, build_ours
     from benchmarks.run import machine
     from benchmarks.warmup import warm_batch_sizes
-    from tsvision.tools.server import TorchServe
+    from tsvision.tools.serve.server import TorchServe
 
     started = time.time()
     families = [f for f in args.families.split(",") if f]

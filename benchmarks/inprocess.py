@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional
 
 from tsvision.serving import VisionHandler
-from tsvision.tools.local import LocalWorker
+from tsvision.tools.archive.local_worker import LocalWorker
 
 
 def load_task(folder: Path, model_file: str, overrides: Optional[dict] = None, batch_size: int = 16) -> LocalWorker:

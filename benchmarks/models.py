@@ -26,7 +26,8 @@ import torch
 import yaml
 from torch import nn
 
-from tsvision.tools.export import Exportable, build_exportable
+from tsvision.tools.export.architectures import build_exportable
+from tsvision.tools.export.exportable import Exportable
 
 STOCK_HANDLERS = {"classification": "image_classifier", "segmentation": "image_segmenter",
                   "detection": "object_detector"}

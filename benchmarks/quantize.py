@@ -121,7 +121,7 @@ def probe_models(folder: Path) -> Dict[str, Path]:
     import torch
     from torch import nn
 
-    from tsvision.tools.quantize import quantize_onnx
+    from tsvision.tools.export.quantize import quantize_onnx
 
     def relu_conv(*args, **kwargs):
         return [nn.Conv2d(*args, **kwargs), nn.ReLU()]
@@ -179,7 +179,7 @@ def measure_served(folders: Dict[str, Path], photo: bytes, out: Path, connection
     from benchmarks.load import alternating_rounds, wrk_path
     from benchmarks.models import build_ours
     from benchmarks.warmup import warm_batch_sizes
-    from tsvision.tools.server import TorchServe
+    from tsvision.tools.serve.server import TorchServe
 
     wrk_path()
     out.mkdir(parents=True, exist_ok=True)

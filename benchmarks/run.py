@@ -29,7 +29,7 @@ from benchmarks.lock import HEAVY_LOCK, heavy_run
 from benchmarks.models import MODEL_FILES, build_floor, build_ours, build_stock, prepare_exports
 from benchmarks.photo import make_photo
 from benchmarks.warmup import warm_batch_sizes
-from tsvision.tools.server import TorchServe
+from tsvision.tools.serve.server import TorchServe
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"

@@ -32,10 +32,11 @@ PUBLIC_TSVISION = {
     "tsvision.serving": None,
     "tsvision.serving.tasks": {"load_export"},
     "tsvision.serving.masks": None,
-    "tsvision.tools.server": {"TorchServe"},
-    "tsvision.tools.local": {"LocalWorker"},
-    "tsvision.tools.export": {"build_exportable", "Exportable"},
-    "tsvision.tools.quantize": {"quantize_onnx"},
+    "tsvision.tools.serve.server": {"TorchServe"},
+    "tsvision.tools.archive.local_worker": {"LocalWorker"},
+    "tsvision.tools.export.architectures": {"build_exportable"},
+    "tsvision.tools.export.exportable": {"Exportable"},
+    "tsvision.tools.export.quantize": {"quantize_onnx"},
 }
 THIRD_PARTY = {"numpy", "torch", "torchvision", "onnx", "onnxruntime", "PIL", "requests", "psutil", "yaml", "skimage",
                "matplotlib", "ultralytics", "ts"}
@@ -69,15 +70,15 @@ def import_violations(source: str, filename: str = "<source>") -> List[str]:
 
 def test_the_import_check_finds_private_and_internal_imports():
     source = ("from __future__ import annotations\nimport json\nimport torch.nn\nfrom benchmarks.load import run_wrk\n"
-              "from tsvision.tools.server import TorchServe\nfrom tsvision.serving.tasks import load_export\n"
+              "from tsvision.tools.serve.server import TorchServe\nfrom tsvision.serving.tasks import load_export\n"
               "from tsvision.serving.payloads import ParsedRequest\nfrom benchmarks.models import _archive\n"
-              "import pandas\nfrom tsvision.tools.quantize import AGREEMENT\nimport tsvision.serving.service\n"
+              "import pandas\nfrom tsvision.tools.export.quantize import AGREEMENT\nimport tsvision.serving.service\n"
               "from torch import _dynamo\n")
     assert [line.split(": ", 1)[1] for line in import_violations(source)] == [
         "tsvision.serving.payloads.ParsedRequest: not a public tsvision API",
         "benchmarks.models._archive: private",
         "pandas: not an allowed module",
-        "tsvision.tools.quantize.AGREEMENT: not a public tsvision API",
+        "tsvision.tools.export.quantize.AGREEMENT: not a public tsvision API",
         "tsvision.serving.service: not a public tsvision API",
         "torch._dynamo: private",
     ]
@@ -227,7 +228,7 @@ def tiny(tmp_path_factory) -> dict:
     from torch import nn
 
     from benchmarks.models import stock_module
-    from tsvision.tools.export import Exportable
+    from tsvision.tools.export.exportable import Exportable
 
     folder = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
@@ -269,7 +270,7 @@ def test_the_stock_and_empty_handlers_answer_in_process(tiny):
 
     from benchmarks.floor_handler import EmptyHandler
     from benchmarks.photo import make_photo
-    from tsvision.tools.local import LocalWorker
+    from tsvision.tools.archive.local_worker import LocalWorker
 
     stock = LocalWorker(ImageClassifier, tiny["folder"], "stock.pt", {"batchSize": 2})
     answers = stock.predict([{"body": make_photo()}, {"body": make_photo()}])
@@ -287,7 +288,7 @@ def test_quantize_step_measures_fp32_and_int8_in_process(tmp_path):
 
     from benchmarks.photo import make_photo
     from benchmarks.quantize import INT8_FILE, measure
-    from tsvision.tools.quantize import quantize_onnx
+    from tsvision.tools.export.quantize import quantize_onnx
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
