@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tsvision.serving.runtimes import load_runtime
 from tsvision.serving.settings import Settings
 from tsvision.tools.command import UsageError
-from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.export.exportable import Exportable, write_report
 from tsvision.tools.export.torchvision_detectors import export_torchvision_files
 
 
@@ -49,22 +49,16 @@ def export_files(exportable: Exportable, out_dir: Path, tolerance: float = 1e-3,
     parity = compare_backends(module, ts_path, onnx_path, torch.randn(3, 3, size, size + size // 3 if spatial else size,
                                                                       generator=generator),
                               out_dir / "model.pt2" if pt2 else None)
-    report = {
-        "task": exportable.task,
-        "architecture": exportable.architecture,
-        "random_weights": exportable.random_weights,
-        "weights": exportable.weights,
-        "input": [None, 3, None, None] if spatial else [None, 3, size, size],
-        "outputs": exportable.output_names,
-        "parameters": sum(p.numel() for p in module.parameters()),
-        "flops_per_image": count_flops(module, size),
-        "max_abs_diff": parity,
-        "pt2_compile_seconds": pt2_seconds,
-        "tolerance": tolerance,
-        "ok": all(v <= tolerance for v in parity.values()),
-    }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return write_report(
+        out_dir, exportable, tolerance,
+        random_weights=exportable.random_weights,
+        weights=exportable.weights,
+        input=[None, 3, None, None] if spatial else [None, 3, size, size],
+        outputs=exportable.output_names,
+        parameters=sum(p.numel() for p in module.parameters()),
+        flops_per_image=count_flops(module, size),
+        max_abs_diff=parity,
+        pt2_compile_seconds=pt2_seconds)
 
 
 def dynamic_axes(spatial: bool = False) -> dict:

@@ -19,7 +19,6 @@ Random weights are conditioned so that their answers are stable and comparable
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
@@ -47,6 +46,7 @@ from tsvision.tools.export.calibration import (
     smooth_image,
 )
 from tsvision.tools.export.checkpoints import read_state_dict
+from tsvision.tools.export.exportable import write_report
 from tsvision.tools.export.onnx_cubic import rewrite_cubic_resizes
 
 CALIBRATION_KEEP = 8  # candidates (proposals or anchors) above the threshold in the most responsive calibration image
@@ -262,26 +262,20 @@ def export_torchvision_files(exportable, out_dir: Path, tolerance: float = 1e-3)
     threshold = float(exportable.settings.get("score_threshold", 0.5))
     image, compared = parity_image(model, height, width, threshold)
     parity = compare_detector_backends(model, ts_path, None if onnx_error else onnx_path, image, threshold)
-    report = {
-        "task": exportable.task,
-        "architecture": exportable.architecture,
-        "detection_format": "torchvision",
-        "random_weights": exportable.random_weights,
-        "input": "list of 3xHxW float images in [0, 1], any size (ONNX: one 3xHxW image per call)",
-        "outputs": list(output_keys(model)),
-        "files": ["model.pt"] + ([] if onnx_error else ["model.onnx"]),
-        "onnx_error": onnx_error,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "flops_per_image": count_detector_flops(model, height, width),
-        "parity_image": [height, width],
-        "parity_detections": compared,
-        "max_abs_diff": parity,
-        **timings,
-        "tolerance": tolerance,
-        "ok": all(v <= tolerance for v in parity.values()),
-    }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return write_report(
+        out_dir, exportable, tolerance,
+        detection_format="torchvision",
+        random_weights=exportable.random_weights,
+        input="list of 3xHxW float images in [0, 1], any size (ONNX: one 3xHxW image per call)",
+        outputs=list(output_keys(model)),
+        files=["model.pt"] + ([] if onnx_error else ["model.onnx"]),
+        onnx_error=onnx_error,
+        parameters=sum(p.numel() for p in model.parameters()),
+        flops_per_image=count_detector_flops(model, height, width),
+        parity_image=[height, width],
+        parity_detections=compared,
+        max_abs_diff=parity,
+        **timings)
 
 
 def parity_image(model: nn.Module, height: int, width: int, threshold: float) -> Tuple[torch.Tensor, int]:
