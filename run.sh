@@ -3,7 +3,7 @@
 #   bash run.sh demo   set up, build the six archives, start TorchServe, send a photo to each model
 #   bash run.sh test   set up and run the whole test suite (unit + end-to-end against TorchServe)
 #   bash run.sh ab     set up, build, and run an A/B split (three versions behind the nginx + HAProxy router)
-#   bash run.sh bench  set up and run every benchmark (about an hour; rewrites docs/performance.md)
+#   bash run.sh bench  set up and run the benchmark suite (how long: docs/performance.md; rewrites it)
 set -euo pipefail
 cd "$(dirname "$0")"
 command=${1:-demo}

@@ -1,108 +1,331 @@
-"""The performance harness end to end in a tiny mode: real exports, real archives (ours and the
-stock handler's), a real TorchServe and real wrk load. Asserts what was measured, never how fast."""
+"""The performance harness, without a TorchServe of its own: the goals, tables and plot from a
+recorded result; wrk's summary from a local HTTP server; our handler, the stock handler and the
+empty handler in-process (``LocalWorker``, TorchServe's own ``Context``) on a tiny model; the lock;
+the scaling, families and suite arithmetic; and that benchmarks/ imports only public APIs.
+Asserts what was measured, never how fast. The served run itself is ``benchmarks.run --quick``."""
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
+import sys
 import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Iterator, List
 
 import pytest
 
+import benchmarks
+from benchmarks import report
 from benchmarks.lock import heavy_run
-from benchmarks.run import main as bench_main
 
-pytestmark = pytest.mark.e2e
+BENCHMARKS = Path(benchmarks.__file__).resolve().parent  # wherever this file lives under tests/
+
+# -- benchmarks/ through public APIs only -----------------------------------------------------------
+# tsvision modules the benchmarks may import, with the names they may take from each (None: any public
+# name). Each is documented: README/docs name the handler classes, load_export, the masks helpers,
+# TorchServe, LocalWorker, build_exportable (docs/models.md) and quantize_onnx (docs/quantization.md).
+PUBLIC_TSVISION = {
+    "tsvision.serving": None,
+    "tsvision.serving.tasks": {"load_export"},
+    "tsvision.serving.masks": None,
+    "tsvision.tools.serve.server": {"TorchServe"},
+    "tsvision.tools.archive.local_worker": {"LocalWorker"},
+    "tsvision.tools.export.architectures": {"build_exportable"},
+    "tsvision.tools.export.exportable": {"Exportable"},
+    "tsvision.tools.export.quantize": {"quantize_onnx"},
+}
+THIRD_PARTY = {"numpy", "torch", "torchvision", "onnx", "onnxruntime", "PIL", "requests", "psutil", "yaml", "skimage",
+               "matplotlib", "ultralytics", "ts"}
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory) -> dict:
+def import_violations(source: str, filename: str = "<source>") -> List[str]:
+    """Every import of ``source`` that is not public: a private name or module (leading underscore), a
+    tsvision module or name outside ``PUBLIC_TSVISION``, or a module that is neither the standard
+    library, ``THIRD_PARTY`` nor ``benchmarks``."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Import):
+            imported = [(alias.name, None) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module != "__future__":
+            imported = [(node.module, alias.name) for alias in node.names]
+        else:
+            continue
+        for module, name in imported:
+            where = f"{filename}:{node.lineno}: {module}" + (f".{name}" if name else "")
+            top = module.split(".")[0]
+            if any(part.startswith("_") for part in module.split(".")) or (name or "").startswith("_"):
+                found.append(f"{where}: private")
+            elif top == "tsvision":
+                allowed = PUBLIC_TSVISION.get(module, False)
+                if allowed is False or (name is not None and allowed is not None and name not in allowed):
+                    found.append(f"{where}: not a public tsvision API")
+            elif top != "benchmarks" and top not in THIRD_PARTY and top not in sys.stdlib_module_names:
+                found.append(f"{where}: not an allowed module")
+    return found
+
+
+def test_the_import_check_finds_private_and_internal_imports():
+    source = ("from __future__ import annotations\nimport json\nimport torch.nn\nfrom benchmarks.load import run_wrk\n"
+              "from tsvision.tools.serve.server import TorchServe\nfrom tsvision.serving.tasks import load_export\n"
+              "from tsvision.serving.payloads import ParsedRequest\nfrom benchmarks.models import _archive\n"
+              "import pandas\nfrom tsvision.tools.export.quantize import AGREEMENT\nimport tsvision.serving.service\n"
+              "from torch import _dynamo\n")
+    assert [line.split(": ", 1)[1] for line in import_violations(source)] == [
+        "tsvision.serving.payloads.ParsedRequest: not a public tsvision API",
+        "benchmarks.models._archive: private",
+        "pandas: not an allowed module",
+        "tsvision.tools.export.quantize.AGREEMENT: not a public tsvision API",
+        "tsvision.serving.service: not a public tsvision API",
+        "torch._dynamo: private",
+    ]
+
+
+def test_benchmarks_import_only_public_apis():
+    files = sorted(BENCHMARKS.rglob("*.py"))
+    assert BENCHMARKS / "run.py" in files and BENCHMARKS / "studies" / "before_after.py" in files
+    assert [v for path in files for v in import_violations(path.read_text(), str(path.relative_to(BENCHMARKS)))] == []
+
+
+# -- benchmarks.report: goals, tables and plot from a recorded result -------------------------------
+def _served(connections: int, rate: float, p50: float, p95: float, p99: float, size: int) -> dict:
+    return {"connections": connections, "throughput": rate, "failed": 0, "bytes_per_response": size,
+            "latency_ms": {"p50": p50, "p95": p95, "p99": p99}}
+
+
+@pytest.fixture
+def recorded() -> dict:
+    """A core-step result as ``benchmarks.run`` writes it (classification: ours, the stock peer, the floor)."""
+    return {
+        "command": "python -m benchmarks.run --quick", "started": "2026-12-03 10:00", "elapsed_s": 95.0,
+        "machine": {"cpu": "Test CPU", "cores": 2, "ram_gib": 24.0, "torch": "2.14.1", "onnxruntime": "1.32.0",
+                    "torchserve": "0.12.0"},
+        "config": {"tasks": ["classification"], "variants": ["tsvision-onnx", "stock-torchscript", "empty-handler"],
+                   "concurrency": [1, 4], "seconds": 2.0, "warmup": 1.0, "batch_sizes": [1, 8], "batch_size": 8,
+                   "max_batch_delay": 20, "workers": 1, "pictures": ["png", "jpeg"], "picture_clients": 4,
+                   "photo": "scikit-image astronaut, 1280x720 JPEG"},
+        "results": [
+            {"task": "classification", "variant": "tsvision-onnx", "backend": "onnx",
+             "inprocess": [{"batch_size": 1, "images_per_s": 50.0, "latency_ms_p50": 20.0},
+                           {"batch_size": 8, "images_per_s": 75.0, "latency_ms_p50": 100.0}],
+             "served": [_served(1, 20.0, 48.0, 55.0, 60.0, 600), _served(4, 60.0, 65.0, 70.0, 80.0, 600)],
+             "pictures": {"png": {"throughput": 6.0, "bytes_per_response": 1_200_000, "failed": 0},
+                          "jpeg": {"throughput": 15.0, "bytes_per_response": 200_000, "failed": 0}},
+             "probe": {"status": 200, "body_bytes": 349}, "rss_mb": 600.4},
+            {"task": "classification", "variant": "stock-torchscript", "backend": "torchscript",
+             "served": [_served(1, 15.0, 60.0, 70.0, 75.0, 194), _served(4, 30.0, 130.0, 140.0, 150.0, 194)],
+             "probe": {"status": 200, "body_bytes": 194}, "rss_mb": 890.0},
+            {"task": "torchserve", "variant": "empty-handler", "backend": "none",
+             "served": [_served(1, 40.0, 23.0, 25.0, 26.0, 2), _served(4, 1000.0, 4.0, 6.0, 8.0, 2)],
+             "probe": {"status": 200, "body_bytes": 2}, "rss_mb": 500.0},
+        ],
+    }
+
+
+def test_goals_from_a_recorded_run(recorded):
+    goals = report.goals(recorded)
+    assert [(g["goal"], g["value"], g["target"], g["met"]) for g in goals] == [
+        ("served throughput vs stock handler (c=4)", 2.0, 2.0, True),  # 60 / 30
+        ("served (c=4) / in-process (batch 8)", 0.8, 0.85, False),  # 60 / 75
+        ("c=1 p50 minus in-process single-image latency", 28.0, 23.0, False),  # 48 − 20, allowed 20 + 3
+        ("c=1 p50 minus in-process latency minus the empty handler's c=1 p50", 5.0, 3.0, False),  # 48 − 20 − 23
+    ]
+    assert goals[1]["detail"].endswith("TorchServe with an empty handler: 1000.0 req/s")
+    assert goals[2]["detail"].endswith("TorchServe with an empty handler: p50 23.0 ms")
+    assert goals[3]["detail"] == "tsvision-onnx: 48.0 − 20.0 − 23.0 ms"
+    without_floor = {**recorded, "results": recorded["results"][:2]}
+    assert [g["goal"] for g in report.goals(without_floor)][-1] == "c=1 p50 minus in-process single-image latency"
+
+
+def test_tables_and_plot_from_a_recorded_run(recorded, tmp_path):
+    recorded["goals"] = report.goals(recorded)
+    assert [(r["format"], r["ratio"], r["json_req_s"]) for r in report.picture_rows(recorded)] == [
+        ("png", 0.1, 60.0), ("jpeg", 0.25, 60.0)]
+    table = report.markdown(recorded)
+    assert "| classification | tsvision-onnx | 50.0 | 75.0 | 20.0 | 60.0 | 48/55/60 | 65/70/80 | 349 | 600 |" in table
+    assert "| classification | stock-torchscript | – | – | 15.0 | 30.0 | 60/70/75 | 130/140/150 | 194 | 890 |" in table
+    assert "| classification | tsvision-onnx | png | 60.0 | 6.0 | 0.10 | 600 | 1,200,000 |" in table
+    assert ("| c=1 p50 minus in-process latency minus the empty handler's c=1 p50 | classification | 5 ms | ≤ 3 ms | "
+            "**no** |") in table
+    assert "| served throughput vs stock handler (c=4) | classification | 2 × | ≥ 2 × | yes |" in table
+    report.plot(recorded, tmp_path / "throughput.png")
+    assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = tmp_path / "performance.md"
+    doc.write_text("head\n<!-- bench:start -->\nOLD\n<!-- bench:end -->\ntail\n")
+    assert report.update_docs(doc, table)
+    assert doc.read_text() == f"head\n<!-- bench:start -->\n{table}<!-- bench:end -->\ntail\n"
+    assert not report.update_docs(tmp_path / "missing.md", table)
+
+
+def test_the_core_step_measures_ours_the_stock_peer_and_the_floor_last():
+    from benchmarks.run import parse_overrides, variants
+
+    chosen = variants(["classification", "detection"], ["onnx"], stock=True)
+    assert [(v["task"], v["variant"]) for v in chosen] == [
+        ("classification", "tsvision-onnx"), ("classification", "stock-torchscript"),
+        ("detection", "tsvision-onnx"), ("detection", "stock-torchscript"), ("torchserve", "empty-handler")]
+    assert [v["variant"] for v in variants(["segmentation"], ["onnx", "torchscript"], stock=False, floor=False)] == [
+        "tsvision-onnx", "tsvision-torchscript"]
+    assert parse_overrides(["threads=1", "mask_format=rle", "classes=[1, 2]"]) == {
+        "threads": 1, "mask_format": "rle", "classes": [1, 2]}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["threads"])
+
+
+# -- benchmarks.load: wrk against a local HTTP server ---------------------------------------------
+@pytest.fixture
+def http_server() -> Iterator[str]:
+    """127.0.0.1 on a free port: POST /ok answers 200 with a 1000-byte body, POST /fail 500."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b"x" * 1000
+            self.send_response(200 if self.path == "/ok" else 500)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_wrk_points_count_answers_and_failures(http_server, tmp_path):
+    from benchmarks.load import drain, run_wrk
+
     if shutil.which("wrk") is None:
         pytest.fail("wrk is not installed: run scripts/setup.sh")
-    out = tmp_path_factory.mktemp("bench")
-    assert bench_main(["--tasks", "classification", "--backends", "onnx", "--quick", "--seconds", "2", "--warmup", "1",
-                       "--shape-warmup", "3", "--inprocess-seconds", "0.5",
-                       "--concurrency", "1,4", "--batch-sizes", "1,2", "--picture-clients", "4", "--exports", str(out / "exports"),
-                       "--out", str(out / "results")]) == 0
-    data = json.loads((out / "results" / "results.json").read_text())
-    data["_out"] = out / "results"
-    return data
+    body = tmp_path / "photo.jpg"
+    body.write_bytes(b"\xff\xd8" + b"0" * 5000)
+    point = run_wrk(f"{http_server}/ok", body, {"Authorization": "Bearer k"}, connections=2, seconds=1)
+    assert point["connections"] == 2 and point["requests"] > 0 and point["failed"] == 0
+    assert point["throughput"] > 0 and point["bytes_per_response"] > 1000  # the body and the status line and headers
+    assert 0 < point["latency_ms"]["p50"] <= point["latency_ms"]["p95"] <= point["latency_ms"]["p99"]
+    failing = run_wrk(f"{http_server}/fail", body, {}, connections=1, seconds=1)
+    assert failing["requests"] > 0 and failing["failed"] == failing["errors"]["status"] == failing["requests"]
+    assert failing["throughput"] == 0
+    assert drain(f"{http_server}/ok", body, {}) > 0
 
 
-def test_results_cover_ours_and_the_stock_peer(bench):
-    assert {r["variant"] for r in bench["results"]} == {"tsvision-onnx", "stock-torchscript", "empty-handler"}
-    assert bench["machine"]["cores"] >= 1 and bench["machine"]["cpu"]
-    assert bench["config"]["batch_size"] == 8 and bench["config"]["max_batch_delay"] == 20
+# -- our handler, the stock handler and the floor in-process, on a tiny model ----------------------
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """A 6-class classifier (TorchScript), its settings and labels, and the same weights for the stock handler."""
+    import torch
+    from torch import nn
+
+    from benchmarks.models import stock_module
+    from tsvision.tools.export.exportable import Exportable
+
+    folder = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4,
+                                                                                                                    6))
+    sample = torch.rand(1, 3, 32, 32)
+    torch.jit.trace(model.eval(), sample).save(str(folder / "model.pt"))
+    labels = [f"class{i}" for i in range(6)]
+    (folder / "labels.json").write_text(json.dumps(labels))
+    (folder / "settings.json").write_text(json.dumps({"task": "classification", "input_size": 32}))
+    exportable = Exportable("classification", "tiny", model.eval(), {"input_size": 32}, labels, False, ["logits"])
+    stock_module(exportable, sample).save(str(folder / "stock.pt"))
+    (folder / "index_to_name.json").write_text(json.dumps({str(i): name for i, name in enumerate(labels)}))
+    return {"folder": folder, "labels": labels}
 
 
-def test_inprocess_throughput_by_batch_size(bench):
-    ours = next(r for r in bench["results"] if r["variant"] == "tsvision-onnx")
-    assert [r["batch_size"] for r in ours["inprocess"]] == [1, 2]
-    assert all(r["images_per_s"] > 0 and r["latency_ms_p50"] > 0 for r in ours["inprocess"])
+def test_inprocess_throughput_through_the_handler(tiny):
+    from benchmarks.inprocess import answer_all, close, load_task, measure_batches
+    from benchmarks.photo import make_photo
+
+    photo = make_photo()
+    worker = load_task(tiny["folder"], "model.pt", {"top_k": 3})
+    try:
+        answer = worker.predict([{"body": photo}], [{"body": {"content-type": "image/jpeg"}}])[0]
+        labels = [(entry["label"], entry["index"]) for entry in answer.json()]
+        assert answer.status == 200 and labels == [(f"class{index}", index) for _, index in labels]
+        assert len(answer.json()) == 3  # the override reached the handler's settings
+        measured = measure_batches(worker, photo, [1, 2], seconds=0.05)
+        assert [m["batch_size"] for m in measured] == [1, 2]
+        assert all(m["batches"] >= 3 and m["images_per_s"] > 0 and m["latency_ms_p50"] > 0 for m in measured)
+        with pytest.raises(RuntimeError, match="in-process answer 400"):
+            answer_all(worker, b"not an image", 2)
+    finally:
+        close(worker)
 
 
-def test_served_points_answered_without_failures(bench):
-    for result in bench["results"]:
-        assert [s["connections"] for s in result["served"]] == [1, 4]
-        # A shared, busy machine can leave a short point with no completed request; not all of them.
-        assert sum(point["requests"] for point in result["served"]) > 0, result["served"]
-        for point in result["served"]:
-            assert point["failed"] == 0, point
-            if point["requests"]:
-                assert point["throughput"] > 0 and point["bytes_per_response"] > 0
-                latency = point["latency_ms"]
-                assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
-        assert result["rss_mb"] > 50  # a worker with torch loaded
+def test_the_stock_and_empty_handlers_answer_in_process(tiny):
+    from ts.torch_handler.image_classifier import ImageClassifier
+
+    from benchmarks.floor_handler import EmptyHandler
+    from benchmarks.photo import make_photo
+    from tsvision.tools.archive.local_worker import LocalWorker
+
+    stock = LocalWorker(ImageClassifier, tiny["folder"], "stock.pt", {"batchSize": 2})
+    answers = stock.predict([{"body": make_photo()}, {"body": make_photo()}])
+    assert [a.status for a in answers] == [200, 200]
+    top5 = answers[0].body
+    assert len(top5) == 5 and set(top5) <= set(tiny["labels"])  # the stock classifier's {label: probability}
+    floor = LocalWorker(EmptyHandler, tiny["folder"], "model.pt", {"batchSize": 2})
+    assert [a.body for a in floor.predict([{"body": b"a"}, {"body": b"b"}])] == ["{}", "{}"]
 
 
-def test_the_stock_handler_answered_the_photo(bench):
-    stock = next(r for r in bench["results"] if r["variant"] == "stock-torchscript")
-    assert stock["probe"]["status"] == 200
-    assert stock["probe"]["json_items"] == 5  # the stock classifier's {label: probability} top 5
-    ours = next(r for r in bench["results"] if r["variant"] == "tsvision-onnx")
-    assert ours["probe"]["status"] == 200 and ours["probe"]["json_items"] == 5
-    assert ours["probe"]["excerpt"].startswith('[{"label"')
+def test_quantize_step_measures_fp32_and_int8_in_process(tmp_path):
+    """``benchmarks.quantize.measure`` on a tiny ONNX classifier and its int8 file (``quantize_onnx``)."""
+    import torch
+    from torch import nn
+
+    from benchmarks.photo import make_photo
+    from benchmarks.quantize import INT8_FILE, measure
+    from tsvision.tools.export.quantize import quantize_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 6))
+    sample = torch.rand(4, 3, 32, 32)
+    torch.onnx.export(model.eval(), (sample[:2],), str(tmp_path / "model.onnx"), input_names=["images"],
+                      output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
+                      verbose=False, external_data=False)
+    quantize_onnx(tmp_path / "model.onnx", tmp_path / INT8_FILE, sample.numpy())
+    (tmp_path / "labels.json").write_text(json.dumps([f"class{i}" for i in range(6)]))
+    (tmp_path / "settings.json").write_text(json.dumps({"task": "classification", "input_size": 32}))
+    agreement = {"top1_agreement": 1.0}
+    (tmp_path / "report.json").write_text(json.dumps(
+        {"quantized": {"agreement": agreement, "fp32_size_bytes": 2000, "size_bytes": 900}}))
+    result = measure("classification", tmp_path, make_photo(), [1, 8], rounds=2)
+    assert result["agreement_on_calibration_photos"] == agreement
+    assert result["sizes_bytes"] == {"fp32": 2000, "int8": 900}
+    for size in (1, 8):
+        point = result[f"batch_{size}"]
+        ms = point["ms_per_batch"]
+        assert set(ms) == {"pipeline_fp32", "pipeline_int8", "model_fp32", "model_int8"} and min(ms.values()) > 0
+        assert point["pipeline_speedup"] == round(ms["pipeline_fp32"] / ms["pipeline_int8"], 3)
+        assert point["model_speedup"] == round(ms["model_fp32"] / ms["model_int8"], 3) and point["rounds"] == 2
 
 
-def test_the_empty_handler_measures_torchserve_alone(bench):
-    floor = next(r for r in bench["results"] if r["variant"] == "empty-handler")
-    assert floor["probe"]["status"] == 200 and floor["probe"]["excerpt"] == "{}"
-    assert "inprocess" not in floor  # nothing of ours runs in it
-    single = next(g for g in bench["goals"] if g["goal"].startswith("c=1 p50"))
-    p50 = next(s for s in floor["served"] if s["connections"] == 1)["latency_ms"]["p50"]
-    assert single["detail"].endswith(f"TorchServe with an empty handler: p50 {p50:.1f} ms")
+def test_stock_and_floor_archives_carry_the_batch_settings(tmp_path):
+    import yaml
 
+    from benchmarks.models import build_floor
 
-def test_latency_over_the_floor_and_picture_points(bench):
-    """Issue 18's goal 2 subtracts in-process latency and the empty handler's p50; goal 5 serves pictures beside JSON."""
-    ours = next(r for r in bench["results"] if r["variant"] == "tsvision-onnx")
-    floor = next(r for r in bench["results"] if r["variant"] == "empty-handler")
-    single = next(s for s in ours["served"] if s["connections"] == 1)
-    if single["latency_ms"]:
-        row = next(g for g in bench["goals"] if g["goal"].startswith("c=1 p50 minus in-process latency minus"))
-        expected = (single["latency_ms"]["p50"] - ours["inprocess"][0]["latency_ms_p50"]
-                    - next(s for s in floor["served"] if s["connections"] == 1)["latency_ms"]["p50"])
-        assert row["value"] == round(expected, 1) and row["target"] == 3.0 and row["unit"] == "ms"
-    assert set(ours["pictures"]) == {"png", "jpeg"} and "pictures" not in floor
-    json_bytes = next(s for s in ours["served"] if s["connections"] == 4)["bytes_per_response"]
-    for kind, point in ours["pictures"].items():
-        assert point["failed"] == 0 and point["connections"] == 4, point
-        if point["requests"]:
-            assert point["bytes_per_response"] > 20 * json_bytes  # a 1280x720 picture, not the JSON top-5
-    table = (bench["_out"] / "results.md").read_text()
-    assert "| classification | tsvision-onnx | png |" in table and "| classification | tsvision-onnx | jpeg |" in table
-
-
-def test_goals_table_and_plot_written(bench):
-    goals = {g["goal"] for g in bench["goals"]}
-    assert any(g.startswith("served throughput vs stock handler") for g in goals)
-    assert any(g.startswith("c=1 p50") for g in goals)
-    for goal in bench["goals"]:
-        assert goal["value"] is not None and goal["met"] in (True, False) and goal["detail"]
-    table = (bench["_out"] / "results.md").read_text()
-    assert "| classification | stock-torchscript |" in table and "| goal |" in table
-    assert (bench["_out"] / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    archive = build_floor("bench_empty", tmp_path / "store", batch_size=8, delay=20, workers=1)
+    assert archive == tmp_path / "store" / "bench_empty.mar"
+    with zipfile.ZipFile(archive) as mar:
+        names = set(mar.namelist())
+        assert "floor_handler.py" in names and "MAR-INF/MANIFEST.json" in names
+        config = yaml.safe_load(mar.read("model-config.yaml"))
+    assert config == {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 20, "responseTimeout": 120}
 
 
 def test_heavy_runs_wait_for_each_other(tmp_path):
@@ -140,7 +363,8 @@ def test_scaling_configurations_and_tables():
               {"connections": 32, "throughput": 180.0, "latency_ms": {"p99": 250.0}}]
     assert ratio_at(points, 32, 200.0) == 0.9 and ratio_at(points, 64, 200.0) is None
     data = {"config": {"clients": [1, 32]},
-            "results": {"classification": {"inprocess_best": {"images_per_s": 200.0, "batch_size": 8}, "served": {"w1b8": points}}}}
+            "results": {"classification": {"inprocess_best": {"images_per_s": 200.0, "batch_size": 8},
+                                           "served": {"w1b8": points}}}}
     table = markdown(data)
     assert "| w1b8 | 30.0 | 180.0 | 40 | 250 | 0.9 |" in table and "in-process best 200.0 img/s at batch 8" in table
 
@@ -201,16 +425,20 @@ def test_families_closed_loop_goals_and_table():
          "references": [{"name": "ultralytics", "single_img_s": 20.0, "single_p50_ms": 50.0, "best_img_s": 40.0,
                          "best_batch": 8, "answers_summary": "astronaut: 5/5"}]},
         {"family": "fasterrcnn", "served": {"req_s": 10.0, "p50_ms": 700.0},
-         "references": [{"name": "eager", "single_img_s": 12.5, "single_p50_ms": 80.0, "best_img_s": 12.5, "best_batch": 1},
+         "references": [{"name": "eager", "single_img_s": 12.5, "single_p50_ms": 80.0, "best_img_s": 12.5,
+                         "best_batch": 1},
                         {"name": "stock served", "single_img_s": 5.0, "single_p50_ms": 1500.0}]},
     ]
     rows = goal_rows(results)
     assert [(r["family"], r["met"], r["ratio"], r["met_best"], r["ratio_best"]) for r in rows] == [
-        ("yolov8n", True, 1.5, False, 0.75), ("fasterrcnn", False, 0.8, False, 0.8), ("fasterrcnn", True, 2.0, None, None)]
+        ("yolov8n", True, 1.5, False, 0.75), ("fasterrcnn", False, 0.8, False, 0.8), ("fasterrcnn", True, 2.0, None,
+                                                                                      None)]
     table = markdown(rows)
     assert table.count("\n") == 5
-    assert "| yolov8n | ultralytics | 20.0 (50) | 40.0 (b8) | 30.0 (250) | 35.0 | 1.50 × | **met** | 0.75 × not met |" in table
-    assert "| fasterrcnn | stock served | 5.0 (1500) | – | 10.0 (700) | – | 2.00 × | **met** | – | not compared |" in table
+    assert ("| yolov8n | ultralytics | 20.0 (50) | 40.0 (b8) | 30.0 (250) | 35.0 | 1.50 × | **met** | "
+            "0.75 × not met |") in table
+    assert ("| fasterrcnn | stock served | 5.0 (1500) | – | 10.0 (700) | – | 2.00 × | **met** | – | "
+            "not compared |") in table
 
 
 # -- benchmarks.suite: issue 18's goals from the steps' results (no measurement) -----------------
@@ -218,17 +446,24 @@ def _suite_results() -> dict:
     scaling = {"results": {"segmentation": {"inprocess_best": {"images_per_s": 10.0, "batch_size": 4},
                                             "served_vs_inprocess_c32": {"w1b8p0": 0.7, "w2b4": 0.95, "w2b8": None}}}}
     core = {"config": {"picture_clients": 8, "concurrency": [1, 8]},
-            "goals": [{"goal": "c=1 p50 minus in-process latency minus the empty handler's c=1 p50", "task": "detection",
+            "goals": [{"goal": "c=1 p50 minus in-process latency minus the empty handler's c=1 p50",
+                       "task": "detection",
                        "value": 4.2, "target": 3.0, "detail": "tsvision-onnx: 60.0 − 33.0 − 22.8 ms"},
-                      {"goal": "c=1 p50 minus in-process latency minus the empty handler's c=1 p50", "task": "detection",
+                      {"goal": "c=1 p50 minus in-process latency minus the empty handler's c=1 p50",
+                       "task": "detection",
                        "value": 9.0, "target": 3.0, "detail": "tsvision-torchscript: ..."}],
             "results": [{"task": "detection", "variant": "tsvision-onnx",
                          "served": [{"connections": 8, "throughput": 40.0, "bytes_per_response": 900}],
                          "pictures": {"png": {"throughput": 10.0, "bytes_per_response": 1_500_000, "failed": 0}}}]}
     quantize = {"results": {"classification": {"batch_1": {"pipeline_speedup": 0.94, "model_speedup": 0.9},
-                                               "batch_8": {"pipeline_speedup": 1.6, "model_speedup": 1.7},
-                                               "agreement_on_photo": {"top1_equal": 1}}},
+                                               "batch_8": {"pipeline_speedup": 1.6, "model_speedup": 1.7,
+                                                           "ms_per_batch": {"model_fp32": 17.0, "model_int8": 10.0,
+                                                                            "pipeline_fp32": 80.0,
+                                                                            "pipeline_int8": 50.0}},
+                                               "agreement_on_calibration_photos": {"top1_agreement": 0.875}}},
                 "served": {"classification": {"int8_vs_fp32": 1.01}}}
+    quantize["results"]["classification"]["batch_1"]["ms_per_batch"] = {"model_fp32": 4.5, "model_int8": 5.0,
+                                                                        "pipeline_fp32": 16.9, "pipeline_int8": 18.0}
     families = {"goals": [{"family": "yolov8n", "reference": "ultralytics", "ratio": 1.1, "ours_req_s": 22.0,
                            "reference_img_s": 20.0, "answers": "5/5"}]}
     before_after = {"ref": "13e7cc7", "results": {"detection": {"after_vs_before": 0.93, "after_median": 28.0,
@@ -255,6 +490,28 @@ def test_suite_goals_from_every_step():
     assert goals({}) == []
 
 
+def test_suite_quantize_table_names_where_the_agreement_was_measured():
+    from benchmarks.suite import quantize_markdown
+
+    quantize = _suite_results()["quantize"]
+    table = quantize_markdown(quantize)
+    assert "| agreement on the calibration photos |" in table
+    assert '| classification | 8 | 17.0 | 10.0 | 1.7 | 80.0 | 50.0 | 1.6 | 1.01 | {"top1_agreement": 0.875} |' in table
+    older = quantize["results"]["classification"]
+    older["agreement_on_photo"] = older.pop("agreement_on_calibration_photos")  # a run before the agreement moved
+    assert "| agreement on the photo |" in quantize_markdown(quantize)
+
+
+def test_suite_steps_and_defaults():
+    from benchmarks.suite import DEFAULT_STEPS, parse_args, steps
+
+    assert set(DEFAULT_STEPS) < set(steps()) and "before_after" not in DEFAULT_STEPS  # a study, run when named
+    assert parse_args([]).only == "core,scaling,quantize,families"
+    assert steps("py")["before_after"](Path("out"), ["--rounds", "1"]) == [
+        "py", "-m", "benchmarks.studies.before_after", "--out", "out", "--rounds", "1"]
+    assert steps("py")["families"](Path("out"), []) == ["py", "-m", "benchmarks.families", "--out", "out"]
+
+
 def test_suite_reads_step_folders_and_rewrites_marked_sections(tmp_path):
     from benchmarks.suite import load_results, update_docs
 
@@ -263,7 +520,8 @@ def test_suite_reads_step_folders_and_rewrites_marked_sections(tmp_path):
     (tmp_path / "families" / "results.md").write_text("| the families table |\n")
     (tmp_path / "quantize").mkdir()
     for stamp in ("20261130-100000", "20261130-110000"):
-        (tmp_path / "quantize" / f"quantize-{stamp}.json").write_text(json.dumps({**_suite_results()["quantize"], "stamp": stamp}))
+        (tmp_path / "quantize" / f"quantize-{stamp}.json").write_text(json.dumps({**_suite_results()["quantize"],
+                                                                                  "stamp": stamp}))
     found = load_results(tmp_path)
     assert set(found) == {"families", "quantize"} and found["quantize"]["stamp"] == "20261130-110000"  # the latest
     doc = tmp_path / "performance.md"
@@ -272,4 +530,5 @@ def test_suite_reads_step_folders_and_rewrites_marked_sections(tmp_path):
     written = update_docs(found, [], tmp_path, "now", doc)
     assert written == ["goals18", "families"]  # quantize has no markers in this doc
     text = doc.read_text()
-    assert "STALE" not in text and "| the families table |" in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert "STALE" not in text and "| the families table |" in text
+    assert text.startswith("intro\n") and text.endswith("end\n")

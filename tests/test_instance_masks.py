@@ -119,9 +119,9 @@ def test_polygon_of_a_rectangle_is_its_four_corners():
 
 
 def test_answer_sizes_against_float_lists():
-    """A small run of ``benchmarks/answer_sizes.py`` (the full 1280×720 table is in performance.md):
+    """A small run of ``benchmarks/studies/answer_sizes.py`` (the full 1280×720 table is in performance.md):
     RLE answers are far smaller than the stock float lists and decode back to the thresholded masks."""
-    from benchmarks.answer_sizes import measure, soft_masks, table
+    from benchmarks.studies.answer_sizes import measure, soft_masks, table
 
     rows = measure(instances=4, width=320, height=180, repeat=1)
     print("\n" + table(rows))

@@ -70,7 +70,7 @@ def photo(name: str) -> Image.Image:
 def pose_photos() -> Dict[str, Image.Image]:
     """Photos with their longer side at 640, the model's input (no resampling), and real photos at
     1280×720, 333×777 and 900×420 that both sides resample (OpenCV, as ultralytics' LetterBox). The
-    random seed-0 YOLOv8n-pose finds persons on each (measured: 3, 1; 1, 3, 1 above 0.25)."""
+    random seed-0 YOLOv8n-pose finds persons on each above 0.25 (how many: docs/models.md)."""
     return {"immunohistochemistry": photo("immunohistochemistry").resize((640, 640)),
             "page": photo("page").resize((640, 318)), **sized_photos(PERSON_PHOTOS)}
 
@@ -412,9 +412,9 @@ def test_keypoint_rcnn_scripted_vs_eager_measured(krcnn):
     assert figures["coffee"]["eager_resized"] == [320, 480] and figures["coffee"]["scripted_resized"] == [319, 479]
     same = figures["astronaut"]["scripted_vs_eager"]
     assert same["persons"] >= 1 and same["box"] <= 0.01 and same["point"] <= 0.01 and same["score"] <= 1e-4
-    # at 400×600 the one-pixel resize difference changes the random model's answer (measured: 39 eager
-    # persons, 30 scripted), so eager is no reference for served answers; ONNX (traced resize) keeps
-    # the scripted persons (measured: boxes 0.20 px, scores 9.5e-4, points 1.2 px apart)
+    # at 400×600 the one-pixel resize difference changes the random model's answer (figures in
+    # docs/models.md), so eager is no reference for served answers; ONNX (traced resize) keeps
+    # the scripted persons
     assert figures["coffee"]["scripted_vs_eager"] == "different persons"
     close = figures["coffee"]["onnx_vs_scripted"]
     assert close["persons"] == figures["coffee"]["scripted_persons"] and close["box"] <= 1 and close["point"] <= 2

@@ -202,12 +202,3 @@ def test_invocations_routing_fields_are_not_options():
 def test_a_class_name_shared_by_several_indices_selects_them_all():
     labels = ["background", "N/A", "cat", "N/A"]
     assert resolve(DETECTION, ARCHIVE, labels, {"classes": ["N/A", "cat"]}, {}).settings.classes == (1, 2, 3)
-
-
-def test_the_options_benchmark_measures_every_path(toy_detector):
-    from benchmarks.options import measure
-
-    result = measure(toy_detector, png(bright_box_scene(320, 240)[0]), rounds=2)
-    assert {"skip", "json", "json_options", "png", "jpeg"} <= set(result) and result["rounds"] == 2
-    assert all(result[name] > 0 for name in ("skip", "json", "json_options", "png", "jpeg"))
-    assert result["png_vs_skip"] == round(result["png"] / result["skip"], 3)

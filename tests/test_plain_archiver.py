@@ -207,7 +207,7 @@ def test_class_counts_of_the_detection_layouts():
 # -- end to end: the README's commands on a host without tsvision ------------------------------------
 @pytest.fixture(scope="module")
 def yolo_toys(tmp_path_factory) -> Path:
-    """Stand-ins for the README's YOLOv8n-seg and -pose exports (ultralytics takes ~20 s each): the
+    """Stand-ins for the README's YOLOv8n-seg and -pose exports (ultralytics' exports are slow): the
     toys of the same contracts, written by ``write_settings`` (settings, labels, model-config.yaml)."""
     root = tmp_path_factory.mktemp("plain_yolo_toys")
     toys = {

@@ -211,8 +211,8 @@ def test_measured_scripted_vs_eager_and_onnx(frcnn, tasks, photos):
     # a 512×512 photo resizes identically, so there scripted and eager agree exactly
     n_a, n_b, matched, box_diff, score_diff = figures["astronaut"]["scripted_vs_eager"]
     assert n_a == n_b == matched and box_diff <= 0.01 and score_diff <= 1e-4
-    # at 400×600 the one-pixel resize difference changes the random model's whole answer (measured:
-    # 17 scripted vs 8 eager detections, none matching), so eager is no reference for served answers
+    # at 400×600 the one-pixel resize difference changes the random model's whole answer (figures in
+    # docs/models.md), so eager is no reference for served answers
     n_a, n_b, matched, _, _ = figures["coffee"]["scripted_vs_eager"]
     assert matched < max(n_a, n_b)
     # ONNX (traced resize) stays close to the scripted model: every detection matched

@@ -144,7 +144,7 @@ def test_classification_weights_are_exported_and_answer_as_torchvision(offline, 
 
 def test_segmentation_weights_answer_as_torchvision(offline):
     """``resize_mode: shorter_side``, as the preset: the same masks on square and non-square photos
-    (with the old ``letterbox`` only 40-62% of the non-square photos' pixels agreed)."""
+    (with the old ``letterbox`` far fewer of the non-square photos' pixels agreed: docs/models.md)."""
     exportable, task = in_process("segmentation", "DEFAULT")
     assert exportable.random_weights is False and exportable.weights == str(SEGMENTATION)
     assert exportable.labels == SEGMENTATION.meta["categories"]

@@ -118,9 +118,8 @@ def condition_random_yolo(model: nn.Module, seed: int, size: int = 640) -> None:
     2. In the head's last class convolution of every scale, the logits of ``RANDOM_WEIGHTS_CLASSES``
        are rescaled to standard deviation ``LOGIT_SPREAD`` over the anchors of the calibration
        images (``tools/export/calibration.py``), scale by scale, and shifted so that the most responsive
-       image has ``CALIBRATION_KEEP`` anchors of each class above ``SCORE_THRESHOLD``. Measured on
-       yolov8n (seed 0): astronaut 5 boxes, camera 13, coffee/chelsea/rocket none; neighbouring
-       scores at least 0.002 apart. The other classes' weights are zeroed and their bias set
+       image has ``CALIBRATION_KEEP`` anchors of each class above ``SCORE_THRESHOLD`` (the boxes
+       this gives on scikit-image's photos: docs/models.md). The other classes' weights are zeroed and their bias set
        to -12 (sigmoid 6e-6), so ties and near-ties among untrained classes cannot decide anything.
     3. A pose head's keypoint convolutions (``cv4``) are standardised the same way, channel by
        channel: x and y offsets to standard deviation 1 (keypoints land within a few strides of

@@ -2,7 +2,7 @@
 (the soft masks as float lists in JSON, ``masks.tolist()``, as TorchServe's Mask R-CNN example and
 stock-handler-based services send them; pytorch/serve#769, #2849).
 
-    .venv/bin/python -m benchmarks.answer_sizes [--instances 20] [--width 1280] [--height 720]
+    .venv/bin/python -m benchmarks.studies.answer_sizes [--instances 20] [--width 1280] [--height 720]
 
 The masks are synthetic and seeded: ``instances`` ellipses of assorted sizes, each a Mask R-CNN-style
 soft mask (float32 in [0, 1], blurred edges, zero elsewhere) at the image size. Prints a markdown
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from typing import Callable, List, Tuple
 
 import numpy as np
@@ -46,7 +47,8 @@ def _best(function: Callable[[], object], repeat: int) -> Tuple[float, object]:
     return best * 1000, result
 
 
-def measure(instances: int = 20, width: int = 1280, height: int = 720, repeat: int = 3, threshold: float = 0.5) -> List[dict]:
+def measure(instances: int = 20, width: int = 1280, height: int = 720, repeat: int = 3,
+            threshold: float = 0.5) -> List[dict]:
     """One row per encoding: name, bytes, build ms, json.dumps ms."""
     masks, boxes = soft_masks(instances, width, height)
     base = [{"label": "person", "index": 1, "score": 0.9, "box": [round(float(v), 2) for v in box]} for box in boxes]
@@ -54,16 +56,21 @@ def measure(instances: int = 20, width: int = 1280, height: int = 720, repeat: i
     def ours(encode):
         return [{**entry, "mask": encode(mask[0] > threshold)} for entry, mask in zip(base, masks)]
 
+    def int_lists():
+        return [{**e, "mask": (m[0] > threshold).astype(np.uint8).tolist()} for e, m in zip(base, masks)]
+
+    def float_lists():
+        return {"boxes": boxes.tolist(), "masks": masks.tolist()}
+
     rows = []
     for name, build, times in (
-        ("tsvision RLE (default)", lambda: ours(encode_rle), repeat),
-        ("tsvision polygons", lambda: ours(polygons), repeat),
-        ("stock: thresholded 0/1 masks as int lists", lambda: [{**e, "mask": (m[0] > threshold).astype(np.uint8).tolist()}
-                                                               for e, m in zip(base, masks)], 1),
-        ("stock: soft masks as float lists (masks.tolist())", lambda: {"boxes": boxes.tolist(), "masks": masks.tolist()}, 1),
+        ("tsvision RLE (default)", partial(ours, encode_rle), repeat),
+        ("tsvision polygons", partial(ours, polygons), repeat),
+        ("stock: thresholded 0/1 masks as int lists", int_lists, 1),
+        ("stock: soft masks as float lists (masks.tolist())", float_lists, 1),
     ):
         build_ms, answer = _best(build, times)
-        dumps_ms, text = _best(lambda: json.dumps(answer), times)
+        dumps_ms, text = _best(partial(json.dumps, answer), times)
         rows.append({"answer": name, "bytes": len(text), "build_ms": build_ms, "dumps_ms": dumps_ms})
         del answer, text
     return rows
@@ -77,7 +84,8 @@ def table(rows: List[dict]) -> str:
         total = row["build_ms"] + row["dumps_ms"]
         size = f"{stock['bytes'] / row['bytes']:,.0f}× smaller" if row is not stock else "(reference)"
         speed = f"{(stock['build_ms'] + stock['dumps_ms']) / total:,.1f}× faster" if row is not stock else "(reference)"
-        lines.append(f"| {row['answer']} | {row['bytes']:,} | {size} | {row['build_ms']:,.1f} | {row['dumps_ms']:,.1f} | {speed} |")
+        lines.append(f"| {row['answer']} | {row['bytes']:,} | {size} | {row['build_ms']:,.1f} | "
+                     f"{row['dumps_ms']:,.1f} | {speed} |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Served JSON throughput of this checkout against an earlier commit's, side by side in one TorchServe.
 
-    python -m benchmarks.before_after [--ref 13e7cc7] [--tasks classification,segmentation,detection]
+    python -m benchmarks.studies.before_after [--ref 13e7cc7] [--tasks classification,segmentation,detection]
                                       [--backend onnx] [--connections 8] [--rounds 4] [--seconds 6]
 
 The same exported model file is archived twice with the same batch settings: by this checkout's
@@ -33,7 +33,7 @@ from benchmarks.photo import make_photo
 from benchmarks.warmup import warm_batch_sizes
 from tsvision.tools.serve.server import TorchServe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BEFORE_OPTIONS = "13e7cc7"  # main just before the merge of issue 16 (per-request options, pictures)
 
 
@@ -62,16 +62,18 @@ def build_before(source: Path, folder: Path, backend: str, name: str, store: Pat
     with tempfile.TemporaryDirectory(prefix="tsvision-before-settings-") as tmp:
         settings = Path(tmp) / "settings.json"
         settings.write_text(json.dumps(values))
-        done = subprocess.run([sys.executable, "-m", "tsvision.tools.archive", "--model", str(folder / MODEL_FILES[backend]),
+        done = subprocess.run([sys.executable, "-m", "tsvision.tools.archive", "--model",
+                               str(folder / MODEL_FILES[backend]),
                                "--settings", str(settings), "--labels", str(folder / "labels.json"), "--name", name,
-                               "--store", str(store.resolve()), "--batch-size", str(batch_size), "--max-batch-delay", str(delay)],
+                               "--store", str(store.resolve()), "--batch-size", str(batch_size), "--max-batch-delay",
+                               str(delay)],
                               env=env, cwd=source, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"the archive tool of {source} failed: {done.stderr.strip()[-2000:]}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.before_after", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.studies.before_after", description=__doc__.split("\n\n")[0])
     p.add_argument("--ref", default=BEFORE_OPTIONS, help="the earlier commit (default: before issue 16)")
     p.add_argument("--tasks", default="classification,segmentation,detection")
     p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
@@ -103,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         for task in tasks:
             folder = prepare_exports(task, args.exports)
             models[task] = {"before": f"{task}_before", "after": f"{task}_after"}
-            build_before(source, folder, args.backend, models[task]["before"], store, args.batch_size, args.max_batch_delay)
+            build_before(source, folder, args.backend, models[task]["before"], store, args.batch_size,
+                         args.max_batch_delay)
             build_ours(folder, args.backend, models[task]["after"], store, args.batch_size, args.max_batch_delay, 1)
     server = TorchServe(store, out / "torchserve")
     results = {}
@@ -114,11 +117,13 @@ def run(args: argparse.Namespace) -> int:
             urls = {side: f"{server.inference_url}/predictions/{name}" for side, name in models[task].items()}
             for url in urls.values():
                 warm_batch_sizes(url, photo, headers, args.batch_size, budget_s=20)
-            rates = alternating_rounds(urls, photo_path, headers, args.connections, args.seconds, args.warmup, args.rounds, task)
+            rates = alternating_rounds(urls, photo_path, headers, args.connections, args.seconds, args.warmup,
+                                       args.rounds, task)
             before, after = statistics.median(rates["before"]), statistics.median(rates["after"])
             results[task] = {"before_req_s": rates["before"], "after_req_s": rates["after"], "before_median": before,
                              "after_median": after, "after_vs_before": round(after / before, 3)}
-            print(f"{task:<15} before {before:7.1f} req/s  after {after:7.1f} req/s  after/before {after / before:.3f}  "
+            print(f"{task:<15} before {before:7.1f} req/s  after {after:7.1f} req/s  "
+                  f"after/before {after / before:.3f}  "
                   f"(rounds: {rates['before']} / {rates['after']})", flush=True)
     finally:
         server.stop()
