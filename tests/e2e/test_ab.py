@@ -25,32 +25,32 @@ from tsvision.tools.routing import main as routing_main
 from tsvision.tools.server import free_port
 
 pytestmark = pytest.mark.e2e
-from tests.conftest import AB_MODEL as MODEL
-from tests.conftest import AB_TOP_K as TOP_K
+from tests.helpers import AB_MODEL as MODEL
+from tests.helpers import AB_TOP_K as TOP_K
 
 
 @pytest.fixture(scope="module")
-def manage_args(ab_server):
-    return ["--management", ab_server.management_url, "--key-file", str(ab_server.workdir / "key_file.json")]
+def manage_args(served):
+    return ["--management", served.management_url, "--key-file", str(served.workdir / "key_file.json")]
 
 
 @pytest.fixture(scope="module")
-def management(ab_server):
-    return Management(ab_server.management_url, ab_server.workdir / "key_file.json")
+def management(served):
+    return Management(served.management_url, served.workdir / "key_file.json")
 
 
 @pytest.fixture(scope="module")
-def three_versions(ab_server, management):
+def three_versions(served, management):
     """3.0 registered too (the first test registers it; this makes any test runnable alone)."""
     if "3.0" not in {d["modelVersion"] for d in management.versions(MODEL)}:
-        management.register(f"{MODEL}-3.0.mar", store=ab_server.model_store)
-    return ab_server
+        management.register(f"{MODEL}-3.0.mar", store=served.model_store)
+    return served
 
 
 @pytest.fixture
-def router(ab_server, tmp_path):
+def router(served, tmp_path):
     """nginx + HAProxy on free loopback ports; both stopped by pid, also when the test fails."""
-    proxy = Router(tmp_path / "router", free_port(), ab_server.inference_url)
+    proxy = Router(tmp_path / "router", free_port(), served.inference_url)
     try:
         yield proxy
     finally:
@@ -91,10 +91,10 @@ def versions_for(keys, proxy, server, image, workers=8):
         return dict(zip(keys, pool.map(one, keys)))
 
 
-def test_versions_are_managed_and_the_default_is_set_explicitly(ab_server, manage_args, management, capsys):
+def test_versions_are_managed_and_the_default_is_set_explicitly(served, manage_args, management, capsys):
     assert manage_main(manage_args + ["set-default", MODEL, "1.0"]) == 0
     assert "default version is now 1.0 (verified)" in capsys.readouterr().out
-    assert manage_main(manage_args + ["register", f"{MODEL}-3.0.mar", "--store", str(ab_server.model_store)]) == 0
+    assert manage_main(manage_args + ["register", f"{MODEL}-3.0.mar", "--store", str(served.model_store)]) == 0
     assert manage_main(manage_args + ["scale", MODEL, "2.0", "2"]) == 0
     versions = {v["version"]: v for v in management.summary()[MODEL]}
     assert set(versions) == {"1.0", "2.0", "3.0"} and versions["1.0"]["default"]
@@ -107,13 +107,13 @@ def test_versions_are_managed_and_the_default_is_set_explicitly(ab_server, manag
     assert "promote another version first" in capsys.readouterr().err
 
 
-def test_sticky_90_10_split_over_2000_keys(ab_server, router, tiny_jpeg):
+def test_sticky_90_10_split_over_2000_keys(served, router, tiny_jpeg):
     router.start(routing({"1.0": 90, "2.0": 10}))
     keys = [f"user-{i}" for i in range(2000)]
-    first = versions_for(keys, router, ab_server, tiny_jpeg)
+    first = versions_for(keys, router, served, tiny_jpeg)
     share = sum(v == "2.0" for v in first.values()) / len(keys)
     assert abs(share - 0.10) <= 0.02, f"2.0 got {share:.1%} of keys"
-    again = versions_for(keys, router, ab_server, tiny_jpeg)
+    again = versions_for(keys, router, served, tiny_jpeg)
     assert again == first, "a key changed version"
     report = variant_report(router.access_log)
     assert report["2.0"]["requests"] == 2 * sum(v == "2.0" for v in first.values())
@@ -122,7 +122,7 @@ def test_sticky_90_10_split_over_2000_keys(ab_server, router, tiny_jpeg):
     assert report["1.0"]["p95_ms"] >= report["1.0"]["p50_ms"] > 0 and report["1.0"]["top_labels"]
 
 
-def test_no_token_gets_401_at_the_router_and_torchserve_refuses_bad_tokens(ab_server, router, tiny_jpeg):
+def test_no_token_gets_401_at_the_router_and_torchserve_refuses_bad_tokens(served, router, tiny_jpeg):
     router.start(routing({"1.0": 100}))
     url, image = f"{router.url}/predictions/{MODEL}", {"Content-Type": "image/jpeg"}
     for credentials in ({}, {"Authorization": "Basic dXNlcjpwdw=="}, {"Authorization": "Bearer "}):
@@ -131,15 +131,15 @@ def test_no_token_gets_401_at_the_router_and_torchserve_refuses_bad_tokens(ab_se
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
     wrong = requests.post(url, data=tiny_jpeg, headers={**image, "Authorization": "Bearer not-the-key"}, timeout=30)
     assert wrong.status_code == 400 and wrong.json()["type"] == "InvalidKeyException"  # TorchServe's own check
-    assert requests.post(url, data=tiny_jpeg, headers={**image, **ab_server.headers()}, timeout=30).status_code == 200
+    assert requests.post(url, data=tiny_jpeg, headers={**image, **served.headers()}, timeout=30).status_code == 200
     # The router behind nginx (loopback only) refuses a missing token too, and routes nothing else.
     behind = f"{router.haproxy.url}/predictions/{MODEL}"
     assert requests.post(behind, data=tiny_jpeg, headers=image, timeout=30).status_code == 401
     assert requests.post(f"{router.haproxy.url}/models", timeout=30).status_code == 404
     assert requests.get(f"{router.url}/_ab/route", timeout=30).status_code == 404  # not exposed through nginx
     # TorchServe itself (loopback only) refuses a missing token on both APIs, with 400.
-    direct = [requests.post(f"{ab_server.inference_url}/predictions/{MODEL}", data=tiny_jpeg, headers=image, timeout=30),
-              requests.get(f"{ab_server.management_url}/models", timeout=30)]
+    direct = [requests.post(f"{served.inference_url}/predictions/{MODEL}", data=tiny_jpeg, headers=image, timeout=30),
+              requests.get(f"{served.management_url}/models", timeout=30)]
     assert [(r.status_code, r.json()["type"]) for r in direct] == [(400, "InvalidKeyException")] * 2
 
 
@@ -284,11 +284,11 @@ def test_the_live_split_is_persisted_and_the_routing_file_applies_it(three_versi
 
 
 def test_shadow_gets_a_copy_of_every_request_and_clients_only_see_the_primary(three_versions, router, tiny_jpeg):
-    ab_server = three_versions
+    served = three_versions
     router.start(routing({"1.0": 100}, shadow="3.0"))
-    metrics = f"{ab_server.metrics_url}/metrics"
+    metrics = f"{served.metrics_url}/metrics"
     before = served_by_version(requests.get(metrics, timeout=10).text, MODEL).get("3.0", 0)
-    answers = versions_for([f"shadowed-{i}" for i in range(300)], router, ab_server, tiny_jpeg)
+    answers = versions_for([f"shadowed-{i}" for i in range(300)], router, served, tiny_jpeg)
     assert set(answers.values()) == {"1.0"}  # and versions_for checked every answer has 1.0's top-k
     deadline, copies = time.time() + 20, 0.0
     while time.time() < deadline:
@@ -299,9 +299,9 @@ def test_shadow_gets_a_copy_of_every_request_and_clients_only_see_the_primary(th
     assert copies >= 0.99 * 300, f"the shadow received {copies:.0f} of 300 copies"
 
 
-def test_promote_and_roll_back_move_unversioned_requests(ab_server, manage_args, tiny_jpeg):
+def test_promote_and_roll_back_move_unversioned_requests(served, manage_args, tiny_jpeg):
     def unversioned_top_k():
-        return len(ab_server.predict(MODEL, tiny_jpeg, content_type="image/jpeg").json())
+        return len(served.predict(MODEL, tiny_jpeg, content_type="image/jpeg").json())
 
     assert manage_main(manage_args + ["set-default", MODEL, "1.0"]) == 0 and unversioned_top_k() == 5
     assert manage_main(manage_args + ["promote", MODEL, "2.0"]) == 0 and unversioned_top_k() == 3

@@ -39,7 +39,7 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.conftest import TASKS, jpeg
+from tests.helpers import TASKS, jpeg
 from tests.instance_toys import BrightMaskYoloSeg
 from tests.keypoint_toys import TOY_KEYPOINT_NAMES, TOY_SKELETON, BrightRectanglePose
 from tsvision.serving.tasks.base import LabelCountError

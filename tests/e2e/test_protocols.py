@@ -16,7 +16,7 @@ from tsvision.tools.oip_gateway import OipGateway
 from tsvision.tools.predict import main as predict_main
 from tsvision.tools.predict import predict_oip_rest, predict_rest
 from tsvision.tools.server import free_port
-from tests.conftest import AB_MODEL, BACKENDS, TASKS, jpeg
+from tests.helpers import AB_MODEL, BACKENDS, TASKS, jpeg
 
 pytestmark = pytest.mark.e2e
 MODELS = [f"{task}_{backend}" for task in TASKS for backend in BACKENDS]
@@ -143,11 +143,11 @@ def test_a_10_mb_image_over_grpc_and_the_limit(served, grpc_client):
         grpc_client.inference.Predictions(raw, metadata=grpc_client._metadata["inference"], timeout=60)
 
 
-def test_management_over_grpc(ab_server, exports, photos):
-    client = client_for(ab_server)
+def test_management_over_grpc(served, exports, photos):
+    client = client_for(served)
     assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
                          str(exports / "classification" / "settings.json"), "--name", AB_MODEL, "--version", "4.0",
-                         "--archive-file", f"{AB_MODEL}-4.0", "--store", str(ab_server.model_store), "--set", "top_k=2"]) == 0
+                         "--archive-file", f"{AB_MODEL}-4.0", "--store", str(served.model_store), "--set", "top_k=2"]) == 0
     data = jpeg(photos["chelsea"])
     try:
         client.register(f"{AB_MODEL}-4.0.mar")

@@ -26,7 +26,7 @@ from benchmarks.lock import heavy_run
 from tsvision.tools.archive import main as archive_main
 from tsvision.tools.manage import Management
 from tsvision.tools.server import DEVELOPMENT_PROFILE, TorchServe
-from tests.conftest import jpeg
+from tests.helpers import jpeg
 
 pytestmark = pytest.mark.e2e
 MODEL = "rel_classifier"

@@ -1,20 +1,19 @@
-"""End to end against a real TorchServe (started once per session on free loopback ports)."""
+"""End to end against the run's one real TorchServe (tests/e2e/conftest.py, free loopback ports)."""
 
 from __future__ import annotations
 
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import psutil
 import pytest
 
 from tsvision.serving.tasks.segmentation import decode_png
+from tsvision.tools.manage import Management, ManagementError
 from tsvision.tools.server import TorchServe
 from tests.checks import (assert_same_classification, assert_same_detections, check_classification, check_detection,
                           check_segmentation, mask_agreement)
-from tests.conftest import png, BACKENDS, TASKS, jpeg, load_task
+from tests.helpers import AB_MODEL, BACKENDS, TASKS, all_at_once, jpeg, load_task, png
 from tests.scenes import GEOMETRY_SIZES, bright_box_scene, colour_scene
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +30,7 @@ def ask(served: TorchServe, model: str, data: bytes):
 
 def test_all_archives_are_ready(served):
     names = {m["modelName"] for m in served.list_models()}
-    assert names == set(DEFAULT_MODELS + TOY_MODELS + ["classification_batched", "person_counter", "cat_counter"])
+    assert names == set(DEFAULT_MODELS + TOY_MODELS + ["classification_batched", "person_counter", "cat_counter", AB_MODEL])
     for name in names:
         workers = served.describe(name)[0]["workers"]
         assert workers and all(w["status"] == "READY" for w in workers)
@@ -85,16 +84,12 @@ def test_toy_geometry_through_torchserve(served, backend):
 
 def send_together(served: TorchServe, model: str, items: list) -> list:
     """Post all items at the same instant from separate threads; return (json, batch size)."""
-    barrier = threading.Barrier(len(items))
-
     def post(data):
-        barrier.wait()
         response = served.predict(model, data)
         assert response.status_code == 200, response.text
         return response.json(), int(response.headers["X-Batch-Size"])
 
-    with ThreadPoolExecutor(len(items)) as pool:
-        return list(pool.map(post, items))
+    return all_at_once(post, items)
 
 
 @pytest.mark.parametrize("model", ["classification_onnx", "segmentation_torchscript", "detection_onnx", "toy_detection_onnx"])
@@ -126,11 +121,18 @@ def test_bad_input_gets_a_json_error_and_the_worker_survives(served, photos):
     assert served.worker_pids("classification_onnx") == pids
 
 
-def test_torchserve_is_stopped_by_pid_even_when_the_test_fails(model_store, tmp_path):
+def test_torchserve_is_stopped_by_pid_even_when_the_test_fails_and_the_serving_profile_refuses_registration(
+        model_store, tmp_path):
+    """A server of its own: this test stops it, and it runs the shipped serving profile (the run's
+    server has registration on). Two checks once the server is up: registration is refused (the
+    serving profile), and the server is stopped by pid when the block fails."""
     server = TorchServe(model_store, tmp_path, models="toy_segmentation_onnx.mar")
     processes = []
     with pytest.raises(RuntimeError, match="a failing test"):
         with server:
+            management = Management(server.management_url, server.workdir / "key_file.json")
+            with pytest.raises(ManagementError, match="model API is off"):
+                management.register("toy_detection_onnx.mar", store=model_store)
             frontend = psutil.Process(server.pid)
             processes = [frontend] + frontend.children(recursive=True)
             assert len(processes) >= 2, "frontend and at least one worker"

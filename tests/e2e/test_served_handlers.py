@@ -8,7 +8,7 @@ import json
 import pytest
 import requests
 
-from tests.conftest import jpeg
+from tests.helpers import jpeg
 from tests.scenes import bright_box_scene
 
 pytestmark = pytest.mark.e2e

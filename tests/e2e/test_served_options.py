@@ -14,7 +14,7 @@ import requests
 from PIL import Image
 
 from tsvision.serving.drawing import box_colour, voc_palette
-from tests.conftest import jpeg, png
+from tests.helpers import jpeg, png
 from tests.scenes import bright_box_scene, colour_scene
 
 pytestmark = pytest.mark.e2e

@@ -39,7 +39,7 @@ pytest.importorskip("ultralytics")
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.utils import ROOT  # noqa: E402
 
-from tests.conftest import jpeg, png  # noqa: E402
+from tests.helpers import jpeg, png  # noqa: E402
 from tests.scenes import OBJECT_PHOTOS, sized_photos  # noqa: E402
 from tsvision.serving.tasks import load_export  # noqa: E402
 from tsvision.tools.archive import main as archive_main  # noqa: E402

@@ -13,7 +13,7 @@ import zipfile
 import skimage.data
 from PIL import Image
 
-from tests.conftest import png
+from tests.helpers import png
 from tsvision.tools.archive import main as archive_main
 
 WORKER = r'''

@@ -19,7 +19,7 @@ from tsvision.serving.tasks.detection_formats import guess_format
 from tsvision.tools.architectures import Exportable
 from tsvision.tools.archive import main as archive_main
 from tsvision.tools.export import export_files
-from tests.conftest import BACKENDS, png
+from tests.helpers import BACKENDS, png
 from tests.scenes import bright_box_scene
 from tests.toy_models import TOY_FORMAT_LABELS, BrightestBoxInFormat
 

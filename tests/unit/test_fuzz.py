@@ -16,7 +16,7 @@ from tsvision.serving.errors import RequestError
 from tsvision.serving.images import decode_image
 from tsvision.serving.service import answer_requests
 from tests.checks import check_classification
-from tests.conftest import load_task
+from tests.helpers import load_task
 from tests.corpus import encode, photo
 from tests.fuzz_cases import FORMATS, KINDS, SIZE, FuzzCase, build_fuzz_cases, truncated_photo_jpeg, valid_file
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TOY_SETTINGS, jpeg, png
+from tests.helpers import TOY_SETTINGS, jpeg, png
 from tests.scenes import bright_box_scene
 from tsvision.serving import ImageClassifier, ObjectDetector
 from tsvision.serving.runtimes import load_runtime, pick_device

@@ -11,7 +11,7 @@ from PIL import Image
 
 from tsvision.serving.service import answer_requests
 from tests.checks import check_classification
-from tests.conftest import jpeg, load_task
+from tests.helpers import jpeg, load_task
 from tests.corpus import build_corpus, encode, photo, with_orientation
 from tests.scenes import bright_box_scene
 

@@ -17,7 +17,7 @@ from tsvision.serving.payloads import parse_request
 from tsvision.serving.service import answer_requests
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask
-from tests.conftest import jpeg, load_task, png
+from tests.helpers import jpeg, load_task, png
 from tests.scenes import bright_box_scene, colour_scene
 from tsvision.serving.tasks.segmentation import class_mask, decode_png
 

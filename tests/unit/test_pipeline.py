@@ -11,7 +11,7 @@ from tsvision.serving.service import answer_requests
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
 from tests.checks import assert_same_answer, assert_same_classification
-from tests.conftest import jpeg, load_task
+from tests.helpers import jpeg, load_task
 from tests.test_fixed_batch import SETTINGS as TINY_SETTINGS, TinyClassifier
 
 MICRO = 2

@@ -16,7 +16,7 @@ from tsvision.serving.geometry import Placement, fit_square, normalize, resize_c
 from tsvision.serving.images import decode_image
 from tsvision.serving.payloads import STREAM_FIELD, format_response, is_stream, parse_request
 from tsvision.serving.settings import Settings, load_labels
-from tests.conftest import jpeg
+from tests.helpers import jpeg
 from tests.corpus import png_declaring, with_orientation
 
 

@@ -19,7 +19,7 @@ from tsvision.serving.geometry import Placement
 from tsvision.serving.tasks.segmentation import upsample_argmax
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
-from tests.conftest import TOY_SETTINGS, jpeg, load_task
+from tests.helpers import TOY_SETTINGS, jpeg, load_task
 from tests.scenes import colour_scene
 from tests.toy_models import TOY_SEGMENTATION_LABELS, ColourSegmenter
 

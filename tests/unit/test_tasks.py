@@ -10,7 +10,7 @@ from tsvision.serving.errors import RequestError
 from tsvision.serving.tasks.segmentation import decode_png
 from tests.checks import (assert_same_answer, assert_same_classification, assert_same_detections, check_classification, check_detection,
                           check_segmentation, mask_agreement)
-from tests.conftest import BACKENDS, jpeg, load_task
+from tests.helpers import BACKENDS, jpeg, load_task
 from tests.scenes import GEOMETRY_SIZES, bright_box_scene, colour_scene
 
 
