@@ -6,8 +6,11 @@ The one TorchServe of the run is in tests/e2e/conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Dict
@@ -16,12 +19,18 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import TASKS, TOY_INPUT_SIZE, TOY_SETTINGS, photo
 from tests import keypoint_checks
+from tests.helpers import FORMAT_OUTPUTS, FORMAT_SIZE, TASKS, TOY_INPUT_SIZE, TOY_SETTINGS, photo
 from tests.instance_toys import TOY_INSTANCE_LABELS, BrightMaskRCNN, BrightMaskYoloSeg
 from tests.keypoint_toys import BrightRectangleKeypointRCNN, BrightRectanglePose, OneImage
-from tests.toy_models import (TOY_DETECTION_LABELS, TOY_FORMAT_LABELS, TOY_SEGMENTATION_LABELS, BrightestBoxDetector,
-                              BrightestBoxInFormat, ColourSegmenter)
+from tests.toy_models import (
+    TOY_DETECTION_LABELS,
+    TOY_FORMAT_LABELS,
+    TOY_SEGMENTATION_LABELS,
+    BrightestBoxDetector,
+    BrightestBoxInFormat,
+    ColourSegmenter,
+)
 from tsvision.serving.settings import Settings
 from tsvision.tools.architectures import Exportable, build_exportable
 from tsvision.tools.export import export_files, write_settings
@@ -72,11 +81,6 @@ def toy_exports(tmp_path_factory) -> Path:
         assert report["ok"], report
         (root / task / "labels.json").write_text(json.dumps(labels))
     return root
-
-
-FORMAT_SIZE = 640  # 1280×720 -> scale 1/2: one input pixel is two original pixels
-FORMAT_OUTPUTS = {"yolov8": ["output0"], "yolov5": ["output0"], "yolo_nms": ["output0"], "rtdetr": ["output0"],
-                  "detr": ["pred_logits", "pred_boxes"]}
 
 
 @pytest.fixture(scope="session")
@@ -203,3 +207,18 @@ def yolo_seg(tmp_path_factory) -> Path:
     assert report["ok"] and report["task"] == "instance_segmentation" and report["detection_format"] == "yolov8_seg"
     return folder
 
+
+@pytest.fixture(scope="session")
+def yolov8n(tmp_path_factory) -> Path:
+    """``tsvision export --arch yolov8n``: ultralytics' own ONNX exporter, random conditioned weights; its log is quiet."""
+    pytest.importorskip("ultralytics")
+    from tsvision.tools.export import main as export_main
+
+    folder = tmp_path_factory.mktemp("yolov8n")
+    started = time.time()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert export_main(["--task", "detection", "--arch", "yolov8n", "--out", str(folder)]) == 0
+    print(f"\nexport: {time.time() - started:.1f} s; stdout:\n{out.getvalue()}")
+    assert "Ultralytics" not in out.getvalue() and "Results saved" not in out.getvalue()  # its log is quiet
+    return folder

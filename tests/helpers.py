@@ -61,6 +61,12 @@ TOY_SETTINGS = {
                   "score_threshold": 0.5, "resize_mode": "letterbox"},
     "segmentation": {"input_size": TOY_INPUT_SIZE, "mean": [0, 0, 0], "std": [1, 1, 1], "resize_mode": "stretch"},
 }
+FORMAT_SIZE = 640  # the detector-layout toys' input: 1280×720 -> scale 1/2, one input pixel is two original pixels
+FORMAT_OUTPUTS = {"yolov8": ["output0"], "yolov5": ["output0"], "yolo_nms": ["output0"], "rtdetr": ["output0"],
+                  "detr": ["pred_logits", "pred_boxes"]}
+# What a user sets for each family's toy (the rest are the format's defaults).
+FORMAT_SETTINGS = {fmt: {"input_size": FORMAT_SIZE, "score_threshold": 0.5} for fmt in FORMAT_OUTPUTS}
+FORMAT_SETTINGS["detr"].update(mean=[0, 0, 0], std=[1, 1, 1])  # the toy thresholds raw pixels in [0, 1]
 
 
 def load_task(folder: Path, backend: str, **overrides):

@@ -10,12 +10,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
-
 import pytest
 import requests
 import yaml
 from PIL import Image
 
+from tests.helpers import AB_MODEL as MODEL
+from tests.helpers import AB_TOP_K as TOP_K
 from tsvision.tools.manage import Management
 from tsvision.tools.manage import main as manage_main
 from tsvision.tools.proxy import Router
@@ -25,8 +26,6 @@ from tsvision.tools.routing import main as routing_main
 from tsvision.tools.server import free_port
 
 pytestmark = pytest.mark.e2e
-from tests.helpers import AB_MODEL as MODEL
-from tests.helpers import AB_TOP_K as TOP_K
 
 
 @pytest.fixture(scope="module")

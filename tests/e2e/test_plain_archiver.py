@@ -39,7 +39,7 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.helpers import TASKS, jpeg
+from tests.helpers import REPO, TASKS, jpeg
 from tests.instance_toys import BrightMaskYoloSeg
 from tests.keypoint_toys import TOY_KEYPOINT_NAMES, TOY_SKELETON, BrightRectanglePose
 from tsvision.serving.tasks.base import LabelCountError
@@ -52,7 +52,7 @@ from tsvision.tools.local import LocalWorker, load_handler_class
 from tsvision.tools.processes import stop_tree
 from tsvision.tools.server import TorchServe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 SECTION = "With torch-model-archiver and torchserve directly"
 HANDLERS = ROOT / "handlers"
 CLASSIFIER = HANDLERS / "image_classifier.py"

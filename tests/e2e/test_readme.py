@@ -26,9 +26,10 @@ from PIL import Image
 
 from examples.demo import keep_running_help
 from tests.checks import check_detection
+from tests.helpers import REPO
 from tsvision.tools.server import REPO_CONFIG, TorchServe, free_port
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = REPO / "README.md"
 START_SECTIONS = ("Starting TorchServe",)
 REQUEST_SECTIONS = ("Sending requests", "Per-request options", "Pictures")
 SHIPPED_PORTS = ("8080", "8081", "8082", "7070", "7071", "9000")  # the listeners and initial_worker_port

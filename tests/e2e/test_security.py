@@ -10,12 +10,12 @@ import grpc
 import pytest
 import requests
 
+from tests.helpers import AB_MODEL, jpeg
 from tsvision.tools import predict
 from tsvision.tools.grpc_client import GrpcClient
 from tsvision.tools.manage import Management, ManagementError
 from tsvision.tools.manage import main as manage_main
 from tsvision.tools.server import TorchServe, free_port
-from tests.helpers import AB_MODEL, jpeg
 
 pytestmark = pytest.mark.e2e
 

@@ -8,13 +8,19 @@ import numpy as np
 import psutil
 import pytest
 
+from tests.checks import (
+    assert_same_classification,
+    assert_same_detections,
+    check_classification,
+    check_detection,
+    check_segmentation,
+    mask_agreement,
+)
+from tests.helpers import AB_MODEL, BACKENDS, TASKS, all_at_once, jpeg, load_task, png
+from tests.scenes import GEOMETRY_SIZES, bright_box_scene, colour_scene
 from tsvision.serving.tasks.segmentation import decode_png
 from tsvision.tools.manage import Management, ManagementError
 from tsvision.tools.server import TorchServe
-from tests.checks import (assert_same_classification, assert_same_detections, check_classification, check_detection,
-                          check_segmentation, mask_agreement)
-from tests.helpers import AB_MODEL, BACKENDS, TASKS, all_at_once, jpeg, load_task, png
-from tests.scenes import GEOMETRY_SIZES, bright_box_scene, colour_scene
 
 pytestmark = pytest.mark.e2e
 DEFAULT_MODELS = [f"{task}_{backend}" for task in TASKS for backend in BACKENDS]

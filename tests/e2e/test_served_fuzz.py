@@ -13,10 +13,10 @@ from typing import List, Tuple
 import pytest
 import requests
 
-from tsvision.serving.errors import RequestError
-from tsvision.serving.images import DEFAULT_MAX_PIXELS, decode_image
 from tests.corpus import encode, photo
 from tests.fuzz_cases import FORMATS, KINDS, FuzzCase, build_fuzz_cases, truncated_photo_jpeg
+from tsvision.serving.errors import RequestError
+from tsvision.serving.images import DEFAULT_MAX_PIXELS, decode_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::UserWarning:PIL")]
 MODEL = "classification_batched"  # batch size 8, batch delay 300 ms, the default max_pixels

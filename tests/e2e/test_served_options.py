@@ -13,9 +13,9 @@ import pytest
 import requests
 from PIL import Image
 
-from tsvision.serving.drawing import box_colour, voc_palette
 from tests.helpers import jpeg, png
 from tests.scenes import bright_box_scene, colour_scene
+from tsvision.serving.drawing import box_colour, voc_palette
 
 pytestmark = pytest.mark.e2e
 BATCHED = "classification_batched"  # batch size 8, batch delay 300 ms

@@ -9,7 +9,9 @@ import json
 
 import numpy as np
 import pytest
+import skimage.data
 import torch
+from PIL import Image
 
 from tests.helpers import png
 from tests.instance_checks import (

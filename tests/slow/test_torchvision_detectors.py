@@ -1,5 +1,5 @@
-"""Whole torchvision detectors (``detection_format: torchvision``): export, the task in-process, and
-one live TorchServe.
+"""Whole torchvision detectors (``detection_format: torchvision``): export and the task in-process
+(exported once per session: tests/conftest.py; served: tests/e2e/test_served_detectors.py).
 
 The reference is always the archived model file itself, called directly on the same decoded
 image: ``torch.jit.load`` for model.pt, an ONNX Runtime session for model.onnx. The eager model
@@ -9,9 +9,7 @@ docs/models.md.
 
 from __future__ import annotations
 
-import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,50 +18,18 @@ import torch
 from PIL import Image
 
 from tests.checks import assert_same_detections, check_detection
+from tests.detector_checks import answers_of, direct
+from tests.helpers import png
 from tsvision.serving.tasks import load_export
 from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask, to_chw_float
-from tsvision.tools.architectures import build_exportable
-from tsvision.tools.export import export_files, write_settings
 
-ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
-# torchvision's RetinaNet, resizing to 320 (its default 800 costs 460 GFLOPs an image on 2 cores)
-RETINANET, RETINANET_ARGS = "retinanet_resnet50_fpn", {"min_size": 320, "max_size": 480}
 BACKENDS = {"torchscript": "model.pt", "onnx": "model.onnx"}
 PHOTOS = ("astronaut", "coffee")  # 512×512 and 400×600
-SERVED_PHOTOS = ("astronaut", "coffee", "rocket")  # the random RetinaNet finds boxes on the rocket only
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
 def photos():
     return {name: Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in PHOTOS}
-
-
-@pytest.fixture(scope="module")
-def frcnn(tmp_path_factory):
-    """The smallest Faster R-CNN, random conditioned weights, exported by the export code."""
-    folder = tmp_path_factory.mktemp("frcnn")
-    exportable = build_exportable("detection", ARCH)
-    write_settings(exportable, folder, {})
-    report = export_files(exportable, folder)
-    return folder, exportable, report
-
-
-@pytest.fixture(scope="module")
-def retinanet(tmp_path_factory):
-    """torchvision's RetinaNet at min_size 320, random conditioned weights, exported by the export code."""
-    folder = tmp_path_factory.mktemp("retinanet")
-    exportable = build_exportable("detection", RETINANET, model_args=RETINANET_ARGS)
-    write_settings(exportable, folder, {})
-    report = export_files(exportable, folder)
-    assert report["ok"] and report["files"] == ["model.pt", "model.onnx"], report
-    assert report["parity_detections"] >= 1, report
-    return folder, exportable, report
 
 
 @pytest.fixture(scope="module")
@@ -73,31 +39,6 @@ def tasks(frcnn):
     yield loaded
     for task in loaded.values():
         task.close()
-
-
-def answers_of(boxes, labels, scores, settings, labels_list, size):
-    """What a detection answer must be, from raw model outputs (independent of the task's code)."""
-    width, height = size
-    rows = [(float(s), int(c), b) for b, c, s in zip(np.asarray(boxes), np.asarray(labels), np.asarray(scores))
-            if s > settings["score_threshold"] and c != settings["background_index"]]
-    rows.sort(key=lambda row: -row[0])
-    return [{"label": labels_list[c], "index": c, "score": s,
-             "box": [round(float(v), 2) for v in np.clip(b, 0, [width, height, width, height])]}
-            for s, c, b in rows[: settings["max_detections"]]]
-
-
-def direct(folder: Path, backend: str, image: Image.Image):
-    """The archived model file called directly on the decoded image: boxes, labels, scores."""
-    array = to_chw_float(np.asarray(image))
-    if backend == "torchscript":
-        module = torch.jit.load(str(folder / "model.pt")).eval()
-        with torch.no_grad():
-            _, found = module([torch.from_numpy(array)])
-        return [found[0][k].numpy() for k in ("boxes", "labels", "scores")]
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    return session.run(["boxes", "labels", "scores"], {"images": array})
 
 
 def matched_difference(a: list, b: list):
@@ -134,8 +75,9 @@ def test_export_report_and_settings(frcnn):
 def test_archive_recognises_a_whole_detector(frcnn, backend, tmp_path, capsys):
     """A user's own scripted (or one-image ONNX) torchvision detector archived with just
     ``--task detection`` and its labels: the archive tool recognises the format."""
-    import yaml
     import zipfile
+
+    import yaml
 
     from tsvision.tools.archive import main as archive_main
 
@@ -222,55 +164,3 @@ def test_measured_scripted_vs_eager_and_onnx(frcnn, tasks, photos):
     # one call with both sizes pads the 320×320 astronaut to 320×480: its answer changes, which is
     # why the task calls the model per group of equally sized images
     assert not figures["astronaut"]["one_call_mixed_equals_alone"]
-
-
-@pytest.mark.e2e
-def test_served_equals_archived_model(frcnn, retinanet, tmp_path):
-    """Served Faster R-CNN (TorchScript) and RetinaNet (ONNX) equal (1) the archived model file
-    called directly on the same decoded image and (2) the task in-process. (Each detector on one
-    backend: the runtimes are the in-process tests' own code, which check both backends; serving
-    four of these models made this the suite's slowest test.)
-
-    Both sides run torch with one intra-op thread: measured here, the random scripted Faster
-    R-CNN answers coffee differently at 1 and 2 threads (its near-tied low scores reorder), so the
-    comparison pins the thread count rather than depending on what the worker gets."""
-    from tsvision.tools.archive import main as archive_main
-    from tsvision.tools.server import TorchServe
-
-    photos = {name: Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in SERVED_PHOTOS}
-    detectors = {"frcnn": frcnn, "retinanet": retinanet}
-    store = tmp_path / "store"
-    backend_of = {"frcnn": "torchscript", "retinanet": "onnx"}
-    for name, (folder, _, _) in detectors.items():
-        backend = backend_of[name]
-        assert archive_main(["--model", str(folder / BACKENDS[backend]), "--settings", str(folder / "settings.json"),
-                             "--name", f"{name}_{backend}", "--store", str(store), "--set", "threads=1"]) == 0
-    threads = torch.get_num_threads()
-    tasks = {(name, backend_of[name]): load_export(folder, BACKENDS[backend_of[name]], threads=1)
-             for name, (folder, _, _) in detectors.items()}
-    for archive in sorted(store.glob("*.mar")):
-        print(f"\n{archive.name}: {archive.stat().st_size / 1e6:.1f} MB")
-    server = TorchServe(store, tmp_path / "torchserve")
-    found = {name: 0 for name in detectors}
-    try:
-        server.start(timeout=300)
-        for (name, backend), task in tasks.items():
-            folder, exportable, _ = detectors[name]
-            settings = task.settings.to_mapping()
-            for photo, image in photos.items():
-                response = server.predict(f"{name}_{backend}", png(image), content_type="image/png")
-                assert response.status_code == 200, response.text
-                served = response.json()
-                expected = answers_of(*direct(folder, backend, image), settings, exportable.labels, image.size)
-                assert_same_detections(served, expected)
-                assert [d["index"] for d in served] == [d["index"] for d in expected]
-                in_process = task.run([png(image)])[0]
-                assert_same_detections(served, in_process, box_tol=0.01, score_tol=1e-5)
-                found[name] += len(served)
-                print(f"{name} {backend} {photo}: {len(served)} detections, scores {[round(d['score'], 3) for d in served]}")
-    finally:
-        server.stop()
-        for task in tasks.values():
-            task.close()
-        torch.set_num_threads(threads)
-    assert all(found.values()), found  # the comparisons were not all between empty answers

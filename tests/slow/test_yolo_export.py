@@ -1,7 +1,7 @@
 """YOLOv8n end to end against ultralytics itself: ``tsvision export --arch yolov8n`` (ultralytics' own
 ONNX exporter, random weights conditioned by ``condition_random_yolo`` so that classes 0, 2 and 16
 give a few well-separated boxes), ``tsvision archive --task detection`` (format, size and names
-from the ONNX metadata), the task in-process and one real TorchServe, each compared with
+from the ONNX metadata), the task in-process (served: tests/e2e/test_served_detectors.py), each compared with
 ultralytics' own predictor, ``YOLO(model.onnx).predict``, on the same decoded pixels and thresholds.
 
 Compared answers must be equal within the issue's tolerances: the same classes in the same order
@@ -22,68 +22,48 @@ import contextlib
 import io
 import json
 import os
-import time
 import zipfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 import pytest
-import skimage.data
 import yaml
-from PIL import Image, ImageOps
+from PIL import Image
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 pytest.importorskip("ultralytics")
 
 from ultralytics import YOLO  # noqa: E402
-from ultralytics.utils import ROOT  # noqa: E402
 
-from tests.helpers import jpeg, png  # noqa: E402
-from tests.scenes import OBJECT_PHOTOS, sized_photos  # noqa: E402
+from tests.helpers import photo, png  # noqa: E402
+from tests.yolo_checks import (  # noqa: E402
+    COCO_NAMES,
+    CONF,
+    IOU,
+    MAX_DET,
+    MAX_NMS,
+    RESAMPLED,
+    SAME_AS_ULTRALYTICS,
+    UNRESAMPLED,
+    as_answer,
+    assert_equal_answers,
+    ultralytics_direct,
+    yolo_images,
+)
 from tsvision.serving.tasks import load_export  # noqa: E402
 from tsvision.tools.archive import main as archive_main  # noqa: E402
 from tsvision.tools.export import main as export_main  # noqa: E402
 
-# ultralytics' predictor defaults (cfg/default.yaml; Model.predict sets conf 0.25): conf, iou, max_det.
-# Its non_max_suppression also keeps at most max_nms=30000 candidates before NMS.
-CONF, IOU, MAX_DET, MAX_NMS = 0.25, 0.7, 300, 30000
-SAME_AS_ULTRALYTICS = {"max_detections": MAX_DET, "pre_nms_top_k": MAX_NMS}  # tsvision's defaults: 100, 1000
-BOX_TOL, SCORE_TOL = 0.01, 1e-4  # issue 24's parity (tsvision rounds boxes to 0.01 px)
 
-
-def photo(name: str, side: int = 0) -> Image.Image:
-    image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-    return image.resize((side, side), Image.BILINEAR) if side else image
+@pytest.fixture(scope="module")
+def exported(yolov8n) -> Path:
+    return yolov8n
 
 
 @pytest.fixture(scope="module")
 def images() -> Dict[str, Image.Image]:
-    """Test images built once from scikit-image photos: the two photos the conditioned model answers
-    scaled to 640, a wide and a tall crop (no resize on either side), and the photos at 1280×720,
-    333×777 and 900×420 that must be resampled (tests/scenes.py ``OBJECT_PHOTOS``)."""
-    immuno = photo("immunohistochemistry", 640)
-    wide, tall = immuno.crop((0, 280, 640, 640)), immuno.crop((0, 0, 274, 640))
-    return {"astronaut": photo("astronaut", 640), "camera": photo("camera", 640),
-            "wide 640x360": wide, "tall 274x640": tall, **sized_photos(OBJECT_PHOTOS)}
-
-
-# COCO's names from ultralytics' own dataset file (what its pretrained YOLOv8n says), read here independently
-COCO_NAMES = [yaml.safe_load((ROOT / "cfg" / "datasets" / "coco.yaml").read_text())["names"][i] for i in range(80)]
-UNRESAMPLED = ("astronaut", "camera", "wide 640x360", "tall 274x640")
-RESAMPLED = ("1280x720", "333x777", "900x420")
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("yolov8n")
-    started = time.time()
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert export_main(["--task", "detection", "--arch", "yolov8n", "--out", str(folder)]) == 0
-    print(f"\nexport: {time.time() - started:.1f} s; stdout:\n{out.getvalue()}")
-    assert "Ultralytics" not in out.getvalue() and "Results saved" not in out.getvalue()  # its log is quiet
-    return folder
+    return yolo_images()
 
 
 @pytest.fixture(scope="module")
@@ -107,38 +87,6 @@ def archived(exported, tmp_path_factory):
         code = archive_main(["--model", str(exported / "model.onnx"), "--task", "detection", "--name", "yolov8n",
                              "--store", str(store), "--set", f"max_detections={MAX_DET}", "--set", f"pre_nms_top_k={MAX_NMS}"])
     return store, code, out.getvalue()
-
-
-def as_answer(classes, scores, boxes) -> List[dict]:
-    return [{"index": int(c), "score": float(s), "box": [float(v) for v in b]}
-            for c, s, b in zip(np.asarray(classes), np.asarray(scores), np.asarray(boxes))]
-
-
-def ultralytics_direct(yolo, image: Image.Image, **options) -> List[dict]:
-    """ultralytics' predictor on a PIL image (it converts PIL RGB to its BGR order itself)."""
-    result = yolo.predict(image, conf=CONF, iou=IOU, max_det=MAX_DET, imgsz=640, rect=False, verbose=False, **options)[0]
-    return as_answer(result.boxes.cls, result.boxes.conf, result.boxes.xyxy)
-
-
-def assert_equal_answers(ours: List[dict], theirs: List[dict], what: str) -> tuple:
-    """The same detections: each of ours has its own twin in theirs of the same class, boxes within
-    BOX_TOL px, scores within SCORE_TOL, and the two lists are in the same order except between scores
-    closer than SCORE_TOL (measured in CI: a person and a car both at 0.25293 swapped places under
-    other ONNX Runtime thread timing). Returns the largest box and score differences and whether the
-    classes come in the same order."""
-    assert ours, f"{what}: no box, so the comparison would be empty"
-    assert len(ours) == len(theirs), (what, ours, theirs)
-    assert all(abs(a["score"] - b["score"]) <= SCORE_TOL for a, b in zip(ours, theirs)), (what, ours, theirs)
-    box, score, remaining = 0.0, 0.0, list(theirs)
-    for det in ours:
-        twins = [t for t in remaining if t["index"] == det["index"]
-                 and np.abs(np.subtract(t["box"], det["box"])).max() <= BOX_TOL and abs(t["score"] - det["score"]) <= SCORE_TOL]
-        assert twins, (what, det, theirs)
-        twin = min(twins, key=lambda t: abs(t["score"] - det["score"]))
-        remaining.remove(twin)
-        box = max(box, float(np.abs(np.subtract(twin["box"], det["box"])).max()))
-        score = max(score, abs(twin["score"] - det["score"]))
-    return box, score, [d["index"] for d in ours] == [d["index"] for d in theirs]
 
 
 def test_export_report_labels_and_settings(exported, yolo):
@@ -228,34 +176,6 @@ def test_nms_export_is_archived_as_yolo_nms(tmp_path, monkeypatch, images):
             print(f"yolo_nms {name}: largest box difference {box:.3f} px, score {score:.1e}")
     finally:
         nms_task.close()
-
-
-@pytest.mark.e2e
-def test_served_equals_ultralytics_predictor(archived, yolo, images, tmp_path):
-    """One TorchServe on the archive built from the metadata alone, on every image (resampled or not).
-    The predictor gets the same JPEG bytes decoded as the server decodes them (PIL, EXIF orientation, RGB)."""
-    from tsvision.tools.server import TorchServe
-
-    store, code, _ = archived
-    assert code == 0
-    server = TorchServe(store, tmp_path / "torchserve")
-    figures = {}
-    try:
-        started = time.time()
-        server.start(timeout=300)
-        figures["start_seconds"] = round(time.time() - started, 1)
-        for name, image in images.items():
-            body = jpeg(image)
-            response = server.predict("yolov8n", body, content_type="image/jpeg")
-            assert response.status_code == 200, response.text
-            served = response.json()
-            decoded = ImageOps.exif_transpose(Image.open(io.BytesIO(body))).convert("RGB")
-            box, score, _ = assert_equal_answers(served, ultralytics_direct(yolo, decoded), name)
-            assert all(d["label"] == COCO_NAMES[d["index"]] for d in served)  # names from the ONNX metadata
-            figures[name] = {"boxes": len(served), "box_diff": round(box, 3), "score_diff": float(f"{score:.1e}")}
-    finally:
-        server.stop()
-    print("\nserved vs ultralytics:", json.dumps(figures))
 
 
 def test_checkpoint_export_keeps_the_users_files(tmp_path):

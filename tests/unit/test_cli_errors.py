@@ -3,7 +3,7 @@
 --debug, a complete --help, and a quiet end when its reader closes the pipe (issue 24, part 4).
 
 The commands run as subprocesses on tiny files: no export, no TorchServe (a closed port stands
-for a server that is not running), except the two e2e tests that need a real answer."""
+for a server that is not running); the ones that need a real answer: tests/e2e/test_clients.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
+ROOT = REPO
 HANDLER_CLASSES = ("ImageClassifier", "ImageSegmenter", "ObjectDetector", "InstanceSegmenter", "KeypointDetector")
 
 
@@ -205,24 +207,3 @@ def test_every_help_is_complete(capsys):
         text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
         for word in expected:
             assert word in text, (args, word)
-
-
-@pytest.mark.e2e
-def test_predict_without_a_key_file_and_into_a_closed_pipe(served, photos, files, tmp_path):
-    """Against a real TorchServe with token authorization: no key file is said, and | head ends quietly."""
-    photos["chelsea"].save(tmp_path / "chelsea.png")
-    url = ["--url", served.inference_url, "--model", "classification_onnx", "--image", tmp_path / "chelsea.png"]
-    print(assert_one_line(run(["predict", *url], tmp_path), 1, "HTTP 400", "no key file", "--key-file"))  # no ./key_file.json
-    grpc = ["--protocol", "grpc", "--grpc", f"127.0.0.1:{served.properties['grpc_inference_port']}"]
-    print(assert_one_line(run(["predict", *url, *grpc], tmp_path), 1, "no key file", "--key-file"))
-    manage = ["manage", "--management", served.management_url, "list"]
-    print(assert_one_line(run(manage, tmp_path), 1, served.management_url, "no key file", "--key-file"))
-    key = ["--key-file", served.workdir / "key_file.json"]
-    answered = run(["predict", *url, *key], tmp_path)
-    assert answered.returncode == 0 and json.loads(answered.stdout)[0]["label"], answered.stderr
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "tsvision", "predict", *map(str, url + key)], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    process.stdout.close()
-    stderr = process.stderr.read().decode()
-    assert process.wait(timeout=120) == 1 and stderr == "", stderr

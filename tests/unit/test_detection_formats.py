@@ -1,47 +1,28 @@
 """Detector output layouts (``detection_format``): toy models whose answer is known exactly,
-in each family's layout, exported by the project's export code, run in-process and served live
-by a real TorchServe (issue 14)."""
+in each family's layout, exported by the project's export code (once per session: tests/conftest.py
+``format_exports``), run in-process (issue 14); served live: tests/e2e/test_served_formats.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import BACKENDS, FORMAT_SETTINGS, png
+from tests.helpers import FORMAT_OUTPUTS as OUTPUT_NAMES
+from tests.helpers import FORMAT_SIZE as SIZE
+from tests.scenes import bright_box_scene
+from tests.toy_models import TOY_FORMAT_LABELS
 from tsvision.serving.geometry import Placement, fit_square
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
 from tsvision.serving.tasks.detection import DetectionTask
 from tsvision.serving.tasks.detection_formats import guess_format
-from tsvision.tools.architectures import Exportable
 from tsvision.tools.archive import main as archive_main
-from tsvision.tools.export import export_files
-from tests.helpers import BACKENDS, png
-from tests.scenes import bright_box_scene
-from tests.toy_models import TOY_FORMAT_LABELS, BrightestBoxInFormat
 
-SIZE = 640  # 1280×720 -> scale 1/2: one input pixel is two original pixels
 SCENES = [(333, 777), (1280, 720)]
-OUTPUT_NAMES = {"yolov8": ["output0"], "yolov5": ["output0"], "yolo_nms": ["output0"], "rtdetr": ["output0"],
-                "detr": ["pred_logits", "pred_boxes"]}
-# What a user sets for each family (the rest are the format's defaults).
-FORMAT_SETTINGS = {fmt: {"input_size": SIZE, "score_threshold": 0.5} for fmt in OUTPUT_NAMES}
-FORMAT_SETTINGS["detr"].update(mean=[0, 0, 0], std=[1, 1, 1])  # the toy thresholds raw pixels in [0, 1]
-
-
-@pytest.fixture(scope="module")
-def format_exports(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("formats")
-    for fmt, names in OUTPUT_NAMES.items():
-        module = BrightestBoxInFormat(fmt, SIZE).eval()
-        exportable = Exportable("detection", f"toy-{fmt}", module, {"input_size": SIZE}, TOY_FORMAT_LABELS, False, names)
-        report = export_files(exportable, root / fmt)
-        assert report["ok"], report
-        (root / fmt / "labels.json").write_text(json.dumps(TOY_FORMAT_LABELS))
-    return root
 
 
 def format_task(root: Path, fmt: str, backend: str = "onnx", **overrides) -> DetectionTask:
@@ -161,40 +142,3 @@ def test_archive_shows_a_format_mismatch(format_exports, tmp_path, capsys, model
     err = capsys.readouterr().err
     assert "does not meet the detection contract" in err and f"detection_format {fmt!r} expects" in err, err
     assert "the model's outputs are" in err
-
-
-@pytest.fixture(scope="module")
-def format_server(format_exports, tmp_path_factory):
-    """One real TorchServe with every toy format on both backends, archived as a user would: the
-    model file, its labels and the format's settings (``--set``), no settings.json."""
-    from tsvision.tools.server import TorchServe
-
-    store = tmp_path_factory.mktemp("format_store")
-    for fmt in OUTPUT_NAMES:
-        sets = [f"--set={key}={json.dumps(value)}" for key, value in {"detection_format": fmt, **FORMAT_SETTINGS[fmt]}.items()]
-        for backend, filename in BACKENDS.items():
-            assert archive_main(["--model", str(format_exports / fmt / filename), "--task", "detection",
-                                 "--labels", str(format_exports / fmt / "labels.json"), "--name", f"toy_{fmt}_{backend}",
-                                 "--store", str(store), "--workers", "1", *sets]) == 0
-    server = TorchServe(store, tmp_path_factory.mktemp("format_torchserve"))
-    try:
-        server.start(timeout=300)
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.mark.e2e
-@pytest.mark.parametrize("backend", list(BACKENDS))
-@pytest.mark.parametrize("fmt", list(OUTPUT_NAMES))
-def test_served_box_lands_on_the_rectangle(format_server, fmt, backend):
-    """Served live: the box of each format's toy lies within 1 px of the drawn rectangle on
-    333×777 and 1280×720 images (through the format's letterbox or stretch and back)."""
-    for width, height in SCENES:
-        image, truth = bright_box_scene(width, height)
-        response = format_server.predict(f"toy_{fmt}_{backend}", png(image), content_type="image/png")
-        assert response.status_code == 200, response.text
-        answer = response.json()
-        assert len(answer) == 1 and answer[0]["label"] == "bright rectangle", (fmt, backend, image.size, answer)
-        error = np.abs(np.subtract(answer[0]["box"], truth)).max()
-        assert error <= 1.0, (fmt, backend, image.size, answer[0]["box"], truth)

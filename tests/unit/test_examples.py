@@ -1,25 +1,20 @@
-"""The example clients: drawing in-process, and (e2e) every client against a real TorchServe."""
+"""The example clients in-process: the drawing module and the client helpers (against the served
+models: tests/e2e/test_clients.py)."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
-import tempfile
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image, ImageDraw
 
-from examples import classify, client, detect, segment
-from examples.draw import draw, main as draw_main
+from examples import client
+from examples.draw import draw
+from examples.draw import main as draw_main
 from tsvision.serving.drawing import box_colour, voc_palette
-from tsvision.tools.server import TorchServe
-from tests.checks import check_classification, check_detection, check_segmentation
 
 WHITE = (255, 255, 255)
 DETECTION = [{"label": "cat", "index": 17, "score": 0.9, "box": [40, 60, 120, 140]}]
@@ -140,47 +135,3 @@ def test_client_helpers(tmp_path):
     assert client.read_token(tmp_path / "missing.json") is None
     (tmp_path / "key_file.json").write_text(json.dumps({"inference": {"key": "abc"}, "management": {"key": "def"}}))
     assert client.read_token(tmp_path / "key_file.json") == "abc"
-
-
-def run_clients_against(server: TorchServe) -> None:
-    """Every example client against a started TorchServe serving the six default archives."""
-    photo = client.sample_photo("chelsea")
-    width, height = Image.open(io.BytesIO(photo)).size
-    token = server.key("inference")
-    for task in client.TASKS:
-        for backend in ("torchscript", "onnx"):
-            model = f"{task}_{backend}"
-            with zipfile.ZipFile(server.model_store / f"{model}.mar") as archive:
-                labels = json.loads(archive.read("labels.json"))
-                settings = yaml.safe_load(archive.read("model-config.yaml"))["handler"]
-            status, answer = client.predict(server.inference_url, model, photo, token)
-            assert status == 200, (model, answer)
-            if task == "classification":
-                check_classification(answer, labels, settings["top_k"])
-            elif task == "segmentation":
-                check_segmentation(answer, width, height, len(labels))
-            else:
-                check_detection(answer, width, height, settings["score_threshold"], settings["max_detections"])
-
-    status, answer = client.predict(server.inference_url, "classification_onnx", photo, None)  # no token
-    assert 400 <= status < 500 and {"code", "type", "message"} <= set(answer)
-
-    common = ["--url", server.inference_url, "--key-file", str(server.workdir / "key_file.json")]
-    with tempfile.TemporaryDirectory() as folder:
-        for script, lines in ((classify, 5), (segment, 2), (detect, 1)):
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-                assert script.main(common) == 0
-            assert len(out.getvalue().splitlines()) >= lines, out.getvalue()
-        picture = Path(folder) / "segmentation.png"
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-            assert client.main(["--model", "segmentation_onnx", *common, "--draw", str(picture)]) == 0
-        answer = json.loads(out.getvalue())
-        drawn = Image.open(picture)  # the server's picture (Accept: image/png)
-        assert drawn.format == "PNG" and drawn.size[1] == answer["height"] == 512 and drawn.size[0] > 512  # legend beside
-
-
-@pytest.mark.e2e
-def test_example_clients_against_torchserve(served):
-    run_clients_against(served)

@@ -12,9 +12,9 @@ import torch
 import torchvision
 import yaml
 
+from tsvision.serving.runtimes import load_runtime
 from tsvision.tools.archive import main as archive_main
 from tsvision.tools.export import main as export_main
-from tsvision.serving.runtimes import load_runtime
 
 
 @pytest.mark.parametrize("task, architecture", [

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from tests.helpers import png
 from tsvision.serving.service import answer_requests
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
 from tsvision.tools.archive import main as archive_main
-from tests.helpers import png
 
 SIZE = 32
 SETTINGS = {"task": "classification", "input_size": SIZE, "resize_size": 36, "top_k": 3}

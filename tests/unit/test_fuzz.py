@@ -12,13 +12,13 @@ from typing import Dict, Iterator, List, NamedTuple, Tuple
 import pytest
 from PIL import ImageFile, TiffImagePlugin, WebPImagePlugin
 
+from tests.checks import check_classification
+from tests.corpus import encode, photo
+from tests.fuzz_cases import FORMATS, KINDS, SIZE, FuzzCase, build_fuzz_cases, truncated_photo_jpeg, valid_file
+from tests.helpers import load_task
 from tsvision.serving.errors import RequestError
 from tsvision.serving.images import decode_image
 from tsvision.serving.service import answer_requests
-from tests.checks import check_classification
-from tests.helpers import load_task
-from tests.corpus import encode, photo
-from tests.fuzz_cases import FORMATS, KINDS, SIZE, FuzzCase, build_fuzz_cases, truncated_photo_jpeg, valid_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # PIL warns about the corrupt TIFF tags it skips
 MAX_PIXELS = 100_000  # small, so inflated dimensions meet the limit before anything is decoded

@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import TOY_SETTINGS, jpeg, png
+from tests.helpers import REPO, TOY_SETTINGS, jpeg, png
 from tests.scenes import bright_box_scene
 from tsvision.serving import ImageClassifier, ObjectDetector
 from tsvision.serving.runtimes import load_runtime, pick_device
 from tsvision.tools.archive import default_handler
 from tsvision.tools.local import LocalWorker, load_handler_class
 
-REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_HANDLER = REPO / "examples" / "handlers" / "people_counter.py"
 
 

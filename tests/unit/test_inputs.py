@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tsvision.serving.service import answer_requests
 from tests.checks import check_classification
-from tests.helpers import jpeg, load_task
 from tests.corpus import build_corpus, encode, photo, with_orientation
+from tests.helpers import jpeg, load_task
 from tests.scenes import bright_box_scene
+from tsvision.serving.service import answer_requests
 
 CORPUS = build_corpus()
 

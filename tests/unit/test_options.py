@@ -10,16 +10,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tsvision.serving.drawing import box_colour, draw_classification, draw_detection, draw_segmentation, encode, voc_palette
+from tests.helpers import jpeg, load_task, png
+from tests.scenes import bright_box_scene, colour_scene
+from tsvision.serving.drawing import (
+    box_colour,
+    draw_classification,
+    draw_detection,
+    draw_segmentation,
+    encode,
+    voc_palette,
+)
 from tsvision.serving.errors import RequestError
 from tsvision.serving.options import picture_type, resolve
 from tsvision.serving.payloads import parse_request
 from tsvision.serving.service import answer_requests
 from tsvision.serving.settings import Settings
-from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask
-from tests.helpers import jpeg, load_task, png
-from tests.scenes import bright_box_scene, colour_scene
 from tsvision.serving.tasks.segmentation import class_mask, decode_png
+from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask
 
 DETECTION = ("score_threshold", "iou_threshold", "max_detections", "classes", "agnostic_nms")
 LABELS = ["background", "person", "dog"]

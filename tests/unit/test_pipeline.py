@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.checks import assert_same_answer, assert_same_classification
+from tests.helpers import jpeg, load_task
+from tests.unit.test_fixed_batch import SETTINGS as TINY_SETTINGS
+from tests.unit.test_fixed_batch import TinyClassifier
 from tsvision.serving.errors import RequestError
 from tsvision.serving.service import answer_requests
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
-from tests.checks import assert_same_answer, assert_same_classification
-from tests.helpers import jpeg, load_task
-from tests.test_fixed_batch import SETTINGS as TINY_SETTINGS, TinyClassifier
 
 MICRO = 2
 THREADS = 2  # a pool even on a one-core machine (the pipeline needs one)

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.corpus import png_declaring, with_orientation
+from tests.helpers import jpeg
 from tsvision.serving.errors import RequestError
 from tsvision.serving.geometry import Placement, fit_square, normalize, resize_center_crop, resize_shorter_side
 from tsvision.serving.images import decode_image
 from tsvision.serving.payloads import STREAM_FIELD, format_response, is_stream, parse_request
 from tsvision.serving.settings import Settings, load_labels
-from tests.helpers import jpeg
-from tests.corpus import png_declaring, with_orientation
 
 
 # -- images ------------------------------------------------------------------------------

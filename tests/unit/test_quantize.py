@@ -18,6 +18,8 @@ import torch
 import yaml
 from torch import nn
 
+from tests.helpers import REPO
+from tests.toy_models import ColourSegmenter
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import load_export
 from tsvision.tools import export as export_tool
@@ -25,11 +27,18 @@ from tsvision.tools.architectures import Exportable
 from tsvision.tools.archive import main as archive_main
 from tsvision.tools.export import export_files, write_settings
 from tsvision.tools.local import LocalWorker, load_handler_class
-from tsvision.tools.quantize import (METADATA_KEY, QuantizeError, calibration_items, graph_refusal, model_quantization,
-                                     prepared_inputs, quantize_export, refusal)
-from tests.toy_models import ColourSegmenter
+from tsvision.tools.quantize import (
+    METADATA_KEY,
+    QuantizeError,
+    calibration_items,
+    graph_refusal,
+    model_quantization,
+    prepared_inputs,
+    quantize_export,
+    refusal,
+)
 
-HANDLERS = Path(__file__).resolve().parent.parent / "handlers"
+HANDLERS = REPO / "handlers"
 TOY_CLASSES = ["red", "green", "blue", "grey"]
 # Stated tolerances (int8 against fp32 on scikit-image's eight photos, toy models):
 MIN_SQNR_DB = 25.0           # every raw output

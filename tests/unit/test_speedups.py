@@ -13,15 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tsvision.tools.architectures import Exportable
-from tsvision.tools.export import export_files
-from tsvision.serving.geometry import Placement
-from tsvision.serving.tasks.segmentation import upsample_argmax
-from tsvision.serving.settings import Settings
-from tsvision.serving.tasks import build_task
 from tests.helpers import TOY_SETTINGS, jpeg, load_task
 from tests.scenes import colour_scene
 from tests.toy_models import TOY_SEGMENTATION_LABELS, ColourSegmenter
+from tsvision.serving.geometry import Placement
+from tsvision.serving.settings import Settings
+from tsvision.serving.tasks import build_task
+from tsvision.serving.tasks.segmentation import upsample_argmax
+from tsvision.tools.architectures import Exportable
+from tsvision.tools.export import export_files
 
 
 def reference_upsample(logits: np.ndarray, placement: Placement) -> np.ndarray:

@@ -6,12 +6,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tsvision.serving.errors import RequestError
-from tsvision.serving.tasks.segmentation import decode_png
-from tests.checks import (assert_same_answer, assert_same_classification, assert_same_detections, check_classification, check_detection,
-                          check_segmentation, mask_agreement)
+from tests.checks import (
+    assert_same_answer,
+    assert_same_classification,
+    assert_same_detections,
+    check_classification,
+    check_detection,
+    check_segmentation,
+    mask_agreement,
+)
 from tests.helpers import BACKENDS, jpeg, load_task
 from tests.scenes import GEOMETRY_SIZES, bright_box_scene, colour_scene
+from tsvision.serving.errors import RequestError
+from tsvision.serving.tasks.segmentation import decode_png
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,13 @@ from PIL import Image
 from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights
 from torchvision.models.segmentation import LRASPP_MobileNet_V3_Large_Weights
 
+from tests.checks import assert_same_classification
 from tsvision.serving.settings import Settings, load_labels
 from tsvision.serving.tasks import load_export, task_class
 from tsvision.serving.tasks.segmentation import decode_png
 from tsvision.tools.architectures import build_exportable
 from tsvision.tools.calibration import recompute_batchnorm
 from tsvision.tools.export import main as export_main
-from tests.checks import assert_same_classification
 
 CLASSIFICATION = torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1
 SEGMENTATION = LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1
