@@ -89,7 +89,8 @@ def format_exports(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("formats")
     for fmt, names in FORMAT_OUTPUTS.items():
         module = BrightestBoxInFormat(fmt, FORMAT_SIZE).eval()
-        exportable = Exportable("detection", f"toy-{fmt}", module, {"input_size": FORMAT_SIZE}, TOY_FORMAT_LABELS, False, names)
+        exportable = Exportable("detection", f"toy-{fmt}", module, {"input_size": FORMAT_SIZE}, TOY_FORMAT_LABELS, False,
+                                names)
         report = export_files(exportable, root / fmt)
         assert report["ok"], report
         (root / fmt / "labels.json").write_text(json.dumps(TOY_FORMAT_LABELS))
@@ -156,7 +157,9 @@ def _export(folder: Path, exportable: Exportable):
 
 @pytest.fixture(scope="session")
 def frcnn(tmp_path_factory):
-    """The smallest Faster R-CNN, random conditioned weights, exported by the export code: (folder, exportable, report)."""
+    """The smallest Faster R-CNN, random conditioned weights, exported by the export code.
+
+    (folder, exportable, report), as the other R-CNN fixtures."""
     return _export(tmp_path_factory.mktemp("frcnn"), build_exportable("detection", FRCNN_ARCH))
 
 
@@ -203,14 +206,16 @@ def yolo_seg(tmp_path_factory) -> Path:
     """YOLOv8n-seg from ultralytics' yaml, random conditioned, exported by ultralytics' exporter."""
     folder = tmp_path_factory.mktemp("yolov8n_seg")
     report = _export_yolo(folder, "yolov8n-seg")
-    print("\nyolov8n-seg export:", json.dumps({k: report[k] for k in ("outputs", "parameters", "max_abs_diff", "export_seconds")}))
+    figures = {k: report[k] for k in ("outputs", "parameters", "max_abs_diff", "export_seconds")}
+    print("\nyolov8n-seg export:", json.dumps(figures))
     assert report["ok"] and report["task"] == "instance_segmentation" and report["detection_format"] == "yolov8_seg"
     return folder
 
 
 @pytest.fixture(scope="session")
 def yolov8n(tmp_path_factory) -> Path:
-    """``tsvision export --arch yolov8n``: ultralytics' own ONNX exporter, random conditioned weights; its log is quiet."""
+    """``tsvision export --arch yolov8n``: ultralytics' own ONNX exporter, random conditioned weights;
+    its log is quiet."""
     pytest.importorskip("ultralytics")
     from tsvision.tools.export import main as export_main
 

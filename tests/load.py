@@ -28,7 +28,8 @@ def build_versions(exports: Path, store: Path) -> Path:
         assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
                              str(exports / "classification" / "settings.json"), "--name", MODEL, "--version", version,
                              "--archive-file", f"{MODEL}-{version}", "--store", str(store),
-                             "--batch-size", str(BATCH_SIZE), "--max-batch-delay", "20", "--set", f"top_k={top_k}"]) == 0
+                             "--batch-size", str(BATCH_SIZE), "--max-batch-delay", "20",
+                             "--set", f"top_k={top_k}"]) == 0
     return store
 
 
@@ -54,7 +55,8 @@ class Client:
         self._local.session = session
         sent = time.monotonic() if due is None else due
         try:
-            status = session.post(self.url, data=self.body, headers=self.headers, timeout=30, verify=self.verify).status_code
+            status = session.post(self.url, data=self.body, headers=self.headers, timeout=30,
+                                  verify=self.verify).status_code
         except requests.RequestException:
             status = 0
         return Outcome(sent, time.monotonic(), status)

@@ -45,7 +45,8 @@ def as_answer(classes, scores, boxes) -> List[dict]:
 
 def ultralytics_direct(yolo, image: Image.Image, **options) -> List[dict]:
     """ultralytics' predictor on a PIL image (it converts PIL RGB to its BGR order itself)."""
-    result = yolo.predict(image, conf=CONF, iou=IOU, max_det=MAX_DET, imgsz=640, rect=False, verbose=False, **options)[0]
+    result = yolo.predict(image, conf=CONF, iou=IOU, max_det=MAX_DET, imgsz=640, rect=False, verbose=False,
+                          **options)[0]
     return as_answer(result.boxes.cls, result.boxes.conf, result.boxes.xyxy)
 
 
@@ -61,7 +62,8 @@ def assert_equal_answers(ours: List[dict], theirs: List[dict], what: str) -> tup
     box, score, remaining = 0.0, 0.0, list(theirs)
     for det in ours:
         twins = [t for t in remaining if t["index"] == det["index"]
-                 and np.abs(np.subtract(t["box"], det["box"])).max() <= BOX_TOL and abs(t["score"] - det["score"]) <= SCORE_TOL]
+                 and np.abs(np.subtract(t["box"], det["box"])).max() <= BOX_TOL
+                 and abs(t["score"] - det["score"]) <= SCORE_TOL]
         assert twins, (what, det, theirs)
         twin = min(twins, key=lambda t: abs(t["score"] - det["score"]))
         remaining.remove(twin)

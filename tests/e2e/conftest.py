@@ -29,7 +29,8 @@ def model_store(tmp_path_factory, exports, toy_exports) -> Path:
     store = tmp_path_factory.mktemp("model_store")
     for task in TASKS:
         for backend, filename in BACKENDS.items():
-            assert archive_main(["--model", str(exports / task / filename), "--settings", str(exports / task / "settings.json"),
+            assert archive_main(["--model", str(exports / task / filename),
+                                 "--settings", str(exports / task / "settings.json"),
                                  "--name", f"{task}_{backend}", "--store", str(store)]) == 0
     # For the input tests: batch size 8 and a delay long enough that concurrent requests share a batch.
     assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
@@ -50,14 +51,15 @@ def model_store(tmp_path_factory, exports, toy_exports) -> Path:
         (toy_exports / f"labels-{kind}.json").write_text(json.dumps(["background", kind]))
         assert archive_main(["--model", str(toy_exports / "detection" / "model.onnx"), "--task", "detection",
                              "--labels", str(toy_exports / f"labels-{kind}.json"), "--name", f"{kind}_counter",
-                             "--handler", str(EXAMPLE_HANDLER), "--store", str(store), "--set", "profile=true", *overrides]) == 0
+                             "--handler", str(EXAMPLE_HANDLER), "--store", str(store), "--set", "profile=true",
+                             *overrides]) == 0
     # Versions 1.0, 2.0 and 3.0 of a classifier (they differ in top_k only); 3.0 stays in the store
     # until a test registers it.
     for version, top_k in AB_TOP_K.items():
-        assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
-                             str(exports / "classification" / "settings.json"), "--name", AB_MODEL, "--version", version,
-                             "--archive-file", f"{AB_MODEL}-{version}", "--store", str(store), "--set", f"top_k={top_k}",
-                             "--set", "top_label_header=true"]) == 0
+        assert archive_main(["--model", str(exports / "classification" / "model.onnx"),
+                             "--settings", str(exports / "classification" / "settings.json"),
+                             "--name", AB_MODEL, "--version", version, "--archive-file", f"{AB_MODEL}-{version}",
+                             "--store", str(store), "--set", f"top_k={top_k}", "--set", "top_label_header=true"]) == 0
     return store
 
 
@@ -71,7 +73,8 @@ def served(model_store, tmp_path_factory) -> Iterator[TorchServe]:
     """THE real TorchServe of the run (development profile), on free loopback ports, with every
     archive above READY (the classifier's versions 1.0 and 2.0; 3.0 in the store); always stopped."""
     archives = [f"{name}.mar" for name in STARTED_WITH] + [f"{AB_MODEL}-1.0.mar", f"{AB_MODEL}-2.0.mar"]
-    server = TorchServe(model_store, tmp_path_factory.mktemp("torchserve"), models=archives, overrides=DEVELOPMENT_PROFILE)
+    server = TorchServe(model_store, tmp_path_factory.mktemp("torchserve"), models=archives,
+                        overrides=DEVELOPMENT_PROFILE)
     try:
         server.start(timeout=600)
         yield server

@@ -48,7 +48,8 @@ def heavy_lock():
 
 def test_soak_at_80_percent_of_the_maximum_has_no_errors_and_no_memory_growth(store, photo, tmp_path, heavy_lock):
     """Closed-loop burst for the maximum rate; then paced (open-loop) load at 80% of it for
-    TSVISION_SOAK_SECONDS (60 in the suite; 300 for issue 7's 5-minute run): zero errors, worker RSS grows by less than 10%."""
+    TSVISION_SOAK_SECONDS (60 in the suite; 300 for issue 7's 5-minute run): zero errors, worker RSS
+    grows by less than 10%."""
     server = TorchServe(store, tmp_path / "torchserve", models=[f"{MODEL}-1.0.mar"])
     try:
         server.start()

@@ -1,12 +1,10 @@
 """The speed-ups keep the answers: the edge-only mask upsampling equals resizing every class, a
-batch prepared on several threads equals one prepared serially, and the AOTInductor (.pt2)
-backend matches eager PyTorch and the other backends."""
+batch prepared on several threads equals one prepared serially (the AOTInductor (.pt2) backend,
+whose export compiles with g++: tests/slow/test_pt2.py)."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -14,14 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import TOY_SETTINGS, jpeg, load_task
-from tests.scenes import colour_scene
-from tests.toy_models import TOY_SEGMENTATION_LABELS, ColourSegmenter
 from tsvision.serving.geometry import Placement
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
 from tsvision.serving.tasks.segmentation import upsample_argmax
-from tsvision.tools.architectures import Exportable
-from tsvision.tools.export import export_files
 
 
 def reference_upsample(logits: np.ndarray, placement: Placement) -> np.ndarray:
@@ -94,37 +88,3 @@ def test_several_workers_split_the_cores_between_their_runtimes(toy_exports):
         task = build_task(folder / "model.onnx", Settings.from_mapping(values), folder, workers)
         assert task.runtime._session.get_session_options().intra_op_num_threads == expected
         task.close()
-
-
-@pytest.fixture(scope="module")
-def toy_pt2(tmp_path_factory):
-    if shutil.which("g++") is None and shutil.which("c++") is None:
-        pytest.fail("AOTInductor needs a C++ compiler (g++); scripts/setup.sh's machine has one")
-    folder = tmp_path_factory.mktemp("pt2") / "segmentation"
-    exportable = Exportable("segmentation", "toy-segmentation", ColourSegmenter().eval(), dict(TOY_SETTINGS["segmentation"]),
-                            TOY_SEGMENTATION_LABELS, False, ["logits"])
-    report = export_files(exportable, folder, pt2=True)
-    (folder / "labels.json").write_text(json.dumps(TOY_SEGMENTATION_LABELS))
-    return folder, report
-
-
-def test_pt2_export_matches_eager(toy_pt2):
-    folder, report = toy_pt2
-    assert (folder / "model.pt2").stat().st_size > 0
-    assert report["ok"] and report["max_abs_diff"]["pt2_vs_eager"] <= report["tolerance"]
-    assert report["pt2_compile_seconds"] > 0
-
-
-def toy_task(folder, model_file: str):
-    settings = Settings.from_mapping({"task": "segmentation", "labels": "labels.json", **TOY_SETTINGS["segmentation"]})
-    return build_task(folder / model_file, settings, folder)
-
-
-def test_pt2_task_answers_like_onnx_on_any_batch(toy_pt2):
-    folder, _ = toy_pt2
-    scene, truth = colour_scene(333, 777)
-    images = [jpeg(scene, quality=98)] * 3  # a batch size the export never saw
-    pt2_task = toy_task(folder, "model.pt2")
-    pt2, onnx = pt2_task.run(images), toy_task(folder, "model.onnx").run(images)
-    assert pt2_task.runtime.name == "pt2"
-    assert pt2 == onnx
