@@ -22,14 +22,19 @@ BATCH_SIZE = 4
 
 
 
+def version_arguments(exports: Path, version: str) -> List[str]:
+    """The archive CLI's arguments for one version of the ONNX classifier (batch size 4; the versions
+    differ in top_k only), without ``--name`` and ``--store``."""
+    return ["--model", str(exports / "classification" / "model.onnx"),
+            "--settings", str(exports / "classification" / "settings.json"), "--version", version,
+            "--batch-size", str(BATCH_SIZE), "--max-batch-delay", "20", "--set", f"top_k={TOP_K[version]}"]
+
+
 def build_versions(exports: Path, store: Path) -> Path:
-    """Three versions of the ONNX classifier in ``store``, batch size 4, differing in top_k only."""
-    for version, top_k in TOP_K.items():
-        assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
-                             str(exports / "classification" / "settings.json"), "--name", MODEL, "--version", version,
-                             "--archive-file", f"{MODEL}-{version}", "--store", str(store),
-                             "--batch-size", str(BATCH_SIZE), "--max-batch-delay", "20",
-                             "--set", f"top_k={top_k}"]) == 0
+    """The three versions in ``store``."""
+    for version in TOP_K:
+        assert archive_main([*version_arguments(exports, version), "--archive-file", f"{MODEL}-{version}",
+                             "--name", MODEL, "--store", str(store)]) == 0
     return store
 
 

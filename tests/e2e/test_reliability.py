@@ -1,6 +1,7 @@
 """Reliability against real TorchServe instances (issue 7): snapshot restore and a worker killed under
-load (the soak: tests/slow/test_soak.py). Each test starts its own TorchServe on free loopback ports
-and stops it by pid: the one stops and restarts its server, the other kills a worker on purpose.
+load (the soak: tests/slow/test_soak.py). The restore test starts a TorchServe of its own (free
+loopback ports, stopped by pid): it stops and restarts it. The worker is killed on the run's server,
+in a model registered for that test alone.
 
 Figures are printed (run with ``-s`` to see them).
 """
@@ -15,7 +16,17 @@ from typing import Optional
 
 import pytest
 
-from tests.load import BATCH_SIZE, MODEL, TOP_K, Client, ClosedLoop, build_versions, describe_failures
+from tests.e2e.conftest import registered
+from tests.load import (
+    BATCH_SIZE,
+    MODEL,
+    TOP_K,
+    Client,
+    ClosedLoop,
+    build_versions,
+    describe_failures,
+    version_arguments,
+)
 from tsvision.tools.manage import Management
 from tsvision.tools.server import DEVELOPMENT_PROFILE, TorchServe
 
@@ -66,13 +77,13 @@ def test_versions_defaults_and_workers_survive_a_stop_and_a_restart_from_the_sna
 
 # -- a worker killed under load ------------------------------------------------------------
 
-def test_a_worker_killed_under_steady_load_fails_at_most_one_batch_and_comes_back(store, photo, tmp_path):
+def test_a_worker_killed_under_steady_load_fails_at_most_one_batch_and_comes_back(served, exports, photo):
     """Six client threads (more than the batch size of 4) in a closed loop; SIGKILL the worker;
     at most one batch of requests fails, a new READY worker (another pid) within 15 s, and no
-    errors once it is back."""
-    server = TorchServe(store, tmp_path / "torchserve", models=[f"{MODEL}-1.0.mar"])
-    try:
-        server.start()
+    errors once it is back. On the run's TorchServe: the classifier's version 1.0 is registered for
+    this test alone, and only its worker is killed."""
+    server = served
+    with registered(served, {MODEL: version_arguments(exports, "1.0")}):
         client = Client(server, photo)
         with ClosedLoop(client, threads=6, max_seconds=90) as load:
             time.sleep(5)  # steady state
@@ -87,8 +98,6 @@ def test_a_worker_killed_under_steady_load_fails_at_most_one_batch_and_comes_bac
                 time.sleep(0.1)
             time.sleep(10)  # load after recovery
         outcomes = load.outcomes
-    finally:
-        server.stop()
     assert back is not None, "no new READY worker within 30 s of the SIGKILL"
     failed = [o for o in outcomes if o.status != 200]
     after = [o for o in outcomes if o.sent > back]
