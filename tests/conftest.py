@@ -89,8 +89,8 @@ def format_exports(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("formats")
     for fmt, names in FORMAT_OUTPUTS.items():
         module = BrightestBoxInFormat(fmt, FORMAT_SIZE).eval()
-        exportable = Exportable("detection", f"toy-{fmt}", module, {"input_size": FORMAT_SIZE}, TOY_FORMAT_LABELS, False,
-                                names)
+        exportable = Exportable("detection", f"toy-{fmt}", module, {"input_size": FORMAT_SIZE}, TOY_FORMAT_LABELS,
+                                False, names)
         report = export_files(exportable, root / fmt)
         assert report["ok"], report
         (root / fmt / "labels.json").write_text(json.dumps(TOY_FORMAT_LABELS))

@@ -40,11 +40,14 @@ def rle_mask(rle: dict) -> np.ndarray:
 
 
 def polygon_mask(rings: list, height: int, width: int) -> np.ndarray:
-    return coco.decode(coco.merge(coco.frPyObjects(rings, height, width))).astype(bool) if rings else np.zeros((height, width), bool)
+    if not rings:
+        return np.zeros((height, width), bool)
+    return coco.decode(coco.merge(coco.frPyObjects(rings, height, width))).astype(bool)
 
 
 def toy_task(root: Path, fmt: str, backend: str, **overrides):
-    values = {"task": "instance_segmentation", "detection_format": fmt, "labels": "labels.json", **TOY_SETTINGS[fmt], **overrides}
+    values = {"task": "instance_segmentation", "detection_format": fmt, "labels": "labels.json", **TOY_SETTINGS[fmt],
+              **overrides}
     return build_task(root / fmt / BACKENDS[backend], Settings.from_mapping(values), root / fmt)
 
 
@@ -111,7 +114,8 @@ def compare_instances(answer: list, expected: list) -> dict:
     for found, wanted in zip(answer, expected):
         figures["box_px"] = max(figures["box_px"], float(np.abs(np.subtract(found["box"], wanted["box"])).max()))
         figures["score"] = max(figures["score"], abs(found["score"] - wanted["score"]))
-        figures["mask_agreement"] = min(figures["mask_agreement"], float((rle_mask(found["mask"]) == wanted["mask"]).mean()))
+        agreement = float((rle_mask(found["mask"]) == wanted["mask"]).mean())
+        figures["mask_agreement"] = min(figures["mask_agreement"], agreement)
     return figures
 
 

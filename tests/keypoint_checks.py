@@ -25,11 +25,14 @@ from tsvision.serving.tasks.torchvision_detection import to_chw_float
 
 SIZE = 640  # the toys' input size
 SCENES = [(333, 777), (1280, 720)]
-TOY_LABELS = {"toy_rcnn": ["background", "bright rectangle"], "toy_pose": ["bright rectangle"]}  # pose: one class, index 0
+# pose: one class, index 0
+TOY_LABELS = {"toy_rcnn": ["background", "bright rectangle"], "toy_pose": ["bright rectangle"]}
 TOY_NAMES = {"keypoint_names": TOY_KEYPOINT_NAMES, "skeleton": TOY_SKELETON}
 TOY_SETTINGS = {
-    "toy_rcnn": {"task": "keypoints", "detection_format": "torchvision", "background_index": 0, "score_threshold": 0.5, **TOY_NAMES},
-    "toy_pose": {"task": "keypoints", "detection_format": "yolov8_pose", "input_size": SIZE, "score_threshold": 0.5, **TOY_NAMES},
+    "toy_rcnn": {"task": "keypoints", "detection_format": "torchvision", "background_index": 0, "score_threshold": 0.5,
+                 **TOY_NAMES},
+    "toy_pose": {"task": "keypoints", "detection_format": "yolov8_pose", "input_size": SIZE, "score_threshold": 0.5,
+                 **TOY_NAMES},
 }
 FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
 RCNN_PHOTOS = ("astronaut", "coffee")  # 512×512 and 400×600
@@ -56,29 +59,34 @@ def ultralytics_persons(folder: Path, image: Image.Image) -> list:
     """ultralytics' predictor on the same ONNX file at its defaults (conf 0.25, iou 0.7) with
     ``rect=False``, on the PNG-decoded pixels as a BGR array (its order for numpy input)."""
     decoded = np.asarray(Image.open(io.BytesIO(png(image))).convert("RGB"))
-    result = pose_predictor(folder).predict(decoded[:, :, ::-1].copy(), imgsz=640, conf=0.25, iou=0.7, rect=False, verbose=False)[0]
+    result = pose_predictor(folder).predict(decoded[:, :, ::-1].copy(), imgsz=640, conf=0.25, iou=0.7, rect=False,
+                                            verbose=False)[0]
     return [{"label": result.names[int(c)], "index": int(c), "score": float(s), "box": [float(v) for v in box],
              "keypoints": points.tolist()}
-            for c, s, box, points in zip(result.boxes.cls, result.boxes.conf, result.boxes.xyxy.numpy(), result.keypoints.data.numpy())]
+            for c, s, box, points in zip(result.boxes.cls, result.boxes.conf, result.boxes.xyxy.numpy(),
+                                         result.keypoints.data.numpy())]
 
 
 def assert_yolo_parity(figures: dict) -> None:
     """Issue 24's parity with ultralytics' predictor (same classes in order: ``differences``)."""
     assert figures["persons"] >= 1, "no person: the comparison would be empty"
-    assert figures["box"] <= 0.01 and figures["point"] <= 0.01 and figures["score"] <= 1e-4 and figures["keypoint_score"] <= 1e-4, figures
+    assert figures["box"] <= 0.01 and figures["point"] <= 0.01, figures
+    assert figures["score"] <= 1e-4 and figures["keypoint_score"] <= 1e-4, figures
 
 
 def persons_from_raw(raw: Dict[str, np.ndarray], settings: dict, labels: List[str], size) -> list:
     """What a Keypoint R-CNN answer must be, from the model file's raw outputs (not the task's code)."""
     width, height = size
-    rows = [i for i in range(len(raw["scores"])) if raw["scores"][i] > settings["score_threshold"] and raw["labels"][i] != 0]
+    rows = [i for i in range(len(raw["scores"]))
+            if raw["scores"][i] > settings["score_threshold"] and raw["labels"][i] != 0]
     rows.sort(key=lambda i: -raw["scores"][i])
     answer = []
     for i in rows[: settings["max_detections"]]:
         x1, y1, x2, y2 = np.clip(raw["boxes"][i], 0, [width, height, width, height])
         points = [[float(np.clip(x, 0, width)), float(np.clip(y, 0, height)), float(s)]
                   for (x, y, _), s in zip(raw["keypoints"][i], raw["keypoints_scores"][i])]
-        answer.append({"label": labels[int(raw["labels"][i])], "index": int(raw["labels"][i]), "score": float(raw["scores"][i]),
+        answer.append({"label": labels[int(raw["labels"][i])], "index": int(raw["labels"][i]),
+                       "score": float(raw["scores"][i]),
                        "box": [float(x1), float(y1), float(x2), float(y2)], "keypoints": points})
     return answer
 
@@ -105,7 +113,8 @@ def differences(a: list, b: list) -> dict:
     pa, pb = np.array([d["keypoints"] for d in a]), np.array([d["keypoints"] for d in b])
     return {"persons": len(a), "box": float(np.abs(np.array([d["box"] for d in a]) - [d["box"] for d in b]).max()),
             "score": float(max(abs(x["score"] - y["score"]) for x, y in zip(a, b))),
-            "point": float(np.abs(pa[..., :2] - pb[..., :2]).max()), "keypoint_score": float(np.abs(pa[..., 2] - pb[..., 2]).max())}
+            "point": float(np.abs(pa[..., :2] - pb[..., :2]).max()),
+            "keypoint_score": float(np.abs(pa[..., 2] - pb[..., 2]).max())}
 
 
 def check_person_schema(answer: list, width: int, height: int, keypoints: int) -> None:

@@ -28,7 +28,8 @@ def test_predict_without_a_key_file_and_into_a_closed_pipe(served, photos, tmp_p
     """Against a real TorchServe with token authorization: no key file is said, and | head ends quietly."""
     photos["chelsea"].save(tmp_path / "chelsea.png")
     url = ["--url", served.inference_url, "--model", "classification_onnx", "--image", tmp_path / "chelsea.png"]
-    print(assert_one_line(run(["predict", *url], tmp_path), 1, "HTTP 400", "no key file", "--key-file"))  # no ./key_file.json
+    no_key_file = run(["predict", *url], tmp_path)  # no ./key_file.json
+    print(assert_one_line(no_key_file, 1, "HTTP 400", "no key file", "--key-file"))
     grpc = ["--protocol", "grpc", "--grpc", f"127.0.0.1:{served.properties['grpc_inference_port']}"]
     print(assert_one_line(run(["predict", *url, *grpc], tmp_path), 1, "no key file", "--key-file"))
     manage = ["manage", "--management", served.management_url, "list"]
@@ -37,7 +38,8 @@ def test_predict_without_a_key_file_and_into_a_closed_pipe(served, photos, tmp_p
     answered = run(["predict", *url, *key], tmp_path)
     assert answered.returncode == 0 and json.loads(answered.stdout)[0]["label"], answered.stderr
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "tsvision", "predict", *map(str, url + key)], cwd=tmp_path, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "tsvision", "predict", *map(str, url + key)], cwd=tmp_path,
+                               env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.close()
     stderr = process.stderr.read().decode()
@@ -80,7 +82,8 @@ def run_clients_against(server: TorchServe) -> None:
             assert client.main(["--model", "segmentation_onnx", *common, "--draw", str(picture)]) == 0
         answer = json.loads(out.getvalue())
         drawn = Image.open(picture)  # the server's picture (Accept: image/png)
-        assert drawn.format == "PNG" and drawn.size[1] == answer["height"] == 512 and drawn.size[0] > 512  # legend beside
+        assert drawn.format == "PNG" and drawn.size[1] == answer["height"] == 512
+        assert drawn.size[0] > 512  # the legend beside
 
 
 def test_example_clients_against_torchserve(served):

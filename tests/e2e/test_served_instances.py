@@ -59,7 +59,8 @@ def test_served(served, instance_toys, mrcnn, yolo_seg, photos):
             mask_format = "polygon" if (fmt, backend) == ("yolov8_seg", "onnx") else "rle"
             name = f"toy_{fmt}_{backend}_{mask_format}"
             archives[name] = ["--model", str(toys / fmt / filename), "--task", "instance_segmentation",
-                              "--labels", str(toys / fmt / "labels.json"), f"--set=mask_format={mask_format}", *overrides]
+                              "--labels", str(toys / fmt / "labels.json"), f"--set=mask_format={mask_format}",
+                              *overrides]
             toy_names.append((name, fmt, mask_format))
     folder = mrcnn[0]
     archives["mrcnn_onnx"] = ["--model", str(folder / "model.onnx"), "--settings", str(folder / "settings.json"),
@@ -81,7 +82,8 @@ def test_served(served, instance_toys, mrcnn, yolo_seg, photos):
             for image_name, image in photos.items():
                 response = served.predict("mrcnn_onnx", png(image), content_type="image/png")
                 assert response.status_code == 200, response.text
-                figures = compare_instances(response.json(), expected_instances(direct_mask_rcnn(folder, "onnx", image), settings, image.size))
+                expected = expected_instances(direct_mask_rcnn(folder, "onnx", image), settings, image.size)
+                figures = compare_instances(response.json(), expected)
                 print(f"\nserved mrcnn_onnx {image_name}: {figures}")
                 assert_close(figures)
             for image_name, image in {**yolo_photos(), **sized_photos(OBJECT_PHOTOS)}.items():
@@ -125,5 +127,6 @@ def check_served_options_and_picture(server, name: str) -> None:
     assert pixels.shape == (777, 333, 3)
     ys, xs = np.nonzero(truth)
     y, x = int(np.median(ys)), int(np.median(xs))
-    expected = np.round(0.55 * np.asarray(image.convert("RGB"), dtype=np.float64)[y, x] + 0.45 * np.asarray(box_colour(1)))
+    photo = np.asarray(image.convert("RGB"), dtype=np.float64)
+    expected = np.round(0.55 * photo[y, x] + 0.45 * np.asarray(box_colour(1)))
     assert np.abs(pixels[y, x] - expected).max() <= 1

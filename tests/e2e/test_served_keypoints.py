@@ -52,7 +52,8 @@ def keypoint_archives(served, keypoint_toys, krcnn, yolo_pose):
     archives = {}
     for name, (folder, filename) in ARCHIVES.items():
         extra = ["--set", "threads=1"] if folder == "krcnn" else []
-        archives[name] = ["--model", str(folders[folder] / filename), "--settings", str(folders[folder] / "settings.json"),
+        archives[name] = ["--model", str(folders[folder] / filename),
+                          "--settings", str(folders[folder] / "settings.json"),
                           "--max-batch-delay", "300", *extra]
     with registered(served, archives) as names:
         yield names
@@ -78,7 +79,8 @@ def test_served_multi_image_request_equals_one_by_one(served, name):
     images = [bright_box_scene(w, h)[0] for w, h in SCENES + [(777, 333)]] if name.startswith("toy") else \
         [photo(n) for n in RCNN_PHOTOS] + [photo("astronaut").resize((300, 451))]
     bodies = [png(image) for image in images]
-    together = post(served, name, json.dumps([base64.b64encode(b).decode() for b in bodies]).encode(), "application/json")
+    listed = json.dumps([base64.b64encode(b).decode() for b in bodies]).encode()
+    together = post(served, name, listed, "application/json")
     assert together == [post(served, name, body) for body in bodies]
 
 
@@ -116,11 +118,14 @@ def test_served_yolov8n_pose_equals_ultralytics_predictor(served, yolo_pose):
     assert found >= 2, "the conditioned model should find persons on these photos"
 
 
-@pytest.mark.parametrize("name, names, edges", [("krcnn_onnx", list(COCO_KEYPOINT_NAMES), [list(e) for e in COCO_SKELETON]),
-                                                ("yolov8n_pose", list(COCO_KEYPOINT_NAMES), [list(e) for e in COCO_SKELETON]),
+COCO = (list(COCO_KEYPOINT_NAMES), [list(e) for e in COCO_SKELETON])
+
+
+@pytest.mark.parametrize("name, names, edges", [("krcnn_onnx", *COCO), ("yolov8n_pose", *COCO),
                                                 ("toy_pose_onnx", TOY_KEYPOINT_NAMES, TOY_SKELETON)])
 def test_served_describe_carries_keypoint_names_and_skeleton(served, name, names, edges):
-    response = requests.get(f"{served.management_url}/models/{name}?customized=true", headers=served.headers("management"), timeout=60)
+    response = requests.get(f"{served.management_url}/models/{name}?customized=true",
+                            headers=served.headers("management"), timeout=60)
     assert response.status_code == 200, response.text
     about = response.json()[0]["customizedMetadata"]
     about = json.loads(about) if isinstance(about, str) else about
@@ -150,7 +155,8 @@ def test_served_options_and_pictures_in_one_batch(served, name):
     assert plain.status_code == lower.status_code == none.status_code == 200
     assert assert_toy_truth(plain.json(), truth, name.rsplit("_", 1)[0]) is not None
     assert lower.json() == plain.json() and none.json() == []
-    assert bad.status_code == 400 and bad.json()["type"] == "UnknownOption" and "'score_threshold'" in bad.json()["message"]
+    assert bad.status_code == 400 and bad.json()["type"] == "UnknownOption"
+    assert "'score_threshold'" in bad.json()["message"]
     assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/png"
     pixels = np.asarray(Image.open(io.BytesIO(drawn.content)).convert("RGB"))
     assert pixels.shape == (720, 1280, 3)

@@ -40,12 +40,14 @@ def photos():
 
 def test_mask_rcnn_export_report(mrcnn):
     folder, exportable, report = mrcnn
-    print("\nexport report:", json.dumps({k: report[k] for k in ("architecture", "files", "outputs", "parameters", "flops_per_image",
-                                                                 "parity_detections", "max_abs_diff", "torchscript_seconds", "onnx_seconds")}))
+    shown = ("architecture", "files", "outputs", "parameters", "flops_per_image", "parity_detections", "max_abs_diff",
+             "torchscript_seconds", "onnx_seconds")
+    print("\nexport report:", json.dumps({k: report[k] for k in shown}))
     assert report["ok"] and report["files"] == ["model.pt", "model.onnx"] and report["outputs"] == OUTPUT_NAMES
     settings = json.loads((folder / "settings.json").read_text())
     assert settings["task"] == "instance_segmentation" and settings["detection_format"] == "torchvision"
-    assert settings["random_weights"] and settings["background_index"] == 0 and settings["mask_format"] is None  # None: the task's default, RLE
+    assert settings["random_weights"] and settings["background_index"] == 0
+    assert settings["mask_format"] is None  # None: the task's default, RLE
     assert json.loads((folder / "labels.json").read_text())[1] == "person"
 
 
@@ -68,7 +70,8 @@ def test_mask_rcnn_task_equals_archived_model(mrcnn, mrcnn_tasks, photos, backen
         found_any = 0
         for name, image in photos.items():
             answer = task.run([png(image)])[0]
-            figures = compare_instances(answer, expected_instances(direct_mask_rcnn(folder, backend, image), settings, image.size))
+            expected = expected_instances(direct_mask_rcnn(folder, backend, image), settings, image.size)
+            figures = compare_instances(answer, expected)
             print(f"\n{backend} {name} {image.size}: {figures}")
             assert_close(figures)
             found_any += len(answer)

@@ -44,14 +44,15 @@ def test_yolov8n_pose_equals_ultralytics_predictor(yolo_pose):
 
 def test_keypoint_rcnn_export_report_and_settings(krcnn):
     folder, exportable, report = krcnn
-    print("\nexport report:", json.dumps({k: report[k] for k in ("files", "outputs", "parameters", "flops_per_image",
-                                                                 "parity_detections", "max_abs_diff", "torchscript_seconds",
-                                                                 "onnx_seconds")}))
+    shown = ("files", "outputs", "parameters", "flops_per_image", "parity_detections", "max_abs_diff",
+             "torchscript_seconds", "onnx_seconds")
+    print("\nexport report:", json.dumps({k: report[k] for k in shown}))
     assert report["ok"] and report["files"] == ["model.pt", "model.onnx"] and report["parity_detections"] >= 1
     assert report["outputs"] == list(KEYS)
     assert report["parameters"] == sum(p.numel() for p in exportable.module.parameters())
     settings = json.loads((folder / "settings.json").read_text())
-    assert settings["task"] == "keypoints" and settings["detection_format"] == "torchvision" and settings["random_weights"]
+    assert settings["task"] == "keypoints" and settings["detection_format"] == "torchvision"
+    assert settings["random_weights"]
     assert settings["keypoint_names"] == list(COCO_KEYPOINT_NAMES) and len(settings["keypoint_names"]) == 17
     assert settings["skeleton"] == [list(e) for e in COCO_SKELETON] and len(settings["skeleton"]) == 19
     assert json.loads((folder / "labels.json").read_text()) == ["no person", "person"]
@@ -85,7 +86,8 @@ def test_keypoint_rcnn_task_equals_the_archived_model_file(krcnn, backend):
         print(f"\n{backend} {name} {image.size}: {figures}")
         assert answer and figures["persons"] == len(expected)
         check_person_schema(answer, *image.size, 17)
-        assert figures["box"] <= 0.01 and figures["score"] <= 1e-6 and figures["point"] <= 0.01 and figures["keypoint_score"] <= 1e-4
+        assert figures["box"] <= 0.01 and figures["score"] <= 1e-6
+        assert figures["point"] <= 0.01 and figures["keypoint_score"] <= 1e-4
 
 
 @pytest.mark.parametrize("backend", list(FILES))
@@ -112,10 +114,12 @@ def test_keypoint_rcnn_scripted_vs_eager_measured(krcnn):
             sizes = [list(m.transform([tensor])[0].image_sizes[0]) for m in (eager, scripted)]
             found = eager([tensor])[0]
         eager_answer = persons_from_raw({k: found[k].numpy() for k in KEYS}, settings, exportable.labels, image.size)
-        scripted_answer = persons_from_raw(direct(folder, "torchscript", image), settings, exportable.labels, image.size)
+        scripted_answer = persons_from_raw(direct(folder, "torchscript", image), settings, exportable.labels,
+                                           image.size)
         onnx_answer = persons_from_raw(direct(folder, "onnx", image), settings, exportable.labels, image.size)
         figures[name] = {"eager_resized": sizes[0], "scripted_resized": sizes[1],
-                         "eager_persons": len(eager_answer), "scripted_persons": len(scripted_answer), "onnx_persons": len(onnx_answer)}
+                         "eager_persons": len(eager_answer), "scripted_persons": len(scripted_answer),
+                         "onnx_persons": len(onnx_answer)}
         for label, other in (("scripted_vs_eager", eager_answer), ("onnx_vs_scripted", onnx_answer)):
             try:
                 figures[name][label] = differences(scripted_answer, other)

@@ -22,8 +22,8 @@ def toy_pt2(tmp_path_factory):
     if shutil.which("g++") is None and shutil.which("c++") is None:
         pytest.fail("AOTInductor needs a C++ compiler (g++); scripts/setup.sh's machine has one")
     folder = tmp_path_factory.mktemp("pt2") / "segmentation"
-    exportable = Exportable("segmentation", "toy-segmentation", ColourSegmenter().eval(), dict(TOY_SETTINGS["segmentation"]),
-                            TOY_SEGMENTATION_LABELS, False, ["logits"])
+    exportable = Exportable("segmentation", "toy-segmentation", ColourSegmenter().eval(),
+                            dict(TOY_SETTINGS["segmentation"]), TOY_SEGMENTATION_LABELS, False, ["logits"])
     report = export_files(exportable, folder, pt2=True)
     (folder / "labels.json").write_text(json.dumps(TOY_SEGMENTATION_LABELS))
     return folder, report

@@ -37,7 +37,8 @@ def test_toy_masks_are_known_to_the_pixel(toys, fmt, backend):
         rle_agreement = check_toy_answer(task.run([png(image)])[0], fmt, width, height)
         polygon_agreement = check_toy_answer(polygon_task.run([png(image)])[0], fmt, width, height, "polygon")
         png_agreement = check_toy_answer(png_task.run([png(image)])[0], fmt, width, height, "png")
-        print(f"\n{fmt} {backend} {width}x{height}: mask agreement RLE {rle_agreement:.5f}, polygon {polygon_agreement:.5f}")
+        print(f"\n{fmt} {backend} {width}x{height}: mask agreement RLE {rle_agreement:.5f}, "
+              f"polygon {polygon_agreement:.5f}")
         assert rle_agreement >= 0.99 and polygon_agreement >= 0.99
         assert png_agreement == rle_agreement  # the same mask, written another way
         if fmt == "torchvision":  # the model's own mask at the original size: nothing to map, so exact
@@ -87,6 +88,7 @@ def test_mask_threshold_and_settings(toys):
     answer = task.run([png(image)])[0]
     assert len(answer) == 1 and np.array_equal(rle_mask(answer[0]["mask"]), truth)
     with pytest.raises(ValueError, match="mask_threshold must lie between 0 and 1"):
-        Settings.from_mapping({"task": "instance_segmentation", "detection_format": "torchvision", "mask_threshold": 1.0})
+        Settings.from_mapping({"task": "instance_segmentation", "detection_format": "torchvision",
+                               "mask_threshold": 1.0})
     with pytest.raises(ValueError, match="instance_segmentation serves detection_format"):
         toy_task(toys, "torchvision", "onnx", detection_format="yolov8", background_index=None)

@@ -34,7 +34,8 @@ def test_toy_keypoints_land_on_the_corners(toys, toy, backend):
     assert isinstance(task, TorchvisionKeypointsTask if toy == "toy_rcnn" else KeypointsTask)
     task.warm_up()
     scenes = [bright_box_scene(w, h) for w, h in SCENES]
-    errors = [assert_toy_truth(answer, truth, toy) for (_, truth), answer in zip(scenes, task.run([png(i) for i, _ in scenes]))]
+    answers = task.run([png(image) for image, _ in scenes])
+    errors = [assert_toy_truth(answer, truth, toy) for (_, truth), answer in zip(scenes, answers)]
     print(f"\n{toy} {backend}: largest box/point error {max(errors):.2f} px")
 
 
@@ -94,7 +95,8 @@ def test_settings_need_a_keypoint_format():
     with pytest.raises(ValueError, match="task keypoints needs detection_format torchvision or yolov8_pose"):
         Settings.from_mapping({"task": "keypoints", "detection_format": "yolov8"})
     settings = Settings.from_mapping({"task": "keypoints", "detection_format": "yolov8_pose"})
-    assert settings.resize_mode == "letterbox_center" and settings.iou_threshold == 0.7 and settings.score_threshold == 0.25
+    assert settings.resize_mode == "letterbox_center"
+    assert settings.iou_threshold == 0.7 and settings.score_threshold == 0.25
 
 
 def synthetic_pose_output(seed: int, anchors: int = 8400, keypoints: int = 17) -> np.ndarray:
@@ -124,7 +126,8 @@ def test_yolov8_pose_answers_equal_ultralytics_postprocessing(width, height):
     settings = Settings.from_mapping({"task": "keypoints", "detection_format": "yolov8_pose", "max_detections": 300,
                                       "pre_nms_top_k": 30000})
     ours = KeypointsTask(None, settings, ["person"]).finish([raw[0]], placement)
-    theirs = non_max_suppression(torch.from_numpy(raw), settings.score_threshold, settings.iou_threshold, max_det=300, nc=1)[0]
+    theirs = non_max_suppression(torch.from_numpy(raw), settings.score_threshold, settings.iou_threshold, max_det=300,
+                                 nc=1)[0]
     boxes = ops.scale_boxes((640, 640), theirs[:, :4].clone(), (height, width)).numpy()
     points = ops.scale_coords((640, 640), theirs[:, 6:].reshape(-1, 17, 3).clone(), (height, width)).numpy()
     assert 20 < len(ours) == len(theirs) < 250
