@@ -1,8 +1,8 @@
 """Issue 24, part 1: plain ``torch-model-archiver`` and ``torchserve --start`` as first-class paths
 (the in-process part: tests/unit/test_plain_archiver.py).
 
-End to end, on a TorchServe of its own (the README's commands start it): the commands of the README's section "With torch-model-archiver and torchserve
-directly", read from the README itself (the exports replaced by the session's, with made-up label
+End to end, on a TorchServe of its own (the README's commands start it): the commands of the
+README's section "With torch-model-archiver and torchserve directly", read from the README itself (the exports replaced by the session's, with made-up label
 names), served by a real TorchServe whose Python cannot import ``tsvision``: a fresh venv that
 sees the main venv's packages through a ``.pth`` line (a ``.pth`` file inside a folder added that
 way is not processed, so the editable install's finder stays out), PYTHONPATH unset.
