@@ -17,6 +17,7 @@ from typing import Optional
 import pytest
 
 from tests.e2e.conftest import registered
+from tests.helpers import jpeg
 from tests.load import (
     BATCH_SIZE,
     MODEL,
@@ -37,6 +38,11 @@ pytestmark = pytest.mark.e2e
 def store(exports, tmp_path_factory) -> Path:
     """Three versions of the ONNX classifier, batch size 4, differing in top_k only."""
     return build_versions(exports, tmp_path_factory.mktemp("reliability_store"))
+
+
+@pytest.fixture(scope="module")
+def photo(photos) -> bytes:
+    return jpeg(photos["chelsea"])  # 451×300, a real photo
 
 
 # -- restore -------------------------------------------------------------------------------
