@@ -32,8 +32,9 @@ from tests.toy_models import (
     ColourSegmenter,
 )
 from tsvision.serving.settings import Settings
-from tsvision.tools.architectures import Exportable, build_exportable
-from tsvision.tools.export import export_files, write_settings
+from tsvision.tools.export.architectures import build_exportable
+from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.export.model_files import export_files, write_settings
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 TIERS = Path(__file__).resolve().parent
@@ -126,8 +127,8 @@ def keypoint_toys(tmp_path_factory) -> Path:
 def instance_toys(tmp_path_factory) -> Path:
     """The Mask R-CNN-contract toy scripted and exported to one-image ONNX by the detectors' export
     code, the YOLOv8-seg-contract toy traced and exported to ONNX by ``export_files``."""
-    from tsvision.tools.instance_segmenters import OUTPUT_NAMES
-    from tsvision.tools.torchvision_detectors import export_detector_onnx
+    from tsvision.tools.export.mask_rcnn import OUTPUT_NAMES
+    from tsvision.tools.export.torchvision_detectors import export_detector_onnx
 
     root = tmp_path_factory.mktemp("instance_toys")
     (root / "torchvision").mkdir()
@@ -187,7 +188,7 @@ def krcnn(tmp_path_factory):
 
 def _export_yolo(folder: Path, name: str) -> dict:
     pytest.importorskip("ultralytics")
-    from tsvision.tools.ultralytics_export import export_yolo
+    from tsvision.tools.export.ultralytics_models import export_yolo
 
     return export_yolo(name, folder)
 
@@ -217,7 +218,7 @@ def yolov8n(tmp_path_factory) -> Path:
     """``tsvision export --arch yolov8n``: ultralytics' own ONNX exporter, random conditioned weights;
     its log is quiet."""
     pytest.importorskip("ultralytics")
-    from tsvision.tools.export import main as export_main
+    from tsvision.tools.export.cli import main as export_main
 
     folder = tmp_path_factory.mktemp("yolov8n")
     started = time.time()

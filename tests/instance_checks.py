@@ -23,7 +23,7 @@ from tests.scenes import bright_box_scene
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
 from tsvision.serving.tasks.torchvision_detection import to_chw_float
-from tsvision.tools.instance_segmenters import OUTPUT_NAMES
+from tsvision.tools.export.mask_rcnn import OUTPUT_NAMES
 
 coco = pytest.importorskip("pycocotools.mask")
 

@@ -13,8 +13,8 @@ from typing import List, Optional
 import psutil
 import requests
 
-from tsvision.tools.archive import main as archive_main
-from tsvision.tools.server import TorchServe
+from tsvision.tools.archive.cli import main as archive_main
+from tsvision.tools.serve.server import TorchServe
 
 MODEL = "rel_classifier"
 TOP_K = {"1.0": 5, "2.0": 3, "3.0": 1}  # the length of an answer tells which version answered

@@ -17,9 +17,9 @@ import pytest
 import requests
 
 from tests.helpers import AB_MODEL, AB_TOP_K, BACKENDS, EXAMPLE_HANDLER, TASKS, TOY_SETTINGS
-from tsvision.tools.archive import main as archive_main
-from tsvision.tools.manage import verify_archive
-from tsvision.tools.server import DEVELOPMENT_PROFILE, TorchServe
+from tsvision.tools.archive.cli import main as archive_main
+from tsvision.tools.serve.manage import verify_archive
+from tsvision.tools.serve.server import DEVELOPMENT_PROFILE, TorchServe
 
 
 @pytest.fixture(scope="session")

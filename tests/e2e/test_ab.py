@@ -17,13 +17,14 @@ from PIL import Image
 
 from tests.helpers import AB_MODEL as MODEL
 from tests.helpers import AB_TOP_K as TOP_K
-from tsvision.tools.manage import Management
-from tsvision.tools.manage import main as manage_main
-from tsvision.tools.proxy import Router
-from tsvision.tools.report import served_by_version, variant_report
-from tsvision.tools.routing import Routing, bucket_counts
-from tsvision.tools.routing import main as routing_main
-from tsvision.tools.server import free_port
+from tsvision.tools.routing.buckets import bucket_counts
+from tsvision.tools.routing.cli import main as routing_main
+from tsvision.tools.routing.proxy import Router
+from tsvision.tools.routing.report import served_by_version, variant_report
+from tsvision.tools.routing.routing_file import Routing
+from tsvision.tools.serve.manage import Management
+from tsvision.tools.serve.manage import main as manage_main
+from tsvision.tools.serve.server import free_port
 
 pytestmark = pytest.mark.e2e
 

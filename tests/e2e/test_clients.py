@@ -21,7 +21,7 @@ from examples import classify, client, detect, segment
 from tests.checks import check_classification, check_detection, check_segmentation
 from tests.helpers import REPO as ROOT
 from tests.unit.test_cli_errors import assert_one_line, run
-from tsvision.tools.server import TorchServe
+from tsvision.tools.serve.server import TorchServe
 
 
 def test_predict_without_a_key_file_and_into_a_closed_pipe(served, photos, tmp_path):

@@ -36,10 +36,10 @@ from tests.helpers import TASKS, jpeg
 from tests.instance_toys import BrightMaskYoloSeg
 from tests.keypoint_toys import TOY_KEYPOINT_NAMES, TOY_SKELETON, BrightRectanglePose
 from tests.unit.test_plain_archiver import HANDLERS, command_lines, readme_blocks  # noqa: E402
-from tsvision.tools.architectures import Exportable
-from tsvision.tools.export import write_settings
-from tsvision.tools.processes import stop_tree
-from tsvision.tools.server import TorchServe
+from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.export.model_files import write_settings
+from tsvision.tools.serve.processes import stop_tree
+from tsvision.tools.serve.server import TorchServe
 
 
 # -- end to end: the README's commands on a host without tsvision ------------------------------------

@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from tests.helpers import AB_MODEL, BACKENDS, TASKS, jpeg
-from tsvision.tools.archive import main as archive_main
-from tsvision.tools.grpc_client import GrpcClient, PredictionError
-from tsvision.tools.oip_gateway import OipGateway
-from tsvision.tools.predict import main as predict_main
-from tsvision.tools.predict import predict_oip_rest, predict_rest
-from tsvision.tools.server import free_port
+from tsvision.tools.archive.cli import main as archive_main
+from tsvision.tools.clients.grpc_client import GrpcClient, PredictionError
+from tsvision.tools.clients.oip_gateway import OipGateway
+from tsvision.tools.clients.predict import main as predict_main
+from tsvision.tools.clients.predict import predict_oip_rest, predict_rest
+from tsvision.tools.serve.server import free_port
 
 pytestmark = pytest.mark.e2e
 MODELS = [f"{task}_{backend}" for task in TASKS for backend in BACKENDS]

@@ -27,7 +27,7 @@ from PIL import Image
 from examples.demo import keep_running_help
 from tests.checks import check_detection
 from tests.helpers import REPO
-from tsvision.tools.server import REPO_CONFIG, TorchServe, free_port
+from tsvision.tools.serve.server import REPO_CONFIG, TorchServe, free_port
 
 README = REPO / "README.md"
 START_SECTIONS = ("Starting TorchServe",)

@@ -28,8 +28,8 @@ from tests.load import (
     describe_failures,
     version_arguments,
 )
-from tsvision.tools.manage import Management
-from tsvision.tools.server import DEVELOPMENT_PROFILE, TorchServe
+from tsvision.tools.serve.manage import Management
+from tsvision.tools.serve.server import DEVELOPMENT_PROFILE, TorchServe
 
 pytestmark = pytest.mark.e2e
 pytestmark = pytest.mark.e2e

@@ -19,8 +19,8 @@ from tests.checks import (
 from tests.helpers import AB_MODEL, BACKENDS, TASKS, all_at_once, jpeg, load_task, png
 from tests.scenes import GEOMETRY_SIZES, bright_box_scene, colour_scene
 from tsvision.serving.tasks.segmentation import decode_png
-from tsvision.tools.manage import Management, ManagementError
-from tsvision.tools.server import TorchServe
+from tsvision.tools.serve.manage import Management, ManagementError
+from tsvision.tools.serve.server import TorchServe
 
 pytestmark = pytest.mark.e2e
 DEFAULT_MODELS = [f"{task}_{backend}" for task in TASKS for backend in BACKENDS]

@@ -30,7 +30,7 @@ from tests.scenes import OBJECT_PHOTOS, sized_photos
 from tsvision.serving.tasks import load_export
 from tsvision.serving.tasks.instance_segmentation import YoloInstanceSegmentationTask
 from tsvision.serving.tasks.torchvision_detection import to_chw_float
-from tsvision.tools.instance_segmenters import OUTPUT_NAMES
+from tsvision.tools.export.mask_rcnn import OUTPUT_NAMES
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def test_keypoint_rcnn_export_report_and_settings(krcnn):
     assert settings["skeleton"] == [list(e) for e in COCO_SKELETON] and len(settings["skeleton"]) == 19
     assert json.loads((folder / "labels.json").read_text()) == ["no person", "person"]
     # the keypoint decoding's bicubic Resize (ONNX Runtime's slow cubic kernel) was rewritten as matrix
-    # products by the export (tools/onnx_cubic.py); report["ok"] above holds its answers to eager's
+    # products by the export (tools/export/onnx_cubic.py); report["ok"] above holds its answers to eager's
     from tests.unit.test_onnx_cubic import op_types
 
     assert "Resize" in op_types(onnx.load(str(folder / "model.onnx")).graph)  # the transform's bilinear resize stays

@@ -13,8 +13,8 @@ from tests.scenes import colour_scene
 from tests.toy_models import TOY_SEGMENTATION_LABELS, ColourSegmenter
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
-from tsvision.tools.architectures import Exportable
-from tsvision.tools.export import export_files
+from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.export.model_files import export_files
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 from benchmarks.lock import heavy_run
 from tests.helpers import jpeg
 from tests.load import BATCH_SIZE, MODEL, Client, ClosedLoop, build_versions, describe_failures, paced, rss
-from tsvision.tools.server import TorchServe
+from tsvision.tools.serve.server import TorchServe
 
 SOAK_SECONDS = float(os.environ.get("TSVISION_SOAK_SECONDS", "60"))  # issue 7 measured 300 s: see docs/security.md
 

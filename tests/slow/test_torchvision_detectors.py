@@ -79,7 +79,7 @@ def test_archive_recognises_a_whole_detector(frcnn, backend, tmp_path, capsys):
 
     import yaml
 
-    from tsvision.tools.archive import main as archive_main
+    from tsvision.tools.archive.cli import main as archive_main
 
     folder = frcnn[0]
     assert archive_main(["--model", str(folder / BACKENDS[backend]), "--task", "detection", "--labels",

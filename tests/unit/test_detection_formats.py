@@ -20,7 +20,7 @@ from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
 from tsvision.serving.tasks.detection import DetectionTask
 from tsvision.serving.tasks.detection_formats import guess_format
-from tsvision.tools.archive import main as archive_main
+from tsvision.tools.archive.cli import main as archive_main
 
 SCENES = [(333, 777), (1280, 720)]
 

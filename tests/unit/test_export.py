@@ -13,8 +13,8 @@ import torchvision
 import yaml
 
 from tsvision.serving.runtimes import load_runtime
-from tsvision.tools.archive import main as archive_main
-from tsvision.tools.export import main as export_main
+from tsvision.tools.archive.cli import main as archive_main
+from tsvision.tools.export.cli import main as export_main
 
 
 @pytest.mark.parametrize("task, architecture", [

@@ -16,7 +16,7 @@ from tests.helpers import png
 from tsvision.serving.service import answer_requests
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
-from tsvision.tools.archive import main as archive_main
+from tsvision.tools.archive.cli import main as archive_main
 
 SIZE = 32
 SETTINGS = {"task": "classification", "input_size": SIZE, "resize_size": 36, "top_k": 3}

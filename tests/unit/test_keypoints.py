@@ -82,8 +82,8 @@ def test_a_keypoint_count_that_does_not_fit_the_names_is_refused_at_load(toys, t
 
 
 def test_the_entry_file_defines_the_keypoint_detector(tmp_path):
-    from tsvision.tools.archive import default_handler
-    from tsvision.tools.local import load_handler_class
+    from tsvision.tools.archive.local_worker import load_handler_class
+    from tsvision.tools.archive.package import default_handler
 
     handler = default_handler("keypoints", tmp_path)
     assert handler.name == "keypoint_detector.py" and handler.parent.name == "handlers"

@@ -24,9 +24,9 @@ from PIL import Image
 from tests.helpers import REPO, TASKS, jpeg
 from tsvision.serving.tasks.base import LabelCountError
 from tsvision.serving.tasks.detection_formats import class_count
-from tsvision.tools.archive import main as archive_main
-from tsvision.tools.extra_files import main as extra_files_main
-from tsvision.tools.local import LocalWorker, load_handler_class
+from tsvision.tools.archive.cli import main as archive_main
+from tsvision.tools.archive.extra_files import main as extra_files_main
+from tsvision.tools.archive.local_worker import LocalWorker, load_handler_class
 
 ROOT = REPO
 SECTION = "With torch-model-archiver and torchserve directly"
