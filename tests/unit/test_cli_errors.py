@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -143,10 +144,19 @@ MISTAKES = {  # name: (arguments, exit status, words the one line must hold)
 }
 
 
+@pytest.fixture(scope="module")
+def mistakes_run(files) -> dict:
+    """Every mistake's command run once, as its own subprocess, as many at a time as there are cores
+    (each is a fresh Python that spends its seconds importing; they share nothing but the folder of
+    inputs, which none of them writes)."""
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        return dict(zip(MISTAKES, pool.map(lambda name: run(MISTAKES[name][0], files), MISTAKES)))
+
+
 @pytest.mark.parametrize("name", MISTAKES)
-def test_a_mistake_is_one_line(files, name):
-    args, status, words = MISTAKES[name]
-    assert_one_line(run(args, files), status, *words)
+def test_a_mistake_is_one_line(mistakes_run, name):
+    _, status, words = MISTAKES[name]
+    assert_one_line(mistakes_run[name], status, *words)
 
 
 def test_the_older_entry_points_and_archive_sh_say_it_the_same_way(files):
