@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import torch
 import yaml
+from torch.utils.flop_counter import FlopCounterMode
 
 from tsvision.serving.runtimes import load_runtime
 from tsvision.serving.settings import Settings
@@ -87,7 +88,7 @@ def export_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path, outpu
 def export_pt2(module: torch.nn.Module, sample: torch.Tensor, path: Path, spatial: bool = False) -> None:
     """``torch.export`` with a dynamic batch axis (and with ``spatial`` height and width), compiled for
     this CPU by AOTInductor (needs a C++ compiler; a minute or more per model on 2 cores)."""
-    import torch._inductor
+    import torch._inductor  # heavy (seconds to import): only for --pt2
 
     with torch.no_grad():
         program = torch.export.export(module, (sample,), dynamic_shapes=(dynamic_axes(spatial),))
@@ -107,15 +108,14 @@ def compare_backends(module: torch.nn.Module, ts_path: Path, onnx_path: Path, ba
     def diff(a, b):
         return float(max(np.abs(x - y).max() for x, y in zip(a, b)))
 
-    diffs = {"torchscript_vs_eager": diff(torchscript, eager), "onnx_vs_eager": diff(onnx, eager), "onnx_vs_torchscript": diff(onnx, torchscript)}
+    diffs = {"torchscript_vs_eager": diff(torchscript, eager), "onnx_vs_eager": diff(onnx, eager),
+             "onnx_vs_torchscript": diff(onnx, torchscript)}
     if pt2_path is not None:
         diffs["pt2_vs_eager"] = diff(load_runtime(pt2_path).run(batch.numpy()), eager)
     return diffs
 
 
 def count_flops(module: torch.nn.Module, size: int) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         module(torch.zeros(1, 3, size, size))

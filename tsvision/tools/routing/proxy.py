@@ -64,7 +64,8 @@ class Nginx:
             (self.prefix / "tmp" / kind).mkdir(parents=True, exist_ok=True)
         # As root, nginx would run its workers as "nobody", who cannot write our temp folders.
         user = "root" if os.geteuid() == 0 else None
-        self.config.write_text(render_nginx(routing, f"127.0.0.1:{self.port}", self.torchserve, self.prefix, user, self.router))
+        self.config.write_text(render_nginx(routing, f"127.0.0.1:{self.port}", self.torchserve, self.prefix, user,
+                                            self.router))
         check = subprocess.run([self.binary, "-t", "-q", "-p", str(self.prefix), "-c", str(self.config)],
                                capture_output=True, text=True)
         if check.returncode != 0:
@@ -238,7 +239,8 @@ class HAProxy:
             self._persist(table, routing, current)
         else:
             self._persist(table, routing, None)
-        return {"moved": sum(a != b for a, b in zip(current, table)), "buckets": {v: table.count(v) for v in dict.fromkeys(table)}}
+        return {"moved": sum(a != b for a, b in zip(current, table)),
+                "buckets": {v: table.count(v) for v in dict.fromkeys(table)}}
 
     def route(self, key: Optional[str], header: str = "X-User-Id", session: Optional[requests.Session] = None) -> str:
         """The version a request with this key goes to now, asked of HAProxy (no inference)."""
@@ -336,7 +338,8 @@ class Router:
             fixed = ("model", "sticky_header", "shadow")
             changed = [name for name in fixed if getattr(routing, name) != getattr(self.routing, name)]
             if changed:
-                raise ValueError(f"{', '.join(changed)} changed: restart the router (only weights and versions change live)")
+                raise ValueError(f"{', '.join(changed)} changed: restart the router (only weights and versions change "
+                                 f"live)")
         result = self.haproxy.apply(routing)
         self.routing = routing
         return result
