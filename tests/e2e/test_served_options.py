@@ -229,7 +229,6 @@ def test_segmentation_picture_overlays_the_classes_with_their_colours(served):
     assert image.shape[0] == 777 and image.shape[1] > 333
     photo = np.asarray(scene).astype(int)
     palette = voc_palette().astype(int)
-    inner = truth.copy()
     for cls in (1, 2, 3):  # well inside each shape: half the photo, half the class colour
         ys, xs = np.nonzero(truth == cls)
         y, x = int(np.median(ys)), int(np.median(xs))

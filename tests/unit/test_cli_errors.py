@@ -207,7 +207,7 @@ def test_every_help_is_complete(capsys):
     assert cli.main(["--help"]) == 0
     top = capsys.readouterr().out
     assert "--debug" in top
-    for name, (module, _) in cli.COMMANDS.items():
+    for name, (_module, _) in cli.COMMANDS.items():
         assert name in top
         with pytest.raises(SystemExit) as exit_:
             cli.main([name, "--help"])

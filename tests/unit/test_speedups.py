@@ -61,7 +61,7 @@ def test_edge_only_upsampling_equals_resizing_every_class(width, height, stretch
 
 def test_segmentation_answers_equal_the_reference_on_photos(exports, photos):
     task = load_task(exports / "segmentation", "onnx")
-    for name, photo in photos.items():
+    for _name, photo in photos.items():
         array, placement = task.prepare(photo)
         logits = task.runtime.run(np.ascontiguousarray(
             ((array[None].astype(np.float32) / 255 - task.settings.mean) / task.settings.std).transpose(0, 3, 1, 2),
