@@ -17,7 +17,8 @@ def check_classification(answer: list, labels: list, top_k: int = 5) -> None:
 def check_segmentation(answer: dict, width: int, height: int, num_classes: int) -> np.ndarray:
     assert set(answer) == {"width", "height", "mask", "classes"}
     mask = decode_png(answer["mask"])
-    assert mask.shape == (height, width) and mask.dtype == np.uint8 and (answer["width"], answer["height"]) == (width, height)
+    assert mask.shape == (height, width) and mask.dtype == np.uint8 \
+        and (answer["width"], answer["height"]) == (width, height)
     counts = np.bincount(mask.reshape(-1), minlength=num_classes)
     assert len(counts) == num_classes
     assert {c["index"]: c["pixels"] for c in answer["classes"]} == {i: int(n) for i, n in enumerate(counts) if n}

@@ -66,7 +66,8 @@ def png_declaring(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+            + chunk(b"IEND", b""))
 
 
 def gif_declaring(width: int, height: int) -> bytes:
@@ -118,22 +119,32 @@ def build_corpus() -> List[Case]:
         Case("10000x10 strip", encode(photo(10000, 10, seed=7), "PNG"), "image/png", 200),
         Case("octet-stream JPEG", encode(photo(seed=8), "JPEG"), "application/octet-stream", 200),
         Case("base64 JSON", json.dumps({"data": b64(encode(photo(seed=9), "JPEG"))}).encode(), "application/json", 200),
-        Case("data URL as text", ("data:image/png;base64," + b64(encode(photo(seed=10), "PNG"))).encode(), "text/plain", 200),
-        Case("URL-safe base64 JSON", json.dumps({"image": base64.urlsafe_b64encode(encode(photo(seed=11), "JPEG")).decode().rstrip("=")}).encode(), "application/json", 200),
+        Case("data URL as text", ("data:image/png;base64," + b64(encode(photo(seed=10), "PNG"))).encode(),
+             "text/plain", 200),
+        Case("URL-safe base64 JSON",
+             json.dumps({"image": base64.urlsafe_b64encode(encode(photo(seed=11), "JPEG")).decode()
+                         .rstrip("=")}).encode(),
+             "application/json", 200),
     ]
     bad = [
         Case("zero bytes", b"", "application/octet-stream", 400, "EmptyInput"),
-        Case("random bytes", np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(), "application/octet-stream", 400, "UnreadableImage"),
+        Case("random bytes", np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+             "application/octet-stream", 400, "UnreadableImage"),
         Case("truncated JPEG", jpeg[: len(jpeg) // 2], "image/jpeg", 400, "UnreadableImage"),
         Case("text file as image", b"just some notes, not a picture\n" * 20, "image/png", 400, "UnreadableImage"),
-        Case("HTML page", b"<!doctype html><html><body><img src=x></body></html>", "text/html", 415, "UnsupportedMediaType"),
+        Case("HTML page", b"<!doctype html><html><body><img src=x></body></html>", "text/html", 415,
+             "UnsupportedMediaType"),
         Case("PDF content type", b"%PDF-1.4\n%...", "application/pdf", 415, "UnsupportedMediaType"),
         Case("PNG declaring 100000x100000", png_declaring(100_000, 100_000), "image/png", 413, "ImageTooLarge"),
         Case("GIF declaring 60000x60000", gif_declaring(60_000, 60_000), "image/gif", 413, "ImageTooLarge"),
-        Case("real 48-megapixel JPEG", encode(Image.new("RGB", (8000, 6000), (90, 120, 200)), "JPEG", quality=50), "image/jpeg", 413, "ImageTooLarge"),
-        Case("PNG with corrupt pixel data", encode(photo(seed=12), "PNG")[:60] + b"\x00" * 200, "image/png", 400, "UnreadableImage"),
-        Case("bad base64", json.dumps({"data": "this is *not* base64!"}).encode(), "application/json", 400, "BadBase64"),
-        Case("JSON without image field", json.dumps({"picture": b64(jpeg)}).encode(), "application/json", 400, "MissingImage"),
+        Case("real 48-megapixel JPEG", encode(Image.new("RGB", (8000, 6000), (90, 120, 200)), "JPEG", quality=50),
+             "image/jpeg", 413, "ImageTooLarge"),
+        Case("PNG with corrupt pixel data", encode(photo(seed=12), "PNG")[:60] + b"\x00" * 200, "image/png", 400,
+             "UnreadableImage"),
+        Case("bad base64", json.dumps({"data": "this is *not* base64!"}).encode(), "application/json", 400,
+             "BadBase64"),
+        Case("JSON without image field", json.dumps({"picture": b64(jpeg)}).encode(), "application/json", 400,
+             "MissingImage"),
         Case("malformed JSON", b'{"data": "abc', "application/json", 400, "BadJson"),
         Case("JSON number as image", json.dumps({"data": 42}).encode(), "application/json", 400, "BadJson"),
         Case("empty instances", json.dumps({"instances": []}).encode(), "application/json", 400, "MissingImage"),

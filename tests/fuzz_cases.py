@@ -146,14 +146,16 @@ def bmp_layout(data: bytes) -> Layout:
     return Layout(
         boundaries=offsets + [54],
         lengths=[Field(2, 4, "<", "file size"), Field(10, 4, "<", "pixel offset"), Field(14, 4, "<", "DIB header size"),
-                 Field(28, 2, "<", "bits per pixel"), Field(34, 4, "<", "image size"), Field(46, 4, "<", "colours used")],
+                 Field(28, 2, "<", "bits per pixel"), Field(34, 4, "<", "image size"),
+                 Field(46, 4, "<", "colours used")],
         dimensions=[(Field(18, 4, "<", "width"), Field(22, 4, "<", "height"))],
         header_end=Field(10, 4, "<").read(data),
     )
 
 
 def gif_layout(data: bytes) -> Layout:
-    layout = Layout(boundaries=[6, 10, 13], dimensions=[(Field(6, 2, "<", "screen width"), Field(8, 2, "<", "screen height"))])
+    layout = Layout(boundaries=[6, 10, 13],
+                    dimensions=[(Field(6, 2, "<", "screen width"), Field(8, 2, "<", "screen height"))])
     pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
     while pos < len(data):
         layout.boundaries.append(pos)
@@ -224,7 +226,8 @@ def tiff_layout(data: bytes) -> Layout:
     return layout
 
 
-PARSERS = {"JPEG": jpeg_layout, "PNG": png_layout, "WEBP": webp_layout, "BMP": bmp_layout, "GIF": gif_layout, "TIFF": tiff_layout}
+PARSERS = {"JPEG": jpeg_layout, "PNG": png_layout, "WEBP": webp_layout, "BMP": bmp_layout, "GIF": gif_layout,
+           "TIFF": tiff_layout}
 
 
 def layout_of(fmt: str, data: bytes) -> Layout:
@@ -267,7 +270,8 @@ def mutations(fmt: str, data: bytes, rng: np.random.Generator, randoms: int = 24
     for cut in sorted({b for b in layout.boundaries if 0 < b < len(data)}):
         add("truncate-boundary", f"at {cut}", data[:cut])
     header = max(layout.header_end, 16)
-    for cut in sorted({int(x) for x in rng.integers(1, header, randoms // 2)} | {int(x) for x in rng.integers(header, len(data), randoms // 2)}):
+    for cut in sorted({int(x) for x in rng.integers(1, header, randoms // 2)}
+                      | {int(x) for x in rng.integers(header, len(data), randoms // 2)}):
         add("truncate-random", f"at {cut}", data[:cut])
     for index in range(randoms * 2):  # half in the header, half anywhere
         pos = int(rng.integers(0, header if index % 2 == 0 else len(data)))
@@ -281,12 +285,15 @@ def mutations(fmt: str, data: bytes, rng: np.random.Generator, randoms: int = 24
         add("insert", f"{index} at {pos}", data[:pos] + extra + data[pos:])
     for length in layout.lengths:
         value = length.read(data)
-        for wrong in sorted({0, 1, value - 1, value + 1, value * 2 + 7, length.maximum, length.maximum >> 1} - {value, -1}):
+        for wrong in sorted({0, 1, value - 1, value + 1, value * 2 + 7, length.maximum, length.maximum >> 1}
+                            - {value, -1}):
             add("length", f"{length.note} at {length.offset}: {value}->{wrong}", length.write(data, wrong))
     w0, h0 = SIZE
     for width, height in layout.dimensions:
-        for size in [(w0, 60_000), (60_000, h0), (400, 300), (1000, 1000), (65_535, 65_535), (0x7FFFFFFF, 3), (w0 + 1, h0 + 1), (0, h0)]:
-            add("dimensions", f"{width.note}/{height.note} {size[0]}x{size[1]}", inflate(fmt, data, width, height, size))
+        for size in [(w0, 60_000), (60_000, h0), (400, 300), (1000, 1000), (65_535, 65_535), (0x7FFFFFFF, 3),
+                     (w0 + 1, h0 + 1), (0, h0)]:
+            add("dimensions", f"{width.note}/{height.note} {size[0]}x{size[1]}",
+                inflate(fmt, data, width, height, size))
     return cases
 
 

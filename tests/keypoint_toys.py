@@ -50,7 +50,8 @@ class BrightRectangleKeypointRCNN(nn.Module):
             columns, rows = bright.any(dim=0), bright.any(dim=1)  # W, H
             xs = torch.arange(columns.shape[0], dtype=torch.float32, device=image.device)
             ys = torch.arange(rows.shape[0], dtype=torch.float32, device=image.device)
-            x1 = torch.where(columns, xs, torch.full_like(xs, 1e9)).min()  # no shape constants: the ONNX trace keeps them
+            # no shape constants: the ONNX trace keeps them
+            x1 = torch.where(columns, xs, torch.full_like(xs, 1e9)).min()
             x2 = torch.where(columns, xs + 1, 0.0).max()
             y1 = torch.where(rows, ys, torch.full_like(ys, 1e9)).min()
             y2 = torch.where(rows, ys + 1, 0.0).max()

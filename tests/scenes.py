@@ -21,7 +21,8 @@ def bright_box_scene(width: int, height: int) -> Tuple[Image.Image, List[float]]
     draw = ImageDraw.Draw(image)
     x1, y1 = round(width * 0.31) + 1, round(height * 0.23) + 1
     x2, y2 = round(width * 0.77), round(height * 0.64)
-    draw.rectangle([round(width * 0.05), round(height * 0.7), round(width * 0.25), round(height * 0.95)], fill=(90, 90, 90))
+    draw.rectangle([round(width * 0.05), round(height * 0.7), round(width * 0.25), round(height * 0.95)],
+                   fill=(90, 90, 90))
     draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=(250, 250, 250))  # PIL's rectangle includes x2 - 1, y2 - 1
     return image, [float(x1), float(y1), float(x2), float(y2)]
 
@@ -54,5 +55,6 @@ def sized_photos(chosen: dict) -> dict:
     """``{"WxH": image}`` for ``OBJECT_PHOTOS`` or ``PERSON_PHOTOS``: each crop resized with PIL's bilinear filter."""
     import skimage.data
 
-    return {f"{width}x{height}": Image.fromarray(getattr(skimage.data, name)()).convert("RGB").crop(box).resize((width, height), Image.BILINEAR)
+    return {f"{width}x{height}": Image.fromarray(getattr(skimage.data, name)()).convert("RGB").crop(box)
+            .resize((width, height), Image.BILINEAR)
             for (width, height), (name, box) in chosen.items()}

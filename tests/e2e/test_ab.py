@@ -159,12 +159,14 @@ def pids(proxy: Router) -> dict:
     deadline = time.time() + 10
     while not psutil.Process(proxy.nginx.pid).children() and time.time() < deadline:
         time.sleep(0.05)  # the master forks its worker just after it starts listening
-    return {"nginx": proxy.nginx.pid, "nginx workers": sorted(c.pid for c in psutil.Process(proxy.nginx.pid).children()),
+    return {"nginx": proxy.nginx.pid,
+            "nginx workers": sorted(c.pid for c in psutil.Process(proxy.nginx.pid).children()),
             "haproxy": proxy.haproxy.pid}
 
 
 @pytest.mark.parametrize("connections", ["keep-alive", "new connection per request"])
-def test_weight_changes_promote_and_rollback_under_load_lose_nothing(three_versions, router, management, tiny_jpeg, connections):
+def test_weight_changes_promote_and_rollback_under_load_lose_nothing(three_versions, router, management, tiny_jpeg,
+                                                                     connections):
     """8 clients send continuously (each its own keep-alive session, or a new connection per
     request) while the weights change 20 times, 2.0 is promoted and rolled back. After each
     change: the router's split over 2000 fresh keys within 2 points of the weights (asked of
@@ -188,8 +190,10 @@ def test_weight_changes_promote_and_rollback_under_load_lose_nothing(three_versi
                     response = requests.post(f"{router.url}/predictions/{MODEL}", data=tiny_jpeg, timeout=60,
                                              headers={"Content-Type": "image/jpeg", "Connection": "close",
                                                       "X-User-Id": key, **server.headers()})
-                    status, version, answer = response.status_code, response.headers.get("X-Model-Version"), response.json()
-                outcome = "ok" if status == 200 and len(answer) == TOP_K.get(version) else f"HTTP {status} {version} {answer}"
+                    status, version, answer = (response.status_code, response.headers.get("X-Model-Version"),
+                                               response.json())
+                outcome = ("ok" if status == 200 and len(answer) == TOP_K.get(version)
+                           else f"HTTP {status} {version} {answer}")
             except requests.RequestException as error:
                 outcome = repr(error)
             with lock:
@@ -203,7 +207,8 @@ def test_weight_changes_promote_and_rollback_under_load_lose_nothing(three_versi
     try:
         time.sleep(1)
         weights, mapping = dict(START), dict(zip(tracked, router.route_many(tracked)))
-        steps = [(f"change {n + 1}", new) for n, new in enumerate(SCHEDULE)] + [("promote 2.0", {"2.0": 100}), ("rollback", None)]
+        steps = [(f"change {n + 1}", new) for n, new in enumerate(SCHEDULE)] \
+            + [("promote 2.0", {"2.0": 100}), ("rollback", None)]
         worst, worst_2000, beyond_2_points, moved_total = 0.0, 0.0, 0, 0
         for step, (name, new) in enumerate(steps):
             sent_before = len(outcomes)
@@ -216,7 +221,8 @@ def test_weight_changes_promote_and_rollback_under_load_lose_nothing(three_versi
             router.apply(routing(new))
             time.sleep(0.3)  # let the clients send on the new split
             table = router.haproxy.table()
-            assert {v: table.count(v) for v in set(table)} == {v: n for v, n in bucket_counts(routing(new)).items() if n}
+            assert {v: table.count(v) for v in set(table)} == \
+                {v: n for v, n in bucket_counts(routing(new)).items() if n}
             # The router's own answer for fresh keys. 2000 keys carry sampling noise of about 1 point
             # (sd = sqrt(p(1-p)/2000), 1.1 points at 50%), so "within 2 points" over 2000 keys fails
             # ~5% of checks by chance alone; the 2-point bound is asserted over 12000 fresh keys
@@ -233,10 +239,12 @@ def test_weight_changes_promote_and_rollback_under_load_lose_nothing(three_versi
             assert deviation <= 0.02, f"{name}: split {split} of {FRESH_KEYS} keys for weights {new}"
             for v, d in deviation_2000.items():
                 share = new.get(v, 0) / 100
-                assert d <= 4 * (share * (1 - share) / 2000) ** 0.5 + 1e-9, f"{name}: {v} got {split_2000[v]:.1%} of 2000 keys for {new}"
+                assert d <= 4 * (share * (1 - share) / 2000) ** 0.5 + 1e-9, \
+                    f"{name}: {v} got {split_2000[v]:.1%} of 2000 keys for {new}"
             for key, expected in list(zip(fresh, got))[:: len(fresh) // 10]:  # 10 real predictions through nginx
                 status, version, answer = ask(sample_session, router, server, tiny_jpeg, key)
-                assert status == 200 and version == expected and len(answer) == TOP_K[version], (name, key, version, expected)
+                assert status == 200 and version == expected and len(answer) == TOP_K[version], \
+                    (name, key, version, expected)
             now = dict(zip(tracked, router.route_many(tracked)))
             kept_share = {v for v in TOP_K if new.get(v, 0) >= weights.get(v, 0)}
             lost = [k for k in tracked if mapping[k] in kept_share and now[k] != mapping[k]]
@@ -246,9 +254,11 @@ def test_weight_changes_promote_and_rollback_under_load_lose_nothing(three_versi
             print(f"{connections:27s} {name:12s} weights {new}: split of {FRESH_KEYS} fresh keys "
                   + ", ".join(f"{v} {split[v]:.2%}" for v in TOP_K) + " (first 2000: "
                   + ", ".join(f"{v} {split_2000[v]:.1%}" for v in TOP_K) + ")"
-                  + f"; tracked keys moved {moved}/2000, all from versions that lost share; {len(outcomes) - sent_before} requests meanwhile")
+                  + f"; tracked keys moved {moved}/2000, all from versions that lost share; "
+                    f"{len(outcomes) - sent_before} requests meanwhile")
             if name == "rollback":
-                assert now == before_promotion, "the rollback did not return every key to its version before the promotion"
+                assert now == before_promotion, \
+                    "the rollback did not return every key to its version before the promotion"
                 assert management.default_version(MODEL) == "1.0"
             weights, mapping = new, now
         time.sleep(1)
@@ -257,13 +267,15 @@ def test_weight_changes_promote_and_rollback_under_load_lose_nothing(three_versi
         for thread in threads:
             thread.join()
     failed = [o for o in outcomes if o != "ok"]
-    print(f"{connections}: {len(outcomes)} requests from {CLIENTS} clients across {len(steps)} changes, {len(failed)} failed; "
+    print(f"{connections}: {len(outcomes)} requests from {CLIENTS} clients across {len(steps)} changes, "
+          f"{len(failed)} failed; "
           f"worst split deviation {worst:.2%} over {FRESH_KEYS} keys, {worst_2000:.2%} over 2000 keys "
           f"({beyond_2_points} of {3 * len(steps)} shares beyond 2 points); tracked key moves {moved_total}")
     assert len(outcomes) >= 200 and not failed, f"{len(failed)} of {len(outcomes)} failed: {failed[:5]}"
     assert pids(router) == processes, "a router process was replaced: something reloaded"
     report = variant_report(router.access_log)
-    assert sum(r["requests"] for r in report.values()) >= len(outcomes) and all(r["errors"] == 0 for r in report.values())
+    assert sum(r["requests"] for r in report.values()) >= len(outcomes) \
+        and all(r["errors"] == 0 for r in report.values())
 
 
 def test_the_live_split_is_persisted_and_the_routing_file_applies_it(three_versions, router, tmp_path, capsys):

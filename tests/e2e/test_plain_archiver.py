@@ -2,10 +2,11 @@
 (the in-process part: tests/unit/test_plain_archiver.py).
 
 End to end, on a TorchServe of its own (the README's commands start it): the commands of the
-README's section "With torch-model-archiver and torchserve directly", read from the README itself (the exports replaced by the session's, with made-up label
-names), served by a real TorchServe whose Python cannot import ``tsvision``: a fresh venv that
-sees the main venv's packages through a ``.pth`` line (a ``.pth`` file inside a folder added that
-way is not processed, so the editable install's finder stays out), PYTHONPATH unset.
+README's section "With torch-model-archiver and torchserve directly", read from the README itself
+(the exports replaced by the session's, with made-up label names), served by a real TorchServe
+whose Python cannot import ``tsvision``: a fresh venv that sees the main venv's packages through a
+``.pth`` line (a ``.pth`` file inside a folder added that way is not processed, so the editable
+install's finder stays out), PYTHONPATH unset.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def yolo_toys(tmp_path_factory) -> Path:
                       ["bright rectangle"], ["output0"]),
     }
     for task, (module, settings, labels, outputs) in toys.items():
-        write_settings(Exportable(task, f"toy-{task}", module.eval(), {"input_size": 640, **settings}, labels, False, outputs),
+        write_settings(Exportable(task, f"toy-{task}", module.eval(), {"input_size": 640, **settings}, labels,
+                                  False, outputs),
                        root / task, {})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -86,11 +88,13 @@ def host_without_tsvision(folder: Path) -> Path:
     """A venv that sees the main venv's packages but not its editable tsvision, with a ``torchserve``
     launcher of its own: TorchServe starts its workers with the Python that runs ``torchserve``."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
-    purelib = Path(subprocess.run([str(folder / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    purelib = Path(subprocess.run([str(folder / "bin" / "python"), "-c",
+                                   "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   check=True, capture_output=True, text=True).stdout.strip())
     (purelib / "main-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     launcher = folder / "bin" / "torchserve"
-    launcher.write_text(f"#!{folder / 'bin' / 'python'}\nimport sys\nfrom ts.model_server import start\nsys.exit(start())\n")
+    launcher.write_text(f"#!{folder / 'bin' / 'python'}\n"
+                        "import sys\nfrom ts.model_server import start\nsys.exit(start())\n")
     launcher.chmod(0o755)
     return folder
 
@@ -103,7 +107,8 @@ def test_readme_plain_commands_serve_on_a_host_without_tsvision(exports, yolo_to
     workdir.mkdir()
     (workdir / "handlers").symlink_to(HANDLERS)
     (workdir / ".venv").symlink_to(Path(sys.prefix))
-    sources = {**{task: exports / task for task in TASKS}, **{task: yolo_toys / task for task in ("instance_segmentation", "keypoints")}}
+    sources = {**{task: exports / task for task in TASKS},
+               **{task: yolo_toys / task for task in ("instance_segmentation", "keypoints")}}
 
     # The build machine: the README's commands, the exports replaced by the session's.
     names: Dict[str, List[str]] = {}
@@ -118,8 +123,10 @@ def test_readme_plain_commands_serve_on_a_host_without_tsvision(exports, yolo_to
                 script.append(line)
     (workdir / "three.json").write_text(json.dumps(["a", "b", "c"]))  # and one archive whose labels do not fit
     script.append("torch-model-archiver --model-name bad_labels --version 1.0 --handler handlers/image_classifier.py "
-                  "--serialized-file build/classification/model.onnx --config-file build/classification/model-config.yaml "
-                  "--extra-files \"$(tsvision extra-files --out build/extra-bad --labels three.json)\" --export-path model_store")
+                  "--serialized-file build/classification/model.onnx "
+                  "--config-file build/classification/model-config.yaml "
+                  "--extra-files \"$(tsvision extra-files --out build/extra-bad --labels three.json)\" "
+                  "--export-path model_store")
     (workdir / "model_store").mkdir()
     started = time.time()
     built = subprocess.run(["bash", "-c", "\n".join(script)], cwd=workdir, capture_output=True, text=True, timeout=300)
@@ -142,17 +149,19 @@ def test_readme_plain_commands_serve_on_a_host_without_tsvision(exports, yolo_to
     (workdir / "config.properties").write_text("".join(f"{k}={v}\n" for k, v in server.properties.items()))
     (workdir / "photo.jpg").write_bytes(jpeg(Image.fromarray(skimage.data.astronaut())))
     serve = "\n".join(line for line in serve_block.splitlines() if line.strip() != "torchserve --stop")
-    serve = serve.replace("http://127.0.0.1:8080", server.inference_url).replace("--models ", "--models bad_labels.mar ", 1)
+    serve = (serve.replace("http://127.0.0.1:8080", server.inference_url)
+             .replace("--models ", "--models bad_labels.mar ", 1))
     pid_file = workdir / "tmp" / ".model_server.pid"
     errors = workdir / "serve.stderr"  # a file, not a pipe: the frontend keeps the stderr it inherits open
     try:
         started = time.time()
         with open(errors, "w") as stderr:
-            served = subprocess.run(["bash", "-e", "-c", serve], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=stderr,
-                                    text=True, timeout=300)
+            served = subprocess.run(["bash", "-e", "-c", serve], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                                    stderr=stderr, text=True, timeout=300)
         assert served.returncode == 0, errors.read_text()[-3000:]
         print(f"serve commands (start, five answers): {time.time() - started:.1f} s")
-        answers = dict(zip(re.findall(r"for model in (.*); do", serve)[0].split(), map(json.loads, served.stdout.splitlines())))
+        answers = dict(zip(re.findall(r"for model in (.*); do", serve)[0].split(),
+                           map(json.loads, served.stdout.splitlines())))
         check_answers(answers, names)
         log = workdir / "logs" / "model_log.log"
         deadline = time.time() + 60
@@ -162,7 +171,8 @@ def test_readme_plain_commands_serve_on_a_host_without_tsvision(exports, yolo_to
         workers = re.findall(r"Worker cmdline: \[([^,\]]+)", (workdir / "logs" / "ts_log.log").read_text())
         assert workers and set(workers) == {str(host / "bin" / "python")}
         pid = int(pid_file.read_text())
-        stopped = subprocess.run(["bash", "-c", "torchserve --stop"], cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+        stopped = subprocess.run(["bash", "-c", "torchserve --stop"], cwd=workdir, env=env, capture_output=True,
+                                 text=True, timeout=120)
         assert stopped.returncode == 0, stopped.stderr
         with contextlib.suppress(psutil.NoSuchProcess):
             psutil.Process(pid).wait(60)
@@ -179,7 +189,8 @@ def check_answers(answers: Dict[str, object], names: Dict[str, List[str]]) -> No
     assert len(top5) == 5 and all(e["label"] == names["classification"][e["index"]] for e in top5)
     classes = answers["segmenter"]["classes"]
     assert classes and all(c["label"] == names["segmentation"][c["index"]] for c in classes)
-    for model, task in (("detector", "detection"), ("instance_segmenter", "instance_segmentation"), ("keypoint_detector", "keypoints")):
+    for model, task in (("detector", "detection"), ("instance_segmenter", "instance_segmentation"),
+                        ("keypoint_detector", "keypoints")):
         found = answers[model]
         assert found and all(d["label"] == names[task][d["index"]] for d in found), (model, found)
     assert len(answers["keypoint_detector"][0]["keypoints"]) == len(TOY_KEYPOINT_NAMES)

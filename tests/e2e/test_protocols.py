@@ -55,7 +55,8 @@ def test_tritonclient_http_calls_our_models(served, photos):
     for task in TASKS:
         model = f"{task}_onnx"
         tensor = triton.InferInput("images", [len(images)], "BYTES")
-        tensor.set_data_from_numpy(np.array([__import__("base64").b64encode(i) for i in images], dtype=object), binary_data=False)
+        tensor.set_data_from_numpy(np.array([__import__("base64").b64encode(i) for i in images], dtype=object),
+                                   binary_data=False)
         result = client.infer(model, [tensor], headers=served.headers(),
                               outputs=[triton.InferRequestedOutput("answers", binary_data=False)])
         answers = [json.loads(text) for text in result.as_numpy("answers")]
@@ -91,10 +92,11 @@ def test_tritonclient_grpc_calls_our_models_through_the_gateway(served, gateway,
 
     photo = jpeg(photos["coffee"])
     for model in MODELS:
-        assert infer(model, [photo], headers=token) == [predict_rest(served.inference_url, model, photo, served.key())], model
+        assert infer(model, [photo], headers=token) == \
+            [predict_rest(served.inference_url, model, photo, served.key())], model
     images = [jpeg(photos["chelsea"]), jpeg(photos["rocket"])]  # two images in one tensor
-    assert infer("detection_onnx", images, headers=token) == [predict_rest(served.inference_url, "detection_onnx", i, served.key())
-                                                              for i in images]
+    assert infer("detection_onnx", images, headers=token) == \
+        [predict_rest(served.inference_url, "detection_onnx", i, served.key()) for i in images]
     pids = served.worker_pids("classification_onnx")
     bad = triton.InferInput("images", [1], "BYTES")
     bad.set_data_from_numpy(np.array([b"not an image"], dtype=object))
@@ -121,7 +123,8 @@ def test_errors_over_grpc_are_clear_and_harmless(served, grpc_client, photos):
 def test_grpc_streaming_gives_the_answer_in_one_message(served, grpc_client, photos):
     data = jpeg(photos["rocket"])
     for model in ("segmentation_onnx", "detection_torchscript"):
-        assert list(grpc_client.stream_predict(model, data)) == [predict_rest(served.inference_url, model, data, served.key())]
+        assert list(grpc_client.stream_predict(model, data)) == \
+            [predict_rest(served.inference_url, model, data, served.key())]
     with pytest.raises(PredictionError, match="UnreadableImage"):
         list(grpc_client.stream_predict("classification_onnx", b"not an image"))
     # The stream marker never reaches REST: a plain request right after is answered whole.
@@ -134,11 +137,13 @@ def test_a_10_mb_image_over_grpc_and_the_limit(served, grpc_client):
     Image.fromarray(noise).save(buffer, format="PNG")
     big = buffer.getvalue()
     assert len(big) > 10_000_000
-    assert grpc_client.predict("classification_onnx", big) == predict_rest(served.inference_url, "classification_onnx", big, served.key())
+    assert grpc_client.predict("classification_onnx", big) == \
+        predict_rest(served.inference_url, "classification_onnx", big, served.key())
     oversized = big * 3
     with pytest.raises(PredictionError, match="over the server's limit"):
         grpc_client.predict("classification_onnx", oversized)
-    raw = grpc_client.stubs.inference_pb2.PredictionsRequest(model_name="classification_onnx", input={"data": oversized})
+    raw = grpc_client.stubs.inference_pb2.PredictionsRequest(model_name="classification_onnx",
+                                                             input={"data": oversized})
     with pytest.raises(grpc.RpcError):  # the server enforces max_request_size on gRPC as well
         grpc_client.inference.Predictions(raw, metadata=grpc_client._metadata["inference"], timeout=60)
 
@@ -147,7 +152,8 @@ def test_management_over_grpc(served, exports, photos):
     client = client_for(served)
     assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
                          str(exports / "classification" / "settings.json"), "--name", AB_MODEL, "--version", "4.0",
-                         "--archive-file", f"{AB_MODEL}-4.0", "--store", str(served.model_store), "--set", "top_k=2"]) == 0
+                         "--archive-file", f"{AB_MODEL}-4.0", "--store", str(served.model_store),
+                         "--set", "top_k=2"]) == 0
     data = jpeg(photos["chelsea"])
     try:
         client.register(f"{AB_MODEL}-4.0.mar")
@@ -169,7 +175,8 @@ def test_predict_cli_prints_the_same_answer_for_every_protocol(served, photos, t
     image = tmp_path / "photo.jpg"
     image.write_bytes(jpeg(photos["astronaut"]))
     common = ["--model", "detection_onnx", "--image", str(image), "--url", served.inference_url,
-              "--grpc", f"127.0.0.1:{served.properties['grpc_inference_port']}", "--key-file", str(served.workdir / "key_file.json")]
+              "--grpc", f"127.0.0.1:{served.properties['grpc_inference_port']}",
+              "--key-file", str(served.workdir / "key_file.json")]
     answers = []
     for protocol in ("rest", "grpc", "grpc-stream", "oip-rest", "oip-grpc"):
         assert predict_main(common + ["--protocol", protocol]) == 0

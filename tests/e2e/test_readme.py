@@ -77,7 +77,8 @@ def json_documents(text: str) -> list:
 def run_bash(script: str, cwd: Path, env: Dict[str, str]) -> str:
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
-    assert done.returncode == 0, f"bash exited {done.returncode}\n{script}\nstdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-2000:]}"
+    assert done.returncode == 0, \
+        f"bash exited {done.returncode}\n{script}\nstdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-2000:]}"
     return done.stdout
 
 
@@ -111,7 +112,8 @@ def test_readme_commands_run_as_written_against_torchserve_started_as_the_readme
     env["TMPDIR"] = str(root / "tmp")
 
     with open(root / "console.log", "w") as console:  # the frontend inherits it: no pipe to wait on
-        subprocess.run(["bash", "-euo", "pipefail", "-c", with_ports("\n".join(bash_blocks(text, START_SECTIONS)), ports)],
+        subprocess.run(["bash", "-euo", "pipefail", "-c",
+                        with_ports("\n".join(bash_blocks(text, START_SECTIONS)), ports)],
                        cwd=root, env=env, stdout=console, stderr=subprocess.STDOUT, check=True, timeout=120)
     server = TorchServe(root / "model_store", root, base_config=root / "config.properties", free_ports=False)
     server.pid = int((root / "tmp" / ".model_server.pid").read_text())
@@ -150,12 +152,14 @@ def test_readme_commands_run_as_written_against_torchserve_started_as_the_readme
 
         # examples/curl.sh from the directory TorchServe was started from (URL: the port only).
         curl_sh = run_bash(f"URL={server.inference_url} bash examples/curl.sh", root, env).split("\n== ")[1:]
-        assert [section.split(":")[0] for section in curl_sh] == ["classification_onnx"] * 2 + [MODEL, "segmentation_onnx"]
+        assert [section.split(":")[0] for section in curl_sh] == \
+            ["classification_onnx"] * 2 + [MODEL, "segmentation_onnx"]
         top5, top5_from_json = (json.loads(section.splitlines()[1]) for section in curl_sh[:2])
         assert len(top5) == 5 and top5 == top5_from_json and all({"label", "index", "score"} == set(x) for x in top5)
         assert curl_sh[2].splitlines()[1].startswith('[{"label": ')  # cut to 600 characters
         segmentation = json.loads(curl_sh[3].splitlines()[1])
-        assert (segmentation["width"], segmentation["height"]) == (width, height) and segmentation["mask"].endswith("...")
+        assert (segmentation["width"], segmentation["height"]) == (width, height) \
+            and segmentation["mask"].endswith("...")
 
         # The demo's --keep-running lines for this server: the key, a request, and the stop.
         lines = [line.strip() for line in keep_running_help(server).splitlines() if line.startswith("  ")]

@@ -57,7 +57,8 @@ def certificate(tmp_path):
     return key, cert
 
 
-def test_https_and_grpc_over_tls_with_a_self_signed_certificate(model_store, certificate, photos, tmp_path, monkeypatch, capsys):
+def test_https_and_grpc_over_tls_with_a_self_signed_certificate(model_store, certificate, photos, tmp_path, monkeypatch,
+                                                                capsys):
     """REST (inference, management, metrics) over https and gRPC over TLS with the test's own
     certificate; plain HTTP to the same ports gets 403, plaintext gRPC fails; a client that does
     not trust the certificate refuses the server."""
@@ -75,8 +76,10 @@ def test_https_and_grpc_over_tls_with_a_self_signed_certificate(model_store, cer
         server.start(timeout=180)  # readiness is polled over https, trusting only our certificate
         response = server.predict("classification_onnx", image, content_type="image/jpeg")
         assert response.status_code == 200, response.text
-        assert Management(server.management_url, server.workdir / "key_file.json", verify=str(cert)).models() == ["classification_onnx"]
-        assert "ts_inference_requests_total" in requests.get(f"{server.metrics_url}/metrics", verify=str(cert), timeout=10).text
+        assert Management(server.management_url, server.workdir / "key_file.json", verify=str(cert)).models() == \
+            ["classification_onnx"]
+        assert "ts_inference_requests_total" in \
+            requests.get(f"{server.metrics_url}/metrics", verify=str(cert), timeout=10).text
         capsys.readouterr()
         for protocol in ("rest", "oip-rest"):  # the predict CLI trusts the certificate it is given
             assert predict.main(["--model", "classification_onnx", "--image", str(photo_file), "--protocol", protocol,

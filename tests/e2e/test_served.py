@@ -36,7 +36,8 @@ def ask(served: TorchServe, model: str, data: bytes):
 
 def test_all_archives_are_ready(served):
     names = {m["modelName"] for m in served.list_models()}
-    assert names == set(DEFAULT_MODELS + TOY_MODELS + ["classification_batched", "person_counter", "cat_counter", AB_MODEL])
+    assert names == set(DEFAULT_MODELS + TOY_MODELS
+                        + ["classification_batched", "person_counter", "cat_counter", AB_MODEL])
     for name in names:
         workers = served.describe(name)[0]["workers"]
         assert workers and all(w["status"] == "READY" for w in workers)
@@ -98,7 +99,8 @@ def send_together(served: TorchServe, model: str, items: list) -> list:
     return all_at_once(post, items)
 
 
-@pytest.mark.parametrize("model", ["classification_onnx", "segmentation_torchscript", "detection_onnx", "toy_detection_onnx"])
+@pytest.mark.parametrize("model", ["classification_onnx", "segmentation_torchscript", "detection_onnx",
+                                   "toy_detection_onnx"])
 def test_concurrent_differently_sized_images_batch_and_match_one_by_one(served, photos, model):
     images = list(photos.values()) + [bright_box_scene(w, h)[0] for w, h in GEOMETRY_SIZES]
     items = [jpeg(image) for image in images]

@@ -40,14 +40,17 @@ def bad_cases() -> List[FuzzCase]:
 
     cases = build_fuzz_cases()
     random.Random(12).shuffle(cases)
-    chosen = [next(c for c in cases if c.fmt == fmt and c.kind == kind and wanted(c)) for fmt in FORMATS for kind in KINDS]
+    chosen = [next(c for c in cases if c.fmt == fmt and c.kind == kind and wanted(c))
+              for fmt in FORMATS for kind in KINDS]
     return chosen + [FuzzCase("JPEG baseline", "issue 12", "photo JPEG cut at 200 bytes", truncated_photo_jpeg(200))]
 
 
 def good_cases() -> List[FuzzCase]:
     sizes = [(320, 240), (640, 480), (200, 300), (500, 333)]
-    return [FuzzCase(fmt, "good", f"good {fmt} {w}x{h}", encode(photo(w, h, seed=50 + i), FORMATS[fmt][0], **FORMATS[fmt][2]))
-            for i, ((w, h), fmt) in enumerate(zip(sizes * 2, ["JPEG baseline", "PNG", "WebP", "BMP", "JPEG progressive", "GIF", "TIFF", "PNG"]))]
+    return [FuzzCase(fmt, "good", f"good {fmt} {w}x{h}",
+                     encode(photo(w, h, seed=50 + i), FORMATS[fmt][0], **FORMATS[fmt][2]))
+            for i, ((w, h), fmt) in enumerate(zip(sizes * 2, ["JPEG baseline", "PNG", "WebP", "BMP", "JPEG progressive",
+                                                              "GIF", "TIFF", "PNG"]))]
 
 
 def post(served, case: FuzzCase) -> Tuple[int, dict, int]:

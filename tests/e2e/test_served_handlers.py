@@ -45,7 +45,8 @@ def test_describe_answers_what_the_model_is(served):
     about = response.json()[0]["customizedMetadata"]
     about = json.loads(about) if isinstance(about, str) else about  # the frontend parses JSON text
     assert about["handler"] == "PeopleCounter" and about["task"] == "detection" and about["runtime"] == "onnx"
-    assert about["labels"] == ["background", "person"] and about["device"] == "cpu" and about["settings"]["profile"] is True
+    assert about["labels"] == ["background", "person"] and about["device"] == "cpu" \
+        and about["settings"]["profile"] is True
 
 
 def test_explanations_get_a_clear_not_supported_answer(served):

@@ -70,20 +70,23 @@ def test_several_images_in_one_request_equal_separate_requests(served):
     assert as_json({"instances": [{"data": t} for t in texts]}).json() == {"predictions": separate}
     assert as_json([{"data": t} for t in texts]).json() == separate
     assert as_json({"data": texts}).json() == separate
-    v2 = as_json({"id": "req-7", "inputs": [{"name": "images", "shape": [3], "datatype": "BYTES", "data": texts}]}).json()
+    v2 = as_json({"id": "req-7",
+                  "inputs": [{"name": "images", "shape": [3], "datatype": "BYTES", "data": texts}]}).json()
     assert v2["id"] == "req-7" and v2["model_name"] == MODEL and v2["model_version"] == "1.0"
     assert [json.loads(x) for x in v2["outputs"][0]["data"]] == separate
     url = f"{served.inference_url}/predictions/{MODEL}"
     multipart = requests.post(url, files={f"photo{i}": (f"p{i}.jpg", d, "image/jpeg") for i, d in enumerate(images)},
                               headers=served.headers(), timeout=60)
     assert multipart.status_code == 200 and multipart.json() == separate
-    single_part = requests.post(url, files={"anything": ("p.jpg", images[1], "image/jpeg")}, headers=served.headers(), timeout=60)
+    single_part = requests.post(url, files={"anything": ("p.jpg", images[1], "image/jpeg")}, headers=served.headers(),
+                                timeout=60)
     assert single_part.json() == separate[1]
 
 
 def test_a_bad_image_in_a_multi_image_request_names_it(served):
     good = base64.b64encode(encode(photo(seed=30), "JPEG")).decode()
-    response = served.predict(MODEL, json.dumps({"instances": [good, good, "%%%"]}).encode(), content_type="application/json")
+    response = served.predict(MODEL, json.dumps({"instances": [good, good, "%%%"]}).encode(),
+                              content_type="application/json")
     assert response.status_code == 400
     assert response.json()["type"] == "BadBase64" and response.json()["message"].startswith("image 2 of 3: ")
 

@@ -27,10 +27,11 @@ def post(served, model, body, params=None, headers=None, content_type="applicati
     ``files``, ``params`` go as multipart form fields to ``/predictions/MODEL`` instead."""
     headers = {**served.headers("inference"), **(headers or {})}
     if files is not None:
-        return requests.post(f"{served.inference_url}/predictions/{model}", data=params, files=files, headers=headers, timeout=60)
+        return requests.post(f"{served.inference_url}/predictions/{model}", data=params, files=files, headers=headers,
+                             timeout=60)
     headers["Content-Type"] = content_type
-    return requests.post(f"{served.inference_url}/invocations", params={"model_name": model, **(params or {})}, data=body,
-                         headers=headers, timeout=60)
+    return requests.post(f"{served.inference_url}/invocations", params={"model_name": model, **(params or {})},
+                         data=body, headers=headers, timeout=60)
 
 
 def b64(data: bytes) -> str:
@@ -62,12 +63,15 @@ def test_top_k_from_query_json_and_form_with_one_precedence(served, photos):
     by_query = post(served, "classification_onnx", data, params={"top_k": "2"})
     assert by_query.status_code == 200, by_query.text
     assert by_query.json() == full[:2]
-    by_json = post(served, "classification_onnx", json.dumps({"data": b64(data), "top_k": 3}), content_type="application/json")
+    by_json = post(served, "classification_onnx", json.dumps({"data": b64(data), "top_k": 3}),
+                   content_type="application/json")
     assert by_json.json() == full[:3]
-    by_form = post(served, "classification_onnx", None, params={"top_k": "1"}, files={"image": ("cat.jpg", data, "image/jpeg")})
+    by_form = post(served, "classification_onnx", None, params={"top_k": "1"},
+                   files={"image": ("cat.jpg", data, "image/jpeg")})
     assert by_form.status_code == 200, by_form.text
     assert by_form.json() == full[:1]
-    longer = post(served, "classification_onnx", None, params={"top_k": "8"}, files={"image": ("cat.jpg", data, "image/jpeg")}).json()
+    longer = post(served, "classification_onnx", None, params={"top_k": "8"},
+                  files={"image": ("cat.jpg", data, "image/jpeg")}).json()
     assert len(longer) == 8 and longer[:5] == full
     # TorchServe 0.12 drops /predictions' query string (documented): the archive's top_k answers
     dropped = requests.post(f"{served.inference_url}/predictions/classification_onnx", params={"top_k": "2"}, data=data,
@@ -98,11 +102,13 @@ def test_a_lower_score_threshold_returns_a_superset_and_the_other_detection_opti
     assert ask(score_threshold="0.01", max_detections="3") == lower[:3]
     # classes: by name and by index, exactly the unfiltered answer's boxes of those classes
     # (NMS is per class, so removing other classes frees nothing)
-    wanted = sorted({d["label"] for d in default} - {"N/A"})[:2]  # COCO names several classes "N/A": by name it means them all
+    # COCO names several classes "N/A": by name it means them all
+    wanted = sorted({d["label"] for d in default} - {"N/A"})[:2]
     by_name = ask(classes=",".join(wanted))
     assert by_name == [d for d in default if d["label"] in wanted] and by_name
     indices = sorted({d["index"] for d in by_name})
-    by_index = post(served, "detection_onnx", json.dumps({"data": b64(data), "classes": indices, "max_detections": 10000}),
+    by_index = post(served, "detection_onnx",
+                    json.dumps({"data": b64(data), "classes": indices, "max_detections": 10000}),
                     content_type="application/json").json()
     assert by_index == by_name
     # iou_threshold: a stricter one keeps fewer boxes (not a subset: greedy NMS is not monotone in
@@ -130,7 +136,8 @@ def test_classes_filter_the_toy_detector_exactly(served):
     assert post(served, "toy_detection_onnx", data, params={"classes": "background"}).json() == []
     unknown = post(served, "toy_detection_onnx", data, params={"classes": "cat"})
     assert unknown.status_code == 400
-    assert unknown.json()["type"] == "BadOption" and "'classes'" in unknown.json()["message"] and "bright rectangle" in unknown.json()["message"]
+    assert unknown.json()["type"] == "BadOption" and "'classes'" in unknown.json()["message"] \
+        and "bright rectangle" in unknown.json()["message"]
 
 
 BAD = [
@@ -190,7 +197,8 @@ def test_the_toy_detectors_drawn_box_lies_where_the_json_box_says(served):
     assert on_outline[mid, x1 - 1:x1 + 2].any() and on_outline[mid, x2 - 2:x2 + 1].any()
     assert on_outline[y2 - 2:y2 + 1, (x1 + x2) // 2].any()
     assert not on_outline[mid, x1 + 10:x2 - 10].any()  # inside the box the photo is untouched
-    assert abs(xs.min() - x1) <= 1 and abs(xs.max() - x2) <= 1 and abs(ys.max() - y2) <= 1 and ys.min() < y1  # label above
+    # label above
+    assert abs(xs.min() - x1) <= 1 and abs(xs.max() - x2) <= 1 and abs(ys.max() - y2) <= 1 and ys.min() < y1
     # far from the box the photo is unchanged (PNG sent and drawn: lossless)
     assert (image[-40:, :, :] == np.asarray(scene)[-40:, :, :]).all()
 
@@ -203,11 +211,13 @@ def test_classification_picture_is_the_photo_with_the_bars_beside_it(served, pho
         assert response.status_code == 200 and response.headers["content-type"] == accept
         image = picture(response)
         assert image.format == kind and image.height == photo.height and image.width > photo.width
-    lossless = np.asarray(picture(post(served, "classification_torchscript", data, params={"format": "png"})).convert("RGB"))
+    lossless = np.asarray(picture(post(served, "classification_torchscript", data, params={"format": "png"}))
+                          .convert("RGB"))
     assert (lossless[:, :photo.width] == np.asarray(photo)).all()
     answer = post(served, "classification_torchscript", data).json()
     best = lossless[:, photo.width:].reshape(-1, 3)
-    assert (best == np.array(box_colour(answer[0]["index"]), dtype=np.uint8)).all(axis=1).sum() > 100  # the top bar's colour
+    # the top bar's colour
+    assert (best == np.array(box_colour(answer[0]["index"]), dtype=np.uint8)).all(axis=1).sum() > 100
 
 
 def test_segmentation_picture_overlays_the_classes_with_their_colours(served):
@@ -219,7 +229,6 @@ def test_segmentation_picture_overlays_the_classes_with_their_colours(served):
     assert image.shape[0] == 777 and image.shape[1] > 333
     photo = np.asarray(scene).astype(int)
     palette = voc_palette().astype(int)
-    inner = truth.copy()
     for cls in (1, 2, 3):  # well inside each shape: half the photo, half the class colour
         ys, xs = np.nonzero(truth == cls)
         y, x = int(np.median(ys)), int(np.median(xs))
@@ -242,7 +251,8 @@ def test_json_and_picture_requests_share_a_batch(served, photos):
 
     with ThreadPoolExecutor(len(cases)) as pool:
         responses = list(pool.map(send, cases))
-    assert [r.headers["content-type"] for r in responses] == ["application/json", "image/png", "application/json", "image/jpeg"]
+    assert [r.headers["content-type"] for r in responses] == ["application/json", "image/png", "application/json",
+                                                              "image/jpeg"]
     assert responses[0].json() == responses[2].json()
     assert max(int(r.headers["X-Batch-Size"]) for r in responses) > 1
 

@@ -101,7 +101,8 @@ def test_task_equals_archived_model(frcnn, tasks, photos, backend):
     for name, image in photos.items():
         answer = task.run([png(image)])[0]
         expected = answers_of(*direct(folder, backend, image), settings, exportable.labels, image.size)
-        print(f"\n{backend} {name} {image.size}: {len(answer)} detections, scores {[round(d['score'], 3) for d in answer]}")
+        print(f"\n{backend} {name} {image.size}: {len(answer)} detections, "
+              f"scores {[round(d['score'], 3) for d in answer]}")
         assert answer, f"{name}: the conditioned model should find a few boxes above {settings['score_threshold']}"
         check_detection(answer, *image.size, settings["score_threshold"])
         assert_same_detections(answer, expected)
@@ -132,9 +133,11 @@ def test_measured_scripted_vs_eager_and_onnx(frcnn, tasks, photos):
             eager_size = list(eager.transform([tensor])[0].image_sizes[0])
             scripted_size = list(scripted.transform([tensor])[0].image_sizes[0])
             found = eager([tensor])[0]
-        eager_answer = answers_of(*(found[k].numpy() for k in ("boxes", "labels", "scores")), settings, exportable.labels, image.size)
+        eager_answer = answers_of(*(found[k].numpy() for k in ("boxes", "labels", "scores")), settings,
+                                  exportable.labels, image.size)
         ts_answer, onnx_answer = (tasks[b].run([png(image)])[0] for b in BACKENDS)
-        figures[name] = {"size": [image.height, image.width], "eager_resized": eager_size, "scripted_resized": scripted_size,
+        figures[name] = {"size": [image.height, image.width], "eager_resized": eager_size,
+                         "scripted_resized": scripted_size,
                          "scripted_vs_eager": matched_difference(ts_answer, eager_answer),
                          "onnx_vs_scripted": matched_difference(onnx_answer, ts_answer)}
     # one scripted call with both images (torchvision pads them to one size) vs each alone

@@ -155,7 +155,8 @@ def test_segmentation_weights_answer_as_torchvision(offline):
         image = photo(name)
         with torch.no_grad():
             logits = model(SEGMENTATION.transforms()(image)[None])["out"]
-            expected = torch.nn.functional.interpolate(logits, size=image.size[::-1], mode="bilinear", align_corners=False)
+            expected = torch.nn.functional.interpolate(logits, size=image.size[::-1], mode="bilinear",
+                                                       align_corners=False)
         expected = expected[0].argmax(0).numpy()
         mask = decode_png(task.run([image])[0]["mask"])
         assert len(np.unique(expected)) >= 2, "the placed weights must find more than one class"
@@ -202,10 +203,12 @@ def test_rcnn_weights_load_from_the_cache_unconditioned(offline):
 @pytest.mark.parametrize("task, architecture, name, expected", [
     ("instance_segmentation", "maskrcnn_resnet50_fpn_v2", "DEFAULT", "MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1"),
     ("keypoints", "keypointrcnn_resnet50_fpn", "COCO_LEGACY", "KeypointRCNN_ResNet50_FPN_Weights.COCO_LEGACY"),
-    ("detection", "retinanet_resnet50_fpn", "RetinaNet_ResNet50_FPN_Weights.COCO_V1", "RetinaNet_ResNet50_FPN_Weights.COCO_V1"),
+    ("detection", "retinanet_resnet50_fpn", "RetinaNet_ResNet50_FPN_Weights.COCO_V1",
+     "RetinaNet_ResNet50_FPN_Weights.COCO_V1"),
     ("classification", "resnet50", "IMAGENET1K_V2", "ResNet50_Weights.IMAGENET1K_V2"),
 ])
-def test_weights_names_resolve_to_torchvision_and_its_cache_file(task, architecture, name, expected, tmp_path, monkeypatch):
+def test_weights_names_resolve_to_torchvision_and_its_cache_file(task, architecture, name, expected, tmp_path,
+                                                                 monkeypatch):
     from tsvision.tools.export.pretrained import cache_file, resolve_weights
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
@@ -215,10 +218,13 @@ def test_weights_names_resolve_to_torchvision_and_its_cache_file(task, architect
 
 
 @pytest.mark.parametrize("arguments, words", [
-    (["--task", "keypoints", "--weights", "DEFAULT"], ["keypointrcnn_mobilenet_v3_large_320_fpn", "keypointrcnn_resnet50_fpn"]),
-    (["--task", "instance_segmentation", "--weights", "DEFAULT"], ["maskrcnn_mobilenet_v3_large_320_fpn", "maskrcnn_resnet50_fpn_v2"]),
+    (["--task", "keypoints", "--weights", "DEFAULT"],
+     ["keypointrcnn_mobilenet_v3_large_320_fpn", "keypointrcnn_resnet50_fpn"]),
+    (["--task", "instance_segmentation", "--weights", "DEFAULT"],
+     ["maskrcnn_mobilenet_v3_large_320_fpn", "maskrcnn_resnet50_fpn_v2"]),
     (["--task", "classification", "--weights", "IMAGENET1K_V7"], ["IMAGENET1K_V1", "DEFAULT"]),
-    (["--task", "classification", "--arch", "resnet18", "--weights", "MobileNet_V3_Small_Weights.IMAGENET1K_V1"], ["ResNet18_Weights"]),
+    (["--task", "classification", "--arch", "resnet18", "--weights", "MobileNet_V3_Small_Weights.IMAGENET1K_V1"],
+     ["ResNet18_Weights"]),
     (["--task", "classification", "--model-arg", "weights=DEFAULT"], ["--weights NAME"]),
     (["--task", "classification", "--weights", "DEFAULT", "--num-classes", "3"], ["1000 classes", "--checkpoint"]),
     (["--task", "detection", "--arch", "yolov8n", "--weights", "DEFAULT"], ["--checkpoint"]),
@@ -294,4 +300,5 @@ def test_a_silent_server_times_out_in_one_line(tmp_path, monkeypatch):
             ensure_cached(SimpleNamespace(url=url), timeout=1.0)
     assert time.time() - started < 10
     message = str(error.value)
-    assert "\n" not in message and "timed out" in message and str(tmp_path / "hub" / "checkpoints" / "net-0123abcd.pth") in message
+    assert "\n" not in message and "timed out" in message \
+        and str(tmp_path / "hub" / "checkpoints" / "net-0123abcd.pth") in message

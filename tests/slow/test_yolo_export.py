@@ -85,7 +85,8 @@ def archived(exported, tmp_path_factory):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = archive_main(["--model", str(exported / "model.onnx"), "--task", "detection", "--name", "yolov8n",
-                             "--store", str(store), "--set", f"max_detections={MAX_DET}", "--set", f"pre_nms_top_k={MAX_NMS}"])
+                             "--store", str(store), "--set", f"max_detections={MAX_DET}",
+                             "--set", f"pre_nms_top_k={MAX_NMS}"])
     return store, code, out.getvalue()
 
 
@@ -116,7 +117,8 @@ def test_archive_reads_the_onnx_metadata(archived):
     assert handler["detection_format"] == "yolov8" and handler["input_size"] == 640
     assert handler["resize_mode"] == "letterbox_center" and handler["labels"] == "labels.json"
     assert handler["max_detections"] == MAX_DET and handler["pre_nms_top_k"] == MAX_NMS
-    assert labels == COCO_NAMES  # the export names a yaml-built model with COCO's names, as ultralytics' coco.yaml has them
+    # the export names a yaml-built model with COCO's names, as ultralytics' coco.yaml has them
+    assert labels == COCO_NAMES
 
 
 @pytest.mark.parametrize("name", UNRESAMPLED + RESAMPLED)
@@ -140,7 +142,8 @@ def test_predictor_default_rect_is_another_input(task, yolo, images):
 
 
 def test_mixed_size_batch_equals_one_by_one(task, images):
-    bodies = [png(images[name]) for name in ("astronaut", "tall 274x640", "1280x720", "333x777", "900x420")] + [png(photo("coffee"))]
+    bodies = [png(images[name]) for name in ("astronaut", "tall 274x640", "1280x720", "333x777", "900x420")] \
+        + [png(photo("coffee"))]
     together = task.run(bodies)
     alone = [task.run([body])[0] for body in bodies]
     assert sum(len(a) for a in alone[:5]) >= 5
@@ -172,7 +175,8 @@ def test_nms_export_is_archived_as_yolo_nms(tmp_path, monkeypatch, images):
     try:
         predictor = YOLO(str(model), task="detect")
         for name in ("astronaut", "camera"):
-            box, score, _ = assert_equal_answers(nms_task.run([png(images[name])])[0], ultralytics_direct(predictor, images[name]), name)
+            box, score, _ = assert_equal_answers(nms_task.run([png(images[name])])[0],
+                                                 ultralytics_direct(predictor, images[name]), name)
             print(f"yolo_nms {name}: largest box difference {box:.3f} px, score {score:.1e}")
     finally:
         nms_task.close()

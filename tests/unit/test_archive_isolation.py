@@ -58,7 +58,8 @@ print(json.dumps({"statuses": [context.get_response_status(i)[0] for i in range(
 
 def test_an_unpacked_archive_answers_with_only_a_torchserve_hosts_packages(exports, tmp_path):
     assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
-                         str(exports / "classification" / "settings.json"), "--name", "isolated", "--store", str(tmp_path)]) == 0
+                         str(exports / "classification" / "settings.json"), "--name", "isolated",
+                         "--store", str(tmp_path)]) == 0
     folder = tmp_path / "unpacked"
     with zipfile.ZipFile(tmp_path / "isolated.mar") as archive:
         archive.extractall(folder)

@@ -107,7 +107,8 @@ MISTAKES = {  # name: (arguments, exit status, words the one line must hold)
     "archive: store under a file": (["archive", "--model", "tiny.onnx", "--task", "classification", "--name", "m",
                                      "--store", "a-file/store"], 2, ["--store", "a-file", "not a folder"]),
     "archive: labels not a labels file": (["archive", "--model", "tiny.onnx", "--task", "classification", "--name", "m",
-                                           "--labels", "not-a-key.json"], 2, ["--labels", "not-a-key.json", "labels file"]),
+                                           "--labels", "not-a-key.json"], 2,
+                                          ["--labels", "not-a-key.json", "labels file"]),
     "export: missing checkpoint": (["export", "--task", "classification", "--checkpoint", "nope.pth"], 2,
                                    ["--checkpoint", "nope.pth", "no such file"]),
     "export: --set unknown setting": (["export", "--task", "detection", "--set", "score_treshold=0.3"], 2,
@@ -122,7 +123,8 @@ MISTAKES = {  # name: (arguments, exit status, words the one line must hold)
                            ["not a usable URL", "localhost:8080"]),
     "predict: not an address": (["predict", "--model", "m", "--image", "photo.png", "--grpc", "7070"], 2,
                                 ["--grpc", "'7070'", "HOST:PORT"]),
-    "predict: missing image": (["predict", "--model", "m", "--image", "nope.jpg"], 2, ["--image", "nope.jpg", "no such file"]),
+    "predict: missing image": (["predict", "--model", "m", "--image", "nope.jpg"], 2,
+                               ["--image", "nope.jpg", "no such file"]),
     "predict: missing key file": (["predict", "--model", "m", "--image", "photo.png", "--key-file", "nope.json"], 2,
                                   ["--key-file", "nope.json", "no such file"]),
     "predict: not a key file": (["predict", "--model", "m", "--image", "photo.png", "--key-file", "not-a-key.json"], 2,
@@ -138,7 +140,8 @@ MISTAKES = {  # name: (arguments, exit status, words the one line must hold)
     "route: apply without a router": (["route", "apply", ROOT / "examples" / "routing.yaml", "--prefix", "nowhere"], 2,
                                       ["--prefix", "nowhere", "haproxy.cfg"]),
     "report: missing log": (["report", "--log", "nope.log"], 2, ["--log", "nope.log", "no such file"]),
-    "report: not an access log": (["report", "--log", "access.log"], 2, ["access.log", "not the router's JSON access log"]),
+    "report: not an access log": (["report", "--log", "access.log"], 2,
+                                  ["access.log", "not the router's JSON access log"]),
     "gateway: bad address": (["gateway", "--listen", "no-port"], 2, ["--listen", "no-port", "HOST:PORT"]),
     "unknown command": (["frob"], 2, ["frob", "export", "archive"]),
 }
@@ -164,8 +167,9 @@ def test_the_older_entry_points_and_archive_sh_say_it_the_same_way(files):
     args = ["--model", "nope.onnx", "--task", "classification", "--name", "m"]
     assert_one_line(run(args, files, module="tsvision.tools.archive"), 2, "nope.onnx", "no such file")
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([str(ROOT / "archive.sh"), "--model", str(files / "garbage.onnx"), "--task", "classification",
-                             "--name", "my model"], env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run([str(ROOT / "archive.sh"), "--model", str(files / "garbage.onnx"),
+                             "--task", "classification", "--name", "my model"],
+                            env=env, capture_output=True, text=True, timeout=180)
     assert_one_line(result, 2, "--name", "'my model'")
 
 
@@ -180,7 +184,8 @@ def test_debug_prints_the_traceback_too(files):
 def test_a_closed_pipe_ends_quietly(files):
     """``tsvision route kubernetes ... | head -1`` with the reader gone before the first write."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "tsvision", "route", "kubernetes", str(ROOT / "examples" / "routing.yaml")],
+    process = subprocess.Popen([sys.executable, "-m", "tsvision", "route", "kubernetes",
+                                str(ROOT / "examples" / "routing.yaml")],
                                cwd=files, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.close()  # the reader is gone: the command's write meets a broken pipe
     stderr = process.stderr.read().decode()
@@ -202,14 +207,16 @@ def test_every_help_is_complete(capsys):
     assert cli.main(["--help"]) == 0
     top = capsys.readouterr().out
     assert "--debug" in top
-    for name, (module, _) in cli.COMMANDS.items():
+    for name, (_module, _) in cli.COMMANDS.items():
         assert name in top
         with pytest.raises(SystemExit) as exit_:
             cli.main([name, "--help"])
         text = capsys.readouterr().out
         assert exit_.value.code == 0 and f"usage: tsvision {name}" in text and "--debug" in text, name
-    for args, expected in ((["archive", "--help"], [*HANDLER_CLASSES, "(default: model_store)", "(default: 8)", "(default: 1.0)"]),
-                           (["predict", "--help"], ["(default: rest)", "(default: http://127.0.0.1:8080)", "key_file.json"]),
+    for args, expected in ((["archive", "--help"],
+                            [*HANDLER_CLASSES, "(default: model_store)", "(default: 8)", "(default: 1.0)"]),
+                           (["predict", "--help"],
+                            ["(default: rest)", "(default: http://127.0.0.1:8080)", "key_file.json"]),
                            (["manage", "register", "--help"], ["(default: model_store)", "(default: 1)"]),
                            (["route", "haproxy", "--help"], ["(default: 127.0.0.1:8091)"])):
         with pytest.raises(SystemExit):

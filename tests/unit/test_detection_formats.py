@@ -26,7 +26,8 @@ SCENES = [(333, 777), (1280, 720)]
 
 
 def format_task(root: Path, fmt: str, backend: str = "onnx", **overrides) -> DetectionTask:
-    values = {"task": "detection", "detection_format": fmt, "labels": "labels.json", **FORMAT_SETTINGS[fmt], **overrides}
+    values = {"task": "detection", "detection_format": fmt, "labels": "labels.json", **FORMAT_SETTINGS[fmt],
+              **overrides}
     return build_task(root / fmt / BACKENDS[backend], Settings.from_mapping(values), root / fmt)
 
 
@@ -55,7 +56,8 @@ def test_mixed_sizes_in_one_batch_equal_one_by_one(format_exports, fmt):
 
 def test_letterbox_center_matches_ultralytics_arithmetic():
     """ultralytics LetterBox(auto=False): new size round(side × r); pads round(pad/2 ∓ 0.1)."""
-    array, placement = fit_square(Image.new("RGB", (1280, 720), (255, 255, 255)), 640, "letterbox_center", (114, 114, 114))
+    array, placement = fit_square(Image.new("RGB", (1280, 720), (255, 255, 255)), 640, "letterbox_center",
+                                  (114, 114, 114))
     assert placement == Placement(1280, 720, 640, 360, 640, 0, 140)
     assert (array[:140] == 114).all() and (array[500:] == 114).all() and (array[140:500] == 255).all()
     mapped = placement.boxes_to_original(np.array([[0, 140, 640, 500]], dtype=np.float32))

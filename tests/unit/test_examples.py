@@ -35,7 +35,8 @@ def segmentation_answer(width: int = 64, height: int = 48, region=(20, 10, 49, 2
     mask = Image.new("L", (width, height), 0)
     ImageDraw.Draw(mask).rectangle(region, fill=index)
     pixels = (region[2] - region[0] + 1) * (region[3] - region[1] + 1)
-    classes = [{"index": 0, "label": "background", "pixels": width * height - pixels, "fraction": 1 - pixels / (width * height)},
+    classes = [{"index": 0, "label": "background", "pixels": width * height - pixels,
+                "fraction": 1 - pixels / (width * height)},
                {"index": index, "label": "thing", "pixels": pixels, "fraction": pixels / (width * height)}]
     return {"width": width, "height": height, "mask": png_b64(mask), "classes": classes}
 
@@ -113,7 +114,8 @@ def test_keypoints_drawn_as_dots_and_limbs_when_visible():
     pixels = np.asarray(picture("keypoints", answer, Image.new("RGB", (200, 160), WHITE), skeleton=[(0, 1), (1, 2)]))
     assert tuple(pixels[80, 60]) == box_colour(0) and tuple(pixels[80, 100]) == box_colour(1)
     assert tuple(pixels[80, 80]) == box_colour(0)  # limb 0 joins the two visible points
-    assert tuple(pixels[130, 100]) == WHITE and tuple(pixels[105, 100]) == WHITE  # point 2 is not visible: no dot, no limb 1
+    # point 2 is not visible: no dot, no limb 1
+    assert tuple(pixels[130, 100]) == WHITE and tuple(pixels[105, 100]) == WHITE
 
 
 def test_draw_cli_matches_the_function(tmp_path):
@@ -121,8 +123,8 @@ def test_draw_cli_matches_the_function(tmp_path):
     noise(200, 160).save(buffer, format="PNG")
     (tmp_path / "photo.png").write_bytes(buffer.getvalue())
     (tmp_path / "answer.json").write_text(json.dumps(DETECTION))
-    assert draw_main(["--task", "detection", "--answer", str(tmp_path / "answer.json"), "--image", str(tmp_path / "photo.png"),
-                      "--out", str(tmp_path / "cli.png")]) == 0
+    assert draw_main(["--task", "detection", "--answer", str(tmp_path / "answer.json"),
+                      "--image", str(tmp_path / "photo.png"), "--out", str(tmp_path / "cli.png")]) == 0
     draw("detection", DETECTION, tmp_path / "direct.png", buffer.getvalue())
     assert np.array_equal(np.asarray(Image.open(tmp_path / "cli.png")), np.asarray(Image.open(tmp_path / "direct.png")))
     with pytest.raises(SystemExit):  # without --image is a usage error
@@ -130,7 +132,8 @@ def test_draw_cli_matches_the_function(tmp_path):
 
 
 def test_client_helpers(tmp_path):
-    assert [client.task_of(m) for m in ("classification_onnx", "segmentation_torchscript", "detection_onnx", "resnet")] == \
+    assert [client.task_of(m)
+            for m in ("classification_onnx", "segmentation_torchscript", "detection_onnx", "resnet")] == \
         ["classification", "segmentation", "detection", None]
     assert client.read_token(tmp_path / "missing.json") is None
     (tmp_path / "key_file.json").write_text(json.dumps({"inference": {"key": "abc"}, "management": {"key": "def"}}))

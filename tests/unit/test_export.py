@@ -18,12 +18,14 @@ from tsvision.tools.export.cli import main as export_main
 
 
 @pytest.mark.parametrize("task, architecture", [
-    ("classification", "mobilenet_v3_small"), ("segmentation", "lraspp_mobilenet_v3_large"), ("detection", "ssdlite320_mobilenet_v3_large")])
+    ("classification", "mobilenet_v3_small"), ("segmentation", "lraspp_mobilenet_v3_large"),
+    ("detection", "ssdlite320_mobilenet_v3_large")])
 def test_default_exports_report_parity_and_say_weights_are_random(exports, task, architecture):
     report = json.loads((exports / task / "report.json").read_text())
     settings = json.loads((exports / task / "settings.json").read_text())
     assert report["ok"] and max(report["max_abs_diff"].values()) <= report["tolerance"]
-    assert report["random_weights"] is True and settings["random_weights"] is True and "random" in settings["description"]
+    assert report["random_weights"] is True and settings["random_weights"] is True \
+        and "random" in settings["description"]
     no_download = {} if task == "classification" else {"weights_backbone": None}
     model = torchvision.models.get_model(architecture, weights=None, **no_download)
     assert report["parameters"] == sum(p.numel() for p in model.parameters())
@@ -70,8 +72,8 @@ def test_own_model_archive_is_self_contained(toy_exports, tmp_path):
     """A user's ONNX file plus labels becomes an archive carrying our handler and settings."""
     assert archive_main(["--model", str(toy_exports / "segmentation" / "model.onnx"), "--task", "segmentation",
                          "--labels", str(toy_exports / "segmentation" / "labels.json"), "--name", "mine",
-                         "--version", "2.1", "--store", str(tmp_path), "--set", "input_size=640", "--set", "std=[1,1,1]",
-                         "--set", "mean=[0,0,0]", "--batch-size", "4"]) == 0
+                         "--version", "2.1", "--store", str(tmp_path), "--set", "input_size=640",
+                         "--set", "std=[1,1,1]", "--set", "mean=[0,0,0]", "--batch-size", "4"]) == 0
     with zipfile.ZipFile(tmp_path / "mine.mar") as archive:
         names = set(archive.namelist())
         config = yaml.safe_load(archive.read("model-config.yaml"))
@@ -80,7 +82,8 @@ def test_own_model_archive_is_self_contained(toy_exports, tmp_path):
             "tsvision/serving/tasks/base.py", "tsvision/serving/tasks/segmentation.py"} <= names
     assert not any(name.startswith("tsvision/tools/") for name in names)  # the tooling never ships
     assert not any("__pycache__" in name for name in names)
-    assert config["batchSize"] == 4 and config["handler"]["task"] == "segmentation" and config["handler"]["input_size"] == 640
+    assert config["batchSize"] == 4 and config["handler"]["task"] == "segmentation" \
+        and config["handler"]["input_size"] == 640
     assert config["handler"]["labels"] == "labels.json" and manifest["model"]["modelVersion"] == "2.1"
     digest = (tmp_path / "mine.mar.sha256").read_text().split()[0]
     import hashlib

@@ -41,13 +41,15 @@ def plain_onnx(request, tmp_path_factory) -> Path:
         warnings.simplefilter("ignore")
         # external_data=False: torch 2.14 otherwise writes the weights beside the file (*.onnx.data),
         # which the archive does not carry.
-        torch.onnx.export(TinyClassifier().eval(), torch.randn(request.param, 3, SIZE, SIZE), str(path), external_data=False)
+        torch.onnx.export(TinyClassifier().eval(), torch.randn(request.param, 3, SIZE, SIZE), str(path),
+                          external_data=False)
     return path
 
 
 def images():
     rng = np.random.default_rng(3)
-    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in ((333, 777), (64, 40), (1280, 720))]
+    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+            for w, h in ((333, 777), (64, 40), (1280, 720))]
 
 
 def test_runtime_reads_the_fixed_batch(plain_onnx):
@@ -89,9 +91,11 @@ def test_weights_in_an_external_data_file_travel_with_the_model(tmp_path, capsys
         warnings.simplefilter("ignore")
         torch.onnx.export(torchvision.models.mobilenet_v3_small().eval(), torch.randn(2, 3, 224, 224), str(path))
     assert (tmp_path / "plain.onnx.data").is_file()  # what the exporter does by default for this size
-    assert archive_main(["--model", str(path), "--task", "classification", "--name", "plain", "--store", str(tmp_path / "store")]) == 0
+    assert archive_main(["--model", str(path), "--task", "classification", "--name", "plain",
+                         "--store", str(tmp_path / "store")]) == 0
     with zipfile.ZipFile(tmp_path / "store" / "plain.mar") as archive:
         assert {"plain.onnx", "plain.onnx.data"} <= set(archive.namelist())
     (tmp_path / "plain.onnx.data").rename(tmp_path / "elsewhere.data")
-    assert archive_main(["--model", str(path), "--task", "classification", "--name", "broken", "--store", str(tmp_path / "store")]) == 2
+    assert archive_main(["--model", str(path), "--task", "classification", "--name", "broken",
+                         "--store", str(tmp_path / "store")]) == 2
     assert "plain.onnx.data, which is missing" in capsys.readouterr().err

@@ -109,7 +109,8 @@ def test_every_mutation_is_a_200_400_or_413_and_nothing_over_the_limit_is_decode
         cases = [c for c in CASES if c.fmt == fmt]
         assert len(cases) >= 100 and {c.kind for c in cases} == set(KINDS), fmt
         assert {outcomes[c.name].label for c in cases} == set(OUTCOMES), fmt
-        assert any(outcomes[c.name].status == 413 for c in cases if c.kind == "dimensions"), f"{fmt}: no inflated size reached the limit"
+        assert any(outcomes[c.name].status == 413 for c in cases if c.kind == "dimensions"), \
+            f"{fmt}: no inflated size reached the limit"
         assert any(outcomes[c.name].status == 400 for c in cases if c.kind == "truncate-boundary"), fmt
 
 
@@ -155,7 +156,8 @@ def test_fuzz_cases_in_mixed_batches_are_answered_as_if_alone(classifier, direct
             assert response.status == outcomes[case.name].status, (case.name, response.body)
             if response.status != 200:
                 assert response.body["code"] == response.status and response.body["type"] == outcomes[case.name].kind
-    print(f"\nthrough answer_requests, {len(cases)} fuzz cases in {-(-len(cases) // 6)} batches with 2 good images each: {dict(statuses)}")
+    print(f"\nthrough answer_requests, {len(cases)} fuzz cases in {-(-len(cases) // 6)} batches "
+          f"with 2 good images each: {dict(statuses)}")
     assert set(statuses) == {200, 400, 413}
 
 

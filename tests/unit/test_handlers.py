@@ -30,7 +30,8 @@ def toy_detector_folder(toy_exports: Path, tmp_path: Path, labels: list) -> Path
 
 
 def toy_config(**extra) -> dict:
-    return {"batchSize": 8, "handler": {"task": "detection", "labels": "labels.json", **TOY_SETTINGS["detection"], **extra}}
+    return {"batchSize": 8,
+            "handler": {"task": "detection", "labels": "labels.json", **TOY_SETTINGS["detection"], **extra}}
 
 
 @pytest.fixture()
@@ -41,7 +42,8 @@ def detector(toy_exports, tmp_path):
 
 
 def test_entry_files_define_exactly_one_handler_class_each():
-    for task, cls in (("classification", "ImageClassifier"), ("segmentation", "ImageSegmenter"), ("detection", "ObjectDetector")):
+    for task, cls in (("classification", "ImageClassifier"), ("segmentation", "ImageSegmenter"),
+                      ("detection", "ObjectDetector")):
         loaded = load_handler_class(REPO / "handlers" / default_handler(task, REPO).name)
         assert loaded.__name__ == cls and loaded.task_name == task
 
@@ -78,7 +80,8 @@ def test_grpc_answers_close_the_stream_and_rest_answers_stay_plain(detector):
 def test_explanations_are_refused_per_request_and_describe_answers(detector):
     scene, _ = bright_box_scene(320, 200)
     responses = detector.predict([{"body": png(scene)}, {"body": png(scene)}],
-                                 [{"body": {"content-type": "image/png"}, "explain": "True"}, {"body": {"content-type": "image/png"}}])
+                                 [{"body": {"content-type": "image/png"}, "explain": "True"},
+                                  {"body": {"content-type": "image/png"}}])
     assert [r.status for r in responses] == [501, 200]
     assert responses[0].json()["type"] == "NotSupported" and len(responses[1].json()) == 1
     described = detector.predict([{"body": b""}], [{"describe": "True"}])[0]
@@ -109,7 +112,8 @@ def test_a_users_handler_file_changes_one_step_and_keeps_the_rest(toy_exports, t
         assert answer["count"] == kept == len(answer["detections"])
         for detection in answer["detections"]:
             x1, y1, x2, y2 = detection["box"]
-            assert detection["label"] == "person" and detection["area"] == pytest.approx((x2 - x1) * (y2 - y1), abs=0.01)
+            assert detection["label"] == "person" \
+                and detection["area"] == pytest.approx((x2 - x1) * (y2 - y1), abs=0.01)
             assert max(abs(a - b) for a, b in zip(detection["box"], truth)) <= 2
 
 
@@ -137,7 +141,8 @@ def test_a_handler_for_another_task_is_refused_at_start(exports, tmp_path):
 
 def test_a_handler_file_with_two_classes_is_refused(tmp_path):
     path = tmp_path / "two.py"
-    path.write_text("from tsvision.serving import ObjectDetector\nclass A(ObjectDetector):\n    pass\nclass B(ObjectDetector):\n    pass\n")
+    path.write_text("from tsvision.serving import ObjectDetector\n"
+                    "class A(ObjectDetector):\n    pass\nclass B(ObjectDetector):\n    pass\n")
     with pytest.raises(ValueError, match="defines 2 classes"):
         load_handler_class(path)
 

@@ -65,7 +65,8 @@ def test_rle_of_a_large_mask_decodes_exactly():
 
 def near_edge(mask: np.ndarray) -> np.ndarray:
     """Pixels within 1 px (8-neighbourhood) of the boundary between mask and background."""
-    grown, shrunk = ndimage.binary_dilation(mask, np.ones((3, 3))), ndimage.binary_erosion(mask, np.ones((3, 3)), border_value=0)
+    grown, shrunk = (ndimage.binary_dilation(mask, np.ones((3, 3))),
+                     ndimage.binary_erosion(mask, np.ones((3, 3)), border_value=0))
     return grown & ~shrunk
 
 
@@ -89,7 +90,8 @@ def test_polygons_stay_within_one_pixel_of_the_mask_edge(seed):
     drawn = rasterise(rings, height, width)
     wrong = drawn != filled
     print(f"\nseed {seed}: {len(rings)} rings, {sum(len(r) for r in rings) // 2} vertices, "
-          f"{int(wrong.sum())} of {filled.size} pixels differ, all within 1 px of the edge: {bool((wrong <= near_edge(filled)).all())}")
+          f"{int(wrong.sum())} of {filled.size} pixels differ, "
+          f"all within 1 px of the edge: {bool((wrong <= near_edge(filled)).all())}")
     assert (wrong <= near_edge(filled)).all()
     assert wrong.mean() < 0.02
 

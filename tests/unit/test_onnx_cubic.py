@@ -29,8 +29,10 @@ def loop_model() -> onnx.ModelProto:
         [helper.make_node("Identity", ["cond"], ["cond_out"]),
          helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="cubic", cubic_coeff_a=-0.75,
                           coordinate_transformation_mode="half_pixel")],
-        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("y", TensorProto.FLOAT, ANY4)])
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, ANY4)])
     loop = helper.make_node("Loop", ["trips", ""], ["ys"], body=body)
     graph = helper.make_graph([loop], "loop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ANY4),
                                                helper.make_tensor_value_info("sizes", TensorProto.INT64, [4]),
@@ -63,8 +65,9 @@ def rewritten(model: onnx.ModelProto) -> tuple:
 
 # Keypoint R-CNN's heatmaps (17 keypoints as N, C = 1) to box sizes: up, down (a 16-pixel-wide
 # box), 1×1, unchanged, and a small multi-channel map
-@pytest.mark.parametrize("shape, size", [((17, 1, 56, 56), (177, 170)), ((17, 1, 56, 56), (191, 16)), ((17, 1, 56, 56), (1, 1)),
-                                         ((17, 1, 56, 56), (56, 56)), ((1, 1, 56, 56), (320, 320)), ((2, 3, 5, 7), (9, 4))])
+@pytest.mark.parametrize("shape, size", [((17, 1, 56, 56), (177, 170)), ((17, 1, 56, 56), (191, 16)),
+                                         ((17, 1, 56, 56), (1, 1)), ((17, 1, 56, 56), (56, 56)),
+                                         ((1, 1, 56, 56), (320, 320)), ((2, 3, 5, 7), (9, 4))])
 def test_rewritten_cubic_resize_equals_onnx_runtime_resize(shape, size):
     model = resize_model()
     fast, count = rewritten(model)
@@ -86,7 +89,8 @@ def test_cubic_resize_in_a_loop_body_is_rewritten():
     assert got.shape == expected.shape == (3, 17, 1, 243, 73) and np.abs(got - expected).max() <= 1e-5
 
 
-@pytest.mark.parametrize("mode, transform", [("linear", "half_pixel"), ("cubic", "align_corners"), ("nearest", "asymmetric")])
+@pytest.mark.parametrize("mode, transform", [("linear", "half_pixel"), ("cubic", "align_corners"),
+                                             ("nearest", "asymmetric")])
 def test_other_resizes_are_left_alone(mode, transform):
     fast, count = rewritten(resize_model(mode, transform))
     assert count == 0 and op_types(fast.graph) == ["Resize"]

@@ -45,12 +45,15 @@ def readme_blocks() -> List[str]:
 
 def command_lines(block: str) -> List[str]:
     """The block's commands, one per line, continuation lines joined as bash joins them."""
-    return [line for line in block.replace("\\\n", "").splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [line for line in block.replace("\\\n", "").splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
 
 
 def test_readme_section_covers_every_handler_file():
-    """Every file in handlers/ is archived by the section's commands, each with the labels and the export's model-config."""
-    build = [line for block in readme_blocks() for line in command_lines(block) if line.startswith("torch-model-archiver")]
+    """Every file in handlers/ is archived by the section's commands, each with the labels and the
+    export's model-config."""
+    build = [line for block in readme_blocks() for line in command_lines(block)
+             if line.startswith("torch-model-archiver")]
     used = sorted(Path(shlex.split(line)[shlex.split(line).index("--handler") + 1]).name for line in build)
     assert used == sorted(p.name for p in HANDLERS.glob("*.py")) and len(used) == 5
     for line in build:
@@ -65,7 +68,8 @@ def test_export_writes_model_config_for_the_archiver(exports):
     for task in TASKS:
         config = yaml.safe_load((exports / task / "model-config.yaml").read_text())
         # What README says `tsvision archive` writes, and the handler section equal to settings.json.
-        assert {k: config[k] for k in ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers", "responseTimeout")} == \
+        assert {k: config[k] for k in ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers",
+                                       "responseTimeout")} == \
             {"batchSize": 8, "maxBatchDelay": 20, "minWorkers": 1, "maxWorkers": 1, "responseTimeout": 120}
         assert config["handler"] == json.loads((exports / task / "settings.json").read_text())
         assert config["handler"]["labels"] == "labels.json" and config["handler"]["task"] == task
@@ -98,7 +102,8 @@ def test_extra_files_stages_the_serving_code_and_labels(tmp_path):
     (package / "tsvision" / "serving" / "gone.py").write_text("removed since")
     code, printed, _ = run_extra_files(["--out", str(out)])
     assert code == 0 and printed.strip() == str(package)
-    assert (package / "tsvision" / "serving" / "handler.py").read_text() == (ROOT / "tsvision" / "serving" / "handler.py").read_text()
+    assert (package / "tsvision" / "serving" / "handler.py").read_text() == \
+        (ROOT / "tsvision" / "serving" / "handler.py").read_text()
     assert not (package / "tsvision" / "serving" / "gone.py").exists()
     assert not (out / "labels.json").exists()  # an earlier model's labels are never carried by mistake
     assert sorted(p.name for p in out.iterdir()) == ["package"]
@@ -135,9 +140,9 @@ def test_labels_found_in_the_archive_when_the_settings_name_none(exports, tmp_pa
 
 
 @pytest.mark.parametrize("task, handler, names, classes", [
-    ("classification", "image_classifier.py", 3, 1000),           # mobilenet_v3_small: ImageNet's 1000
-    ("segmentation", "image_segmenter.py", 22, 21),               # lraspp: VOC's 21, background included
-    ("detection", "object_detector.py", 90, 91),                  # ssdlite: COCO's 91 score columns, background included
+    ("classification", "image_classifier.py", 3, 1000),  # mobilenet_v3_small: ImageNet's 1000
+    ("segmentation", "image_segmenter.py", 22, 21),      # lraspp: VOC's 21, background included
+    ("detection", "object_detector.py", 90, 91),         # ssdlite: COCO's 91 score columns, background included
 ])
 def test_a_labels_count_that_differs_from_the_classes_stops_the_load(exports, tmp_path, task, handler, names, classes):
     folder = model_folder(tmp_path, exports / task / "model.onnx", labels=[f"n{i}" for i in range(names)])
@@ -158,14 +163,17 @@ def test_tsvision_archive_refuses_a_labels_count_that_differs(exports, tmp_path)
         code = archive_main(["--model", str(exports / "classification" / "model.onnx"), "--task", "classification",
                              "--labels", str(labels), "--name", "mismatch", "--store", str(tmp_path / "store")])
     assert code == 2 and not (tmp_path / "store" / "mismatch.mar").exists()
-    assert err.getvalue().strip() == (f"tsvision archive: error: {labels} names 3 classes, but the model has 1000 (logits N×1000): "
+    assert err.getvalue().strip() == (f"tsvision archive: error: {labels} names 3 classes, "
+                                      "but the model has 1000 (logits N×1000): "
                                       "give exactly one name per class index 0..999")
 
 
 def test_a_labels_file_named_by_the_settings_must_be_there(exports, tmp_path):
     folder = model_folder(tmp_path, exports / "classification" / "model.onnx")
-    with pytest.raises(FileNotFoundError, match=r"labels file 'labels.json', which is not in .*tsvision extra-files --labels"):
-        LocalWorker(load_handler_class(CLASSIFIER), folder, "model.onnx", {"handler": {"task": "classification", "labels": "labels.json"}})
+    with pytest.raises(FileNotFoundError,
+                       match=r"labels file 'labels.json', which is not in .*tsvision extra-files --labels"):
+        LocalWorker(load_handler_class(CLASSIFIER), folder, "model.onnx",
+                    {"handler": {"task": "classification", "labels": "labels.json"}})
 
 
 def test_class_counts_of_the_detection_layouts():

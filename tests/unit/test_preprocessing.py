@@ -90,14 +90,16 @@ def test_several_images_in_one_request_keep_their_order():
     shapes = {
         "kserve_v1": {"body": {"instances": [{"data": t} for t in texts]}},
         "list": {"body": [{"data": t} for t in texts]},
-        "kserve_v2": {"body": {"id": "r1", "inputs": [{"name": "images", "shape": [3], "datatype": "BYTES", "data": texts}]}},
+        "kserve_v2": {"body": {"id": "r1",
+                               "inputs": [{"name": "images", "shape": [3], "datatype": "BYTES", "data": texts}]}},
     }
     for shape, row in shapes.items():
         parsed = parse_request(row)
         assert parsed.shape == shape and parsed.items == images
     assert parse_request({"body": {"data": texts}}).items == images
     multipart = parse_request({"a": images[0], "b": images[1], "c": images[2]},
-                              {"a": {"content-type": "image/jpeg"}, "b": {"content-type": "image/jpeg"}, "c": {"content-type": "application/octet-stream"}})
+                              {"a": {"content-type": "image/jpeg"}, "b": {"content-type": "image/jpeg"},
+                               "c": {"content-type": "application/octet-stream"}})
     assert multipart.shape == "list" and multipart.items == images
 
 
@@ -125,7 +127,9 @@ def test_multi_image_answers_take_the_shape_of_the_request():
     assert format_response(parsed, [["a"], ["b"]]) == {"predictions": [["a"], ["b"]]}
     failed = format_response(parsed, [["a"], RequestError(413, "ImageTooLarge", "too big")])
     assert (failed.status, failed.kind) == (413, "ImageTooLarge") and failed.message.startswith("image 1 of 2: ")
-    v2 = format_response(parse_request({"body": {"id": "x", "inputs": [{"name": "i", "datatype": "BYTES", "shape": [1], "data": ["aGVsbG8="]}]}}),
+    v2 = format_response(parse_request({"body": {"id": "x",
+                                                 "inputs": [{"name": "i", "datatype": "BYTES", "shape": [1],
+                                                             "data": ["aGVsbG8="]}]}}),
                          [{"k": 1}], "m", "1.0")
     assert v2 == {"id": "x", "model_name": "m", "model_version": "1.0",
                   "outputs": [{"name": "answers", "shape": [1], "datatype": "BYTES", "data": ['{"k": 1}']}]}
@@ -178,17 +182,20 @@ def test_shorter_side_is_torchvisions_segmentation_resize(size):
     array, placement = resize_shorter_side(image, 520)
     theirs = np.asarray(TF.resize(image, 520, max_size=1040))
     assert array.shape == theirs.shape and np.array_equal(array, theirs), (size, array.shape, theirs.shape)
-    assert (placement.input_height, placement.input_width) == array.shape[:2] == (placement.content_height, placement.content_width)
+    assert (placement.input_height, placement.input_width) == array.shape[:2] \
+        == (placement.content_height, placement.content_width)
     if max(size) <= 2 * min(size):
         assert min(array.shape[:2]) == 520
 
 
 def test_shorter_side_is_for_segmentation_with_a_cap_above_input_size():
-    assert Settings.from_mapping({"task": "segmentation", "resize_mode": "shorter_side", "input_size": 520, "max_size": 600})
+    assert Settings.from_mapping({"task": "segmentation", "resize_mode": "shorter_side", "input_size": 520,
+                                  "max_size": 600})
     with pytest.raises(ValueError, match="segmentation task only"):
         Settings.from_mapping({"task": "detection", "resize_mode": "shorter_side"})
     with pytest.raises(ValueError, match="max_size"):
-        Settings.from_mapping({"task": "segmentation", "resize_mode": "shorter_side", "input_size": 520, "max_size": 520})
+        Settings.from_mapping({"task": "segmentation", "resize_mode": "shorter_side", "input_size": 520,
+                               "max_size": 520})
 
 
 @pytest.mark.parametrize("source, target", [((451, 300), (320, 320)), ((37, 81), (200, 13)), ((640, 427), (641, 1000))])
@@ -201,7 +208,8 @@ def test_bilinear_float_equals_torch_interpolate(source, target):
 
     pixels = np.random.default_rng(1).integers(0, 256, (*source[::-1], 3), dtype=np.uint8)
     theirs = torch.nn.functional.interpolate(torch.from_numpy(pixels).permute(2, 0, 1)[None].float(), size=target[::-1],
-                                             mode="bilinear", align_corners=False, antialias=False)[0].permute(1, 2, 0).numpy()
+                                             mode="bilinear", align_corners=False,
+                                             antialias=False)[0].permute(1, 2, 0).numpy()
     ours = resize_bilinear_float(Image.fromarray(pixels), target)
     assert ours.dtype == np.float32
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=0.01)  # grey levels; PIL or OpenCV are whole levels off
@@ -252,4 +260,5 @@ def test_labels_files(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(["cat", "dog"]))
     (tmp_path / "b.json").write_text(json.dumps({"1": "dog", "0": "cat"}))
     (tmp_path / "c.txt").write_text("cat\ndog\n")
-    assert load_labels(tmp_path / "a.json") == load_labels(tmp_path / "b.json") == load_labels(tmp_path / "c.txt") == ["cat", "dog"]
+    assert load_labels(tmp_path / "a.json") == load_labels(tmp_path / "b.json") == load_labels(tmp_path / "c.txt") \
+        == ["cat", "dog"]

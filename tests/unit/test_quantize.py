@@ -92,7 +92,8 @@ class ToyConvDetector(nn.Module):
         with torch.no_grad():
             for module in self.modules():
                 if isinstance(module, nn.Conv2d):
-                    module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (2.0 / module.weight[0].numel()) ** 0.5)
+                    module.weight.copy_(torch.randn(module.weight.shape, generator=generator)
+                                        * (2.0 / module.weight[0].numel()) ** 0.5)
                     module.bias.zero_()
             self.logits.weight.mul_(4.0)  # well separated scores
             self.deltas.weight.mul_(0.2)
@@ -115,8 +116,9 @@ TOYS = {
     "classification": (ToyClassifier, {"input_size": 32, "resize_size": 36}, TOY_CLASSES, ["logits"]),
     "segmentation": (ColourSegmenter, {"input_size": 64, "mean": [0, 0, 0], "std": [1, 1, 1], "resize_mode": "stretch"},
                      ["background", "red", "green", "blue"], ["logits"]),
-    "detection": (ToyConvDetector, {"input_size": 64, "resize_mode": "stretch", "background_index": 0, "score_threshold": 0.4,
-                                    "iou_threshold": 0.5}, ["background", "thing", "other"], ["boxes", "scores"]),
+    "detection": (ToyConvDetector, {"input_size": 64, "resize_mode": "stretch", "background_index": 0,
+                                    "score_threshold": 0.4, "iou_threshold": 0.5},
+                  ["background", "thing", "other"], ["boxes", "scores"]),
 }
 
 

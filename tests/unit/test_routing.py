@@ -44,7 +44,8 @@ def test_nginx_accepts_the_generated_configuration_and_it_holds_no_weights(tmp_p
     proxy = Nginx(tmp_path, 18090, "http://127.0.0.1:8080", router="127.0.0.1:18091")
     proxy.write(Routing.from_mapping(EXAMPLE))  # runs nginx -t, raises if nginx rejects it
     text = proxy.config.read_text()
-    assert "split_clients" not in text and "90%" not in text and "1.0" not in text  # weights and variants live in the router
+    # weights and variants live in the router
+    assert "split_clients" not in text and "90%" not in text and "1.0" not in text
     assert "server 127.0.0.1:18091;" in text and "proxy_pass http://ab_router;" in text
     assert "map $http_x_user_id $ab_key" in text and "mirror /_shadow;" in text
     assert "proxy_pass http://torchserve/predictions/classification_onnx/3.0;" in text
@@ -66,7 +67,8 @@ def test_haproxy_accepts_the_generated_configuration_and_the_map_holds_the_weigh
 
 def test_weight_changes_move_only_buckets_of_versions_that_lose_share():
     def routing(weights):
-        return Routing.from_mapping({**EXAMPLE, "shadow": None, "variants": [{"version": v, "weight": w} for v, w in weights.items()]})
+        return Routing.from_mapping({**EXAMPLE, "shadow": None,
+                                     "variants": [{"version": v, "weight": w} for v, w in weights.items()]})
 
     table = bucket_table(routing({"1.0": 70, "2.0": 30}))
     assert len(table) == BUCKETS and table.count("2.0") == 300
@@ -87,10 +89,13 @@ def test_weight_changes_move_only_buckets_of_versions_that_lose_share():
 def test_kubernetes_manifests_carry_the_weights_versions_and_shadow():
     documents = list(yaml.safe_load_all(render_kubernetes(Routing.from_mapping(EXAMPLE), "registry/ts:1")))
     kinds = [d["kind"] for d in documents]
-    assert kinds.count("Deployment") == 3 and {"Service", "DestinationRule", "VirtualService", "InferenceService"} <= set(kinds)
-    deployments = {d["spec"]["template"]["metadata"]["annotations"]["tsvision/model-version"]: d for d in documents if d["kind"] == "Deployment"}
+    assert kinds.count("Deployment") == 3 \
+        and {"Service", "DestinationRule", "VirtualService", "InferenceService"} <= set(kinds)
+    deployments = {d["spec"]["template"]["metadata"]["annotations"]["tsvision/model-version"]: d
+                   for d in documents if d["kind"] == "Deployment"}
     assert set(deployments) == {"1.0", "2.0", "3.0"}
-    assert "classification_onnx=classification_onnx-2.0.mar" in deployments["2.0"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "classification_onnx=classification_onnx-2.0.mar" in \
+        deployments["2.0"]["spec"]["template"]["spec"]["containers"][0]["args"]
     rule = next(d for d in documents if d["kind"] == "DestinationRule")
     subsets = {s["name"]: s["labels"]["version"] for s in rule["spec"]["subsets"]}
     service = next(d for d in documents if d["kind"] == "VirtualService")["spec"]["http"][0]

@@ -41,7 +41,8 @@ def assert_same_mask(fast: np.ndarray, full: np.ndarray) -> None:
     assert ys.size <= fast.size * 1e-4
 
 
-@pytest.mark.parametrize("width,height,stretch", [(1280, 720, False), (333, 777, False), (300, 451, True), (521, 520, True)])
+@pytest.mark.parametrize("width,height,stretch", [(1280, 720, False), (333, 777, False), (300, 451, True),
+                                                  (521, 520, True)])
 def test_edge_only_upsampling_equals_resizing_every_class(width, height, stretch):
     size, classes = 520, 21
     generator = torch.Generator().manual_seed(width)
@@ -60,7 +61,7 @@ def test_edge_only_upsampling_equals_resizing_every_class(width, height, stretch
 
 def test_segmentation_answers_equal_the_reference_on_photos(exports, photos):
     task = load_task(exports / "segmentation", "onnx")
-    for name, photo in photos.items():
+    for _name, photo in photos.items():
         array, placement = task.prepare(photo)
         logits = task.runtime.run(np.ascontiguousarray(
             ((array[None].astype(np.float32) / 255 - task.settings.mean) / task.settings.std).transpose(0, 3, 1, 2),
