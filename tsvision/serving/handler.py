@@ -126,7 +126,8 @@ class VisionHandler(BaseHandler):
 
     # -- the pieces of postprocess, for overrides ---------------------------------------------
     def finish(self, batch: Batch) -> Batch:
-        """Each image's answer from its slice of the model outputs (``batch.answers``)."""
+        """Each image's result from its slice of the model outputs (``batch.results``, result objects)
+        and its JSON-ready answer (``batch.answers``, what ``batch.update`` changes)."""
         return batch.finish(self.task)
 
     def respond(self, batch: Batch) -> List[str]:
@@ -170,14 +171,18 @@ class VisionHandler(BaseHandler):
 
     # -- describe, explain --------------------------------------------------------------------
     def describe_handle(self) -> str:
-        """``GET /models/NAME?customized=true``: what this model expects and answers."""
+        """``GET /models/NAME?customized=true``: what this model expects and answers (``describe``, serialised once)."""
+        return json.dumps(self.describe())
+
+    def describe(self) -> dict:
+        """What ``describe_handle`` answers, JSON-ready: subclasses add to it."""
         s = self.settings
-        return json.dumps({
+        return {
             "tsvision": __version__, "handler": type(self).__name__, "task": s.task, "runtime": self.task.runtime.name,
             "device": self.task.runtime.device, "input_size": s.input_size, "resize_mode": s.resize_mode,
             "classes": len(self.task.labels), "labels": self.task.labels, "random_weights": s.random_weights,
             "quantized": s.quantized, "settings": s.to_mapping(), "description": s.description,
-        })
+        }
 
     def _is_explain(self) -> bool:
         """Explanations are refused per request in ``preprocess`` (501), never answered with a prediction."""
@@ -223,10 +228,10 @@ class KeypointDetector(VisionHandler):
 
     task_name = "keypoints"
 
-    def describe_handle(self) -> str:
+    def describe(self) -> dict:
         from tsvision.serving.tasks.keypoints import keypoint_metadata
 
-        return json.dumps({**json.loads(super().describe_handle()), "keypoints": keypoint_metadata(self.settings)})
+        return {**super().describe(), "keypoints": keypoint_metadata(self.settings)}
 
 
 class InstanceSegmenter(VisionHandler):
