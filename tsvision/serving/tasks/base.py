@@ -80,13 +80,18 @@ class VisionTask:
         # The worker's share of the cores: workers x threads must not oversubscribe the machine.
         threads = settings.preprocess_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tsvision") if threads > 1 else None
+        # With micro_batch and threads, batches of more than micro_batch images are pipelined by this wrapper.
+        self.micro_batching: Optional[MicroBatching] = None
+        if self._pool is not None and self.micro_batch > 0:
+            self.micro_batching = MicroBatching(self, self.micro_batch, self._pool)
 
     @classmethod
     def before_load(cls) -> None:
         """Called before the model file is loaded (e.g. to register the custom ops it calls)."""
 
-    def prepare(self, image: Image.Image, settings: Settings) -> Tuple[np.ndarray, Any]:
-        """RGB image -> (H×W×3 uint8 array, usually input_size×input_size; whatever ``finish`` needs)."""
+    def prepare(self, image: Image.Image, settings: Optional[Settings] = None) -> Tuple[np.ndarray, Any]:
+        """RGB image -> (H×W×3 uint8 array, usually input_size×input_size; whatever ``finish`` needs),
+        with ``settings`` (None: the archive's; no request option changes how an image is prepared)."""
         raise NotImplementedError
 
     def finish(self, outputs: List[np.ndarray], meta: Any, settings: Optional[Settings] = None) -> Result:
@@ -146,23 +151,23 @@ class VisionTask:
         batch: this only hands each item's preparation to the threads and returns."""
         settings = list(settings) if settings is not None and any(s is not None for s in settings) else []
         keep = list(keep) or [False] * len(items)
-        if self._pool is not None and 0 < self.micro_batch < len(items):
-            return MicroBatching(self, self.micro_batch, self._pool).prepare_batch(items, settings, keep)
+        if self.micro_batching is not None and self.micro_batching.size < len(items):
+            return self.micro_batching.prepare_batch(items, settings, keep)
         batch = ImageBatch([None] * len(items), settings, [None] * len(items))
         return self.gather(batch, enumerate(self._map(self._prepare_pair, list(zip(items, keep)))))
 
     def prepared(self, batch: ImageBatch) -> ImageBatch:
         """``batch`` as the plain ``prepare_batch`` makes it (``inputs`` holds every live image):
         waits for the pending preparations of a pipelined batch, for callers that read ``inputs``."""
-        if isinstance(batch, PendingBatch) and batch.pending:
-            return MicroBatching(self, self.micro_batch, self._pool).prepared(batch)
+        if isinstance(batch, PendingBatch) and self.micro_batching is not None:
+            return self.micro_batching.prepared(batch)
         return batch
 
     def infer(self, batch: ImageBatch) -> ImageBatch:
         """One forward pass over the live images (``batching``); if the model fails, its images get
         the 500. A pipelined batch runs in micro-batches instead (``MicroBatching``)."""
-        if isinstance(batch, PendingBatch) and batch.pending:
-            return MicroBatching(self, self.micro_batch, self._pool).infer(batch)
+        if isinstance(batch, PendingBatch) and self.micro_batching is not None:
+            return self.micro_batching.infer(batch)
         if batch.inputs is not None:
             rows = self.batching.run(self.runtime, batch.inputs)
             live = [i for i, row in enumerate(rows) if not isinstance(row, RequestError)]
@@ -176,8 +181,8 @@ class VisionTask:
 
     def finish_batch(self, batch: ImageBatch) -> List[Any]:
         """Every image's result (or its error), in the order the images came."""
-        if isinstance(batch, PendingBatch):
-            MicroBatching(self, self.micro_batch, self._pool).finish_batch(batch)
+        if isinstance(batch, PendingBatch) and self.micro_batching is not None:
+            self.micro_batching.finish_batch(batch)
         if batch.outputs is not None:
             for position, result in zip(batch.positions, self._map(self.finish_item, self.rows(batch))):
                 batch.results[position] = result

@@ -19,8 +19,9 @@ class ClassificationTask(VisionTask):
     options = ("top_k",)
     default_micro_batch = 4  # served 0.79 -> 0.95 of in-process at 32 clients on 2 cores (docs/performance.md)
 
-    def prepare(self, image: Image.Image, settings: Settings):
-        return resize_center_crop(image, settings.resize_size, settings.input_size, settings.interpolation), None
+    def prepare(self, image: Image.Image, settings: Optional[Settings] = None):
+        s = settings or self.settings
+        return resize_center_crop(image, s.resize_size, s.input_size, s.interpolation), None
 
     def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
         return outputs[0].size, f"{self.settings.output} {shape_text(outputs[0])}"

@@ -36,8 +36,8 @@ class DetectionTask(VisionTask):
     options = DETECTION_OPTIONS
     default_micro_batch = 4  # served 0.81 -> 0.89 of in-process at 32 clients on 2 cores (docs/performance.md)
 
-    def prepare(self, image: Image.Image, settings: Settings):
-        s = settings
+    def prepare(self, image: Image.Image, settings: Optional[Settings] = None):
+        s = settings or self.settings
         fill = YOLO_FILL if s.resize_mode == "letterbox_center" else mean_fill(s.mean)
         return fit_square(image, s.input_size, s.resize_mode, fill, s.interpolation)
 

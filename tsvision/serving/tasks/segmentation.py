@@ -32,8 +32,8 @@ class SegmentationTask(VisionTask):
         # torchvision's preset keeps each image's aspect ratio: one forward pass per shape
         self.batching = BySize() if self.settings.resize_mode == "shorter_side" else Stack()
 
-    def prepare(self, image: Image.Image, settings: Settings):
-        s = settings
+    def prepare(self, image: Image.Image, settings: Optional[Settings] = None):
+        s = settings or self.settings
         if s.resize_mode == "shorter_side":  # torchvision's preset: any aspect ratio, one forward pass per shape
             return resize_shorter_side(image, s.input_size, s.max_size, s.interpolation)
         return fit_square(image, s.input_size, s.resize_mode, mean_fill(s.mean), s.interpolation)

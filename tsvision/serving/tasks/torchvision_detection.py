@@ -47,7 +47,7 @@ class TorchvisionDetectionTask(VisionTask):
         except ImportError:  # an ONNX model does not need it
             pass
 
-    def prepare(self, image: Image.Image, settings: Settings) -> Tuple[np.ndarray, Tuple[int, int]]:
+    def prepare(self, image: Image.Image, settings: Optional[Settings] = None) -> Tuple[np.ndarray, Tuple[int, int]]:
         """The decoded RGB image at its own size (decoding already refused more than max_pixels)."""
         array = np.asarray(image.convert("RGB"), dtype=np.uint8)
         return array, (array.shape[1], array.shape[0])
