@@ -122,3 +122,25 @@ def test_the_micro_batching_wrapper_answers_as_the_plain_steps(toy_detector):
         else:
             assert_same_answer("detection", a, b)
             assert len(a) == 1
+
+
+def test_a_pipelined_batch_waited_for_runs_as_one_plain_pass(toy_exports, toy_detector):
+    """``task.prepared`` (for callers that read ``inputs``) turns a pipelined batch into the plain
+    one: one forward pass over every live image, the plain answers."""
+    data = [png(bright_box_scene(w, h)[0]) for w, h in ((333, 777), (640, 480), (777, 333))]
+    items = [data[0], b"", data[1], data[2], data[0]]
+    task = load_task(toy_exports / "detection", "onnx", preprocess_threads=2, micro_batch=2)
+    try:
+        batch = task.prepare_batch(items)
+        assert isinstance(batch, PendingBatch)
+        batch = task.prepared(batch)
+        assert batch.inputs.shape[0] == 4 and not batch.pending
+        got = task.answers(task.finish_batch(task.infer(batch)))
+    finally:
+        task.close()
+    for a, b in zip(toy_detector.run(items), got):
+        if isinstance(a, RequestError):
+            assert (a.status, a.kind) == (b.status, b.kind)
+        else:
+            assert_same_answer("detection", a, b)
+            assert len(a) == 1

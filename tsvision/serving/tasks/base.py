@@ -91,7 +91,8 @@ class VisionTask:
 
     def prepare(self, image: Image.Image, settings: Optional[Settings] = None) -> Tuple[np.ndarray, Any]:
         """RGB image -> (H×W×3 uint8 array, usually input_size×input_size; whatever ``finish`` needs),
-        with ``settings`` (None: the archive's; no request option changes how an image is prepared)."""
+        with ``settings`` (None: the archive's, as the pipeline calls it: no request option changes
+        how an image is prepared)."""
         raise NotImplementedError
 
     def finish(self, outputs: List[np.ndarray], meta: Any, settings: Optional[Settings] = None) -> Result:
@@ -166,7 +167,7 @@ class VisionTask:
     def infer(self, batch: ImageBatch) -> ImageBatch:
         """One forward pass over the live images (``batching``); if the model fails, its images get
         the 500. A pipelined batch runs in micro-batches instead (``MicroBatching``)."""
-        if isinstance(batch, PendingBatch) and self.micro_batching is not None:
+        if isinstance(batch, PendingBatch) and batch.pending and self.micro_batching is not None:
             return self.micro_batching.infer(batch)
         if batch.inputs is not None:
             rows = self.batching.run(self.runtime, batch.inputs)
@@ -236,7 +237,7 @@ class VisionTask:
         item's answer: its own 4xx, or a 500 for a bug."""
         try:
             image = self._image(item)
-            array, meta = self.prepare(image, self.settings)
+            array, meta = self.prepare(image)  # one argument: overrides written as prepare(self, image) keep working
             return array, meta, image if keep else None
         except Exception as error:
             return as_request_error(error, "PreprocessError", "preparing this image failed")
