@@ -31,7 +31,7 @@ from benchmarks.lock import heavy_run
 from benchmarks.models import MODEL_FILES, build_ours, prepare_exports
 from benchmarks.photo import make_photo
 from benchmarks.warmup import warm_batch_sizes
-from tsvision.tools.server import TorchServe
+from tsvision.tools.serve.server import TorchServe
 
 ROOT = Path(__file__).resolve().parent.parent
 BEFORE_OPTIONS = "13e7cc7"  # main just before the merge of issue 16 (per-request options, pictures)

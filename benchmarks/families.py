@@ -248,12 +248,12 @@ def prepare(family: str, root: Path, fresh: bool = False) -> Path:
     if not fresh and all((folder / name).exists() for name in names):
         return folder
     if family == "yolov8n":
-        from tsvision.tools.ultralytics_export import export_yolo
+        from tsvision.tools.export.ultralytics_models import export_yolo
 
         report = export_yolo(architecture, folder)
     else:
-        from tsvision.tools.architectures import build_exportable
-        from tsvision.tools.export import export_files, write_settings
+        from tsvision.tools.export.architectures import build_exportable
+        from tsvision.tools.export.model_files import export_files, write_settings
 
         exportable = build_exportable(task, None if family != "fasterrcnn" else architecture)
         write_settings(exportable, folder, {})
@@ -384,7 +384,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
     from benchmarks.models import _archive, build_ours
     from benchmarks.run import machine
     from benchmarks.warmup import warm_batch_sizes
-    from tsvision.tools.server import TorchServe
+    from tsvision.tools.serve.server import TorchServe
 
     started = time.time()
     families = [f for f in args.families.split(",") if f]

@@ -24,9 +24,11 @@ import torch
 import yaml
 from torch import nn
 
-from tsvision.tools.architectures import Exportable, build_exportable
-from tsvision.tools.archive import build_archive, model_config
-from tsvision.tools.export import export_files, write_settings
+from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.export.architectures import build_exportable
+from tsvision.tools.archive.package import build_archive
+from tsvision.tools.export.model_files import model_config
+from tsvision.tools.export.model_files import export_files, write_settings
 from tsvision.serving.settings import Settings
 
 STOCK_HANDLERS = {"classification": "image_classifier", "segmentation": "image_segmenter", "detection": "object_detector"}

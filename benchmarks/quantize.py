@@ -3,7 +3,7 @@
     python -m benchmarks.quantize [--tasks classification,segmentation,detection] [--rounds 20] [--batch-sizes 1,8] [--served]
 
 Per task: the default model exported once (random seeded weights, ``build/quantize/<task>``) and
-quantised with ``tsvision.tools.quantize`` (calibrated on scikit-image's photos); then both ONNX
+quantised with ``tsvision.tools.export.quantize`` (calibrated on scikit-image's photos); then both ONNX
 files, loaded in the serving task, answer the same photo (``benchmarks.photo``: the astronaut,
 1280×720 JPEG) in interleaved rounds, the order alternating each round, so a busy machine slows
 both alike. Two figures per batch size, median milliseconds per batch:
@@ -36,7 +36,7 @@ from benchmarks.lock import heavy_run
 from benchmarks.models import prepare_exports
 from benchmarks.photo import make_photo
 from tsvision.serving.tasks import load_export
-from tsvision.tools.quantize import AGREEMENT, QUANTIZED_FILES, quantize_export
+from tsvision.tools.export.quantize import AGREEMENT, QUANTIZED_FILES, quantize_export
 
 ROOT = Path(__file__).resolve().parent.parent
 INT8_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
@@ -118,8 +118,8 @@ def probe_models(folder: Path) -> Dict[str, Path]:
     import torch
     from torch import nn
 
-    from tsvision.tools.export import export_onnx
-    from tsvision.tools.quantize import quantize_onnx
+    from tsvision.tools.export.model_files import export_onnx
+    from tsvision.tools.export.quantize import quantize_onnx
 
     def relu_conv(*args, **kwargs):
         return [nn.Conv2d(*args, **kwargs), nn.ReLU()]
@@ -167,8 +167,8 @@ def measure_served(folders: Dict[str, Path], photo: bytes, out: Path, connection
     from benchmarks.load import alternating_rounds, wrk_path
     from benchmarks.warmup import warm_batch_sizes
     from tsvision.serving.settings import Settings
-    from tsvision.tools.archive import build_archive
-    from tsvision.tools.server import TorchServe
+    from tsvision.tools.archive.package import build_archive
+    from tsvision.tools.serve.server import TorchServe
 
     wrk_path()
     out.mkdir(parents=True, exist_ok=True)

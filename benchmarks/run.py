@@ -29,7 +29,7 @@ from benchmarks.lock import HEAVY_LOCK, heavy_run
 from benchmarks.models import MODEL_FILES, build_floor, build_ours, build_stock, prepare_exports
 from benchmarks.photo import make_photo
 from benchmarks.warmup import warm_batch_sizes
-from tsvision.tools.server import TorchServe
+from tsvision.tools.serve.server import TorchServe
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
@@ -132,7 +132,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
     """Run every measurement ``args`` asks for and write the results; ``argv`` is recorded with them."""
-    from tsvision.tools.export import parse_overrides
+    from tsvision.serving.settings import parse_overrides
 
     started = time.time()
     tasks = [t for t in args.tasks.split(",") if t]

@@ -33,7 +33,7 @@ from benchmarks.lock import heavy_run
 from benchmarks.models import MODEL_FILES, build_ours, prepare_exports
 from benchmarks.photo import make_photo
 from benchmarks.warmup import warm_batch_sizes
-from tsvision.tools.server import TorchServe
+from tsvision.tools.serve.server import TorchServe
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = re.compile(r"^w(\d+)b(\d+)(?:p(\d+))?$")

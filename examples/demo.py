@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from examples.client import picture
-from tsvision.tools.server import REPO_CONFIG, TorchServe, read_properties
+from tsvision.tools.serve.server import REPO_CONFIG, TorchServe, read_properties
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = [f"{task}_{backend}" for task in ("classification", "segmentation", "detection") for backend in ("torchscript", "onnx")]

@@ -37,5 +37,5 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[test,examples,bench]"
   touch "$stamp"
 fi
-.venv/bin/python -m tsvision.tools.grpc_stubs >/dev/null  # gRPC stubs from the installed TorchServe's .proto files
+.venv/bin/python -m tsvision.tools.clients.grpc_stubs >/dev/null  # gRPC stubs from the installed TorchServe's .proto files
 .venv/bin/python -c "import torch, torchvision, onnxruntime, ts; print(f'setup: torch {torch.__version__}, torchvision {torchvision.__version__}, onnxruntime {onnxruntime.__version__}, torchserve ready')"

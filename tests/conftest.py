@@ -11,10 +11,11 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from tsvision.tools.architectures import Exportable, build_exportable
-from tsvision.tools.archive import main as archive_main
-from tsvision.tools.export import export_files, write_settings
-from tsvision.tools.server import DEVELOPMENT_PROFILE, TorchServe
+from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.export.architectures import build_exportable
+from tsvision.tools.archive.cli import main as archive_main
+from tsvision.tools.export.model_files import export_files, write_settings
+from tsvision.tools.serve.server import DEVELOPMENT_PROFILE, TorchServe
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task, load_export
 from tests.toy_models import TOY_DETECTION_LABELS, TOY_SEGMENTATION_LABELS, BrightestBoxDetector, ColourSegmenter

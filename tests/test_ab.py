@@ -16,13 +16,14 @@ import requests
 import yaml
 from PIL import Image
 
-from tsvision.tools.manage import Management
-from tsvision.tools.manage import main as manage_main
-from tsvision.tools.proxy import Router
-from tsvision.tools.report import served_by_version, variant_report
-from tsvision.tools.routing import Routing, bucket_counts
-from tsvision.tools.routing import main as routing_main
-from tsvision.tools.server import free_port
+from tsvision.tools.serve.manage import Management
+from tsvision.tools.serve.manage import main as manage_main
+from tsvision.tools.routing.proxy import Router
+from tsvision.tools.routing.report import served_by_version, variant_report
+from tsvision.tools.routing.routing_file import Routing
+from tsvision.tools.routing.buckets import bucket_counts
+from tsvision.tools.routing.cli import main as routing_main
+from tsvision.tools.serve.server import free_port
 
 pytestmark = pytest.mark.e2e
 from tests.conftest import AB_MODEL as MODEL

@@ -14,7 +14,7 @@ import skimage.data
 from PIL import Image
 
 from tests.conftest import png
-from tsvision.tools.archive import main as archive_main
+from tsvision.tools.archive.cli import main as archive_main
 
 WORKER = r'''
 import importlib.util, inspect, json, sys

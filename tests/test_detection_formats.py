@@ -16,9 +16,9 @@ from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
 from tsvision.serving.tasks.detection import DetectionTask
 from tsvision.serving.tasks.detection_formats import guess_format
-from tsvision.tools.architectures import Exportable
-from tsvision.tools.archive import main as archive_main
-from tsvision.tools.export import export_files
+from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.archive.cli import main as archive_main
+from tsvision.tools.export.model_files import export_files
 from tests.conftest import BACKENDS, png
 from tests.scenes import bright_box_scene
 from tests.toy_models import TOY_FORMAT_LABELS, BrightestBoxInFormat
@@ -167,7 +167,7 @@ def test_archive_shows_a_format_mismatch(format_exports, tmp_path, capsys, model
 def format_server(format_exports, tmp_path_factory):
     """One real TorchServe with every toy format on both backends, archived as a user would: the
     model file, its labels and the format's settings (``--set``), no settings.json."""
-    from tsvision.tools.server import TorchServe
+    from tsvision.tools.serve.server import TorchServe
 
     store = tmp_path_factory.mktemp("format_store")
     for fmt in OUTPUT_NAMES:

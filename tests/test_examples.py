@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from examples import classify, client, detect, segment
 from examples.draw import draw, main as draw_main
 from tsvision.serving.drawing import box_colour, voc_palette
-from tsvision.tools.server import TorchServe
+from tsvision.tools.serve.server import TorchServe
 from tests.checks import check_classification, check_detection, check_segmentation
 
 WHITE = (255, 255, 255)

@@ -12,8 +12,8 @@ import torch
 import torchvision
 import yaml
 
-from tsvision.tools.archive import main as archive_main
-from tsvision.tools.export import main as export_main
+from tsvision.tools.archive.cli import main as archive_main
+from tsvision.tools.export.cli import main as export_main
 from tsvision.serving.runtimes import load_runtime
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from tsvision.serving.service import answer_requests
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
-from tsvision.tools.archive import main as archive_main
+from tsvision.tools.archive.cli import main as archive_main
 from tests.conftest import png
 
 SIZE = 32

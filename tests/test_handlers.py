@@ -1,5 +1,5 @@
 """The handler classes in-process, through TorchServe's own Context, RequestProcessor and metrics
-cache (tsvision.tools.local.LocalWorker): per-request statuses, headers and content types in a
+cache (tsvision.tools.archive.local_worker.LocalWorker): per-request statuses, headers and content types in a
 mixed batch, describe, explanations refused, a user's handler file, metrics, devices."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from tests.conftest import TOY_SETTINGS, jpeg, png
 from tests.scenes import bright_box_scene
 from tsvision.serving import ImageClassifier, ObjectDetector
 from tsvision.serving.runtimes import load_runtime, pick_device
-from tsvision.tools.archive import default_handler
-from tsvision.tools.local import LocalWorker, load_handler_class
+from tsvision.tools.archive.package import default_handler
+from tsvision.tools.archive.local_worker import LocalWorker, load_handler_class
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_HANDLER = REPO / "examples" / "handlers" / "people_counter.py"

@@ -30,10 +30,11 @@ from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task, load_export
 from tsvision.serving.tasks.instance_segmentation import TorchvisionInstanceSegmentationTask, YoloInstanceSegmentationTask
 from tsvision.serving.tasks.torchvision_detection import to_chw_float
-from tsvision.tools.architectures import Exportable, build_exportable
-from tsvision.tools.export import export_files, write_settings
-from tsvision.tools.instance_segmenters import OUTPUT_NAMES
-from tsvision.tools.torchvision_detectors import export_detector_onnx
+from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.export.architectures import build_exportable
+from tsvision.tools.export.model_files import export_files, write_settings
+from tsvision.tools.export.mask_rcnn import OUTPUT_NAMES
+from tsvision.tools.export.torchvision_detectors import export_detector_onnx
 
 coco = pytest.importorskip("pycocotools.mask")
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -320,7 +321,7 @@ def test_measured_scripted_vs_eager(mrcnn, mrcnn_tasks, photos):
 # -- YOLOv8n-seg ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def yolo_seg(tmp_path_factory) -> Path:
-    from tsvision.tools.ultralytics_export import export_yolo
+    from tsvision.tools.export.ultralytics_models import export_yolo
 
     folder = tmp_path_factory.mktemp("yolov8n_seg")
     report = export_yolo("yolov8n-seg", folder)
@@ -389,8 +390,8 @@ def test_served(toys, mrcnn, yolo_seg, photos, tmp_path):
     checked in-process) against its model file called directly (one torch thread on both sides:
     near-tied random scores must not depend on the thread count); YOLOv8n-seg against
     ultralytics' predictor."""
-    from tsvision.tools.archive import main as archive_main
-    from tsvision.tools.server import TorchServe
+    from tsvision.tools.archive.cli import main as archive_main
+    from tsvision.tools.serve.server import TorchServe
 
     store = tmp_path / "store"
     toy_names = []

@@ -39,8 +39,9 @@ from tsvision.serving.tasks import load_export
 from tsvision.serving.tasks.keypoints import (COCO_KEYPOINT_NAMES, COCO_SKELETON, KeypointsTask,
                                               TorchvisionKeypointsTask)
 from tsvision.serving.tasks.torchvision_detection import to_chw_float
-from tsvision.tools.architectures import Exportable, build_exportable
-from tsvision.tools.export import export_files, write_settings
+from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.export.architectures import build_exportable
+from tsvision.tools.export.model_files import export_files, write_settings
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 SIZE = 640
@@ -133,7 +134,7 @@ def krcnn(tmp_path_factory):
 @pytest.fixture(scope="module")
 def yolo_pose(tmp_path_factory) -> Path:
     pytest.importorskip("ultralytics")
-    from tsvision.tools.ultralytics_export import export_yolo
+    from tsvision.tools.export.ultralytics_models import export_yolo
 
     folder = tmp_path_factory.mktemp("yolo_pose")
     report = export_yolo("yolov8n-pose", folder)
@@ -261,8 +262,8 @@ def test_a_keypoint_count_that_does_not_fit_the_names_is_refused_at_load(toys, t
 
 
 def test_the_entry_file_defines_the_keypoint_detector(tmp_path):
-    from tsvision.tools.archive import default_handler
-    from tsvision.tools.local import load_handler_class
+    from tsvision.tools.archive.package import default_handler
+    from tsvision.tools.archive.local_worker import load_handler_class
 
     handler = default_handler("keypoints", tmp_path)
     assert handler.name == "keypoint_detector.py" and handler.parent.name == "handlers"
@@ -341,7 +342,7 @@ def test_keypoint_rcnn_export_report_and_settings(krcnn):
     assert settings["skeleton"] == [list(e) for e in COCO_SKELETON] and len(settings["skeleton"]) == 19
     assert json.loads((folder / "labels.json").read_text()) == ["no person", "person"]
     # the keypoint decoding's bicubic Resize (ONNX Runtime's slow cubic kernel) was rewritten as matrix
-    # products by the export (tools/onnx_cubic.py); report["ok"] above holds its answers to eager's
+    # products by the export (tools/export/onnx_cubic.py); report["ok"] above holds its answers to eager's
     from tests.test_onnx_cubic import op_types
 
     assert "Resize" in op_types(onnx.load(str(folder / "model.onnx")).graph)  # the transform's bilinear resize stays
@@ -430,8 +431,8 @@ ARCHIVES = {"toy_rcnn_torchscript": ("toy_rcnn", "model.pt"), "toy_rcnn_onnx": (
 def served(toys, krcnn, yolo_pose, tmp_path_factory):
     """All six archives, built with the archive CLI, on one real TorchServe (always stopped). The
     Keypoint R-CNN archives run torch on one thread (threads=1), as their in-process references do."""
-    from tsvision.tools.archive import main as archive_main
-    from tsvision.tools.server import TorchServe
+    from tsvision.tools.archive.cli import main as archive_main
+    from tsvision.tools.serve.server import TorchServe
 
     folders = {"toy_rcnn": toys / "toy_rcnn", "toy_pose": toys / "toy_pose", "krcnn": krcnn[0], "yolo_pose": yolo_pose}
     store = tmp_path_factory.mktemp("keypoint_store")

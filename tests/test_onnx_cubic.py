@@ -1,4 +1,4 @@
-"""tools/onnx_cubic.py: a bicubic ONNX ``Resize`` rewritten as two matrix products answers as ONNX
+"""tools/export/onnx_cubic.py: a bicubic ONNX ``Resize`` rewritten as two matrix products answers as ONNX
 Runtime's own ``Resize`` (to float rounding), inside ``Loop`` bodies too, and other resizes stay."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper
 
-from tsvision.tools.onnx_cubic import rewrite_cubic_resizes
+from tsvision.tools.export.onnx_cubic import rewrite_cubic_resizes
 
 ANY4 = [None] * 4
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tsvision.tools.archive import main as archive_main
-from tsvision.tools.grpc_client import GrpcClient, PredictionError
-from tsvision.tools.oip_gateway import OipGateway
-from tsvision.tools.predict import main as predict_main
-from tsvision.tools.predict import predict_oip_rest, predict_rest
-from tsvision.tools.server import free_port
+from tsvision.tools.archive.cli import main as archive_main
+from tsvision.tools.clients.grpc_client import GrpcClient, PredictionError
+from tsvision.tools.clients.oip_gateway import OipGateway
+from tsvision.tools.clients.predict import main as predict_main
+from tsvision.tools.clients.predict import predict_oip_rest, predict_rest
+from tsvision.tools.serve.server import free_port
 from tests.conftest import AB_MODEL, BACKENDS, TASKS, jpeg
 
 pytestmark = pytest.mark.e2e

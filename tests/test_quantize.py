@@ -1,4 +1,4 @@
-"""Static int8 quantisation (tsvision export --quantize int8, tools/quantize.py) on small seeded
+"""Static int8 quantisation (tsvision export --quantize int8, tools/export/quantize.py) on small seeded
 toy models: the quantised file loads in the serving task, its answers agree with fp32 within the
 stated tolerances, calibration sees the images as the serving task prepares them, the archive
 carries the file and says so, and bad requests are clear errors. No TorchServe is started (the
@@ -20,13 +20,13 @@ from torch import nn
 
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import load_export
-from tsvision.tools import export as export_tool
-from tsvision.tools.architectures import Exportable
-from tsvision.tools.archive import main as archive_main
-from tsvision.tools.export import export_files, write_settings
-from tsvision.tools.local import LocalWorker, load_handler_class
-from tsvision.tools.quantize import (METADATA_KEY, QuantizeError, calibration_items, graph_refusal, model_quantization,
-                                     prepared_inputs, quantize_export, refusal)
+from tsvision.tools.export import cli as export_tool
+from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.archive.cli import main as archive_main
+from tsvision.tools.export.model_files import export_files, write_settings
+from tsvision.tools.archive.local_worker import LocalWorker, load_handler_class
+from tsvision.tools.export.quantize import (METADATA_KEY, QuantizeError, calibration_items, graph_refusal,
+                                            model_quantization, prepared_inputs, quantize_export, refusal)
 from tests.toy_models import ColourSegmenter
 
 HANDLERS = Path(__file__).resolve().parent.parent / "handlers"

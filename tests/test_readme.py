@@ -26,7 +26,7 @@ from PIL import Image
 
 from examples.demo import keep_running_help
 from tests.checks import check_detection
-from tsvision.tools.server import REPO_CONFIG, TorchServe, free_port
+from tsvision.tools.serve.server import REPO_CONFIG, TorchServe, free_port
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START_SECTIONS = ("Starting TorchServe",)

@@ -23,9 +23,9 @@ import pytest
 import requests
 
 from benchmarks.lock import heavy_run
-from tsvision.tools.archive import main as archive_main
-from tsvision.tools.manage import Management
-from tsvision.tools.server import DEVELOPMENT_PROFILE, TorchServe
+from tsvision.tools.archive.cli import main as archive_main
+from tsvision.tools.serve.manage import Management
+from tsvision.tools.serve.server import DEVELOPMENT_PROFILE, TorchServe
 from tests.conftest import jpeg
 
 pytestmark = pytest.mark.e2e

@@ -10,11 +10,11 @@ import grpc
 import pytest
 import requests
 
-from tsvision.tools import predict
-from tsvision.tools.grpc_client import GrpcClient
-from tsvision.tools.manage import Management, ManagementError
-from tsvision.tools.manage import main as manage_main
-from tsvision.tools.server import TorchServe, free_port
+from tsvision.tools.clients import predict
+from tsvision.tools.clients.grpc_client import GrpcClient
+from tsvision.tools.serve.manage import Management, ManagementError
+from tsvision.tools.serve.manage import main as manage_main
+from tsvision.tools.serve.server import TorchServe, free_port
 from tests.conftest import AB_MODEL, jpeg
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from tsvision.serving.tasks.segmentation import decode_png
-from tsvision.tools.server import TorchServe
+from tsvision.tools.serve.server import TorchServe
 from tests.checks import (assert_same_classification, assert_same_detections, check_classification, check_detection,
                           check_segmentation, mask_agreement)
 from tests.conftest import png, BACKENDS, TASKS, jpeg, load_task

@@ -249,7 +249,7 @@ def test_json_and_picture_requests_share_a_batch(served, photos):
 
 # -- other protocols ---------------------------------------------------------------------------
 def test_grpc_predictions_carries_options_and_returns_the_picture(served, photos):
-    from tsvision.tools.grpc_client import GrpcClient
+    from tsvision.tools.clients.grpc_client import GrpcClient
 
     client = GrpcClient(f"127.0.0.1:{served.properties['grpc_inference_port']}",
                         f"127.0.0.1:{served.properties['grpc_management_port']}", served.workdir / "key_file.json")

@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tsvision.tools.architectures import Exportable
-from tsvision.tools.export import export_files
+from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.export.model_files import export_files
 from tsvision.serving.geometry import Placement
 from tsvision.serving.tasks.segmentation import upsample_argmax
 from tsvision.serving.settings import Settings

@@ -22,8 +22,8 @@ from PIL import Image
 from tests.checks import assert_same_detections, check_detection
 from tsvision.serving.tasks import load_export
 from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask, to_chw_float
-from tsvision.tools.architectures import build_exportable
-from tsvision.tools.export import export_files, write_settings
+from tsvision.tools.export.architectures import build_exportable
+from tsvision.tools.export.model_files import export_files, write_settings
 
 ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
 # torchvision's RetinaNet, resizing to 320 (its default 800 costs 460 GFLOPs an image on 2 cores)
@@ -137,7 +137,7 @@ def test_archive_recognises_a_whole_detector(frcnn, backend, tmp_path, capsys):
     import yaml
     import zipfile
 
-    from tsvision.tools.archive import main as archive_main
+    from tsvision.tools.archive.cli import main as archive_main
 
     folder = frcnn[0]
     assert archive_main(["--model", str(folder / BACKENDS[backend]), "--task", "detection", "--labels",
@@ -234,8 +234,8 @@ def test_served_equals_archived_model(frcnn, retinanet, tmp_path):
     Both sides run torch with one intra-op thread: measured here, the random scripted Faster
     R-CNN answers coffee differently at 1 and 2 threads (its near-tied low scores reorder), so the
     comparison pins the thread count rather than depending on what the worker gets."""
-    from tsvision.tools.archive import main as archive_main
-    from tsvision.tools.server import TorchServe
+    from tsvision.tools.archive.cli import main as archive_main
+    from tsvision.tools.serve.server import TorchServe
 
     photos = {name: Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in SERVED_PHOTOS}
     detectors = {"frcnn": frcnn, "retinanet": retinanet}

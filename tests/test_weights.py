@@ -24,9 +24,9 @@ from torchvision.models.segmentation import LRASPP_MobileNet_V3_Large_Weights
 from tsvision.serving.settings import Settings, load_labels
 from tsvision.serving.tasks import load_export, task_class
 from tsvision.serving.tasks.segmentation import decode_png
-from tsvision.tools.architectures import build_exportable
-from tsvision.tools.calibration import recompute_batchnorm
-from tsvision.tools.export import main as export_main
+from tsvision.tools.export.architectures import build_exportable
+from tsvision.tools.export.calibration import recompute_batchnorm
+from tsvision.tools.export.cli import main as export_main
 from tests.checks import assert_same_classification
 
 CLASSIFICATION = torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1
@@ -206,7 +206,7 @@ def test_rcnn_weights_load_from_the_cache_unconditioned(offline):
     ("classification", "resnet50", "IMAGENET1K_V2", "ResNet50_Weights.IMAGENET1K_V2"),
 ])
 def test_weights_names_resolve_to_torchvision_and_its_cache_file(task, architecture, name, expected, tmp_path, monkeypatch):
-    from tsvision.tools.pretrained import cache_file, resolve_weights
+    from tsvision.tools.export.pretrained import cache_file, resolve_weights
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     weights = resolve_weights(task, architecture, name)
@@ -263,7 +263,7 @@ def test_classification_input_is_the_weights_preset(weights):
     """The served input equals ``weights.transforms()`` (bicubic for EfficientNet, bilinear for
     MobileNetV3) within a grey level; the other filter would be 20 and more off."""
     from tsvision.serving.geometry import normalize, resize_center_crop
-    from tsvision.tools.pretrained import settings_from_preset
+    from tsvision.tools.export.pretrained import settings_from_preset
 
     s = settings_from_preset("classification", weights)
     other = {"bilinear": "bicubic", "bicubic": "bilinear"}[s["interpolation"]]
@@ -281,7 +281,7 @@ def test_a_silent_server_times_out_in_one_line(tmp_path, monkeypatch):
     import socket
     from types import SimpleNamespace
 
-    from tsvision.tools.pretrained import WeightsError, ensure_cached
+    from tsvision.tools.export.pretrained import WeightsError, ensure_cached
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv("TSVISION_OFFLINE", raising=False)

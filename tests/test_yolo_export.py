@@ -42,8 +42,8 @@ from ultralytics.utils import ROOT  # noqa: E402
 from tests.conftest import jpeg, png  # noqa: E402
 from tests.scenes import OBJECT_PHOTOS, sized_photos  # noqa: E402
 from tsvision.serving.tasks import load_export  # noqa: E402
-from tsvision.tools.archive import main as archive_main  # noqa: E402
-from tsvision.tools.export import main as export_main  # noqa: E402
+from tsvision.tools.archive.cli import main as archive_main  # noqa: E402
+from tsvision.tools.export.cli import main as export_main  # noqa: E402
 
 # ultralytics' predictor defaults (cfg/default.yaml; Model.predict sets conf 0.25): conf, iou, max_det.
 # Its non_max_suppression also keeps at most max_nms=30000 candidates before NMS.
@@ -205,7 +205,7 @@ def test_mixed_size_batch_equals_one_by_one(task, images):
 def test_nms_export_is_archived_as_yolo_nms(tmp_path, monkeypatch, images):
     """ultralytics ``export(nms=True)``: N×300×6 with the suppression inside the graph. The archive takes
     ``yolo_nms`` from the metadata (``'nms': True`` in its args), and the task equals the predictor."""
-    from tsvision.tools.ultralytics_export import build_yolo, quiet_ultralytics
+    from tsvision.tools.export.ultralytics_models import build_yolo, quiet_ultralytics
 
     monkeypatch.chdir(tmp_path)  # ultralytics writes yolov8n.onnx into the working directory
     with quiet_ultralytics():
@@ -234,7 +234,7 @@ def test_nms_export_is_archived_as_yolo_nms(tmp_path, monkeypatch, images):
 def test_served_equals_ultralytics_predictor(archived, yolo, images, tmp_path):
     """One TorchServe on the archive built from the metadata alone, on every image (resampled or not).
     The predictor gets the same JPEG bytes decoded as the server decodes them (PIL, EXIF orientation, RGB)."""
-    from tsvision.tools.server import TorchServe
+    from tsvision.tools.serve.server import TorchServe
 
     store, code, _ = archived
     assert code == 0
@@ -261,7 +261,7 @@ def test_served_equals_ultralytics_predictor(archived, yolo, images, tmp_path):
 def test_checkpoint_export_keeps_the_users_files(tmp_path):
     """``--checkpoint best.pt``: trained weights and names from the checkpoint, and the user's own
     ``best.onnx`` beside it untouched (ultralytics writes its export beside the .pt)."""
-    from tsvision.tools.ultralytics_export import quiet_ultralytics
+    from tsvision.tools.export.ultralytics_models import quiet_ultralytics
 
     with quiet_ultralytics():
         model = YOLO("yolov8n.yaml")
@@ -281,7 +281,7 @@ def test_checkpoint_export_keeps_the_users_files(tmp_path):
 def test_metadata_names_only_when_no_labels_are_given(exported):
     """A labels file (or settings.json naming one) wins over the metadata's names, and the archive
     does not claim to have taken them."""
-    from tsvision.tools.archive import from_onnx_metadata
+    from tsvision.tools.archive.inspection import from_onnx_metadata
 
     values = {"task": "detection"}
     names, note = from_onnx_metadata(exported / "model.onnx", values)

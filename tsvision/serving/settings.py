@@ -197,12 +197,12 @@ def label_for(labels: list, index: int) -> str:
 
 
 def parse_overrides(pairs: List[str]) -> dict:
-    """``key=value`` strings -> settings, values parsed as JSON where they parse."""
+    """``key=value`` strings -> settings, values parsed as JSON where they parse (``ValueError`` without ``=``)."""
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
+            raise ValueError(f"--set expects key=value, got {pair!r}")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:

@@ -1,4 +1,22 @@
-"""Build and operations tooling (export, archive, clients, management, routing): never shipped in an archive."""
+"""Build and operations tooling: never shipped in an archive (``tsvision/serving`` never imports it).
+
+Rooms, each a package, in the one order their imports may go (a module imports only from its own room and
+the rooms listed before it; ``tests/test_import_graph.py`` keeps it so)::
+
+    command   the CLI plumbing every command shares: parser, argparse types, CommandError / UsageError, and
+              entry_point, the one place an exception becomes an exit status
+    export    torchvision / whole-detector / Mask R-CNN / ultralytics exports, conditioning, ONNX rewrites,
+              quantisation, pretrained weights; ``tsvision export``
+    archive   inspect a model, resolve its settings, check it through LocalWorker, pack the .mar;
+              ``tsvision archive``, ``tsvision extra-files``
+    serve     TorchServe (server), management (``tsvision manage``), processes, keys
+    clients   ``tsvision predict``, the gRPC client and stubs, the OIP gateway (``tsvision gateway``)
+    routing   routing file, buckets, templates, router processes (proxy); ``tsvision route``, ``tsvision report``
+    cli       ``tsvision COMMAND``: names each room's command; on top of everything
+
+Imports inside functions are kept for optional heavy dependencies only (ultralytics, grpc for a REST
+command, onnxruntime's quantisation, scikit-image's photos), each with a comment saying so.
+"""
 
 import logging
 

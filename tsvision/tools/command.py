@@ -16,10 +16,15 @@ import functools
 import json
 import os
 import re
+import select
 import sys
 import traceback
 from pathlib import Path
 from typing import Callable, List, Optional
+
+import requests
+
+from tsvision.serving.settings import load_labels, parse_overrides
 
 DEBUG = False  # set by ``tsvision --debug COMMAND``; ``--debug`` on a command's own line works too
 
@@ -125,8 +130,6 @@ def writable_folder(path: Path, flag: str) -> Path:
 
 def labels_file(path: Path, flag: str = "--labels") -> list:
     """The class names in ``path`` (``load_labels``); a file that is not a labels file is a :class:`UsageError`."""
-    from tsvision.serving.settings import load_labels
-
     try:
         return load_labels(path)
     except FileNotFoundError:
@@ -134,6 +137,14 @@ def labels_file(path: Path, flag: str = "--labels") -> list:
     except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as error:
         raise UsageError(f"{flag} {path} is not a labels file (a JSON list, a JSON {{index: name}} map, or .txt "
                          f"with one name per line): {one_line(str(error))}") from error
+
+
+def key_values(pairs: List[str]) -> dict:
+    """``--set``/``--model-arg`` pairs (``parse_overrides``); a pair without ``=`` is a :class:`UsageError`."""
+    try:
+        return parse_overrides(pairs)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def one_line(text: str) -> str:
@@ -169,8 +180,6 @@ def bad_url(error: BaseException) -> bool:
 
 def describe_request_error(error: BaseException) -> str:
     """requests' exceptions carry pages of urllib3 text: the URL tried and the reason."""
-    import requests
-
     url = getattr(getattr(error, "request", None), "url", None) or "the server"
     if bad_url(error):
         return f"not a usable URL: {error} (expected e.g. http://127.0.0.1:8080)"
@@ -220,8 +229,6 @@ def run(prog: str, main: Callable[[List[str]], Optional[int]], argv: List[str]) 
 
 def stdout_closed() -> bool:
     """True when stdout is a pipe (or socket) whose reader has gone: poll reports an error on it."""
-    import select
-
     try:
         descriptor = sys.stdout.fileno()
         poller = select.poll()

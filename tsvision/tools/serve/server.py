@@ -22,10 +22,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import psutil
 import requests
 
-from tsvision.tools.keys import read_key
-from tsvision.tools.processes import stop_tree
+from tsvision.tools.serve.keys import read_key
+from tsvision.tools.serve.manage import Management
+from tsvision.tools.serve.processes import stop_tree
 
-REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.properties"
+REPO_CONFIG = Path(__file__).resolve().parents[3] / "config.properties"
 # The development profile: the shipped (serving) configuration plus model registration through
 # the management API. Never expose a server running it.
 DEVELOPMENT_PROFILE = {"enable_model_api": "true"}
@@ -175,8 +176,6 @@ class TorchServe:
         raise TimeoutError(f"TorchServe not ready after {timeout:.0f} s ({last}); logs in {self.workdir / 'logs'}")
 
     def list_models(self) -> list:
-        from tsvision.tools.manage import Management
-
         return Management(self.management_url, self.workdir / "key_file.json", timeout=10, verify=self.verify).listing()
 
     def describe(self, name: str, version: str = "all") -> list:

@@ -7,38 +7,37 @@ any H and W) and returns: classification ``logits`` N×C; segmentation ``logits`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
 import torch
 from torch import nn
 
-from tsvision.tools.torchvision_detectors import (OWN_ARCHITECTURES, build_torchvision_detector, is_torchvision_detector,
-                                                  keypoint_count, load_detector_checkpoint, output_keys)
-from tsvision.tools.pretrained import settings_from_preset
+from tsvision.tools.export.calibration import recompute_batchnorm
+from tsvision.tools.export.checkpoints import load_checkpoint
+from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.export.mask_rcnn import build_instance_segmenter
+from tsvision.tools.export.pretrained import build_pretrained, settings_from_preset
+from tsvision.tools.export.torchvision_detectors import (
+    OWN_ARCHITECTURES,
+    build_torchvision_detector,
+    is_torchvision_detector,
+    keypoint_count,
+    load_detector_checkpoint,
+    output_keys,
+)
 
 DEFAULT_ARCHITECTURES = {
     "classification": "mobilenet_v3_small",
     "segmentation": "lraspp_mobilenet_v3_large",
     "detection": "ssdlite320_mobilenet_v3_large",
     "keypoints": "keypointrcnn_mobilenet_v3_large_320_fpn",  # tsvision's own (torchvision_detectors.OWN_ARCHITECTURES)
-    "instance_segmentation": "maskrcnn_mobilenet_v3_large_320_fpn",  # tools/instance_segmenters.py
+    "instance_segmentation": "maskrcnn_mobilenet_v3_large_320_fpn",  # tools/export/mask_rcnn.py
 }
-RANDOM_WEIGHTS_SCORE_THRESHOLD = 0.03
+# An SSD with untrained (unconditioned) weights: its class scores sit near 1/C (top around 0.036 for
+# COCO's 91), so the usual 0.5 would show nothing; the demo shows its (meaningless) top boxes instead.
+UNTRAINED_SSD_SCORE_THRESHOLD = 0.03
 OUTPUT_NAMES = {"classification": ["logits"], "segmentation": ["logits"], "detection": ["boxes", "scores"]}
-
-
-@dataclass
-class Exportable:
-    task: str
-    architecture: str
-    module: nn.Module
-    settings: dict
-    labels: List[str]
-    random_weights: bool
-    output_names: List[str] = field(default_factory=list)
-    weights: Optional[str] = None  # torchvision's pretrained weights, e.g. "MobileNet_V3_Small_Weights.IMAGENET1K_V1"
 
 
 class SegmentationLogits(nn.Module):
@@ -103,7 +102,7 @@ def build_exportable(
     weights: Optional[str] = None,
 ) -> Exportable:
     """Instantiate ``architecture`` (seeded random weights, ``checkpoint``, or torchvision's pretrained
-    ``weights`` such as ``"DEFAULT"``: tools/pretrained.py) for ``task``.
+    ``weights`` such as ``"DEFAULT"``: tools/export/pretrained.py) for ``task``.
     ``model_args`` go to torchvision's model builder, e.g. ``{"min_size": 320, "max_size": 480}``
     for a detector that resizes to a smaller image than its default."""
     import torchvision
@@ -112,16 +111,12 @@ def build_exportable(
     if weights is not None and checkpoint is not None:
         raise ValueError("--weights and --checkpoint exclude each other: a checkpoint is the whole state dict; "
                          "pass one of them")
-    if task == "instance_segmentation":  # a whole Mask R-CNN (tools/instance_segmenters.py)
-        from tsvision.tools.instance_segmenters import build_instance_segmenter
-
+    if task == "instance_segmentation":  # a whole Mask R-CNN (tools/export/mask_rcnn.py)
         return build_instance_segmenter(architecture, checkpoint, num_classes, labels, seed, weights)
 
     architecture = architecture or DEFAULT_ARCHITECTURES[task]
     preset = None
     if weights is not None:
-        from tsvision.tools.pretrained import build_pretrained
-
         model, preset, labels = build_pretrained(task, architecture, weights, num_classes, labels, model_args)
     elif architecture in OWN_ARCHITECTURES:  # not in torchvision's registry
         builder, default_labels = OWN_ARCHITECTURES[architecture]
@@ -150,7 +145,7 @@ def build_exportable(
         module = SegmentationLogits(model)
         # torchvision's preset and reference evaluation: shorter side to 520, any aspect ratio (docs/models.md)
         settings = {**settings_from_preset(task, preset), "resize_mode": "shorter_side"}
-    elif is_torchvision_detector(model):  # Faster R-CNN, RetinaNet, FCOS, Keypoint R-CNN: the whole detector (tools/torchvision_detectors.py)
+    elif is_torchvision_detector(model):  # Faster R-CNN, RetinaNet, FCOS, Keypoint R-CNN: the whole detector (tools/export/torchvision_detectors.py)
         keypoints = keypoint_count(model) > 0
         if keypoints != (task == "keypoints"):
             raise ValueError(f"{architecture} is {'a keypoint' if keypoints else 'not a keypoint'} model: export it with "
@@ -174,9 +169,7 @@ def build_exportable(
     if random_weights:
         calibrate_batchnorm(module, settings["input_size"], seed)
         if task == "detection":
-            # Untrained class scores sit near 1/C (top around 0.036 for COCO's 91): at the usual
-            # 0.5 nothing would be shown, so the demo shows its (meaningless) top boxes instead.
-            settings["score_threshold"] = RANDOM_WEIGHTS_SCORE_THRESHOLD
+            settings["score_threshold"] = UNTRAINED_SSD_SCORE_THRESHOLD
     return Exportable(task, architecture, module.eval(), settings, labels, random_weights, OUTPUT_NAMES[task], weights_name)
 
 
@@ -189,25 +182,6 @@ def refuse_weights_model_args(model_args: Optional[dict]) -> None:
                          "(DEFAULT or a weights name of the architecture) for pretrained weights of the whole model")
 
 
-def read_state_dict(path: Path) -> dict:
-    """A state dict saved with ``torch.save`` (plain, or under "state_dict"/"model"; DataParallel's
-    "module." prefixes removed)."""
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def load_checkpoint(model: nn.Module, path: Path) -> None:
-    """Strictly load a state dict saved with ``torch.save``."""
-    model.load_state_dict(read_state_dict(path), strict=True)
-
-
 def calibrate_batchnorm(module: nn.Module, input_size: int, seed: int, steps: int = 4, batch: int = 4) -> None:
     """BatchNorm statistics of random weights from seeded noise (``calibration.recompute_batchnorm``)."""
-    from tsvision.tools.calibration import recompute_batchnorm
-
     recompute_batchnorm(module, seed, (batch, 3, input_size, input_size), steps)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -16,7 +15,8 @@ from urllib.parse import unquote
 import numpy as np
 import requests
 
-from tsvision.tools.command import UsageError, describe, entry_point, parser as command_parser
+from tsvision.tools.command import UsageError, describe, entry_point
+from tsvision.tools.command import parser as command_parser
 
 
 def variant_report(log: Path) -> Dict[str, dict]:
@@ -86,6 +86,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(json.dumps({"variants": report, "served_by_version": served}, indent=2) if args.json else format_table(report, served))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
+from tsvision.tools.command import UsageError
+
 DEFAULT_KEY_FILE = Path("key_file.json")
 KEY_FILE_HELP = ("TorchServe's key file (token authorization), written into the folder TorchServe was started in "
                  "(default: ./key_file.json when it exists, else no token)")
@@ -25,8 +27,6 @@ def key_file_or_default(key_file: Optional[Path]) -> Optional[Path]:
 
 def checked_key(key_file: Optional[Path], api: str = "inference") -> Optional[str]:
     """``read_key``; a file that is not TorchServe's key file is a one-line ``UsageError`` naming it."""
-    from tsvision.tools.command import UsageError
-
     try:
         return read_key(key_file, api)
     except (ValueError, KeyError, TypeError) as error:

@@ -32,12 +32,12 @@ import torch
 from torch import nn
 
 from tsvision.serving.settings import Settings
-from tsvision.tools.calibration import calibration_images, recompute_batchnorm
+from tsvision.tools.export.calibration import LOGIT_SPREAD, calibration_images, recompute_batchnorm
+from tsvision.tools.export.model_files import write_model_config
 
 # Random weights: these COCO classes are made to stand out (their scores spread over (0, 1));
 # every other class scores near 0. ultralytics' default confidence is 0.25.
 RANDOM_WEIGHTS_CLASSES = (0, 2, 16)  # person, car, dog
-LOGIT_SPREAD = 3.0
 CALIBRATION_KEEP = 6  # anchors per conditioned class above the threshold in the most responsive calibration image
 SCORE_THRESHOLD = 0.25
 # ultralytics task -> (tsvision task, detection_format)
@@ -116,7 +116,7 @@ def condition_random_yolo(model: nn.Module, seed: int, size: int = 640) -> None:
        activations layer by layer), as the torchvision exports do.
     2. In the head's last class convolution of every scale, the logits of ``RANDOM_WEIGHTS_CLASSES``
        are rescaled to standard deviation ``LOGIT_SPREAD`` over the anchors of the calibration
-       images (``tools/calibration.py``), scale by scale, and shifted so that the most responsive
+       images (``tools/export/calibration.py``), scale by scale, and shifted so that the most responsive
        image has ``CALIBRATION_KEEP`` anchors of each class above ``SCORE_THRESHOLD``. Measured on
        yolov8n (seed 0): astronaut 5 boxes, camera 13, coffee/chelsea/rocket none; neighbouring
        scores at least 0.002 apart. The other classes' weights are zeroed and their bias set
@@ -283,8 +283,6 @@ def export_yolo(architecture: str, out_dir: Path, checkpoint: Optional[Path] = N
     }
     (out_dir / "labels.json").write_text(json.dumps(labels) + "\n")
     (out_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
-    from tsvision.tools.export import write_model_config
-
     write_model_config(out_dir, Settings.from_mapping(settings))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -10,7 +10,7 @@ Architectures (``tsvision export --task instance_segmentation --arch NAME``):
   A ``--checkpoint`` must come from this same construction (``build_mask_rcnn``).
 - ``maskrcnn_resnet50_fpn``, ``maskrcnn_resnet50_fpn_v2``: torchvision's own builders.
 
-The exported file is the whole detector, as for Faster R-CNN (tools/torchvision_detectors.py):
+The exported file is the whole detector, as for Faster R-CNN (tools/export/torchvision_detectors.py):
 scripted ``model.pt`` (a list of 3×H×W images in [0, 1] in; per image ``boxes``, ``labels``,
 ``scores`` and ``masks`` K×1×H×W soft masks at the image's own size) and a one-image ONNX.
 Random weights are conditioned like the detectors' (``condition_random_detector``), then the
@@ -21,15 +21,21 @@ backbone's BatchNorm statistics, the class logit and the mask logits again on ph
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from tsvision.tools.calibration import calibration_images
-from tsvision.tools.torchvision_detectors import (LOGIT_SPREAD, RANDOM_WEIGHTS_CLASS, RANDOM_WEIGHTS_SCORE_THRESHOLD,
-                                                  condition_random_detector, load_detector_checkpoint)
+from tsvision.tools.export.calibration import (
+    CONDITIONED_CLASS,
+    CONDITIONED_SCORE_THRESHOLD,
+    LOGIT_SPREAD,
+    calibration_images,
+)
+from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.export.pretrained import build_pretrained
+from tsvision.tools.export.torchvision_detectors import condition_random_detector, load_detector_checkpoint
 
 CALIBRATION_KEEP = 6  # proposals above the score threshold in the median calibration image
 
@@ -69,14 +75,10 @@ def build_mask_rcnn(architecture: str, num_classes: int) -> nn.Module:
 def build_instance_segmenter(architecture: Optional[str], checkpoint: Optional[Path], num_classes: Optional[int],
                              labels: Optional[List[str]], seed: int, weights: Optional[str] = None):
     """An ``Exportable`` Mask R-CNN: seeded random weights (conditioned), ``checkpoint``, or torchvision's
-    pretrained ``weights`` (``maskrcnn_resnet50_fpn``/``_v2`` only; tools/pretrained.py)."""
-    from tsvision.tools.architectures import Exportable
-
+    pretrained ``weights`` (``maskrcnn_resnet50_fpn``/``_v2`` only; tools/export/pretrained.py)."""
     architecture = architecture or DEFAULT_ARCHITECTURE
     preset = None
     if weights is not None:
-        from tsvision.tools.pretrained import build_pretrained
-
         model, preset, labels = build_pretrained("instance_segmentation", architecture, weights, num_classes, labels)
     else:
         labels = labels if labels is not None else coco_labels()
@@ -92,8 +94,8 @@ def build_instance_segmenter(architecture: Optional[str], checkpoint: Optional[P
         condition_random_detector(model, seed)
         condition_on_photos(model, seed)
         # Below the served threshold nothing is answered: the model need not paste those masks.
-        model.roi_heads.score_thresh = RANDOM_WEIGHTS_SCORE_THRESHOLD
-        settings["score_threshold"] = RANDOM_WEIGHTS_SCORE_THRESHOLD
+        model.roi_heads.score_thresh = CONDITIONED_SCORE_THRESHOLD
+        settings["score_threshold"] = CONDITIONED_SCORE_THRESHOLD
     return Exportable("instance_segmentation", architecture, model.eval(), settings, labels, random_weights, list(OUTPUT_NAMES),
                       None if preset is None else str(preset))
 
@@ -132,14 +134,14 @@ def batchnorm_on_images(model: nn.Module, images: List[torch.Tensor]) -> None:
 
 def condition_on_photos(model: nn.Module, seed: int) -> None:
     """After ``condition_random_detector`` (BatchNorm statistics from noise, one class kept), on the
-    calibration images (``tools/calibration.py``: scikit-image's photos where installed):
+    calibration images (``tools/export/calibration.py``: scikit-image's photos where installed):
 
     0. the backbone's BatchNorm statistics are recomputed on those images (statistics from noise
        leave photos' activations, and so their scores, at wildly different scales: dozens of
        detections scoring 1.0 on one photo, ties decided by rounding, none on the next);
-    1. the class logit of ``RANDOM_WEIGHTS_CLASS`` is standardised again over the proposals of every
+    1. the class logit of ``CONDITIONED_CLASS`` is standardised again over the proposals of every
        image and shifted so that the median image has about
-       ``CALIBRATION_KEEP`` proposals above ``RANDOM_WEIGHTS_SCORE_THRESHOLD`` (random networks
+       ``CALIBRATION_KEEP`` proposals above ``CONDITIONED_SCORE_THRESHOLD`` (random networks
        respond very unevenly: some photos get many more, some none);
     2. the mask logits of that class are standardised to ``LOGIT_SPREAD`` around 0 over the
        detections of those images (untrained ones sit near 0: probabilities near the 0.5 mask
@@ -147,38 +149,22 @@ def condition_on_photos(model: nn.Module, seed: int) -> None:
     images = calibration_images(seed)[0]
     batchnorm_on_images(model, images)
     layer = model.roi_heads.box_predictor.cls_score
-    per_image = _logits(model, layer, RANDOM_WEIGHTS_CLASS, images)
+    per_image = _logits(model, layer, CONDITIONED_CLASS, images)
     values = torch.cat(per_image)
     mean, std = float(values.mean()), float(values.std()) or 1.0
-    t = RANDOM_WEIGHTS_SCORE_THRESHOLD
+    t = CONDITIONED_SCORE_THRESHOLD
     at_threshold = float(np.log(t / (1 - t)) + np.log(layer.out_features - 1))  # softmax against C - 1 near-zero logits
     kth = float(np.median([float(torch.topk((v - mean) * LOGIT_SPREAD / std, min(CALIBRATION_KEEP, v.numel())).values[-1])
                            for v in per_image if v.numel()]))
     with torch.no_grad():
-        layer.weight[RANDOM_WEIGHTS_CLASS] *= LOGIT_SPREAD / std
-        layer.bias[RANDOM_WEIGHTS_CLASS] = (layer.bias[RANDOM_WEIGHTS_CLASS] - mean) * LOGIT_SPREAD / std + at_threshold - kth
+        layer.weight[CONDITIONED_CLASS] *= LOGIT_SPREAD / std
+        layer.bias[CONDITIONED_CLASS] = (layer.bias[CONDITIONED_CLASS] - mean) * LOGIT_SPREAD / std + at_threshold - kth
     masks = model.roi_heads.mask_predictor.mask_fcn_logits
-    found = [v for v in _logits(model, masks, RANDOM_WEIGHTS_CLASS, images) if v.numel()]
+    found = [v for v in _logits(model, masks, CONDITIONED_CLASS, images) if v.numel()]
     if not found:
         return
     values = torch.cat(found)
     mean, std = float(values.mean()), float(values.std()) or 1.0
     with torch.no_grad():
-        masks.weight[RANDOM_WEIGHTS_CLASS] *= LOGIT_SPREAD / std
-        masks.bias[RANDOM_WEIGHTS_CLASS] = (masks.bias[RANDOM_WEIGHTS_CLASS] - mean) * LOGIT_SPREAD / std
-
-
-def mask_disagreement(a: dict, b: dict, threshold: float, mask_threshold: float = 0.5) -> float:
-    """Fraction of differing mask pixels between two answers (``boxes``, ``labels``, ``scores``,
-    ``masks`` by name), over their detections above ``threshold`` matched in score order; 1.0 when
-    their counts or labels differ."""
-    def kept(found: dict) -> Tuple[np.ndarray, np.ndarray]:
-        scores = np.asarray(found["scores"])
-        order = np.argsort(-scores, kind="stable")
-        order = order[scores[order] > threshold]
-        return np.asarray(found["labels"])[order], np.asarray(found["masks"])[order] > mask_threshold
-
-    (labels_a, masks_a), (labels_b, masks_b) = kept(a), kept(b)
-    if len(labels_a) != len(labels_b) or not np.array_equal(labels_a, labels_b):
-        return 1.0
-    return float((masks_a != masks_b).mean()) if masks_a.size else 0.0
+        masks.weight[CONDITIONED_CLASS] *= LOGIT_SPREAD / std
+        masks.bias[CONDITIONED_CLASS] = (masks.bias[CONDITIONED_CLASS] - mean) * LOGIT_SPREAD / std

@@ -10,7 +10,7 @@ R-CNN adds ``keypoints`` (N×K×3) and ``keypoints_scores`` (N×K) (``output_key
 - ``model.onnx``: ``torch.onnx.export`` (the TorchScript-based exporter, ``dynamo=False``: the
   path torchvision itself tests) of the detector on ONE image, height and width dynamic; one
   image per call. Bicubic ``Resize`` nodes (Keypoint R-CNN's keypoint decoding) are rewritten as
-  two matrix products (``tools/onnx_cubic.py``): ONNX Runtime's cubic kernel is slow. If ONNX export fails for an architecture on this torch, only ``model.pt`` is
+  two matrix products (``tools/export/onnx_cubic.py``): ONNX Runtime's cubic kernel is slow. If ONNX export fails for an architecture on this torch, only ``model.pt`` is
   written and the report says why.
 
 Random weights are conditioned so that their answers are stable and comparable
@@ -29,15 +29,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from tsvision.tools.calibration import calibration_images, recompute_batchnorm, smooth_image
+from tsvision.tools.export.calibration import (
+    CONDITIONED_CLASS,
+    CONDITIONED_SCORE_THRESHOLD,
+    LOGIT_SPREAD,
+    calibration_images,
+    recompute_batchnorm,
+    smooth_image,
+)
+from tsvision.tools.export.checkpoints import read_state_dict
+from tsvision.tools.export.onnx_cubic import rewrite_cubic_resizes
 
-# Random weights: one class (COCO's "person") is made to stand out; its scores then spread over
-# (0, 1) and this threshold keeps a handful of boxes per photo.
-RANDOM_WEIGHTS_CLASS = 1
-RANDOM_WEIGHTS_SCORE_THRESHOLD = 0.15
-LOGIT_SPREAD = 3.0  # standard deviation of the conditioned class logit
 CALIBRATION_KEEP = 8  # candidates (proposals or anchors) above the threshold in the most responsive calibration image
-DETECTION_OUTPUTS = ("boxes", "labels", "scores")  # Mask R-CNN adds "masks" (tools/instance_segmenters.py)
+DETECTION_OUTPUTS = ("boxes", "labels", "scores")  # Mask R-CNN adds "masks" (export/mask_rcnn.py)
 
 
 def is_torchvision_detector(model: nn.Module) -> bool:
@@ -122,9 +126,9 @@ def build_torchvision_detector(model: nn.Module, architecture: str, random_weigh
         settings.update(named_keypoints(keypoint_count(model)))
     if random_weights:
         condition_random_detector(model, seed, keypoint_calibration_photos() if keypoint_count(model) else None)
-        settings["score_threshold"] = RANDOM_WEIGHTS_SCORE_THRESHOLD
+        settings["score_threshold"] = CONDITIONED_SCORE_THRESHOLD
         if keypoint_count(model):  # keypoints only for the boxes an answer keeps (each costs a head pass)
-            model.roi_heads.score_thresh = RANDOM_WEIGHTS_SCORE_THRESHOLD
+            model.roi_heads.score_thresh = CONDITIONED_SCORE_THRESHOLD
     return model.eval(), settings
 
 
@@ -158,15 +162,15 @@ def condition_random_detector(model: nn.Module, seed: int, photos: Optional[List
 
     1. BatchNorm statistics of the backbone are recomputed on seeded noise (random weights
        otherwise shrink activations layer by layer), as the SSD export does.
-    2. The logit of one class (``RANDOM_WEIGHTS_CLASS``) in the classification head is rescaled
+    2. The logit of one class (``CONDITIONED_CLASS``) in the classification head is rescaled
        to standard deviation ``LOGIT_SPREAD`` over the proposals/anchors of the calibration
-       images (``tools/calibration.py``: scikit-image's photos where installed) and shifted: its
+       images (``tools/export/calibration.py``: scikit-image's photos where installed) and shifted: its
        weight scaled, its bias raised. Its scores then range over (0, 1) instead of sitting near
        1/C, so thresholds and rankings are not decided by rounding. The other classes' weights
        are zeroed, so only that class is ever returned (their logits are their biases: near 0
        against a softmax, the 0.01 prior of a sigmoid head). The bias is chosen so that the most
        responsive calibration image has ``CALIBRATION_KEEP`` candidates above
-       ``RANDOM_WEIGHTS_SCORE_THRESHOLD`` (random networks respond very unevenly to different
+       ``CONDITIONED_SCORE_THRESHOLD`` (random networks respond very unevenly to different
        photos; dense heads such as RetinaNet's have 100 000s of anchors, Faster R-CNN a few hundred
        proposals). Given ``photos`` (Keypoint R-CNN), they are the calibration images instead and
        the threshold is pooled: ``CALIBRATION_KEEP`` candidates per two photos, over all of them.
@@ -178,7 +182,7 @@ def condition_random_detector(model: nn.Module, seed: int, photos: Optional[List
     if layer is None:
         return
     num_classes = layer.out_features if isinstance(layer, nn.Linear) else model.head.classification_head.num_classes
-    channels = list(range(RANDOM_WEIGHTS_CLASS, layer.weight.shape[0], num_classes))
+    channels = list(range(CONDITIONED_CLASS, layer.weight.shape[0], num_classes))
     seen: List[torch.Tensor] = []
 
     def record(_module, _inputs, output):
@@ -198,7 +202,7 @@ def condition_random_detector(model: nn.Module, seed: int, photos: Optional[List
     values = torch.cat(per_image)
     mean, std = float(values.mean()), float(values.std()) or 1.0
     # The logit that scores exactly the threshold: sigmoid, or softmax against C - 1 near-zero logits.
-    t = RANDOM_WEIGHTS_SCORE_THRESHOLD
+    t = CONDITIONED_SCORE_THRESHOLD
     at_threshold = float(np.log(t / (1 - t)) + (np.log(num_classes - 1) if kind == "softmax" else 0.0))
     if photos:  # pooled over the photos
         kth = float(torch.topk((values - mean) * LOGIT_SPREAD / std, min(CALIBRATION_KEEP * max(1, len(photos) // 2), values.numel())).values[-1])
@@ -221,8 +225,6 @@ def load_detector_checkpoint(model: nn.Module, path: Path) -> None:
     """Strict load, except for BatchNorm's ``num_batches_tracked`` counters: a detector trained from
     pretrained backbones uses FrozenBatchNorm2d, whose state has none (here the backbone is built
     with BatchNorm2d, the same in eval mode)."""
-    from tsvision.tools.architectures import read_state_dict
-
     missing, unexpected = model.load_state_dict(read_state_dict(path), strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
@@ -320,9 +322,7 @@ def export_detector_onnx(model: nn.Module, path: Path, height: int, width: int,
         )
     # Keypoint R-CNN's keypoint decoding resizes each person's heatmaps with a bicubic Resize, which
     # ONNX Runtime's CPU kernel runs about 10x slower than PyTorch: the same resize as two matrix
-    # products (tools/onnx_cubic.py; equal to the Resize to float rounding).
-    from tsvision.tools.onnx_cubic import rewrite_cubic_resizes
-
+    # products (tools/export/onnx_cubic.py; equal to the Resize to float rounding).
     graph = onnx.load(str(path))
     if rewrite_cubic_resizes(graph):
         onnx.save(graph, str(path))
@@ -352,6 +352,22 @@ def detection_difference(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray], thr
     return float(max(differences))
 
 
+def mask_disagreement(a: dict, b: dict, threshold: float, mask_threshold: float = 0.5) -> float:
+    """Fraction of differing mask pixels between two answers (``boxes``, ``labels``, ``scores``,
+    ``masks`` by name), over their detections above ``threshold`` matched in score order; 1.0 when
+    their counts or labels differ."""
+    def kept(found: dict) -> Tuple[np.ndarray, np.ndarray]:
+        scores = np.asarray(found["scores"])
+        order = np.argsort(-scores, kind="stable")
+        order = order[scores[order] > threshold]
+        return np.asarray(found["labels"])[order], np.asarray(found["masks"])[order] > mask_threshold
+
+    (labels_a, masks_a), (labels_b, masks_b) = kept(a), kept(b)
+    if len(labels_a) != len(labels_b) or not np.array_equal(labels_a, labels_b):
+        return 1.0
+    return float((masks_a != masks_b).mean()) if masks_a.size else 0.0
+
+
 def compare_detector_backends(model: nn.Module, ts_path: Path, onnx_path: Optional[Path], image: torch.Tensor,
                               threshold: float) -> Dict[str, float]:
     """Largest box or keypoint (as a fraction of the image's longer side) or score difference of the
@@ -373,8 +389,6 @@ def compare_detector_backends(model: nn.Module, ts_path: Path, onnx_path: Option
         diffs["onnx_vs_eager"] = detection_difference(onnx, eager, threshold, side)
         diffs["onnx_vs_torchscript"] = detection_difference(onnx, torchscript, threshold, side)
     if "masks" in keys:
-        from tsvision.tools.instance_segmenters import mask_disagreement
-
         answers = {"eager": eager, "torchscript": torchscript, **({"onnx": onnx} if onnx_path is not None else {})}
         for name in list(diffs):
             a, b = name.split("_vs_")

@@ -11,8 +11,8 @@ checkpoint) to TorchScript and ONNX, check both, and report parity, parameters a
 Writes ``model.pt``, ``model.onnx``, ``labels.json``, ``settings.json`` (the handler settings),
 ``model-config.yaml`` (the same settings for ``torch-model-archiver --config-file``) and
 ``report.json`` into ``--out``. ``--weights NAME`` loads torchvision's pretrained weights
-through torch's hub cache (tools/pretrained.py) and takes labels and preprocessing from them; with ``--quantize int8`` also ``model.int8.onnx`` (ONNX Runtime
-static quantisation, tools/quantize.py) and its agreement with ``model.onnx`` in ``report.json``.
+through torch's hub cache (tools/export/pretrained.py) and takes labels and preprocessing from them; with ``--quantize int8`` also ``model.int8.onnx`` (ONNX Runtime
+static quantisation, tools/export/quantize.py) and its agreement with ``model.onnx`` in ``report.json``.
 """
 
 from __future__ import annotations
@@ -21,150 +21,25 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
-import numpy as np
 import torch
 
-from tsvision.tools.architectures import DEFAULT_ARCHITECTURES, Exportable, build_exportable
-from tsvision.tools.pretrained import WeightsError
-from tsvision.serving.settings import TASKS, Settings, check_names_and_types, parse_overrides
-from tsvision.tools.command import UsageError, entry_point, existing_file, labels_file, parser as command_parser, writable_folder
-
-
-def export_files(exportable: Exportable, out_dir: Path, tolerance: float = 1e-3, pt2: bool = False) -> dict:
-    """Write TorchScript and ONNX (and with ``pt2`` an AOTInductor package) for ``exportable.module``,
-    reload them, compare, report."""
-    if exportable.settings.get("detection_format") == "torchvision":  # a whole torchvision detector
-        from tsvision.tools.torchvision_detectors import export_torchvision_files
-
-        if pt2:
-            raise SystemExit("--pt2 is not supported for whole torchvision detectors (detection_format torchvision)")
-        return export_torchvision_files(exportable, out_dir, tolerance)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    module, size = exportable.module, exportable.settings["input_size"]
-    spatial = exportable.task == "segmentation"  # any height and width: resize_mode shorter_side keeps the aspect ratio
-    generator = torch.Generator().manual_seed(1)
-    sample = torch.randn(2, 3, size, size, generator=generator)
-    ts_path, onnx_path = out_dir / "model.pt", out_dir / "model.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with torch.no_grad():
-            torch.jit.trace(module, sample, check_trace=False).save(str(ts_path))
-        export_onnx(module, sample, onnx_path, exportable.output_names, spatial)
-    pt2_seconds = None
-    if pt2:
-        started = time.time()
-        export_pt2(module, sample, out_dir / "model.pt2", spatial)
-        pt2_seconds = round(time.time() - started, 1)
-    # A segmenter is compared on a shape it was not traced with: its files must follow the input's size.
-    parity = compare_backends(module, ts_path, onnx_path, torch.randn(3, 3, size, size + size // 3 if spatial else size,
-                                                                      generator=generator),
-                              out_dir / "model.pt2" if pt2 else None)
-    report = {
-        "task": exportable.task,
-        "architecture": exportable.architecture,
-        "random_weights": exportable.random_weights,
-        "weights": exportable.weights,
-        "input": [None, 3, None, None] if spatial else [None, 3, size, size],
-        "outputs": exportable.output_names,
-        "parameters": sum(p.numel() for p in module.parameters()),
-        "flops_per_image": count_flops(module, size),
-        "max_abs_diff": parity,
-        "pt2_compile_seconds": pt2_seconds,
-        "tolerance": tolerance,
-        "ok": all(v <= tolerance for v in parity.values()),
-    }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
-
-
-def dynamic_axes(spatial: bool = False) -> dict:
-    """``torch.export``'s dynamic dimensions of the ``images`` input: the batch, and with ``spatial``
-    the height and width too (a fully convolutional segmenter fed images of any aspect ratio)."""
-    axes = {0: torch.export.Dim("batch", min=1, max=1024)}
-    if spatial:
-        axes.update({2: torch.export.Dim("height", min=32, max=16384), 3: torch.export.Dim("width", min=32, max=16384)})
-    return axes
-
-
-def export_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path, output_names: List[str], spatial: bool = False) -> None:
-    import onnx
-
-    torch.onnx.export(
-        module, (sample,), str(path), input_names=["images"], output_names=output_names,
-        dynamic_shapes=(dynamic_axes(spatial),), dynamo=True, verbose=False, external_data=False,
-    )
-    onnx.checker.check_model(str(path), full_check=True)
-
-
-def export_pt2(module: torch.nn.Module, sample: torch.Tensor, path: Path, spatial: bool = False) -> None:
-    """``torch.export`` with a dynamic batch axis (and with ``spatial`` height and width), compiled for
-    this CPU by AOTInductor (needs a C++ compiler; a minute or more per model on 2 cores)."""
-    import torch._inductor
-
-    with torch.no_grad():
-        program = torch.export.export(module, (sample,), dynamic_shapes=(dynamic_axes(spatial),))
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
-
-
-def compare_backends(module: torch.nn.Module, ts_path: Path, onnx_path: Path, batch: torch.Tensor,
-                     pt2_path: Optional[Path] = None) -> Dict[str, float]:
-    """Largest absolute difference of every output between eager, TorchScript, ONNX Runtime (and the
-    AOTInductor package)."""
-    from tsvision.serving.runtimes import load_runtime
-
-    with torch.no_grad():
-        eager = module(batch)
-    eager = [t.numpy() for t in (eager if isinstance(eager, (tuple, list)) else [eager])]
-    torchscript = load_runtime(ts_path).run(batch.numpy())
-    onnx = load_runtime(onnx_path).run(batch.numpy())
-
-    def diff(a, b):
-        return float(max(np.abs(x - y).max() for x, y in zip(a, b)))
-
-    diffs = {"torchscript_vs_eager": diff(torchscript, eager), "onnx_vs_eager": diff(onnx, eager), "onnx_vs_torchscript": diff(onnx, torchscript)}
-    if pt2_path is not None:
-        diffs["pt2_vs_eager"] = diff(load_runtime(pt2_path).run(batch.numpy()), eager)
-    return diffs
-
-
-def count_flops(module: torch.nn.Module, size: int) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        module(torch.zeros(1, 3, size, size))
-    return int(counter.get_total_flops())
-
-
-def write_settings(exportable: Exportable, out_dir: Path, overrides: dict) -> Settings:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    origin = ("random seeded weights" if exportable.random_weights
-              else f"pretrained {exportable.weights}" if exportable.weights else "checkpoint")
-    values = {"task": exportable.task, "labels": "labels.json", "random_weights": exportable.random_weights,
-              "description": f"{exportable.architecture} ({origin})"}
-    values.update(exportable.settings)
-    values.update(overrides)
-    settings = Settings.from_mapping(values)
-    (out_dir / "labels.json").write_text(json.dumps(exportable.labels) + "\n")
-    (out_dir / "settings.json").write_text(json.dumps(settings.to_mapping(), indent=2) + "\n")
-    write_model_config(out_dir, settings)
-    return settings
-
-
-def write_model_config(out_dir: Path, settings: Settings) -> Path:
-    """``model-config.yaml`` beside ``settings.json``, for ``torch-model-archiver --config-file``: what
-    ``tsvision archive`` writes (its batch size, delay, workers, timeout and ``handler:`` section)."""
-    import yaml
-
-    from tsvision.tools.archive import model_config
-
-    path = out_dir / "model-config.yaml"
-    path.write_text(yaml.safe_dump(model_config(settings), sort_keys=False))
-    return path
+from tsvision.serving.settings import TASKS, Settings, check_names_and_types
+from tsvision.tools.command import UsageError, entry_point, existing_file, key_values, labels_file, writable_folder
+from tsvision.tools.command import parser as command_parser
+from tsvision.tools.export.architectures import DEFAULT_ARCHITECTURES, build_exportable
+from tsvision.tools.export.model_files import export_files, write_model_config, write_settings
+from tsvision.tools.export.pretrained import WeightsError, cache_file
+from tsvision.tools.export.quantize import (
+    QuantizeError,
+    calibration_items,
+    describe_agreement,
+    quantize_export,
+    refusal,
+)
+from tsvision.tools.export.ultralytics_models import export_yolo, is_ultralytics_config
 
 
 @entry_point("tsvision export")
@@ -204,19 +79,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     out_dir = writable_folder(args.out or Path("build") / args.task, "--out")
     labels = labels_file(args.labels) if args.labels else None
-    settings_overrides = parse_overrides(args.overrides)  # a malformed --set is said before the export
+    settings_overrides = key_values(args.overrides)  # a malformed --set is said before the export
     try:
         check_names_and_types(settings_overrides)
     except ValueError as error:
         raise UsageError(f"--set: {error}") from error
     started = time.time()
-    from tsvision.tools.ultralytics_export import is_ultralytics_config
-
     if args.quantize and refuse_quantization(args, args.task):  # before a long export
         return 2
     if args.calibration_images is not None:  # a missing or empty folder is said before a long export too
-        from tsvision.tools.quantize import QuantizeError, calibration_items
-
         try:
             calibration_items(args.calibration_images)
         except QuantizeError as error:
@@ -229,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return quantize_after_export(args, out_dir) if code == 0 and args.quantize else code
     try:
         exportable = build_exportable(args.task, args.arch, args.checkpoint, args.num_classes, labels, args.seed,
-                                      parse_overrides(args.model_args), args.weights)
+                                      key_values(args.model_args), args.weights)
     except WeightsError as error:
         raise UsageError(f"--weights {args.weights}: {error}") from error
     except (ValueError, RuntimeError, OSError, TypeError) as error:
@@ -253,8 +124,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if exportable.weights:
         import torchvision
 
-        from tsvision.tools.pretrained import cache_file
-
         print(f"  weights: {exportable.weights} ({cache_file(torchvision.models.get_weight(exportable.weights))})")
     else:
         print(f"  weights: {'RANDOM (seed %d)' % args.seed if exportable.random_weights else args.checkpoint}")
@@ -274,8 +143,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def refuse_quantization(args: argparse.Namespace, task: str, detection_format: str = "ssd") -> bool:
     """Raise ``UsageError`` saying why ``--quantize`` cannot apply to this task or detector format; else False."""
-    from tsvision.tools.quantize import refusal
-
     reason = refusal(task, detection_format)
     if reason:
         raise UsageError(f"--quantize {args.quantize}: {reason}")
@@ -284,8 +151,6 @@ def refuse_quantization(args: argparse.Namespace, task: str, detection_format: s
 
 def quantize_after_export(args: argparse.Namespace, out_dir: Path) -> int:
     """``--quantize``: model.int8.onnx beside model.onnx, its agreement printed and in report.json."""
-    from tsvision.tools.quantize import QuantizeError, describe_agreement, quantize_export
-
     started = time.time()
     try:
         record = quantize_export(out_dir, args.calibration_images, args.quantize)
@@ -306,9 +171,7 @@ def quantize_after_export(args: argparse.Namespace, out_dir: Path) -> int:
 
 
 def export_ultralytics(args: argparse.Namespace, out_dir: Path) -> int:
-    """``--arch yolov8n`` and the like: ultralytics' own exporter (tools/ultralytics_export.py)."""
-    from tsvision.tools.ultralytics_export import export_yolo
-
+    """``--arch yolov8n`` and the like: ultralytics' own exporter (tools/export/ultralytics_models.py)."""
     if args.checkpoint is None:
         print(f"WARNING: {args.arch} has RANDOM weights (seed {args.seed}), conditioned so that a few boxes stand out; "
               "nothing can be downloaded here. Its predictions are meaningless. Pass --checkpoint best.pt for a trained model.",
@@ -321,7 +184,7 @@ def export_ultralytics(args: argparse.Namespace, out_dir: Path) -> int:
     if report["task"] != args.task:
         raise UsageError(f"{args.arch} is a {report['task']} model, not {args.task}")
     settings_path = out_dir / "settings.json"
-    settings = Settings.from_mapping({**json.loads(settings_path.read_text()), **parse_overrides(args.overrides)})
+    settings = Settings.from_mapping({**json.loads(settings_path.read_text()), **key_values(args.overrides)})
     settings_path.write_text(json.dumps(settings.to_mapping(), indent=2) + "\n")
     write_model_config(out_dir, settings)
     print(f"{args.task}: {report['architecture']} (ultralytics exporter, format {report['detection_format']}) -> "
@@ -332,7 +195,3 @@ def export_ultralytics(args: argparse.Namespace, out_dir: Path) -> int:
     print(f"  max |difference|: {diffs} (boxes as a fraction of the side; tolerance {args.tolerance:g}) -> "
           f"{'OK' if report['ok'] else 'TOO LARGE'}")
     return 0 if report["ok"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,9 +13,9 @@ from typing import Any, Iterator, List, Optional
 
 import grpc
 
-from tsvision.tools.grpc_stubs import load
-from tsvision.tools.keys import read_key
 from tsvision.serving.payloads import STREAM_FIELD
+from tsvision.tools.clients.grpc_stubs import load
+from tsvision.tools.serve.keys import read_key
 
 # This client's own channel limit, above the server's so that the server's refusal is what callers see.
 DEFAULT_MESSAGE_LIMIT = 64 * 1024 * 1024

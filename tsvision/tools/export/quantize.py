@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from tsvision.tools.export.calibration import calibration_photos
+
 QUANTIZATIONS = ("int8",)
 QUANTIZED_FILES = {"int8": "model.int8.onnx"}
 METADATA_KEY = "tsvision.quantized"
@@ -88,8 +90,6 @@ def calibration_items(folder: Optional[Path]) -> Tuple[List[Tuple[str, Any]], st
     """(name, image) pairs and what they are: the .jpg/.jpeg/.png files of ``folder`` as bytes (decoded
     by the serving task exactly as a request's body), or scikit-image's photos when ``folder`` is None."""
     if folder is None:
-        from tsvision.tools.calibration import calibration_photos
-
         return calibration_photos()
     folder = Path(folder)
     if not folder.is_dir():

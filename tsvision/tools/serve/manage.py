@@ -11,15 +11,14 @@ TorchServe ignores ``defaultVersion`` when several versions load at start-up
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 import requests
 
-from tsvision.tools.command import (CommandError, UsageError, entry_point, existing_file, parser as command_parser,
-                                    positive_int)
-from tsvision.tools.keys import KEY_FILE_HELP, checked_key, key_file_or_default, read_key, token_hint
+from tsvision.tools.command import CommandError, UsageError, entry_point, existing_file, positive_int
+from tsvision.tools.command import parser as command_parser
+from tsvision.tools.serve.keys import KEY_FILE_HELP, checked_key, key_file_or_default, read_key, token_hint
 
 
 class ManagementError(RuntimeError):
@@ -198,6 +197,3 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise CommandError(f"{args.management}: {error}{token_hint(str(error), key_file)}") from error
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

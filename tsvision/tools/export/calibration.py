@@ -15,6 +15,15 @@ import torch
 from PIL import Image
 from torch import nn
 
+# Random weights are conditioned (torchvision_detectors.condition_random_detector, mask_rcnn.condition_on_photos,
+# ultralytics_models.condition_random_yolo): one class is made to stand out, its logit spread to this
+# standard deviation over the calibration images.
+LOGIT_SPREAD = 3.0
+CONDITIONED_CLASS = 1  # COCO's "person" in a torchvision detector
+# A conditioned torchvision detector's class scores spread over (0, 1); this threshold keeps a handful of
+# boxes per photo (the exported settings' score_threshold and the model's own roi_heads.score_thresh).
+CONDITIONED_SCORE_THRESHOLD = 0.15
+
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "cat")
 SYNTHETIC_SIZE = (480, 640)
 

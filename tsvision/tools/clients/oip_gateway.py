@@ -29,10 +29,10 @@ from typing import Callable, List, Optional
 import grpc
 import numpy as np
 
-from tsvision.tools.command import CommandError, entry_point, host_port, parser as command_parser
-
-from tsvision.tools.grpc_client import SERVER_REQUEST_LIMIT
-from tsvision.tools.grpc_stubs import load
+from tsvision.tools.clients.grpc_client import SERVER_REQUEST_LIMIT
+from tsvision.tools.clients.grpc_stubs import load
+from tsvision.tools.command import CommandError, entry_point, host_port
+from tsvision.tools.command import parser as command_parser
 
 STANDARD_SERVICE = "inference.GRPCInferenceService"
 TORCHSERVE_SERVICE = "org.pytorch.serve.grpc.openinference.GRPCInferenceService"
@@ -187,6 +187,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     gateway.stop()
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import List, Optional
 
-from tsvision.tools.archive import external_data_files, stage_package
-from tsvision.tools.command import (CommandError, UsageError, entry_point, existing_file, labels_file,
-                                   parser as command_parser)
+from tsvision.tools.archive.package import external_data_files, stage_package
+from tsvision.tools.command import CommandError, UsageError, entry_point, existing_file, labels_file
+from tsvision.tools.command import parser as command_parser
 
 DEFAULT_OUT = Path("build") / "extra-files"
 
@@ -80,6 +79,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(",".join(str(path) for path in paths))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,6 +13,7 @@ bucket map, which its runtime API replaces atomically while every connection sta
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,9 +25,11 @@ from typing import Dict, List, Optional
 
 import requests
 
-from tsvision.tools.processes import stop_tree
-from tsvision.tools.routing import (Routing, bucket_table, format_bucket_map, keeps_growing_variants, parse_bucket_map,
-                              render_haproxy, render_nginx)
+from tsvision.tools.routing.buckets import bucket_table, format_bucket_map, keeps_growing_variants, parse_bucket_map
+from tsvision.tools.routing.routing_file import Routing
+from tsvision.tools.routing.templates import render_haproxy, render_nginx
+from tsvision.tools.serve.processes import stop_tree
+from tsvision.tools.serve.server import free_port
 
 
 def _wait_for_port(port: int, deadline: float) -> bool:
@@ -129,8 +132,6 @@ class HAProxy:
     @classmethod
     def running(cls, prefix: Path) -> "HAProxy":
         """The HAProxy whose files are in ``prefix`` (its port and socket read from haproxy.cfg)."""
-        import re
-
         text = (Path(prefix) / "haproxy.cfg").read_text()
         proxy = cls(prefix, int(re.search(r"^\s*bind \S+:(\d+)", text, re.M)[1]),
                     re.search(r"^\s*server torchserve (\S+)", text, re.M)[1])
@@ -297,8 +298,6 @@ class Router:
     ``prefix``. ``apply`` changes weights and versions live; nothing is reloaded."""
 
     def __init__(self, prefix: Path, listen_port: int, torchserve: str, router_port: Optional[int] = None) -> None:
-        from tsvision.tools.server import free_port
-
         self.prefix = Path(prefix).resolve()
         self.haproxy = HAProxy(self.prefix / "haproxy", router_port or free_port(), torchserve)
         self.nginx = Nginx(self.prefix / "nginx", listen_port, torchserve, self.haproxy.address)

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from typing import Any, List, Optional, Union
 
 import requests
 
-from tsvision.tools.command import (CommandError, describe, entry_point, existing_file, host_port,
-                                    parser as command_parser)
-from tsvision.tools.keys import KEY_FILE_HELP, checked_key, key_file_or_default, token_hint
+from tsvision.tools.command import CommandError, describe, entry_point, existing_file, host_port
+from tsvision.tools.command import parser as command_parser
+from tsvision.tools.serve.keys import KEY_FILE_HELP, checked_key, key_file_or_default, token_hint
 
 PROTOCOLS = ("rest", "grpc", "grpc-stream", "oip-rest", "oip-grpc")
 
@@ -94,9 +93,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif args.protocol == "oip-rest":
             answer = predict_oip_rest(args.url, args.model, [image], key, args.version, verify)[0]
         else:
+            # grpc, and the stubs generated on first use, only for the gRPC protocols (REST starts faster)
             import grpc
 
-            from tsvision.tools.grpc_client import GrpcClient
+            from tsvision.tools.clients.grpc_client import GrpcClient
 
             client = GrpcClient(args.grpc, key_file=key_file, root_certificate=args.tls_cert)
             try:
@@ -115,6 +115,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(json.dumps(answer, indent=2))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
