@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -27,9 +27,6 @@ from tsvision.serving.errors import RequestError, internal_error
 from tsvision.serving.geometry import normalize
 from tsvision.serving.runtimes import Runtime
 from tsvision.serving.settings import Settings
-
-if TYPE_CHECKING:  # the tasks use this module; it only needs their steps
-    from tsvision.serving.tasks.base import VisionTask
 
 Inputs = Union[np.ndarray, List[np.ndarray]]  # N×3×H×W stacked, or one 3×H×W array per image
 Rows = List[Union[List[np.ndarray], RequestError]]  # per live image: its outputs, or the error of its forward pass
@@ -175,12 +172,28 @@ class PendingBatch(ImageBatch):
     finishing: List[Tuple[int, "Future[Any]"]] = field(default_factory=list)
 
 
+class Steps(Protocol):
+    """What ``MicroBatching`` calls on the task it wraps (``VisionTask`` has them)."""
+
+    runtime: Runtime
+
+    def prepare_item(self, item: Any, keep: bool = False) -> Prepared: ...
+
+    def gather(self, batch: ImageBatch, prepared: Iterable[Tuple[int, Prepared]]) -> ImageBatch: ...
+
+    def infer(self, batch: ImageBatch) -> ImageBatch: ...
+
+    def rows(self, batch: ImageBatch) -> List[Tuple[List[np.ndarray], Any, Optional[Settings]]]: ...
+
+    def finish_item(self, row: Tuple[List[np.ndarray], Any, Optional[Settings]]) -> Any: ...
+
+
 class MicroBatching:
     """Wraps a task's steps: ``size`` live images per forward pass, in order. While the model runs
     on one chunk, the ``pool`` prepares the next ones and finishes the previous ones. Each chunk is
     stacked, run and failed on its own (its images only get its 500)."""
 
-    def __init__(self, task: "VisionTask", size: int, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, task: Steps, size: int, pool: ThreadPoolExecutor) -> None:
         self.task, self.size, self.pool = task, size, pool
 
     def prepare_batch(self, items: Sequence[Any], settings: List[Optional[Settings]],
