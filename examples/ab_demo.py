@@ -26,10 +26,10 @@ import requests
 from PIL import Image
 
 from tsvision.tools.archive.cli import main as archive_main
-from tsvision.tools.serve.manage import Management
 from tsvision.tools.routing.proxy import Router
 from tsvision.tools.routing.report import format_table, served_by_version, variant_report
 from tsvision.tools.routing.routing_file import Routing
+from tsvision.tools.serve.manage import Management
 from tsvision.tools.serve.server import DEVELOPMENT_PROFILE, TorchServe, free_port
 
 REPO = Path(__file__).resolve().parent.parent

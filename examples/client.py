@@ -20,8 +20,8 @@ from typing import Any, List, Optional, Tuple
 
 import requests
 
-from tsvision.tools.serve.keys import read_key
 from tsvision.tools.clients.predict import post_image
+from tsvision.tools.serve.keys import read_key
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_KEY_FILE = "key_file.json"

@@ -15,8 +15,8 @@ from tests.conftest import TOY_SETTINGS, jpeg, png
 from tests.scenes import bright_box_scene
 from tsvision.serving import ImageClassifier, ObjectDetector
 from tsvision.serving.runtimes import load_runtime, pick_device
-from tsvision.tools.archive.package import default_handler
 from tsvision.tools.archive.local_worker import LocalWorker, load_handler_class
+from tsvision.tools.archive.package import default_handler
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_HANDLER = REPO / "examples" / "handlers" / "people_counter.py"

@@ -39,8 +39,8 @@ from tsvision.serving.tasks import load_export
 from tsvision.serving.tasks.keypoints import (COCO_KEYPOINT_NAMES, COCO_SKELETON, KeypointsTask,
                                               TorchvisionKeypointsTask)
 from tsvision.serving.tasks.torchvision_detection import to_chw_float
-from tsvision.tools.export.exportable import Exportable
 from tsvision.tools.export.architectures import build_exportable
+from tsvision.tools.export.exportable import Exportable
 from tsvision.tools.export.model_files import export_files, write_settings
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -262,8 +262,8 @@ def test_a_keypoint_count_that_does_not_fit_the_names_is_refused_at_load(toys, t
 
 
 def test_the_entry_file_defines_the_keypoint_detector(tmp_path):
-    from tsvision.tools.archive.package import default_handler
     from tsvision.tools.archive.local_worker import load_handler_class
+    from tsvision.tools.archive.package import default_handler
 
     handler = default_handler("keypoints", tmp_path)
     assert handler.name == "keypoint_detector.py" and handler.parent.name == "handlers"

@@ -44,11 +44,11 @@ from tests.instance_toys import BrightMaskYoloSeg
 from tests.keypoint_toys import TOY_KEYPOINT_NAMES, TOY_SKELETON, BrightRectanglePose
 from tsvision.serving.tasks.base import LabelCountError
 from tsvision.serving.tasks.detection_formats import class_count
-from tsvision.tools.export.exportable import Exportable
 from tsvision.tools.archive.cli import main as archive_main
-from tsvision.tools.export.model_files import write_settings
 from tsvision.tools.archive.extra_files import main as extra_files_main
 from tsvision.tools.archive.local_worker import LocalWorker, load_handler_class
+from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.export.model_files import write_settings
 from tsvision.tools.serve.processes import stop_tree
 from tsvision.tools.serve.server import TorchServe
 

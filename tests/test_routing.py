@@ -9,12 +9,12 @@ import subprocess
 import pytest
 import yaml
 
-from tsvision.tools.serve.manage import version_key
+from tsvision.tools.routing.buckets import BUCKETS, bucket_table, keeps_growing_variants
 from tsvision.tools.routing.proxy import HAProxy, Nginx
 from tsvision.tools.routing.report import served_by_version, variant_report
-from tsvision.tools.routing.buckets import BUCKETS, bucket_table, keeps_growing_variants
 from tsvision.tools.routing.routing_file import Routing
 from tsvision.tools.routing.templates import render_kubernetes
+from tsvision.tools.serve.manage import version_key
 
 EXAMPLE = {"model": "classification_onnx", "sticky_header": "X-User-Id", "shadow": "3.0",
            "variants": [{"version": "1.0", "weight": 90}, {"version": "2.0", "weight": 10}]}

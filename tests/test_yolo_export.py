@@ -281,12 +281,13 @@ def test_checkpoint_export_keeps_the_users_files(tmp_path):
 def test_metadata_names_only_when_no_labels_are_given(exported):
     """A labels file (or settings.json naming one) wins over the metadata's names, and the archive
     does not claim to have taken them."""
-    from tsvision.tools.archive.inspection import from_onnx_metadata
+    from tsvision.tools.archive.inspection import read_onnx
+    from tsvision.tools.archive.resolve import from_metadata
 
-    values = {"task": "detection"}
-    names, note = from_onnx_metadata(exported / "model.onnx", values)
+    metadata = read_onnx(exported / "model.onnx").metadata
+    taken, names, note = from_metadata(metadata, {"task": "detection"})
     assert names == COCO_NAMES and note.endswith("80 class names")
-    assert values["detection_format"] == "yolov8" and values["input_size"] == 640
-    names, note = from_onnx_metadata(exported / "model.onnx", {"task": "detection", "detection_format": "yolov8",
-                                                               "input_size": 640}, labels_given=True)
-    assert names is None and note is None
+    assert taken["detection_format"] == "yolov8" and taken["input_size"] == 640
+    taken, names, note = from_metadata(metadata, {"task": "detection", "detection_format": "yolov8", "input_size": 640},
+                                       labels_given=True)
+    assert names is None and note is None and taken == {}

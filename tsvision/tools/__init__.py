@@ -14,8 +14,9 @@ the rooms listed before it; ``tests/test_import_graph.py`` keeps it so)::
     routing   routing file, buckets, templates, router processes (proxy); ``tsvision route``, ``tsvision report``
     cli       ``tsvision COMMAND``: names each room's command; on top of everything
 
-Imports inside functions are kept for optional heavy dependencies only (ultralytics, grpc for a REST
-command, onnxruntime's quantisation, scikit-image's photos), each with a comment saying so.
+Imports inside functions are kept for optional or heavy dependencies a command does not always need
+(ultralytics, scikit-image's photos, onnxruntime's quantisation, torch._inductor for --pt2, grpc in a REST
+``tsvision predict``, grpcio-tools' protoc), each with a comment saying so.
 """
 
 import logging

@@ -6,17 +6,24 @@ import importlib
 import sys
 from typing import List, Optional
 
+from tsvision import __version__
 from tsvision.tools import command
 
 COMMANDS = {
-    "export": ("tsvision.tools.export.cli", "export a torchvision model to TorchScript and ONNX (random weights, --weights or --checkpoint)"),
+    "export": ("tsvision.tools.export.cli",
+               "export a torchvision model to TorchScript and ONNX (random weights, --weights or --checkpoint)"),
     "archive": ("tsvision.tools.archive.cli", "build a .mar from a model file (checked through its handler first)"),
-    "extra-files": ("tsvision.tools.archive.extra_files", "print torch-model-archiver's --extra-files: the serving code and labels"),
-    "predict": ("tsvision.tools.clients.predict", "send an image to a served model over REST, gRPC or the Open Inference Protocol"),
-    "manage": ("tsvision.tools.serve.manage", "versions: list, register, scale, set-default, promote, rollback, retire"),
+    "extra-files": ("tsvision.tools.archive.extra_files",
+                    "print torch-model-archiver's --extra-files: the serving code and labels"),
+    "predict": ("tsvision.tools.clients.predict",
+                "send an image to a served model over REST, gRPC or the Open Inference Protocol"),
+    "manage": ("tsvision.tools.serve.manage",
+               "versions: list, register, scale, set-default, promote, rollback, retire"),
     "route": ("tsvision.tools.routing.cli", "a routing file -> an A/B router configuration or Kubernetes manifests"),
-    "report": ("tsvision.tools.routing.report", "per-variant requests, errors, latency and top labels from the router's log"),
-    "gateway": ("tsvision.tools.clients.oip_gateway", "a KServe v2 gRPC gateway so tritonclient's gRPC client reaches TorchServe"),
+    "report": ("tsvision.tools.routing.report",
+               "per-variant requests, errors, latency and top labels from the router's log"),
+    "gateway": ("tsvision.tools.clients.oip_gateway",
+                "a KServe v2 gRPC gateway so tritonclient's gRPC client reaches TorchServe"),
 }
 
 
@@ -37,8 +44,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from tsvision import __version__
-
         print(f"tsvision {__version__}")
         return 0
     if argv[0] not in COMMANDS:

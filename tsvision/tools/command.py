@@ -175,7 +175,8 @@ def exit_status(error: BaseException) -> int:
 
 def bad_url(error: BaseException) -> bool:
     """requests refused the URL itself (a usage error): no scheme, a port out of range, ..."""
-    return type(error).__name__ in ("InvalidURL", "InvalidSchema", "MissingSchema") and type(error).__module__.startswith("requests")
+    return type(error).__name__ in ("InvalidURL", "InvalidSchema",
+                                    "MissingSchema") and type(error).__module__.startswith("requests")
 
 
 def describe_request_error(error: BaseException) -> str:

@@ -15,21 +15,20 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
-import onnx
 from model_archiver.model_packaging_utils import ModelArchiverError, ModelExportUtils
 
 from tsvision.serving.runtimes import RUNTIMES
 from tsvision.serving.settings import TASKS, Settings
 from tsvision.tools.archive.check import check_model
-from tsvision.tools.archive.inspection import from_onnx_metadata, resolve_detection_format, resolve_quantization
+from tsvision.tools.archive.inspection import inspect_model
 from tsvision.tools.archive.package import DEFAULT_HANDLERS, build_archive, default_handler
+from tsvision.tools.archive.resolve import ResolutionError, resolve_settings
 from tsvision.tools.command import (
     UsageError,
     entry_point,
     existing_file,
     key_values,
     labels_file,
-    one_line,
     positive_int,
     read_json,
     writable_folder,
@@ -47,25 +46,22 @@ def check_name(name: str, flag: str = "--name") -> str:
     return name
 
 
-def check_model_file(model: Path) -> None:
-    """A model file tsvision can run: a known suffix, and an ONNX file that parses (said before the model check)."""
+def check_model_suffix(model: Path) -> None:
+    """A model file tsvision can run: a known suffix (said before the model is read)."""
     if model.suffix.lower() not in RUNTIMES:
         raise UsageError(f"--model {model}: cannot tell the backend from the suffix {model.suffix or '(none)'!r}; "
                          f"expected one of {', '.join(sorted(RUNTIMES))}")
-    if model.suffix.lower() == ".onnx":
-        try:
-            onnx.load(str(model), load_external_data=False)
-        except Exception as error:  # protobuf's DecodeError and the like
-            raise UsageError(f"--model {model} is not an ONNX model ({type(error).__name__}: {one_line(str(error))})") from error
 
 
 @entry_point("tsvision archive")
 def main(argv: Optional[List[str]] = None) -> int:
     parser = command_parser("tsvision archive", __doc__)
-    parser.add_argument("--model", type=existing_file, required=True, help="TorchScript (.pt), ONNX (.onnx) or AOTInductor (.pt2) file")
+    parser.add_argument("--model", type=existing_file, required=True,
+                        help="TorchScript (.pt), ONNX (.onnx) or AOTInductor (.pt2) file")
     parser.add_argument("--settings", type=existing_file, help="settings.json written by tsvision export")
     parser.add_argument("--task", choices=TASKS, help="task, when there is no settings.json (your own model)")
-    parser.add_argument("--labels", type=existing_file, help="class names: JSON list, JSON {index: name} or .txt, one per line")
+    parser.add_argument("--labels", type=existing_file,
+                        help="class names: JSON list, JSON {index: name} or .txt, one per line")
     parser.add_argument("--name", required=True, help="model name in TorchServe, e.g. classification_onnx")
     parser.add_argument("--version", default="1.0", help="model version in TorchServe")
     parser.add_argument("--archive-file", help="file name without .mar (default: --name); give each version its own, "
@@ -73,7 +69,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--store", type=Path, default=Path("model_store"), help="folder the .mar is written to")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="TorchServe's batchSize for the model")
     parser.add_argument("--max-batch-delay", type=int, default=20, help="milliseconds a batch may wait to fill")
-    parser.add_argument("--workers", type=positive_int, default=1, help="TorchServe workers for the model (minWorkers = maxWorkers)")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="TorchServe workers for the model (minWorkers = maxWorkers)")
     parser.add_argument("--handler", type=existing_file, help="your own handler file: one class subclassing "
                         f"{', '.join(name for _, name in DEFAULT_HANDLERS.values())} from tsvision.serving "
                         "(default: the task's file in handlers/)")
@@ -96,7 +93,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if labels is None and args.settings and values.get("labels"):
         labels = args.settings.parent / values["labels"]
         if not labels.is_file():
-            raise UsageError(f"--settings {args.settings} names the labels file {values['labels']}, which is not beside it ({labels})")
+            raise UsageError(f"--settings {args.settings} names the labels file {values['labels']}, which is not "
+                             f"beside it ({labels})")
     values.pop("labels", None)
     if labels is not None:
         labels_file(labels, "--labels" if args.labels else "the labels file")
@@ -105,40 +103,46 @@ def main(argv: Optional[List[str]] = None) -> int:
             Settings.from_mapping(values)  # unknown settings and bad values, before the model is loaded
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error
-    check_model_file(args.model)
-    scratch = tempfile.TemporaryDirectory(prefix="tsvision-labels-")
+    check_model_suffix(args.model)
     try:
-        names, metadata_note = from_onnx_metadata(args.model, values, labels_given=labels is not None)
-        if metadata_note:
-            print(f"{args.name}: {metadata_note}")
-        if labels is None and names:
-            labels = Path(scratch.name) / "labels.json"
-            labels.write_text(json.dumps(names))
-        if "task" not in values:
-            raise ValueError("pass --task or --settings (the model file does not say its task)")
-        note = resolve_detection_format(args.model, values) if values.get("task") == "detection" else None
-        quantized_note = resolve_quantization(args.model, values)
-        settings = Settings.from_mapping(values)
-        if note:
-            print(f"{args.name}: {note}")
-        if quantized_note:
-            print(f"{args.name}: {quantized_note}")
-        with tempfile.TemporaryDirectory() as folder:
-            handler = args.handler or default_handler(settings.task, Path(folder))
-            found: dict = {}
-            answer = check_model(args.model, settings, handler, labels, found, args.name)
+        facts = inspect_model(args.model, values)  # the model file, read once
     except ValueError as error:
-        scratch.cleanup()
         raise UsageError(str(error)) from error
-    print(f"{args.name}: {Path(handler).name} answers a batch of two test images ({type(answer).__name__} of {len(answer)})")
-    if found.get("fixed_batch"):
-        size = found["fixed_batch"]
-        print(f"{args.name}: the model has a fixed batch size of {size} (exported without a dynamic batch axis): "
-              f"it runs one forward pass per {size} image{'s' if size > 1 else ''}"
-              + (", the last chunk padded" if size > 1 else "") + "; export with a dynamic batch axis to batch freely")
-    archive = build_archive(args.model, settings, labels, args.name, args.version, args.store,
-                            args.batch_size, args.max_batch_delay, args.workers, args.archive_file, args.handler)
-    scratch.cleanup()
+    with tempfile.TemporaryDirectory(prefix="tsvision-archive-check-") as scratch:
+        try:
+            resolved = resolve_settings(facts, values, labels_given=labels is not None)
+        except ResolutionError as error:
+            for note in error.notes:
+                print(f"{args.name}: {note}")
+            raise UsageError(str(error)) from error
+        if resolved.metadata_note:
+            print(f"{args.name}: {resolved.metadata_note}")
+        try:
+            settings = Settings.from_mapping(resolved.values)
+        except (ValueError, TypeError) as error:
+            raise UsageError(str(error)) from error
+        for note in resolved.notes:
+            print(f"{args.name}: {note}")
+        if labels is None and resolved.names:
+            labels = Path(scratch) / "labels.json"
+            labels.write_text(json.dumps(resolved.names))
+        handler = args.handler or default_handler(settings.task, Path(scratch))
+        try:
+            checked = check_model(args.model, settings, handler, labels, args.name, facts.external_data)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+        answer = checked.answer
+        print(f"{args.name}: {Path(handler).name} answers a batch of two test images "
+              f"({type(answer).__name__} of {len(answer)})")
+        if checked.fixed_batch:
+            size = checked.fixed_batch
+            print(f"{args.name}: the model has a fixed batch size of {size} (exported without a dynamic batch axis): "
+                  f"it runs one forward pass per {size} image{'s' if size > 1 else ''}"
+                  + (", the last chunk padded" if size > 1 else "")
+                  + "; export with a dynamic batch axis to batch freely")
+        archive = build_archive(args.model, settings, labels, args.name, args.version, args.store, args.batch_size,
+                                args.max_batch_delay, args.workers, args.archive_file, args.handler,
+                                list(facts.external_data))
     print(f"{args.name}: wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB)"
           + (f"  [QUANTISED: {settings.quantized}]" if settings.quantized else "")
           + ("  [RANDOM weights: answers are meaningless]" if settings.random_weights else ""))

@@ -59,15 +59,21 @@ def stage_extra_files(out: Path, labels: Optional[Path] = None, model: Optional[
 @entry_point("tsvision extra-files")
 def main(argv: Optional[List[str]] = None) -> int:
     parser = command_parser("tsvision extra-files", __doc__)
-    parser.epilog = ("example:\n  torch-model-archiver --model-name classifier --version 1.0 --handler handlers/image_classifier.py \\\n"
-                     "    --serialized-file build/classification/model.onnx --config-file build/classification/model-config.yaml \\\n"
-                     "    --extra-files \"$(tsvision extra-files --labels build/classification/labels.json)\" --export-path model_store")
+    parser.epilog = ("example:\n  torch-model-archiver --model-name classifier --version 1.0 --handler "
+                     "handlers/image_classifier.py \\\n"
+                     "    --serialized-file build/classification/model.onnx "
+                     "--config-file build/classification/model-config.yaml \\\n"
+                     "    --extra-files \"$(tsvision extra-files --labels build/classification/labels.json)\" "
+                     "--export-path model_store")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder to stage in: OUT/package/tsvision/ and "
                         "OUT/labels.json, restaged on every run (one per model when building in parallel)")
-    parser.add_argument("--labels", type=existing_file, help="class names (JSON list, JSON {\"0\": \"name\"} map, or .txt with one "
-                        "per line): written as OUT/labels.json and appended (without it the archive answers class indices, "
+    parser.add_argument("--labels", type=existing_file,
+                        help="class names (JSON list, JSON {\"0\": \"name\"} map, or .txt with one "
+                        "per line): written as OUT/labels.json and appended "
+                        "(without it the archive answers class indices, "
                         "or uses a labels.json/index_to_name.json you add yourself)")
-    parser.add_argument("--model", type=existing_file, help="the model file: appends the files an ONNX model keeps its weights in "
+    parser.add_argument("--model", type=existing_file,
+                        help="the model file: appends the files an ONNX model keeps its weights in "
                         "(model.onnx.data), which must sit beside it in the archive")
     args = parser.parse_args(argv)
     try:

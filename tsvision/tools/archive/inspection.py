@@ -1,132 +1,77 @@
-"""What the model file says about itself, turned into handler settings: the ONNX metadata of an ultralytics
-export, the detection output format (from the output shapes), whether it is quantised."""
+"""Read a model file once into ``facts.ModelFacts``: an ONNX file's graph and metadata without its weights, or
+whether a TorchScript file is a whole torchvision detector; and, when the settings call for it, its outputs for
+one blank image (the detection formats are checked on them)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import numpy as np
-import onnxruntime
+import onnx
 import torch
 import torchvision  # noqa: F401 - registers torchvision::nms and roi_align for torch.jit.load
 
-from tsvision.serving.geometry import Placement
 from tsvision.serving.runtimes import load_runtime
-from tsvision.serving.settings import Settings
-from tsvision.serving.tasks.detection_formats import DECODERS, guess_format
-from tsvision.tools.export.quantize import model_quantization
-from tsvision.tools.export.ultralytics_models import labels_from_metadata, onnx_metadata, settings_from_metadata
+from tsvision.tools.archive.facts import ModelFacts
+from tsvision.tools.archive.package import proto_external_data
+from tsvision.tools.archive.resolve import needs_detector_check, probe_size
+from tsvision.tools.command import one_line
+from tsvision.tools.export.quantize import proto_quantization
+
+DETECTOR_OUTPUTS = ["boxes", "labels", "scores"]  # a whole torchvision detector's one-image ONNX export
 
 
-def probe_outputs(model: Path, values: dict) -> List[np.ndarray]:
-    """The model's outputs for one blank image: ``input_size`` if given, else the ONNX input's own
-    side when it is fixed, else 640 (the YOLO default)."""
-    side = values.get("input_size")
-    if side is None and model.suffix.lower() == ".onnx":
-        shape = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
-        side = shape[-1] if len(shape) == 4 and isinstance(shape[-1], int) else None
-    side = int(side or 640)
+class ModelFileError(ValueError):
+    """The model file cannot be read for what it says it is."""
+
+
+def inspect_model(model: Path, given: dict) -> ModelFacts:
+    """The facts of ``model`` that resolving ``given`` (the user's settings) needs, each read once."""
+    model = Path(model)
+    facts = read_onnx(model) if model.suffix.lower() == ".onnx" else ModelFacts(model)
+    if model.suffix.lower() != ".onnx" and needs_detector_check(facts, given):
+        facts = replace(facts, whole_torchvision_detector=is_scripted_detector(model))
+    side = probe_size(facts, given)
+    if side is not None:
+        facts = replace(facts, outputs=tuple(blank_outputs(model, side)))
+    return facts
+
+
+def read_onnx(model: Path) -> ModelFacts:
+    """One read of an ONNX file's graph and metadata (its weights stay on disk)."""
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and the like
+        raise ModelFileError(f"--model {model} is not an ONNX model ({type(error).__name__}: "
+                             f"{one_line(str(error))})") from error
+    graph = proto.graph
+    weights = {tensor.name for tensor in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in weights]
+    shapes = [[d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+              for value in inputs]
+    side = shapes[0][-1] if shapes and len(shapes[0]) == 4 else None
+    detector = len(shapes) == 1 and len(shapes[0]) == 3 and sorted(o.name for o in graph.output) == DETECTOR_OUTPUTS
+    return ModelFacts(model, metadata={prop.key: prop.value for prop in proto.metadata_props},
+                      quantization=proto_quantization(proto), external_data=tuple(proto_external_data(proto, model)),
+                      whole_torchvision_detector=detector, input_side=side)
+
+
+def is_scripted_detector(model: Path) -> bool:
+    """A scripted torchvision detector: it has ``transform`` and ``backbone``."""
+    try:
+        module = torch.jit.load(str(model), map_location="cpu")
+    except Exception:  # not TorchScript, or not loadable here: the look at its outputs says what is wrong
+        return False
+    return hasattr(module, "transform") and hasattr(module, "backbone")
+
+
+def blank_outputs(model: Path, side: int) -> List[np.ndarray]:
+    """The model's outputs for one blank 1×3×side×side image."""
     try:
         return load_runtime(model).run(np.zeros((1, 3, side, side), dtype=np.float32))
     except Exception as error:
         raise ValueError(f"{model} fails on a blank 1×3×{side}×{side} input (set --set input_size=...): "
                          f"{type(error).__name__}: {error}") from None
 
-
-def is_whole_torchvision_detector(model: Path) -> bool:
-    """A scripted torchvision detector (it has ``transform`` and ``backbone``), or its one-image ONNX
-    export (a 3-d ``images`` input and ``boxes``, ``labels``, ``scores`` outputs)."""
-    if model.suffix.lower() == ".onnx":
-        session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-        inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
-        return len(inputs) == 1 and len(inputs[0].shape) == 3 and sorted(outputs) == ["boxes", "labels", "scores"]
-    try:
-        module = torch.jit.load(str(model), map_location="cpu")
-    except Exception:  # not TorchScript, or not loadable here: the probe below says what is wrong
-        return False
-    return hasattr(module, "transform") and hasattr(module, "backbone")
-
-
-def from_onnx_metadata(model: Path, values: dict, labels_given: bool = False) -> tuple:
-    """What an ultralytics ONNX file says about itself (``names``, ``task``, ``imgsz`` in its
-    metadata): the settings it implies, set where ``values`` has none, and its class names unless
-    ``labels_given``. Returns (names or None, a note for the user or None)."""
-    if model.suffix.lower() != ".onnx":
-        return None, None
-    metadata = onnx_metadata(model)
-    implied = settings_from_metadata(metadata)
-    if implied.get("task") and values.get("task", implied["task"]) != implied["task"]:
-        implied = {}  # the user chose another task: their choice
-    taken = {key: value for key, value in implied.items() if key not in values}
-    values.update(taken)
-    names = None if labels_given else labels_from_metadata(metadata)
-    if not taken and names is None:
-        return None, None
-    said = [f"{k}={v}" for k, v in taken.items()] + ([f"{len(names)} class names"] if names else [])
-    return names, f"from the ONNX metadata ({metadata.get('author', 'exporter')}): {', '.join(said)}"
-
-
-def resolve_detection_format(model: Path, values: dict) -> Optional[str]:
-    """Check the model's outputs against ``values['detection_format']``; without one, set it from the
-    output shapes when they are unambiguous. Returns what to tell the user (None: nothing to say).
-    Raises ``ValueError`` with a clear message when the shapes do not fit or cannot be told apart."""
-    if "detection_format" not in values and is_whole_torchvision_detector(model):
-        values.update(detection_format="torchvision", background_index=values.get("background_index", 0))
-        return "detection_format torchvision (a whole torchvision detector; background_index 0)"
-    if values.get("detection_format", "ssd") not in DECODERS:
-        return None  # a whole detector (torchvision): the handler check on two images covers it
-    outputs = probe_outputs(model, values)
-    shapes = [tuple(o.shape) for o in outputs]
-    described = ", ".join("×".join(str(d) for d in shape) for shape in shapes)
-    contract = f"{model} does not meet the detection contract (docs/models.md)"
-    note = None
-    if "detection_format" not in values:
-        guessed = guess_format(shapes)
-        if guessed is None:
-            fitting = [fmt for fmt in DECODERS if _fits(fmt, outputs, values)]
-            if not fitting:
-                raise ValueError(f"{contract}: its outputs ({described}) fit none of the detection formats "
-                                 f"({', '.join(DECODERS)}; a whole torchvision detector needs --set detection_format=torchvision)")
-            raise ValueError(f"cannot tell the detection output format of {model} from its output shapes ({described}): "
-                             f"they fit {' and '.join(fitting)}; pass --set detection_format=FORMAT (docs/models.md)")
-        values["detection_format"] = guessed
-        if guessed != "ssd":
-            values.setdefault("background_index", None)
-        note = f"detection_format {guessed} (from the output shapes {described}; override with --set detection_format=...)"
-    settings = Settings.from_mapping(values)
-    try:
-        _decode(settings, outputs)
-    except ValueError as error:
-        raise ValueError(f"{contract}: {error}") from None
-    return note
-
-
-def _decode(settings: Settings, outputs: List[np.ndarray]) -> None:
-    """Decode the first image's outputs as ``settings.detection_format`` (raises ``ValueError`` on a mismatch)."""
-    side = settings.input_size
-    DECODERS[settings.detection_format]([o[0] for o in outputs], settings, Placement(side, side, side, side, side))
-
-
-def _fits(fmt: str, outputs: List[np.ndarray], values: dict) -> bool:
-    try:
-        _decode(Settings.from_mapping({**values, "detection_format": fmt, "background_index": values.get("background_index") if fmt == "ssd" else None}), outputs)
-        return True
-    except ValueError:
-        return False
-
-
-def resolve_quantization(model: Path, values: dict) -> Optional[str]:
-    """Set ``values['quantized']`` from the model file (``tools.quantize.model_quantization``: its
-    ``tsvision.quantized`` metadata, or quantised operators in it). Returns what to tell the user.
-    Settings that call a float model quantised are refused."""
-    found = model_quantization(model)
-    said = values.get("quantized") or ""
-    if said and not found:
-        raise ValueError(f"the settings say quantized: {said}, but {model} has no quantised operators "
-                         "(archive model.int8.onnx from tsvision export --quantize int8, or drop the setting)")
-    if found:
-        values["quantized"] = found
-        return f"{model.name} is QUANTISED ({found}): its answers differ slightly from the float model's (report.json beside it has the agreement)"
-    values["quantized"] = ""
-    return None

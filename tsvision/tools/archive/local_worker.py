@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import ts
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+from ts.torch_handler.base_handler import BaseHandler
 
 
 @dataclass
@@ -33,8 +34,6 @@ class LocalResponse:
 
 def load_handler_class(path: Path) -> type:
     """The one class a handler file defines (TorchServe's rule), imported from ``path``."""
-    from ts.torch_handler.base_handler import BaseHandler
-
     name = f"tsvision_handler_{uuid.uuid4().hex[:8]}"
     spec = importlib.util.spec_from_file_location(name, str(path))
     module = importlib.util.module_from_spec(spec)
@@ -62,7 +61,8 @@ class LocalWorker:
         self.handler = handler_class()
         self.handler.initialize(self.context)
 
-    def predict(self, rows: Sequence[Any], headers: Optional[Sequence[Mapping[str, Any]]] = None) -> List[LocalResponse]:
+    def predict(self, rows: Sequence[Any],
+                headers: Optional[Sequence[Mapping[str, Any]]] = None) -> List[LocalResponse]:
         """One batch: ``rows`` as the worker hands them to ``handle`` ({"body": bytes} ...), with each
         request's headers ({"body": {"content-type": ...}, "Accept": ...})."""
         headers = list(headers or [{} for _ in rows])

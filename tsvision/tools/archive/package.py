@@ -47,7 +47,12 @@ def external_data_files(model: Path) -> List[Path]:
     2.14 writes ``model.onnx.data`` for larger models by default); they travel with the model."""
     if model.suffix.lower() != ".onnx":
         return []
-    graph = onnx.load(str(model), load_external_data=False).graph
+    return proto_external_data(onnx.load(str(model), load_external_data=False), model)
+
+
+def proto_external_data(proto: onnx.ModelProto, model: Path) -> List[Path]:
+    """``external_data_files`` of an ONNX ``ModelProto`` already loaded from ``model``."""
+    graph = proto.graph
     locations = {entry.value for tensor in graph.initializer if uses_external_data(tensor)
                  for entry in tensor.external_data if entry.key == "location"}
     files = [model.parent / location for location in sorted(locations)]
@@ -68,20 +73,22 @@ def stage_package(destination: Path) -> None:
 
 def build_archive(model: Path, settings: Settings, labels: Optional[Path], name: str, version: str, store: Path,
                   batch_size: int = 8, max_batch_delay: int = 20, workers: int = 1, archive_file: Optional[str] = None,
-                  handler: Optional[Path] = None) -> Path:
+                  handler: Optional[Path] = None, external_data: Optional[List[Path]] = None) -> Path:
     """Write ``store/<archive_file or name>.mar`` and its ``.sha256``; return the archive path.
-    ``handler`` is the ``--handler`` file (default: the task's file in ``handlers/``)."""
+    ``handler`` is the ``--handler`` file (default: the task's file in ``handlers/``); ``external_data``
+    the ONNX model's weight files beside it (default: read from the model)."""
     store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tsvision-archive-") as tmp:
         stage = Path(tmp) / "extra"
         stage.mkdir()
         stage_package(stage)
-        for file in external_data_files(model):  # beside the model file in the worker's model dir
+        for file in external_data_files(model) if external_data is None else external_data:  # beside the model file
             shutil.copy2(file, stage / file.name)
         handler = Path(handler) if handler else default_handler(settings.task, Path(tmp))
         if labels is not None:
             (stage / "labels.json").write_text(json.dumps(load_labels(labels)) + "\n")
-        settings = Settings.from_mapping({**settings.to_mapping(), "labels": "labels.json" if labels is not None else None})
+        settings = Settings.from_mapping({**settings.to_mapping(),
+                                          "labels": "labels.json" if labels is not None else None})
         config = Path(tmp) / "model-config.yaml"
         config.write_text(yaml.safe_dump(model_config(settings, batch_size, max_batch_delay, workers), sort_keys=False))
         command = [
@@ -96,7 +103,8 @@ def build_archive(model: Path, settings: Settings, labels: Optional[Path], name:
         done = subprocess.run(command, env={**os.environ, "TMPDIR": str(private_tmp)}, capture_output=True, text=True)
         if done.returncode != 0:
             said = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-            raise CommandError(f"torch-model-archiver failed (exit status {done.returncode}): {said[-1] if said else 'no message'}")
+            raise CommandError(f"torch-model-archiver failed (exit status {done.returncode}): "
+                               f"{said[-1] if said else 'no message'}")
         # Built aside, then moved: a second version never overwrites the first one's file.
         archive = store / f"{archive_file or name}.mar"
         shutil.move(str(Path(tmp) / f"{name}.mar"), str(archive))

@@ -78,7 +78,8 @@ class GrpcClient:
     # -- inference -------------------------------------------------------------------------
     def ping(self) -> str:
         empty = self.stubs.inference_pb2.google_dot_protobuf_dot_empty__pb2.Empty()
-        return json.loads(self.inference.Ping(empty, metadata=self._metadata["inference"], timeout=self.timeout).health)["status"]
+        return json.loads(self.inference.Ping(empty, metadata=self._metadata["inference"],
+                                              timeout=self.timeout).health)["status"]
 
     def predict(self, model: str, image: bytes, version: str = "") -> Any:
         """The JSON answer for one image; ``PredictionError`` for the handler's refusal.
@@ -86,7 +87,8 @@ class GrpcClient:
         TorchServe's gRPC frontend drops the handler's per-request status: an error arrives as
         a successful call whose prediction is our error body, so it is recognised here."""
         self._check_size(image)
-        request = self.stubs.inference_pb2.PredictionsRequest(model_name=model, model_version=version, input={"data": image})
+        request = self.stubs.inference_pb2.PredictionsRequest(model_name=model, model_version=version,
+                                                              input={"data": image})
         response = self.inference.Predictions(request, metadata=self._metadata["inference"], timeout=self.timeout)
         return _answer(response)
 
@@ -96,7 +98,8 @@ class GrpcClient:
         self._check_size(image)
         request = self.stubs.inference_pb2.PredictionsRequest(model_name=model, model_version=version,
                                                               input={"data": image, STREAM_FIELD: b"1"})
-        for response in self.inference.StreamPredictions(request, metadata=self._metadata["inference"], timeout=self.timeout):
+        for response in self.inference.StreamPredictions(request, metadata=self._metadata["inference"],
+                                                         timeout=self.timeout):
             yield _answer(response)
 
     def _check_size(self, *images: bytes) -> None:
@@ -117,13 +120,15 @@ class GrpcClient:
         outputs = {o.name: [decode_oip_bytes(e) for e in o.contents.bytes_contents] for o in response.outputs}
         if "answers" not in outputs:
             error = (outputs.get("error") or [{}])[0]
-            raise PredictionError(error.get("code", 500), error.get("type", "Unknown"), error.get("message", f"no answers in {response}"))
+            raise PredictionError(error.get("code", 500), error.get("type", "Unknown"),
+                                  error.get("message", f"no answers in {response}"))
         return outputs["answers"]
 
     # -- management ----------------------------------------------------------------------
     def _manage(self, method: str, **fields) -> Any:
         request = getattr(self.stubs.management_pb2, f"{method}Request")(**fields)
-        response = getattr(self.management, method)(request, metadata=self._metadata["management"], timeout=self.timeout)
+        response = getattr(self.management, method)(request, metadata=self._metadata["management"],
+                                                    timeout=self.timeout)
         try:
             return json.loads(response.msg)
         except ValueError:
@@ -139,7 +144,8 @@ class GrpcClient:
         return self._manage("RegisterModel", url=archive, initial_workers=workers, synchronous=True)
 
     def scale(self, model: str, version: str, workers: int) -> Any:
-        return self._manage("ScaleWorker", model_name=model, model_version=version, min_worker=workers, max_worker=workers, synchronous=True)
+        return self._manage("ScaleWorker", model_name=model, model_version=version, min_worker=workers,
+                            max_worker=workers, synchronous=True)
 
     def set_default(self, model: str, version: str) -> Any:
         return self._manage("SetDefault", model_name=model, model_version=version)

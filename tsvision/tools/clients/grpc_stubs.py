@@ -15,12 +15,12 @@ import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import ts
+
 PROTOS = ("inference.proto", "management.proto", "open_inference_grpc.proto")
 
 
 def jar_path() -> Path:
-    import ts
-
     return Path(ts.__file__).resolve().parent / "frontend" / "model-server.jar"
 
 
@@ -33,7 +33,7 @@ def stubs_dir() -> Path:
 
 def generate(target: Path) -> Path:
     """Extract the protos (and the google/ protos they import) from the jar and run protoc."""
-    from grpc_tools import protoc
+    from grpc_tools import protoc  # heavy: only when the stubs are generated (once per TorchServe jar)
 
     protos = target / "protos"
     protos.mkdir(parents=True, exist_ok=True)

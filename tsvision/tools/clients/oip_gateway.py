@@ -24,7 +24,7 @@ import socket
 import struct
 import threading
 from concurrent import futures
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import grpc
 import numpy as np
@@ -42,10 +42,12 @@ TYPED_CONTENTS = {
     "BOOL": ("bool_contents", np.bool_), "INT8": ("int_contents", np.int8), "INT16": ("int_contents", np.int16),
     "INT32": ("int_contents", np.int32), "INT64": ("int64_contents", np.int64), "UINT8": ("uint_contents", np.uint8),
     "UINT16": ("uint_contents", np.uint16), "UINT32": ("uint_contents", np.uint32),
-    "UINT64": ("uint64_contents", np.uint64), "FP32": ("fp32_contents", np.float32), "FP64": ("fp64_contents", np.float64),
+    "UINT64": ("uint64_contents", np.uint64), "FP32": ("fp32_contents", np.float32), "FP64": ("fp64_contents",
+                                                                                              np.float64),
 }
 # The handler's HTTP status as a gRPC status code.
-GRPC_STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+GRPC_STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+               413: grpc.StatusCode.RESOURCE_EXHAUSTED,
                415: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE}
 NO_DEADLINE = 1e9  # seconds; grpc reports a call without a deadline as ~9e18 s remaining
 # Transport headers that must not be forwarded as call metadata.
@@ -83,7 +85,8 @@ def unquote(element: bytes) -> bytes:
 class OipGateway:
     """The gateway: a gRPC server on ``listen`` forwarding to TorchServe's gRPC inference port."""
 
-    def __init__(self, listen: str, torchserve: str, message_limit: int = DEFAULT_MESSAGE_LIMIT, threads: int = 16) -> None:
+    def __init__(self, listen: str, torchserve: str, message_limit: int = DEFAULT_MESSAGE_LIMIT,
+                 threads: int = 16) -> None:
         self.pb = load().open_inference_grpc_pb2
         options = [("grpc.max_send_message_length", message_limit), ("grpc.max_receive_message_length", message_limit)]
         self._channel = grpc.insecure_channel(torchserve, options=options)
@@ -104,7 +107,8 @@ class OipGateway:
     def forward(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
         if method == "ModelInfer":
             request = self.translate_request(request, context)
-        metadata = [(k, v) for k, v in context.invocation_metadata() if not k.startswith(":") and k.lower() not in HOP_BY_HOP]
+        metadata = [(k, v) for k, v in context.invocation_metadata()
+                    if not k.startswith(":") and k.lower() not in HOP_BY_HOP]
         call = self._channel.unary_unary(f"/{TORCHSERVE_SERVICE}/{method}")
         remaining = context.time_remaining()  # about 9e18 s when the client set no deadline
         try:
@@ -160,16 +164,21 @@ class _Forwarder(grpc.GenericRpcHandler):
         service, _, method = details.method.lstrip("/").partition("/")
         if service != STANDARD_SERVICE or method == "ModelStreamInfer":
             return None  # UNIMPLEMENTED, as TorchServe has no such method
-        behaviour: Callable = lambda request, context: self._gateway.forward(method, request, context)
+        def behaviour(request, context):
+            return self._gateway.forward(method, request, context)
+
         return grpc.unary_unary_rpc_method_handler(behaviour)
 
 
 @entry_point("tsvision gateway")
 def main(argv: Optional[List[str]] = None) -> int:
     parser = command_parser("tsvision gateway", __doc__)
-    parser.add_argument("--listen", type=host_port, default="127.0.0.1:8001", help="address for standard KServe v2 gRPC clients")
-    parser.add_argument("--torchserve", type=host_port, default="127.0.0.1:7070", help="TorchServe's gRPC inference address")
-    parser.add_argument("--message-limit", type=int, default=DEFAULT_MESSAGE_LIMIT, help="largest message in bytes, both ways")
+    parser.add_argument("--listen", type=host_port, default="127.0.0.1:8001",
+                        help="address for standard KServe v2 gRPC clients")
+    parser.add_argument("--torchserve", type=host_port, default="127.0.0.1:7070",
+                        help="TorchServe's gRPC inference address")
+    parser.add_argument("--message-limit", type=int, default=DEFAULT_MESSAGE_LIMIT,
+                        help="largest message in bytes, both ways")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     host = host.strip("[]")
@@ -178,8 +187,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             pass
         gateway = OipGateway(args.listen, args.torchserve, args.message_limit).start()
     except (OSError, RuntimeError) as error:
-        raise CommandError(f"--listen {args.listen}: cannot listen there ({getattr(error, 'strerror', None) or error})") from error
-    print(f"KServe v2 gRPC on {args.listen.rsplit(':', 1)[0]}:{gateway.port} -> TorchServe {args.torchserve}", flush=True)
+        reason = getattr(error, "strerror", None) or error
+        raise CommandError(f"--listen {args.listen}: cannot listen there ({reason})") from error
+    print(f"KServe v2 gRPC on {args.listen.rsplit(':', 1)[0]}:{gateway.port} -> TorchServe {args.torchserve}",
+          flush=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

@@ -80,7 +80,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="REST inference address")
     parser.add_argument("--grpc", type=host_port, default="127.0.0.1:7070", help="gRPC inference address")
     parser.add_argument("--key-file", type=existing_file, help=KEY_FILE_HELP)
-    parser.add_argument("--tls-cert", type=existing_file, help="CA certificate that signed the server's (https and gRPC over TLS)")
+    parser.add_argument("--tls-cert", type=existing_file,
+                        help="CA certificate that signed the server's (https and gRPC over TLS)")
     args = parser.parse_args(argv)
     image = args.image.read_bytes()
     key_file = key_file_or_default(args.key_file)

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
+import torchvision
 from torch import nn
+from torchvision.models.detection.image_list import ImageList
 
 from tsvision.tools.export.calibration import recompute_batchnorm
 from tsvision.tools.export.checkpoints import load_checkpoint
@@ -61,8 +63,6 @@ class SSDBoxesScores(nn.Module):
 
     def __init__(self, model: nn.Module, input_size: int) -> None:
         super().__init__()
-        from torchvision.models.detection.image_list import ImageList
-
         self.backbone, self.head = model.backbone, model.head
         weights = torch.tensor(model.box_coder.weights, dtype=torch.float32)
         self.register_buffer("coder_weights", weights)
@@ -105,8 +105,6 @@ def build_exportable(
     ``weights`` such as ``"DEFAULT"``: tools/export/pretrained.py) for ``task``.
     ``model_args`` go to torchvision's model builder, e.g. ``{"min_size": 320, "max_size": 480}``
     for a detector that resizes to a smaller image than its default."""
-    import torchvision
-
     refuse_weights_model_args(model_args)
     if weights is not None and checkpoint is not None:
         raise ValueError("--weights and --checkpoint exclude each other: a checkpoint is the whole state dict; "
@@ -130,7 +128,8 @@ def build_exportable(
             labels = list(preset.meta["categories"])
         torch.manual_seed(seed)
         extra = {"weights_backbone": None} if task != "classification" else {}
-        model = torchvision.models.get_model(architecture, weights=None, num_classes=num_classes or len(labels), **extra,
+        model = torchvision.models.get_model(architecture, weights=None, num_classes=num_classes or len(labels),
+                                             **extra,
                                              **(model_args or {}))
     if checkpoint is not None:
         (load_detector_checkpoint if is_torchvision_detector(model) else load_checkpoint)(model, checkpoint)
@@ -145,18 +144,23 @@ def build_exportable(
         module = SegmentationLogits(model)
         # torchvision's preset and reference evaluation: shorter side to 520, any aspect ratio (docs/models.md)
         settings = {**settings_from_preset(task, preset), "resize_mode": "shorter_side"}
-    elif is_torchvision_detector(model):  # Faster R-CNN, RetinaNet, FCOS, Keypoint R-CNN: the whole detector (tools/export/torchvision_detectors.py)
+    elif is_torchvision_detector(model):
+        # Faster R-CNN, RetinaNet, FCOS, Keypoint R-CNN: the whole detector (export/torchvision_detectors.py)
         keypoints = keypoint_count(model) > 0
         if keypoints != (task == "keypoints"):
-            raise ValueError(f"{architecture} is {'a keypoint' if keypoints else 'not a keypoint'} model: export it with "
+            raise ValueError(f"{architecture} is {'a keypoint' if keypoints else 'not a keypoint'} model: export it "
+                             f"with "
                              f"--task {'keypoints' if keypoints else 'detection'}")
         model, settings = build_torchvision_detector(model, architecture, random_weights, seed)
-        return Exportable(task, architecture, model, settings, labels, random_weights, list(output_keys(model)), weights_name)
+        return Exportable(task, architecture, model, settings, labels, random_weights, list(output_keys(model)),
+                          weights_name)
     elif task == "keypoints":
         raise ValueError(f"{architecture} is not a Keypoint R-CNN; --task keypoints exports Keypoint R-CNNs "
-                         "(keypointrcnn_mobilenet_v3_large_320_fpn, keypointrcnn_resnet50_fpn) and ultralytics pose models (yolov8n-pose)")
+                         "(keypointrcnn_mobilenet_v3_large_320_fpn, keypointrcnn_resnet50_fpn) and ultralytics pose "
+                         "models (yolov8n-pose)")
     else:
-        if not hasattr(model, "anchor_generator") or not hasattr(model, "box_coder") or not hasattr(model.head, "classification_head"):
+        if (not hasattr(model, "anchor_generator") or not hasattr(model, "box_coder")
+                or not hasattr(model.head, "classification_head")):
             raise ValueError(f"{architecture}: only SSD/SSDlite detectors export to the boxes/scores contract; "
                              "export other detectors yourself (see docs/models.md)")
         size = int(model.transform.fixed_size[0]) if model.transform.fixed_size else int(model.transform.min_size[0])
@@ -170,7 +174,8 @@ def build_exportable(
         calibrate_batchnorm(module, settings["input_size"], seed)
         if task == "detection":
             settings["score_threshold"] = UNTRAINED_SSD_SCORE_THRESHOLD
-    return Exportable(task, architecture, module.eval(), settings, labels, random_weights, OUTPUT_NAMES[task], weights_name)
+    return Exportable(task, architecture, module.eval(), settings, labels, random_weights, OUTPUT_NAMES[task],
+                      weights_name)
 
 
 def refuse_weights_model_args(model_args: Optional[dict]) -> None:

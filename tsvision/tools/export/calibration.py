@@ -48,13 +48,14 @@ def calibration_images(seed: int = 0) -> Tuple[List[torch.Tensor], str]:
     photos = scikit_image_photos()
     if photos is None:
         return [smooth_image(*SYNTHETIC_SIZE, seed + 1 + i) for i in range(len(PHOTOS))], "synthetic images"
-    return [torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float() / 255 for a in photos.values()], "scikit-image photos"
+    images = [torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float() / 255 for a in photos.values()]
+    return images, "scikit-image photos"
 
 
 def scikit_image_photos() -> "dict | None":
     """``PHOTOS`` as H×W×3 uint8 arrays by name (None without scikit-image)."""
     try:
-        import skimage.data
+        import skimage.data  # optional: scikit-image (the test and examples extras)
     except ImportError:
         return None
     arrays = {}

@@ -11,8 +11,9 @@ checkpoint) to TorchScript and ONNX, check both, and report parity, parameters a
 Writes ``model.pt``, ``model.onnx``, ``labels.json``, ``settings.json`` (the handler settings),
 ``model-config.yaml`` (the same settings for ``torch-model-archiver --config-file``) and
 ``report.json`` into ``--out``. ``--weights NAME`` loads torchvision's pretrained weights
-through torch's hub cache (tools/export/pretrained.py) and takes labels and preprocessing from them; with ``--quantize int8`` also ``model.int8.onnx`` (ONNX Runtime
-static quantisation, tools/export/quantize.py) and its agreement with ``model.onnx`` in ``report.json``.
+through torch's hub cache (tools/export/pretrained.py) and takes labels and preprocessing from them;
+with ``--quantize int8`` also ``model.int8.onnx`` (ONNX Runtime static quantisation, tools/export/quantize.py)
+and its agreement with ``model.onnx`` in ``report.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
+import torchvision
 
 from tsvision.serving.settings import TASKS, Settings, check_names_and_types
 from tsvision.tools.command import UsageError, entry_point, existing_file, key_values, labels_file, writable_folder
@@ -47,13 +49,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = command_parser("tsvision export", __doc__)
     parser.add_argument("--task", required=True, choices=TASKS, help="what the model does")
     parser.add_argument("--arch", help="torchvision architecture (default per task: %s)" % DEFAULT_ARCHITECTURES)
-    parser.add_argument("--checkpoint", type=existing_file, help="state dict for the architecture (torch.save); strict load "
+    parser.add_argument("--checkpoint", type=existing_file,
+                        help="state dict for the architecture (torch.save); strict load "
                         "(not with --weights)")
-    parser.add_argument("--weights", metavar="NAME", help="torchvision's pretrained weights: DEFAULT or a weights name of "
-                        "--arch (IMAGENET1K_V1, MobileNet_V3_Small_Weights.IMAGENET1K_V1); labels and preprocessing come "
-                        "from them; the file is read from torch's hub cache ($TORCH_HOME/hub/checkpoints) or downloaded "
+    parser.add_argument("--weights", metavar="NAME",
+                        help="torchvision's pretrained weights: DEFAULT or a weights name of "
+                        "--arch (IMAGENET1K_V1, MobileNet_V3_Small_Weights.IMAGENET1K_V1); labels and preprocessing "
+                        "come from them; the file is read from torch's hub cache ($TORCH_HOME/hub/checkpoints) or "
+                        "downloaded "
                         "there (not with TSVISION_OFFLINE=1); docs/models.md")
-    parser.add_argument("--labels", type=existing_file, help="class names: JSON list, JSON {index: name} or one per line (.txt)")
+    parser.add_argument("--labels", type=existing_file,
+                        help="class names: JSON list, JSON {index: name} or one per line (.txt)")
     parser.add_argument("--num-classes", type=int, help="output classes (default: the number of labels)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
     parser.add_argument("--out", type=Path, help="output folder (default build/<task>)")
@@ -68,7 +74,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quantize", choices=("int8",), help="also write model.int8.onnx: ONNX Runtime static "
                         "quantisation (QDQ) calibrated on --calibration-images, with its agreement with model.onnx "
                         "in report.json (classification, segmentation, SSD-style detection; docs/quantization.md)")
-    parser.add_argument("--calibration-images", type=Path, metavar="DIR", help="folder of .jpg/.png photos like the ones "
+    parser.add_argument("--calibration-images", type=Path, metavar="DIR",
+                        help="folder of .jpg/.png photos like the ones "
                         "you will serve, for --quantize (default: scikit-image's photos)")
     args = parser.parse_args(argv)
     if args.calibration_images is not None and not args.quantize:
@@ -109,7 +116,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.quantize and refuse_quantization(args, args.task, exportable.settings.get("detection_format", "ssd")):
         return 2
     if exportable.random_weights:
-        print(f"WARNING: {exportable.architecture} has RANDOM weights (seed {args.seed}); nothing can be downloaded here. "
+        print(f"WARNING: {exportable.architecture} has RANDOM weights (seed {args.seed}); nothing can be downloaded "
+              f"here. "
               "Its predictions are meaningless. Pass --weights DEFAULT (torchvision's pretrained weights) or "
               "--checkpoint FILE for a trained model.", file=sys.stderr)
     write_settings(exportable, out_dir, settings_overrides)
@@ -122,16 +130,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"  NO model.onnx: ONNX export of {exportable.architecture} failed on torch {torch.__version__}: "
               f"{report['onnx_error']}; model.pt (TorchScript) is usable", file=sys.stderr)
     if exportable.weights:
-        import torchvision
-
         print(f"  weights: {exportable.weights} ({cache_file(torchvision.models.get_weight(exportable.weights))})")
     else:
         print(f"  weights: {'RANDOM (seed %d)' % args.seed if exportable.random_weights else args.checkpoint}")
     flops = report["flops_per_image"]
     where = " at %dx%d" % tuple(report["parity_image"]) if "parity_image" in report else ""
-    print(f"  parameters: {report['parameters']:,}  FLOPs/image{where}: {'%.3f G' % (flops / 1e9) if flops else 'not counted'}")
+    print(f"  parameters: {report['parameters']:,}  FLOPs/image{where}: "
+          f"{'%.3f G' % (flops / 1e9) if flops else 'not counted'}")
     if "parity_detections" in report:
-        print(f"  parity on a {where.strip()[3:]} test image: {report['parity_detections']} detections above the threshold compared")
+        print(f"  parity on a {where.strip()[3:]} test image: {report['parity_detections']} detections above the "
+              f"threshold compared")
         if not report["parity_detections"]:
             print("  WARNING: no detection above score_threshold on the test image, so parity compared empty answers; "
                   "export again with a lower --set score_threshold=... to compare real detections", file=sys.stderr)
@@ -158,14 +166,16 @@ def quantize_after_export(args: argparse.Namespace, out_dir: Path) -> int:
         raise UsageError(f"--quantize {args.quantize}: {error}") from error
     task = json.loads((out_dir / "settings.json").read_text())["task"]
     print(f"  quantised ({record['format']}, {record['weights']} weights, {record['activations']} activations) -> "
-          f"{out_dir}/{record['file']} ({record['size_bytes'] / 1e6:.1f} MB, fp32 {record['fp32_size_bytes'] / 1e6:.1f} MB) "
+          f"{out_dir}/{record['file']} ({record['size_bytes'] / 1e6:.1f} MB, "
+          f"fp32 {record['fp32_size_bytes'] / 1e6:.1f} MB) "
           f"in {time.time() - started:.0f} s; calibrated on {record['calibration']}")
     print(f"  int8 vs fp32 on the same images: {describe_agreement(task, record['agreement'])}")
     sqnr = ", ".join(f"{name} {value} dB" for name, value in record["agreement"]["output_sqnr_db"].items())
     print(f"  output SQNR (signal to quantisation noise): {sqnr}")
     random_weights = json.loads((out_dir / "settings.json").read_text()).get("random_weights")
     if random_weights:
-        print("  (random weights: the agreement is int8 against fp32 on a random network, which amplifies small errors; "
+        print("  (random weights: the agreement is int8 against fp32 on a random network, which amplifies small "
+              "errors; "
               "measure with your checkpoint)")
     return 0
 
@@ -174,13 +184,15 @@ def export_ultralytics(args: argparse.Namespace, out_dir: Path) -> int:
     """``--arch yolov8n`` and the like: ultralytics' own exporter (tools/export/ultralytics_models.py)."""
     if args.checkpoint is None:
         print(f"WARNING: {args.arch} has RANDOM weights (seed {args.seed}), conditioned so that a few boxes stand out; "
-              "nothing can be downloaded here. Its predictions are meaningless. Pass --checkpoint best.pt for a trained model.",
+              "nothing can be downloaded here. Its predictions are meaningless. "
+              "Pass --checkpoint best.pt for a trained model.",
               file=sys.stderr)
     started = time.time()
     try:
         report = export_yolo(args.arch, out_dir, args.checkpoint, args.seed, tolerance=args.tolerance)
     except (ValueError, RuntimeError, OSError, FileNotFoundError) as error:
-        raise UsageError(f"cannot export {args.arch}{' from ' + str(args.checkpoint) if args.checkpoint else ''}: {error}") from error
+        raise UsageError(f"cannot export {args.arch}{' from ' + str(args.checkpoint) if args.checkpoint else ''}: "
+                         f"{error}") from error
     if report["task"] != args.task:
         raise UsageError(f"{args.arch} is a {report['task']} model, not {args.task}")
     settings_path = out_dir / "settings.json"
@@ -189,7 +201,9 @@ def export_ultralytics(args: argparse.Namespace, out_dir: Path) -> int:
     write_model_config(out_dir, settings)
     print(f"{args.task}: {report['architecture']} (ultralytics exporter, format {report['detection_format']}) -> "
           f"{out_dir}/model.onnx in {time.time() - started:.0f} s")
-    print(f"  weights: {'RANDOM (seed %d), conditioned on %s' % (args.seed, report['conditioned_on']) if report['random_weights'] else args.checkpoint}")
+    print("  weights: "
+          + (f"RANDOM (seed {args.seed}), conditioned on {report['conditioned_on']}" if report["random_weights"]
+             else f"{args.checkpoint}"))
     print(f"  parameters: {report['parameters']:,}  outputs: {report['outputs']}")
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items())
     print(f"  max |difference|: {diffs} (boxes as a fraction of the side; tolerance {args.tolerance:g}) -> "

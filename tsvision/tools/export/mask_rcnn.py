@@ -25,7 +25,12 @@ from typing import List, Optional
 
 import numpy as np
 import torch
+import torchvision
 from torch import nn
+from torchvision.models import mobilenet_v3_large
+from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_Weights
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import _mobilenet_extractor
 
 from tsvision.tools.export.calibration import (
     CONDITIONED_CLASS,
@@ -46,8 +51,6 @@ OUTPUT_NAMES = ["boxes", "labels", "scores", "masks"]
 
 
 def coco_labels() -> List[str]:
-    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
-
     return list(MaskRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"])
 
 
@@ -55,16 +58,9 @@ def build_mask_rcnn(architecture: str, num_classes: int) -> nn.Module:
     """An untrained Mask R-CNN (BatchNorm, not frozen, in the backbone: a random backbone's statistics
     are recomputed by the conditioning)."""
     if architecture in TORCHVISION_BUILDERS:
-        import torchvision
-
         return torchvision.models.get_model(architecture, weights=None, weights_backbone=None, num_classes=num_classes)
     if architecture != DEFAULT_ARCHITECTURE:
         raise ValueError(f"unknown instance segmentation architecture {architecture!r}; known: {list(ARCHITECTURES)}")
-    from torchvision.models import mobilenet_v3_large
-    from torchvision.models.detection import MaskRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.backbone_utils import _mobilenet_extractor
-
     backbone = _mobilenet_extractor(mobilenet_v3_large(weights=None, norm_layer=nn.BatchNorm2d), True, 6)
     anchor_sizes = ((32, 64, 128, 256, 512),) * 3  # as fasterrcnn_mobilenet_v3_large_320_fpn
     anchors = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
@@ -96,7 +92,8 @@ def build_instance_segmenter(architecture: Optional[str], checkpoint: Optional[P
         # Below the served threshold nothing is answered: the model need not paste those masks.
         model.roi_heads.score_thresh = CONDITIONED_SCORE_THRESHOLD
         settings["score_threshold"] = CONDITIONED_SCORE_THRESHOLD
-    return Exportable("instance_segmentation", architecture, model.eval(), settings, labels, random_weights, list(OUTPUT_NAMES),
+    return Exportable("instance_segmentation", architecture, model.eval(), settings, labels, random_weights,
+                      list(OUTPUT_NAMES),
                       None if preset is None else str(preset))
 
 
@@ -154,7 +151,8 @@ def condition_on_photos(model: nn.Module, seed: int) -> None:
     mean, std = float(values.mean()), float(values.std()) or 1.0
     t = CONDITIONED_SCORE_THRESHOLD
     at_threshold = float(np.log(t / (1 - t)) + np.log(layer.out_features - 1))  # softmax against C - 1 near-zero logits
-    kth = float(np.median([float(torch.topk((v - mean) * LOGIT_SPREAD / std, min(CALIBRATION_KEEP, v.numel())).values[-1])
+    kth = float(np.median([float(torch.topk((v - mean) * LOGIT_SPREAD / std,
+                                            min(CALIBRATION_KEEP, v.numel())).values[-1])
                            for v in per_image if v.numel()]))
     with torch.no_grad():
         layer.weight[CONDITIONED_CLASS] *= LOGIT_SPREAD / std

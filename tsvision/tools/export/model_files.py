@@ -13,11 +13,12 @@ import numpy as np
 import onnx
 import torch
 import yaml
+from torch.utils.flop_counter import FlopCounterMode
 
 from tsvision.serving.runtimes import load_runtime
 from tsvision.serving.settings import Settings
 from tsvision.tools.command import UsageError
-from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.export.exportable import Exportable, write_report
 from tsvision.tools.export.torchvision_detectors import export_torchvision_files
 
 
@@ -48,22 +49,16 @@ def export_files(exportable: Exportable, out_dir: Path, tolerance: float = 1e-3,
     parity = compare_backends(module, ts_path, onnx_path, torch.randn(3, 3, size, size + size // 3 if spatial else size,
                                                                       generator=generator),
                               out_dir / "model.pt2" if pt2 else None)
-    report = {
-        "task": exportable.task,
-        "architecture": exportable.architecture,
-        "random_weights": exportable.random_weights,
-        "weights": exportable.weights,
-        "input": [None, 3, None, None] if spatial else [None, 3, size, size],
-        "outputs": exportable.output_names,
-        "parameters": sum(p.numel() for p in module.parameters()),
-        "flops_per_image": count_flops(module, size),
-        "max_abs_diff": parity,
-        "pt2_compile_seconds": pt2_seconds,
-        "tolerance": tolerance,
-        "ok": all(v <= tolerance for v in parity.values()),
-    }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return write_report(
+        out_dir, exportable, tolerance,
+        random_weights=exportable.random_weights,
+        weights=exportable.weights,
+        input=[None, 3, None, None] if spatial else [None, 3, size, size],
+        outputs=exportable.output_names,
+        parameters=sum(p.numel() for p in module.parameters()),
+        flops_per_image=count_flops(module, size),
+        max_abs_diff=parity,
+        pt2_compile_seconds=pt2_seconds)
 
 
 def dynamic_axes(spatial: bool = False) -> dict:
@@ -87,7 +82,7 @@ def export_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path, outpu
 def export_pt2(module: torch.nn.Module, sample: torch.Tensor, path: Path, spatial: bool = False) -> None:
     """``torch.export`` with a dynamic batch axis (and with ``spatial`` height and width), compiled for
     this CPU by AOTInductor (needs a C++ compiler; a minute or more per model on 2 cores)."""
-    import torch._inductor
+    import torch._inductor  # heavy (seconds to import): only for --pt2
 
     with torch.no_grad():
         program = torch.export.export(module, (sample,), dynamic_shapes=(dynamic_axes(spatial),))
@@ -107,15 +102,14 @@ def compare_backends(module: torch.nn.Module, ts_path: Path, onnx_path: Path, ba
     def diff(a, b):
         return float(max(np.abs(x - y).max() for x, y in zip(a, b)))
 
-    diffs = {"torchscript_vs_eager": diff(torchscript, eager), "onnx_vs_eager": diff(onnx, eager), "onnx_vs_torchscript": diff(onnx, torchscript)}
+    diffs = {"torchscript_vs_eager": diff(torchscript, eager), "onnx_vs_eager": diff(onnx, eager),
+             "onnx_vs_torchscript": diff(onnx, torchscript)}
     if pt2_path is not None:
         diffs["pt2_vs_eager"] = diff(load_runtime(pt2_path).run(batch.numpy()), eager)
     return diffs
 
 
 def count_flops(module: torch.nn.Module, size: int) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         module(torch.zeros(1, 3, size, size))

@@ -76,7 +76,8 @@ def _separable_cubic(node: onnx.NodeProto) -> List[onnx.NodeProto]:
     made: List[onnx.NodeProto] = []
 
     def const(name: str, value) -> str:
-        made.append(helper.make_node("Constant", [], [p + name], value=numpy_helper.from_array(np.asarray(value), p + name)))
+        made.append(helper.make_node("Constant", [], [p + name],
+                                     value=numpy_helper.from_array(np.asarray(value), p + name)))
         return p + name
 
     def op(kind: str, inputs: List[str], name: str, **attributes) -> str:
@@ -103,19 +104,25 @@ def _separable_cubic(node: onnx.NodeProto) -> List[onnx.NodeProto]:
         size_out_f = op("Cast", [size_out], s + "out_f", to=onnx.TensorProto.FLOAT)
         scale = op("Div", [size_out_f, size_in_f], s + "scale")            # as ONNX Runtime: out / in
         rows = op("Cast", [op("Range", [zero_i, size_out, one_i], s + "rows")], s + "rows_f", to=onnx.TensorProto.FLOAT)
-        source = op("Sub", [op("Div", [op("Add", [rows, half], s + "r_half"), scale], s + "r_scaled"), half], s + "source")
+        source = op("Sub", [op("Div", [op("Add", [rows, half], s + "r_half"), scale], s + "r_scaled"), half],
+                    s + "source")
         floor = op("Floor", [source], s + "floor")
         t = op("Unsqueeze", [op("Sub", [source, floor], s + "t0"), axis_m1], s + "t")            # out×1
-        floor_i = op("Unsqueeze", [op("Cast", [floor], s + "floor_i0", to=onnx.TensorProto.INT64), axis_m1], s + "floor_i")
+        floor_i = op("Unsqueeze", [op("Cast", [floor], s + "floor_i0", to=onnx.TensorProto.INT64), axis_m1],
+                     s + "floor_i")
         last = op("Sub", [size_in, one_i], s + "last")
-        where = op("Min", [op("Max", [op("Add", [floor_i, taps], s + "tap_raw"), zero_i], s + "tap_lo"), last], s + "tap")  # out×4
+        where = op("Min", [op("Max", [op("Add", [floor_i, taps], s + "tap_raw"), zero_i], s + "tap_lo"), last],
+                   s + "tap")  # out×4
         d = op("Abs", [op("Sub", [t, taps_f], s + "d0")], s + "d")                                  # out×4 distances
         # Keys' kernel: |d| <= 1: ((a+2)d - (a+3))d² + 1;  1 < |d| < 2: ((a d - 5a) d + 8a) d - 4a
-        near = op("Add", [op("Mul", [op("Mul", [op("Sub", [op("Mul", [a_c["a2"], d], s + "n1"), a_c["a3"]], s + "n2"), d], s + "n3"), d], s + "n4"), one_f], s + "near")
-        far = op("Sub", [op("Mul", [op("Add", [op("Mul", [op("Sub", [op("Mul", [a_c["a"], d], s + "f1"), a_c["a5"]], s + "f2"), d], s + "f3"), a_c["a8"]], s + "f4"), d], s + "f5"), a_c["a4"]], s + "far")
+        near = op("Add", [op("Mul", [op("Mul", [op("Sub", [op("Mul", [a_c["a2"], d], s + "n1"), a_c["a3"]], s + "n2"),
+                                                d], s + "n3"), d], s + "n4"), one_f], s + "near")
+        inner = op("Mul", [op("Sub", [op("Mul", [a_c["a"], d], s + "f1"), a_c["a5"]], s + "f2"), d], s + "f3")
+        far = op("Sub", [op("Mul", [op("Add", [inner, a_c["a8"]], s + "f4"), d], s + "f5"), a_c["a4"]], s + "far")
         weights = op("Where", [op("LessOrEqual", [d, one_f], s + "is_near"), near, far], s + "weights")  # out×4
         columns = op("Range", [zero_i, size_in, one_i], s + "columns")                                  # in
-        hits = op("Cast", [op("Equal", [op("Unsqueeze", [where, axis_m1], s + "tap3"), columns], s + "hit")], s + "hit_f",
+        hits = op("Cast", [op("Equal", [op("Unsqueeze", [where, axis_m1], s + "tap3"), columns], s + "hit")],
+                  s + "hit_f",
                   to=onnx.TensorProto.FLOAT)                                                            # out×4×in
         weighted = op("Mul", [hits, op("Unsqueeze", [weights, axis_m1], s + "weights3")], s + "weighted")
         return op("ReduceSum", [weighted, axis_1], s + "matrix", keepdims=0)                              # out×in

@@ -19,6 +19,8 @@ from typing import List, Optional
 from urllib.parse import urlparse
 
 import torch
+import torchvision
+import torchvision.models as models
 
 DOWNLOAD_TIMEOUT = 30.0  # seconds without an answer (connect or read) before a download gives up
 OFFLINE_VARIABLE = "TSVISION_OFFLINE"
@@ -30,8 +32,6 @@ class WeightsError(ValueError):
 
 def architectures_with_weights(task: str) -> List[str]:
     """torchvision's architectures for ``task`` that have pretrained weights (what ``--weights`` takes)."""
-    import torchvision.models as models
-
     module = {"classification": models, "segmentation": models.segmentation}.get(task, models.detection)
     names = models.list_models(module=module)
     if task == "keypoints":
@@ -45,8 +45,6 @@ def architectures_with_weights(task: str) -> List[str]:
 
 def resolve_weights(task: str, architecture: str, name: str):
     """The weights enum member ``name`` (``DEFAULT``, ``IMAGENET1K_V1`` or ``Enum.MEMBER``) of ``architecture``."""
-    import torchvision.models as models
-
     known = architectures_with_weights(task)
     if architecture not in known:
         raise WeightsError(f"{architecture} has no torchvision pretrained weights for --task {task} (tsvision's own "
@@ -76,7 +74,8 @@ def ensure_cached(weights, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
     if path.is_file():
         return path
     where = (f"fetch {weights.url} on a machine with internet and place it at {path} "
-             f"(torch's hub cache, $TORCH_HOME/hub/checkpoints; TORCH_HOME is {os.environ.get('TORCH_HOME', 'not set')})")
+             "(torch's hub cache, $TORCH_HOME/hub/checkpoints; "
+             f"TORCH_HOME is {os.environ.get('TORCH_HOME', 'not set')})")
     if os.environ.get(OFFLINE_VARIABLE, "") not in ("", "0"):
         raise WeightsError(f"{path.name} is not in the hub cache and {OFFLINE_VARIABLE} is set: {where}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,8 +96,6 @@ def build_pretrained(task: str, architecture: str, name: str, num_classes: Optio
                      model_args: Optional[dict] = None):
     """torchvision's ``architecture`` with the weights ``name`` loaded from the hub cache (eval mode),
     the weights enum member, and the class names (the weights' categories, or ``labels`` renaming them)."""
-    import torchvision
-
     weights = resolve_weights(task, architecture, name)
     categories = list(weights.meta["categories"])
     if num_classes is not None and num_classes != len(categories):
@@ -109,9 +106,11 @@ def build_pretrained(task: str, architecture: str, name: str, num_classes: Optio
     path = ensure_cached(weights)
     try:
         model = torchvision.models.get_model(architecture, weights=weights, **(model_args or {}))
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:  # a truncated or foreign file placed by hand
+    except (RuntimeError, EOFError, OSError,
+            pickle.UnpicklingError) as error:  # a truncated or foreign file placed by hand
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise WeightsError(f"{path} does not hold {weights} ({first}); delete it and place the file from {weights.url}") from None
+        raise WeightsError(f"{path} does not hold {weights} ({first}); "
+                           f"delete it and place the file from {weights.url}") from None
     return model.eval(), weights, labels if labels is not None else categories
 
 
@@ -121,7 +120,8 @@ def settings_from_preset(task: str, weights) -> dict:
     transforms = weights.transforms()
     if task == "classification":
         return {"input_size": transforms.crop_size[0], "resize_size": transforms.resize_size[0],
-                "interpolation": transforms.interpolation.value, "mean": list(transforms.mean), "std": list(transforms.std)}
+                "interpolation": transforms.interpolation.value, "mean": list(transforms.mean),
+                "std": list(transforms.std)}
     if task == "segmentation":
         return {"input_size": transforms.resize_size[0], "mean": list(transforms.mean), "std": list(transforms.std)}
     return {}

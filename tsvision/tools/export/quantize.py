@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import onnx
 
+from tsvision.serving.tasks import load_export
+from tsvision.serving.tasks.segmentation import class_mask
 from tsvision.tools.export.calibration import calibration_photos
 
 QUANTIZATIONS = ("int8",)
@@ -34,7 +37,8 @@ QUANTIZABLE_TASKS = ("classification", "segmentation", "detection")
 # and detection post-processing (boxes through NMS and RoIAlign need float precision, and ORT has no
 # int8 kernels for them, so the graph would convert back and forth around them).
 REFUSED_OPERATORS = ("NonMaxSuppression", "RoiAlign", "Loop", "If", "Scan")
-QUANTIZED_OPERATORS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
+QUANTIZED_OPERATORS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                       "MatMulInteger")
 BOX_IOU = 0.5  # a quantised box matches an fp32 box of the same class at this IoU or more
 
 
@@ -45,26 +49,30 @@ class QuantizeError(ValueError):
 def refusal(task: str, detection_format: str = "ssd") -> Optional[str]:
     """Why ``task`` (with ``detection_format``) cannot be quantised, or None if it can."""
     if task not in QUANTIZABLE_TASKS:
-        return (f"task {task} is not quantised: its models are whole torchvision detectors or YOLO heads whose masks or keypoints "
+        return (f"task {task} is not quantised: its models are whole torchvision detectors or YOLO heads whose masks "
+                f"or keypoints "
                 f"were not checked against fp32 here; --quantize supports {', '.join(QUANTIZABLE_TASKS)}")
     if detection_format == "torchvision":
-        return ("a whole torchvision detector (detection_format torchvision: Faster R-CNN, RetinaNet, FCOS) cannot be quantised well: "
-                "its graph resizes the image, runs NonMaxSuppression and RoIAlign and has data-dependent shapes inside, which "
-                "ONNX Runtime's int8 kernels do not cover and whose boxes need float precision; export an SSD-style detector "
+        return ("a whole torchvision detector (detection_format torchvision: Faster R-CNN, RetinaNet, FCOS) cannot be "
+                "quantised well: "
+                "its graph resizes the image, runs NonMaxSuppression and RoIAlign and has data-dependent shapes "
+                "inside, which "
+                "ONNX Runtime's int8 kernels do not cover and whose boxes need float precision; "
+                "export an SSD-style detector "
                 "(boxes/scores contract, e.g. ssdlite320_mobilenet_v3_large) to quantise detection")
     if detection_format == "yolo_nms":
-        return "a detector exported with NMS inside (detection_format yolo_nms) cannot be quantised well; export it without NMS (yolov8)"
+        return ("a detector exported with NMS inside (detection_format yolo_nms) cannot be quantised well; "
+                "export it without NMS (yolov8)")
     return None
 
 
 def graph_refusal(model: Path) -> Optional[str]:
     """Why the ONNX graph itself cannot be quantised well (operators that need float boxes, control flow)."""
-    import onnx
-
     graph = onnx.load(str(model), load_external_data=False).graph
     found = sorted({node.op_type for node in graph.node if node.op_type in REFUSED_OPERATORS})
     if found:
-        return (f"{model} contains {', '.join(found)}: post-processing or control flow inside the graph cannot be quantised well "
+        return (f"{model} contains {', '.join(found)}: post-processing or control flow inside the graph cannot be "
+                f"quantised well "
                 "(no int8 kernels; boxes need float precision); export the network without it")
     if len(graph.input) != 1:
         return f"{model} has {len(graph.input)} inputs; the serving tasks feed one N×3×H×W image batch"
@@ -76,9 +84,11 @@ def model_quantization(model: Path) -> str:
     has quantised operators (a file quantised by another tool), else "" (float)."""
     if Path(model).suffix.lower() != ".onnx":
         return ""
-    import onnx
+    return proto_quantization(onnx.load(str(model), load_external_data=False))
 
-    proto = onnx.load(str(model), load_external_data=False)
+
+def proto_quantization(proto: Any) -> str:
+    """``model_quantization`` of an ONNX ``ModelProto`` already loaded."""
     for entry in proto.metadata_props:
         if entry.key == METADATA_KEY:
             return entry.value
@@ -98,7 +108,8 @@ def calibration_items(folder: Optional[Path]) -> Tuple[List[Tuple[str, Any]], st
     if not files:
         others = sum(1 for f in folder.iterdir())
         raise QuantizeError(f"--calibration-images {folder}: no {'/'.join(IMAGE_SUFFIXES)} files in it"
-                            f"{f' ({others} other entries)' if others else ' (it is empty)'}; give photos like the ones you will serve")
+                            f"{f' ({others} other entries)' if others else ' (it is empty)'}; "
+                            "give photos like the ones you will serve")
     return [(f.name, f.read_bytes()) for f in files], f"{len(files)} images from {folder}"
 
 
@@ -135,8 +146,6 @@ def pooled_branches(model: Path) -> List[str]:
     map. They run on 1×1 (or tiny) tensors, so int8 saves nothing there, and their gates (sigmoid of a
     quantised logit) carry the largest errors: measured on MobileNetV3-Small, keeping them float
     took the worst top-1 score difference from 0.09 to 0.03 (docs/quantization.md)."""
-    import onnx
-
     graph = onnx.load(str(model), load_external_data=False).graph
     consumers: Dict[str, list] = {}
     for node in graph.node:
@@ -165,8 +174,6 @@ def decoder_tail(model: Path) -> List[str]:
     box decoding and softmax, a segmenter's final resize. They stay float, so the outputs keep float
     resolution (quantised to uint8, SSDlite's boxes would move in steps of 1.25 input pixels and its
     scores in steps of 1/255 around a 0.03 threshold) at little cost: they are a few cheap ops."""
-    import onnx
-
     graph = onnx.load(str(model), load_external_data=False).graph
     producers = {output: node for node in graph.node for output in node.output}
     upstream, stack = set(), [node for node in graph.node if node.op_type in WEIGHTED_OPERATORS]
@@ -189,7 +196,7 @@ def quantize_onnx(source: Path, target: Path, inputs: Union[np.ndarray, List[np.
     x86 CPUs without VNNI (AVX2, AVX-512 without VNNI), at a small cost on CPUs with it; the
     squeeze-and-excitation branches (``pooled_branches``) and the decoding after the last weighted layer
     (``decoder_tail``) stay float."""
-    import onnx
+    # onnxruntime's quantisation (heavy, only for --quantize)
     import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -218,8 +225,6 @@ def quantize_export(out_dir: Path, calibration: Optional[Path] = None, quantizat
     """Quantise ``out_dir/model.onnx`` (an export folder with ``settings.json``) into
     ``out_dir/model.int8.onnx``, compare both on the calibration photos through the serving task,
     add a ``quantized`` record to ``report.json`` and return it."""
-    from tsvision.serving.tasks import load_export
-
     if quantization not in QUANTIZATIONS:
         raise QuantizeError(f"--quantize {quantization}: supported {', '.join(QUANTIZATIONS)}")
     out_dir = Path(out_dir)
@@ -241,7 +246,8 @@ def quantize_export(out_dir: Path, calibration: Optional[Path] = None, quantizat
         int8 = load_export(out_dir, target.name)
         try:
             agreement = compare_answers(fp32, int8, [image for _, image in items], settings["task"])
-            agreement["output_sqnr_db"] = output_sqnr(run_outputs(fp32.runtime, inputs), run_outputs(int8.runtime, inputs),
+            agreement["output_sqnr_db"] = output_sqnr(run_outputs(fp32.runtime, inputs),
+                                                      run_outputs(int8.runtime, inputs),
                                                       _output_names(source))
         finally:
             int8.close()
@@ -249,7 +255,8 @@ def quantize_export(out_dir: Path, calibration: Optional[Path] = None, quantizat
         fp32.close()
     record = {
         "format": quantization, "file": target.name, "method": "onnxruntime quantize_static, QDQ, MinMax calibration",
-        "weights": ("int8 per channel" if per_channel else "int8 per tensor") + (", 7-bit range" if reduce_range else ""),
+        "weights": (("int8 per channel" if per_channel else "int8 per tensor")
+                    + (", 7-bit range" if reduce_range else "")),
         "activations": "uint8 asymmetric",
         "reduce_range": reduce_range, "calibration": described, "calibration_images": [name for name, _ in items],
         "agreement_photos": "the calibration images", "size_bytes": target.stat().st_size,
@@ -270,14 +277,13 @@ def compare_answers(fp32, int8, images: Sequence[Any], task: str) -> dict:
 
 
 def _output_names(model: Path) -> List[str]:
-    import onnx
-
     return [output.name for output in onnx.load(str(model), load_external_data=False).graph.output]
 
 
 def run_outputs(runtime, inputs: Union[np.ndarray, List[np.ndarray]]) -> List[np.ndarray]:
     """``runtime``'s outputs on the prepared ``inputs``: one pass over a stacked array, or for a list
-    (images of different shapes: segmentation's ``shorter_side``) one pass per image, each output flattened and joined."""
+    (images of different shapes: segmentation's ``shorter_side``) one pass per image, each output flattened and
+    joined."""
     if not isinstance(inputs, list):
         return runtime.run(inputs)
     runs = [runtime.run(image[None]) for image in inputs]
@@ -299,7 +305,8 @@ def classification_agreement(first: List[list], second: List[list]) -> dict:
     top1 = [a[0]["index"] == b[0]["index"] for a, b in zip(first, second)]
     k = min(len(first[0]), len(second[0]))
     overlap = [len({d["index"] for d in a[:k]} & {d["index"] for d in b[:k]}) for a, b in zip(first, second)]
-    score_diff = [abs(a[0]["score"] - next((d["score"] for d in b if d["index"] == a[0]["index"]), 0.0)) for a, b in zip(first, second)]
+    score_diff = [abs(a[0]["score"] - next((d["score"] for d in b if d["index"] == a[0]["index"]), 0.0)) for a,
+                  b in zip(first, second)]
     return {"images": len(first), "top1_equal": int(sum(top1)), "top1_agreement": round(sum(top1) / len(top1), 4),
             "top_k": k, "topk_overlap_mean": round(float(np.mean(overlap)) / k, 4), "topk_overlap_min": min(overlap),
             "top1_score_abs_diff_max": round(float(max(score_diff)), 5)}
@@ -336,7 +343,8 @@ def detection_agreement(first: List[list], second: List[list]) -> dict:
     matched = [match_detections(a, b) for a, b in zip(first, second)]
     total_matched = sum(len(m) for m in matched)
     ious = [iou for m in matched for iou in m]
-    return {"images": len(first), "iou_threshold": BOX_IOU, "boxes_fp32": sum(counts_fp32), "boxes_int8": sum(counts_int8),
+    return {"images": len(first), "iou_threshold": BOX_IOU, "boxes_fp32": sum(counts_fp32),
+            "boxes_int8": sum(counts_int8),
             "matched": total_matched,
             "recall": round(total_matched / sum(counts_fp32), 4) if sum(counts_fp32) else None,
             "precision": round(total_matched / sum(counts_int8), 4) if sum(counts_int8) else None,
@@ -347,8 +355,6 @@ def detection_agreement(first: List[list], second: List[list]) -> dict:
 
 
 def segmentation_agreement(first: List[dict], second: List[dict]) -> dict:
-    from tsvision.serving.tasks.segmentation import class_mask
-
     fractions = [float(np.mean(class_mask(a) == class_mask(b))) for a, b in zip(first, second)]
     return {"images": len(first), "pixel_agreement_mean": round(float(np.mean(fractions)), 5),
             "pixel_agreement_min": round(min(fractions), 5)}
@@ -362,10 +368,13 @@ def describe_agreement(task: str, agreement: dict) -> str:
     """One line for people."""
     a = agreement
     if task == "classification":
-        return (f"top-1 equal on {a['top1_equal']}/{a['images']} images, top-{a['top_k']} overlap {a['topk_overlap_mean']:.0%} "
-                f"on average (least {a['topk_overlap_min']}/{a['top_k']}), top-1 score differs by at most {a['top1_score_abs_diff_max']:.4f}")
+        return (f"top-1 equal on {a['top1_equal']}/{a['images']} images, top-{a['top_k']} overlap "
+                f"{a['topk_overlap_mean']:.0%} "
+                f"on average (least {a['topk_overlap_min']}/{a['top_k']}), "
+                f"top-1 score differs by at most {a['top1_score_abs_diff_max']:.4f}")
     if task == "detection":
-        return (f"{a['boxes_fp32']} fp32 boxes, {a['boxes_int8']} int8 boxes on {a['images']} images; {a['matched']} matched "
+        return (f"{a['boxes_fp32']} fp32 boxes, {a['boxes_int8']} int8 boxes on {a['images']} images; {a['matched']} "
+                f"matched "
                 f"(same class, IoU >= {a['iou_threshold']}): recall {a['recall']}, precision {a['precision']}, "
                 f"mean IoU of matches {a['matched_iou_mean']}; same top box on {a['top1_same']}/{a['images']}")
     return (f"mask pixels equal {a['pixel_agreement_mean']:.2%} on average over {a['images']} images "

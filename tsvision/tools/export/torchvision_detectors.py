@@ -10,8 +10,8 @@ R-CNN adds ``keypoints`` (N×K×3) and ``keypoints_scores`` (N×K) (``output_key
 - ``model.onnx``: ``torch.onnx.export`` (the TorchScript-based exporter, ``dynamo=False``: the
   path torchvision itself tests) of the detector on ONE image, height and width dynamic; one
   image per call. Bicubic ``Resize`` nodes (Keypoint R-CNN's keypoint decoding) are rewritten as
-  two matrix products (``tools/export/onnx_cubic.py``): ONNX Runtime's cubic kernel is slow. If ONNX export fails for an architecture on this torch, only ``model.pt`` is
-  written and the report says why.
+  two matrix products (``tools/export/onnx_cubic.py``): ONNX Runtime's cubic kernel is slow. If ONNX export
+  fails for an architecture on this torch, only ``model.pt`` is written and the report says why.
 
 Random weights are conditioned so that their answers are stable and comparable
 (``condition_random_detector``); that teaches the model nothing.
@@ -19,16 +19,24 @@ Random weights are conditioned so that their answers are stable and comparable
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import _mobilenet_extractor
+from torchvision.models.detection.keypoint_rcnn import KeypointRCNN, KeypointRCNNHeads, KeypointRCNNPredictor
+from torchvision.models.detection.ssd import SSD
+from torchvision.models.mobilenetv3 import mobilenet_v3_large
 
+from tsvision.serving.runtimes import load_runtime
+from tsvision.serving.tasks.keypoints import named_keypoints
 from tsvision.tools.export.calibration import (
     CONDITIONED_CLASS,
     CONDITIONED_SCORE_THRESHOLD,
@@ -38,6 +46,7 @@ from tsvision.tools.export.calibration import (
     smooth_image,
 )
 from tsvision.tools.export.checkpoints import read_state_dict
+from tsvision.tools.export.exportable import write_report
 from tsvision.tools.export.onnx_cubic import rewrite_cubic_resizes
 
 CALIBRATION_KEEP = 8  # candidates (proposals or anchors) above the threshold in the most responsive calibration image
@@ -77,11 +86,6 @@ def keypointrcnn_mobilenet_v3_large_320_fpn(num_classes: int = 2, num_keypoints:
     320-pixel transform, with Keypoint R-CNN's box and keypoint heads, the keypoint head cut from
     8 convolutions of 512 channels to 4 of 128 (tsvision's choice, for 2-core machines).
     ``kwargs`` go to ``KeypointRCNN`` (``--model-arg``), over these defaults."""
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.backbone_utils import _mobilenet_extractor
-    from torchvision.models.detection.keypoint_rcnn import KeypointRCNN, KeypointRCNNHeads, KeypointRCNNPredictor
-    from torchvision.models.mobilenetv3 import mobilenet_v3_large
-
     backbone = _mobilenet_extractor(mobilenet_v3_large(weights=None, norm_layer=nn.BatchNorm2d), True, 6)
     anchor_sizes = ((32, 64, 128, 256, 512),) * 3
     channels = (128,) * 4
@@ -93,12 +97,11 @@ def keypointrcnn_mobilenet_v3_large_320_fpn(num_classes: int = 2, num_keypoints:
         keypoint_predictor=KeypointRCNNPredictor(channels[-1], num_keypoints), **options)
 
 
-OWN_ARCHITECTURES = {"keypointrcnn_mobilenet_v3_large_320_fpn": (keypointrcnn_mobilenet_v3_large_320_fpn, PERSON_LABELS)}
+OWN_ARCHITECTURES = {"keypointrcnn_mobilenet_v3_large_320_fpn": (keypointrcnn_mobilenet_v3_large_320_fpn,
+                                                                 PERSON_LABELS)}
 
 
 def _is_ssd(model: nn.Module) -> bool:
-    from torchvision.models.detection.ssd import SSD
-
     return isinstance(model, SSD)
 
 
@@ -114,15 +117,14 @@ def _classification_layer(model: nn.Module) -> Tuple[Optional[nn.Module], str]:
     return None, ""
 
 
-def build_torchvision_detector(model: nn.Module, architecture: str, random_weights: bool, seed: int) -> Tuple[nn.Module, dict]:
+def build_torchvision_detector(model: nn.Module, architecture: str, random_weights: bool,
+                               seed: int) -> Tuple[nn.Module, dict]:
     """``model`` (eval mode) and its handler settings; random weights are conditioned first."""
     transform = model.transform
     min_size = int(transform.min_size[-1])
     settings = {"detection_format": "torchvision", "input_size": min_size, "background_index": 0,
                 "mean": list(transform.image_mean), "std": list(transform.image_std)}
     if keypoint_count(model):
-        from tsvision.serving.tasks.keypoints import named_keypoints
-
         settings.update(named_keypoints(keypoint_count(model)))
     if random_weights:
         condition_random_detector(model, seed, keypoint_calibration_photos() if keypoint_count(model) else None)
@@ -149,7 +151,7 @@ def keypoint_calibration_photos() -> Optional[List[torch.Tensor]]:
     seed-0 model found persons only on hubble_deep_field (32, scores near 1.0, keypoints from flat
     heatmaps whose ONNX and TorchScript argmax lie up to 94 px apart) and none on the other photos."""
     try:
-        import skimage.data
+        import skimage.data  # optional: scikit-image (the test and examples extras)
     except ImportError:
         return None
     arrays = [np.asarray(getattr(skimage.data, name)()) for name in KEYPOINT_PHOTOS]
@@ -205,9 +207,11 @@ def condition_random_detector(model: nn.Module, seed: int, photos: Optional[List
     t = CONDITIONED_SCORE_THRESHOLD
     at_threshold = float(np.log(t / (1 - t)) + (np.log(num_classes - 1) if kind == "softmax" else 0.0))
     if photos:  # pooled over the photos
-        kth = float(torch.topk((values - mean) * LOGIT_SPREAD / std, min(CALIBRATION_KEEP * max(1, len(photos) // 2), values.numel())).values[-1])
+        kth = float(torch.topk((values - mean) * LOGIT_SPREAD / std,
+                               min(CALIBRATION_KEEP * max(1, len(photos) // 2), values.numel())).values[-1])
     else:
-        kth = max(float(torch.topk((image - mean) * LOGIT_SPREAD / std, min(CALIBRATION_KEEP, image.numel())).values[-1])
+        kth = max(float(torch.topk((image - mean) * LOGIT_SPREAD / std,
+                                   min(CALIBRATION_KEEP, image.numel())).values[-1])
                   for image in per_image)
     offset = at_threshold - kth
     with torch.no_grad():
@@ -228,7 +232,8 @@ def load_detector_checkpoint(model: nn.Module, path: Path) -> None:
     missing, unexpected = model.load_state_dict(read_state_dict(path), strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(f"{path} does not fit this architecture: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+        raise ValueError(f"{path} does not fit this architecture: missing "
+                         f"{missing[:5]}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
 
 
@@ -257,26 +262,20 @@ def export_torchvision_files(exportable, out_dir: Path, tolerance: float = 1e-3)
     threshold = float(exportable.settings.get("score_threshold", 0.5))
     image, compared = parity_image(model, height, width, threshold)
     parity = compare_detector_backends(model, ts_path, None if onnx_error else onnx_path, image, threshold)
-    report = {
-        "task": exportable.task,
-        "architecture": exportable.architecture,
-        "detection_format": "torchvision",
-        "random_weights": exportable.random_weights,
-        "input": "list of 3xHxW float images in [0, 1], any size (ONNX: one 3xHxW image per call)",
-        "outputs": list(output_keys(model)),
-        "files": ["model.pt"] + ([] if onnx_error else ["model.onnx"]),
-        "onnx_error": onnx_error,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "flops_per_image": count_detector_flops(model, height, width),
-        "parity_image": [height, width],
-        "parity_detections": compared,
-        "max_abs_diff": parity,
-        **timings,
-        "tolerance": tolerance,
-        "ok": all(v <= tolerance for v in parity.values()),
-    }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return write_report(
+        out_dir, exportable, tolerance,
+        detection_format="torchvision",
+        random_weights=exportable.random_weights,
+        input="list of 3xHxW float images in [0, 1], any size (ONNX: one 3xHxW image per call)",
+        outputs=list(output_keys(model)),
+        files=["model.pt"] + ([] if onnx_error else ["model.onnx"]),
+        onnx_error=onnx_error,
+        parameters=sum(p.numel() for p in model.parameters()),
+        flops_per_image=count_detector_flops(model, height, width),
+        parity_image=[height, width],
+        parity_detections=compared,
+        max_abs_diff=parity,
+        **timings)
 
 
 def parity_image(model: nn.Module, height: int, width: int, threshold: float) -> Tuple[torch.Tensor, int]:
@@ -284,7 +283,8 @@ def parity_image(model: nn.Module, height: int, width: int, threshold: float) ->
     resize), on which the eager model finds something above ``threshold``; and how many it finds."""
     image, found = None, 0
     for photo in calibration_images(0)[0]:
-        image = torch.nn.functional.interpolate(photo[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        image = torch.nn.functional.interpolate(photo[None], size=(height, width), mode="bilinear",
+                                                align_corners=False)[0]
         with torch.no_grad():
             found = int((model([image])[0]["scores"] > threshold).sum())
         if found:
@@ -309,8 +309,6 @@ class OneImageDetections(nn.Module):
 def export_detector_onnx(model: nn.Module, path: Path, height: int, width: int,
                          keys: Optional[Tuple[str, ...]] = None) -> None:
     """One-image ONNX of a whole detector; ``keys``: its outputs in order (default ``output_keys(model)``)."""
-    import onnx
-
     sample = smooth_image(height, width, seed=3)
     keys = tuple(keys or output_keys(model))
     with warnings.catch_warnings():
@@ -318,7 +316,8 @@ def export_detector_onnx(model: nn.Module, path: Path, height: int, width: int,
         torch.onnx.export(
             OneImageDetections(model, keys).eval(), ([sample],), str(path), opset_version=17, dynamo=False,
             input_names=["images"], output_names=list(keys),
-            dynamic_axes={"images": [1, 2], **{key: ([0, 2, 3] if key == "masks" else [0]) for key in keys}},  # masks K×1×H×W
+            dynamic_axes={"images": [1, 2],
+                          **{key: ([0, 2, 3] if key == "masks" else [0]) for key in keys}},  # masks K×1×H×W
         )
     # Keypoint R-CNN's keypoint decoding resizes each person's heatmaps with a bicubic Resize, which
     # ONNX Runtime's CPU kernel runs about 10x slower than PyTorch: the same resize as two matrix
@@ -348,7 +347,8 @@ def detection_difference(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray], thr
     differences = [np.abs(a["boxes"] - b["boxes"]).max() / side, np.abs(a["scores"] - b["scores"]).max()]
     if "keypoints" in a:
         differences += [np.abs(a["keypoints"][..., :2] - b["keypoints"][..., :2]).max() / side,
-                        (np.abs(a["keypoints_scores"] - b["keypoints_scores"]) / np.maximum(1, np.abs(a["keypoints_scores"]))).max()]
+                        (np.abs(a["keypoints_scores"] - b["keypoints_scores"])
+                         / np.maximum(1, np.abs(a["keypoints_scores"]))).max()]
     return float(max(differences))
 
 
@@ -374,8 +374,6 @@ def compare_detector_backends(model: nn.Module, ts_path: Path, onnx_path: Option
     detections above ``threshold`` between eager, TorchScript and ONNX Runtime on one image that
     the models do not resize; for Mask R-CNN also the fraction of mask pixels that differ."""
     side = float(max(image.shape[1:]))
-    from tsvision.serving.runtimes import load_runtime
-
     keys = output_keys(model)
     with torch.no_grad():
         found = model([image])[0]
@@ -399,8 +397,6 @@ def compare_detector_backends(model: nn.Module, ts_path: Path, onnx_path: Option
 def count_detector_flops(model: nn.Module, height: int, width: int) -> Optional[int]:
     """FLOPs of one image of ``height`` × ``width`` (the convolutions and matrix products torch counts);
     None if counting fails."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     try:
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():

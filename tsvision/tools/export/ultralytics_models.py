@@ -28,10 +28,16 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
+import onnx
 import torch
+import yaml
+from PIL import Image
 from torch import nn
 
+from tsvision.serving.geometry import YOLO_FILL, fit_square
+from tsvision.serving.runtimes import load_runtime
 from tsvision.serving.settings import Settings
+from tsvision.serving.tasks.keypoints import named_keypoints
 from tsvision.tools.export.calibration import LOGIT_SPREAD, calibration_images, recompute_batchnorm
 from tsvision.tools.export.model_files import write_model_config
 
@@ -59,7 +65,7 @@ def _offline() -> None:
 def quiet_ultralytics() -> Iterator[None]:
     """Keep ultralytics' banner and per-step export log off stdout (its ``LOGGER`` at WARNING; its
     warnings still show)."""
-    from ultralytics.utils import LOGGER
+    from ultralytics.utils import LOGGER  # optional: ultralytics, for its architectures only
 
     level = LOGGER.level
     LOGGER.setLevel(logging.WARNING)
@@ -73,7 +79,7 @@ def build_yolo(architecture: str, checkpoint: Optional[Path], seed: int):
     """An ultralytics ``YOLO``: trained from ``checkpoint``, or built from the config with seeded
     random weights (conditioned)."""
     _offline()
-    from ultralytics import YOLO
+    from ultralytics import YOLO  # optional: ultralytics, for its architectures only
 
     if checkpoint is not None:
         return YOLO(str(checkpoint))
@@ -90,8 +96,7 @@ def build_yolo(architecture: str, checkpoint: Optional[Path], seed: int):
 def coco_names(classes: int, task: str) -> Optional[List[str]]:
     """COCO's class names from ultralytics' own dataset file (coco-pose.yaml for pose models), when
     ``classes`` matches it; else None."""
-    import yaml
-    from ultralytics.utils import ROOT
+    from ultralytics.utils import ROOT  # optional: ultralytics, for its architectures only
 
     path = ROOT / "cfg" / "datasets" / ("coco-pose.yaml" if task == "pose" else "coco.yaml")
     names = yaml.safe_load(path.read_text()).get("names", {}) if path.is_file() else {}
@@ -100,9 +105,6 @@ def coco_names(classes: int, task: str) -> Optional[List[str]]:
 
 def letterboxed(image: torch.Tensor, size: int) -> torch.Tensor:
     """A 3×H×W image in [0, 1] as a YOLO model sees it: 1×3×size×size, letterboxed on grey 114."""
-    from PIL import Image
-
-    from tsvision.serving.geometry import YOLO_FILL, fit_square
 
     pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     array, _ = fit_square(Image.fromarray(pixels), size, "letterbox_center", YOLO_FILL)
@@ -132,7 +134,8 @@ def condition_random_yolo(model: nn.Module, seed: int, size: int = 640) -> None:
     hooks = [conv.register_forward_hook(lambda _m, _i, out: seen.append(out.detach())) for conv in convs]
     keypoint_convs = [branch[-1] for branch in getattr(head, "cv4", [])] if hasattr(head, "kpt_shape") else []
     keypoint_seen: List[torch.Tensor] = []
-    hooks += [conv.register_forward_hook(lambda _m, _i, out: keypoint_seen.append(out.detach())) for conv in keypoint_convs]
+    hooks += [conv.register_forward_hook(lambda _m, _i,
+                                         out: keypoint_seen.append(out.detach())) for conv in keypoint_convs]
     try:
         with torch.no_grad():
             for image in calibration_images(seed)[0]:
@@ -175,8 +178,6 @@ def condition_random_yolo(model: nn.Module, seed: int, size: int = 640) -> None:
 
 def onnx_metadata(path: Path) -> Dict[str, str]:
     """The ``metadata_props`` of an ONNX file (ultralytics writes names, imgsz, task, stride...)."""
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     return {prop.key: prop.value for prop in model.metadata_props}
 
@@ -257,10 +258,9 @@ def export_yolo(architecture: str, out_dir: Path, checkpoint: Optional[Path] = N
     random_weights = checkpoint is None
     settings = {"task": task, "detection_format": fmt, "input_size": imgsz, "labels": "labels.json",
                 "random_weights": random_weights,
-                "description": f"{Path(architecture).stem} via ultralytics ({'random seeded weights' if random_weights else 'checkpoint'})"}
+                "description": f"{Path(architecture).stem} via ultralytics "
+                               f"({'random seeded weights' if random_weights else 'checkpoint'})"}
     if task == "keypoints":  # the names and edges go into the settings, so the archive carries them
-        from tsvision.serving.tasks.keypoints import named_keypoints
-
         settings.update(named_keypoints(int(ast.literal_eval(metadata.get("kpt_shape", "[17, 3]"))[0])))
     photos, calibration = calibration_images(seed)
     difference, shapes = onnx_vs_eager(yolo.model, out_dir / "model.onnx", letterboxed(photos[0], imgsz))
@@ -294,8 +294,6 @@ def onnx_vs_eager(model: nn.Module, onnx_path: Path, images: torch.Tensor) -> Tu
     torchvision detectors), and the ONNX output shapes. A segmentation model's mask coefficients
     and prototypes (second output) are compared relative to their largest magnitude (random ones
     reach the hundreds)."""
-    from tsvision.serving.runtimes import load_runtime
-
     with torch.no_grad():
         eager = model.eval()(images)
     eager = eager[0] if isinstance(eager, (list, tuple)) else eager

@@ -14,7 +14,7 @@ def bucket_counts(routing: Routing, buckets: int = BUCKETS) -> Dict[str, int]:
     exact = [(v.version, v.weight * buckets / 100) for v in routing.variants]
     counts = {version: int(share) for version, share in exact}
     left = buckets - sum(counts.values())
-    for version, share in sorted(exact, key=lambda item: -(item[1] - int(item[1])))[:left]:
+    for version, _share in sorted(exact, key=lambda item: -(item[1] - int(item[1])))[:left]:
         counts[version] += 1
     return counts
 

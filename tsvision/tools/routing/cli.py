@@ -1,7 +1,8 @@
 """One declarative routing file -> an A/B router (nginx in front, HAProxy splitting), or Kubernetes manifests.
 
     tsvision route haproxy ROUTING.yaml --listen 127.0.0.1:8091 --torchserve http://127.0.0.1:8080 --prefix DIR
-    tsvision route nginx ROUTING.yaml --listen 127.0.0.1:8090 --router 127.0.0.1:8091 --torchserve http://127.0.0.1:8080 --prefix DIR
+    tsvision route nginx ROUTING.yaml --listen 127.0.0.1:8090 --router 127.0.0.1:8091 \\
+        --torchserve http://127.0.0.1:8080 --prefix DIR
     tsvision route apply ROUTING.yaml --prefix DIR      # new weights, live, without a reload
     tsvision route kubernetes ROUTING.yaml --image REGISTRY/tsvision-torchserve:TAG
 
@@ -40,18 +41,25 @@ from tsvision.tools.routing.templates import render_haproxy, render_kubernetes, 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = command_parser("tsvision route", __doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    haproxy = commands.add_parser("haproxy", help="write buckets.map into --prefix and print the HAProxy configuration (the split)")
+    haproxy = commands.add_parser("haproxy", help="write buckets.map into --prefix and print the HAProxy "
+                                                  "configuration (the split)")
     haproxy.add_argument("routing", type=existing_file, help="the routing file (YAML)")
     haproxy.add_argument("--listen", type=host_port, default="127.0.0.1:8091", help="address HAProxy listens on")
     haproxy.add_argument("--torchserve", default="http://127.0.0.1:8080", help="TorchServe inference address")
-    haproxy.add_argument("--prefix", type=Path, default=Path("build/router/haproxy"), help="folder for the map and the admin socket")
+    haproxy.add_argument("--prefix", type=Path, default=Path("build/router/haproxy"),
+                         help="folder for the map and the admin socket")
     nginx = commands.add_parser("nginx", help="print the nginx configuration (the front: 401, log, shadow)")
     nginx.add_argument("routing", type=existing_file, help="the routing file (YAML)")
-    nginx.add_argument("--listen", type=host_port, default="127.0.0.1:8090", help="address nginx listens on (the clients' address)")
-    nginx.add_argument("--router", type=host_port, default="127.0.0.1:8091", help="the HAProxy address (haproxy --listen)")
-    nginx.add_argument("--torchserve", default="http://127.0.0.1:8080", help="TorchServe inference address (for the shadow)")
-    nginx.add_argument("--prefix", type=Path, default=Path("build/router/nginx"), help="folder for logs, pid and temp files")
-    apply = commands.add_parser("apply", help="change a running router's weights live from the routing file (no reload)")
+    nginx.add_argument("--listen", type=host_port, default="127.0.0.1:8090",
+                       help="address nginx listens on (the clients' address)")
+    nginx.add_argument("--router", type=host_port, default="127.0.0.1:8091",
+                       help="the HAProxy address (haproxy --listen)")
+    nginx.add_argument("--torchserve", default="http://127.0.0.1:8080",
+                       help="TorchServe inference address (for the shadow)")
+    nginx.add_argument("--prefix", type=Path, default=Path("build/router/nginx"),
+                       help="folder for logs, pid and temp files")
+    apply = commands.add_parser("apply",
+                                help="change a running router's weights live from the routing file (no reload)")
     apply.add_argument("routing", type=existing_file, help="the routing file (YAML)")
     apply.add_argument("--prefix", type=Path, default=Path("build/router/haproxy"), help="the running HAProxy's folder")
     kube = commands.add_parser("kubernetes", help="write Kubernetes manifests (Istio, KServe)")

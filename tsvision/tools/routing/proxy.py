@@ -41,7 +41,30 @@ def _wait_for_port(port: int, deadline: float) -> bool:
     return False
 
 
-class Nginx:
+def require_binary(binary: str, name: str, package: str) -> None:
+    """Raise a clear error when the server's program is not installed."""
+    if not Path(binary).exists():
+        raise RuntimeError(f"{name} is not installed: apt-get install {package} (scripts/setup.sh does this)")
+
+
+def check_config(name: str, config: Path, command: List[str]) -> None:
+    """Run the server's own configuration check (``command``); raise with its message when it rejects ``config``."""
+    check = subprocess.run(command, capture_output=True, text=True)
+    if check.returncode != 0:
+        raise RuntimeError(f"{name} rejected {config}: {check.stderr.strip() or check.stdout.strip()}")
+
+
+class StoppedOnExit:
+    """``with`` support for a process owner: leaving the block calls ``stop()``, even on an error."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class Nginx(StoppedOnExit):
     """One nginx master (and its workers) under ``prefix``: config, pid, logs, temp files.
     ``router`` is the HAProxy address that nginx forwards predictions to."""
 
@@ -64,15 +87,12 @@ class Nginx:
             (self.prefix / "tmp" / kind).mkdir(parents=True, exist_ok=True)
         # As root, nginx would run its workers as "nobody", who cannot write our temp folders.
         user = "root" if os.geteuid() == 0 else None
-        self.config.write_text(render_nginx(routing, f"127.0.0.1:{self.port}", self.torchserve, self.prefix, user, self.router))
-        check = subprocess.run([self.binary, "-t", "-q", "-p", str(self.prefix), "-c", str(self.config)],
-                               capture_output=True, text=True)
-        if check.returncode != 0:
-            raise RuntimeError(f"nginx rejected {self.config}: {check.stderr.strip()}")
+        self.config.write_text(render_nginx(routing, f"127.0.0.1:{self.port}", self.torchserve, self.prefix, user,
+                                            self.router))
+        check_config("nginx", self.config, [self.binary, "-t", "-q", "-p", str(self.prefix), "-c", str(self.config)])
 
     def start(self, routing: Routing, timeout: float = 15) -> "Nginx":
-        if not Path(self.binary).exists():
-            raise RuntimeError("nginx is not installed: apt-get install nginx-light (scripts/setup.sh does this)")
+        require_binary(self.binary, "nginx", "nginx-light")
         self.write(routing)
         subprocess.run([self.binary, "-p", str(self.prefix), "-c", str(self.config)], check=True)
         deadline = time.time() + timeout
@@ -102,14 +122,8 @@ class Nginx:
             stop_tree(self.pid, signal.SIGQUIT, timeout, whole_tree=False)
             self.pid = None
 
-    def __enter__(self) -> "Nginx":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-class HAProxy:
+class HAProxy(StoppedOnExit):
     """One HAProxy under ``prefix``: haproxy.cfg, buckets.map (the live split, persisted), the admin
     socket, a log of its own messages. Started in the foreground as our child, stopped by pid."""
 
@@ -167,13 +181,10 @@ class HAProxy:
         table = bucket_table(routing, current, self._saved_table(self.previous_map_file))
         self._persist(table, routing, current if current is not None and current != table else None)
         self.config.write_text(render_haproxy(routing, self.address, self.torchserve, self.map_file, self.socket))
-        check = subprocess.run([self.binary, "-c", "-q", "-f", str(self.config)], capture_output=True, text=True)
-        if check.returncode != 0:
-            raise RuntimeError(f"haproxy rejected {self.config}: {check.stderr.strip() or check.stdout.strip()}")
+        check_config("haproxy", self.config, [self.binary, "-c", "-q", "-f", str(self.config)])
 
     def start(self, routing: Routing, timeout: float = 15) -> "HAProxy":
-        if not Path(self.binary).exists():
-            raise RuntimeError("haproxy is not installed: apt-get install haproxy (scripts/setup.sh does this)")
+        require_binary(self.binary, "haproxy", "haproxy")
         self.write(routing)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([self.binary, "-db", "-f", str(self.config)], stdout=log, stderr=log,
@@ -238,7 +249,8 @@ class HAProxy:
             self._persist(table, routing, current)
         else:
             self._persist(table, routing, None)
-        return {"moved": sum(a != b for a, b in zip(current, table)), "buckets": {v: table.count(v) for v in dict.fromkeys(table)}}
+        return {"moved": sum(a != b for a, b in zip(current, table)),
+                "buckets": {v: table.count(v) for v in dict.fromkeys(table)}}
 
     def route(self, key: Optional[str], header: str = "X-User-Id", session: Optional[requests.Session] = None) -> str:
         """The version a request with this key goes to now, asked of HAProxy (no inference)."""
@@ -286,14 +298,8 @@ class HAProxy:
             self.pid = None
             self.process = None
 
-    def __enter__(self) -> "HAProxy":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-class Router:
+class Router(StoppedOnExit):
     """The whole A/B router: HAProxy (the split) behind nginx (401, log, shadow), both under
     ``prefix``. ``apply`` changes weights and versions live; nothing is reloaded."""
 
@@ -336,7 +342,8 @@ class Router:
             fixed = ("model", "sticky_header", "shadow")
             changed = [name for name in fixed if getattr(routing, name) != getattr(self.routing, name)]
             if changed:
-                raise ValueError(f"{', '.join(changed)} changed: restart the router (only weights and versions change live)")
+                raise ValueError(f"{', '.join(changed)} changed: restart the router (only weights and versions change "
+                                 f"live)")
         result = self.haproxy.apply(routing)
         self.routing = routing
         return result
@@ -355,9 +362,3 @@ class Router:
             self.nginx.stop()
         finally:
             self.haproxy.stop()
-
-    def __enter__(self) -> "Router":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

@@ -60,9 +60,11 @@ def format_table(report: Dict[str, dict], served: Optional[Dict[str, float]] = N
     lines = [f"{'variant':10s} {'requests':>9s} {'errors':>7s} {'p50 ms':>8s} {'p95 ms':>8s}  top labels",]
     for variant, r in report.items():
         labels = ", ".join(f"{k} {v:.0%}" for k, v in r["top_labels"].items())
-        lines.append(f"{variant:10s} {r['requests']:9d} {r['error_rate']:7.1%} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f}  {labels}")
+        lines.append(f"{variant:10s} {r['requests']:9d} {r['error_rate']:7.1%} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f}  "
+                     f"{labels}")
     if served:
-        lines.append("TorchServe inference requests by version: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(served.items())))
+        lines.append("TorchServe inference requests by version: " + ", ".join(f"{k} {v:.0f}" for k,
+                                                                              v in sorted(served.items())))
     return "\n".join(lines)
 
 
@@ -77,12 +79,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.metrics and not args.model:
         raise UsageError("--metrics needs --model (the model whose requests to count)")
     if not args.log.is_file():
-        raise UsageError(f"--log {args.log}: no such file (the access log of the router tsvision route nginx configured)")
+        raise UsageError(f"--log {args.log}: no such file (the access log of the router tsvision route nginx "
+                         f"configured)")
     try:
         report = variant_report(args.log)
     except (ValueError, KeyError, TypeError) as error:
         raise UsageError(f"--log {args.log} is not the router's JSON access log ({describe(error)})") from error
-    served = served_by_version(requests.get(args.metrics, timeout=10).text, args.model) if args.metrics and args.model else None
-    print(json.dumps({"variants": report, "served_by_version": served}, indent=2) if args.json else format_table(report, served))
+    served = served_by_version(requests.get(args.metrics, timeout=10).text,
+                               args.model) if args.metrics and args.model else None
+    print(json.dumps({"variants": report, "served_by_version": served},
+                     indent=2) if args.json else format_table(report, served))
     return 0
 

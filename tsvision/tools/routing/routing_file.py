@@ -1,4 +1,5 @@
-"""The routing file: a model, its weighted variants, a sticky header and an optional shadow (``tsvision route``'s input)."""
+"""The routing file (``tsvision route``'s input): a model, its weighted variants, a sticky header and an optional
+shadow."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class Routing:
     @classmethod
     def from_mapping(cls, data: dict) -> "Routing":
         if not isinstance(data, dict):
-            raise ValueError("the routing file must be a mapping with model, variants, and optionally sticky_header, shadow")
+            raise ValueError("the routing file must be a mapping with model, variants, and optionally sticky_header, "
+                             "shadow")
         unknown = set(data) - {"model", "variants", "sticky_header", "shadow"}
         if unknown:
             raise ValueError(f"unknown routing keys {sorted(unknown)}")
@@ -44,7 +46,8 @@ class Routing:
         if len(set(versions)) != len(versions):
             raise ValueError(f"a version appears twice among the variants: {versions}")
         if any(v.weight < 0 for v in variants) or abs(sum(v.weight for v in variants) - 100) > 1e-6:
-            raise ValueError(f"variant weights must not be negative and must sum to 100, got {[v.weight for v in variants]}")
+            raise ValueError(f"variant weights must not be negative and must sum to 100, got "
+                             f"{[v.weight for v in variants]}")
         shadow = str(data["shadow"]) if data.get("shadow") is not None else None
         if shadow in versions:
             raise ValueError(f"the shadow version {shadow} is also a variant; a shadow only receives copies")

@@ -36,7 +36,8 @@ def checked_key(key_file: Optional[Path], api: str = "inference") -> Optional[st
 
 def token_hint(message: str, key_file: Optional[Path]) -> str:
     """What to add to a refusal whose ``message`` says the token was missing or wrong (else "")."""
-    if not any(word in message for word in ("InvalidKeyException", "Token Authorization", "Unauthorized", "UNAUTHENTICATED")):
+    if not any(word in message for word in ("InvalidKeyException", "Token Authorization", "Unauthorized",
+                                            "UNAUTHENTICATED")):
         return ""
     if key_file is None:
         return ("; no key file was read (no ./key_file.json here): pass --key-file PATH, the key_file.json "

@@ -11,6 +11,7 @@ TorchServe ignores ``defaultVersion`` when several versions load at start-up
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
@@ -32,13 +33,12 @@ def version_key(version: str) -> tuple:
 
 def verify_archive(path: Path) -> str:
     """The archive's SHA-256 if it matches the one recorded beside it; ``ManagementError`` if not."""
-    import hashlib
-
     recorded = path.with_suffix(".mar.sha256")
     if not path.exists():
         raise ManagementError(f"{path} does not exist")
     if not recorded.exists():
-        raise ManagementError(f"{path.name} has no recorded hash ({recorded.name}); build it with tsvision.tools.archive")
+        raise ManagementError(f"{path.name} has no recorded hash ({recorded.name}); build it with "
+                              f"tsvision.tools.archive")
     expected = recorded.read_text().split()[0]
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
     if actual != expected:
@@ -64,7 +64,8 @@ class Management:
                                         verify=self.verify)
         if response.status_code == 405 and method == "POST" and path == "/models":
             raise ManagementError("TorchServe refuses registration: the model API is off (enable_model_api=false, the "
-                                  "serving profile). Use the development profile (enable_model_api=true, tsvision.tools.server.DEVELOPMENT_PROFILE) to register.")
+                                  "serving profile). Use the development profile (enable_model_api=true, "
+                                  "tsvision.tools.serve.server.DEVELOPMENT_PROFILE) to register.")
         if response.status_code >= 400:
             try:
                 message = response.json().get("message", response.text)
@@ -104,13 +105,15 @@ class Management:
         With ``store`` (the model store as this machine sees it) the archive's SHA-256 must match
         the ``.mar.sha256`` recorded when it was built; otherwise it is refused."""
         if "://" in archive or "/" in archive:
-            raise ManagementError(f"{archive!r}: give the file name of an archive in the model store, not a path or URL")
+            raise ManagementError(f"{archive!r}: give the file name of an archive in the model store, "
+                                  "not a path or URL")
         if store is not None:
             verify_archive(Path(store) / archive)
         return self._call("POST", "/models", url=archive, initial_workers=workers, synchronous="true")
 
     def scale(self, name: str, version: str, workers: int) -> dict:
-        return self._call("PUT", f"/models/{name}/{version}", min_worker=workers, max_worker=workers, synchronous="true")
+        return self._call("PUT", f"/models/{name}/{version}", min_worker=workers, max_worker=workers,
+                          synchronous="true")
 
     def set_default(self, name: str, version: str) -> str:
         self._call("PUT", f"/models/{name}/{version}/set-default")
@@ -132,7 +135,8 @@ class Management:
         """Default back to ``to``, or to the highest version below the current default."""
         current = self.default_version(name)
         if to is None:
-            older = [d["modelVersion"] for d in self.versions(name) if version_key(d["modelVersion"]) < version_key(current)]
+            older = [d["modelVersion"] for d in self.versions(name)
+                     if version_key(d["modelVersion"]) < version_key(current)]
             if not older:
                 raise ManagementError(f"{name}: no version older than the default {current} to roll back to")
             to = older[-1]
@@ -149,7 +153,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = command_parser("tsvision manage", __doc__)
     parser.add_argument("--management", default="http://127.0.0.1:8081", help="management API address")
     parser.add_argument("--key-file", type=existing_file, help=KEY_FILE_HELP)
-    parser.add_argument("--tls-cert", type=existing_file, help="over https: the server's certificate (or its CA) to trust")
+    parser.add_argument("--tls-cert", type=existing_file,
+                        help="over https: the server's certificate (or its CA) to trust")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("list", help="models, versions, defaults and workers")
     register = commands.add_parser("register", help="register an archive from the model store")
@@ -178,7 +183,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "list":
             for name, versions in client.summary().items():
                 for v in versions:
-                    print(f"{name:28s} {v['version']:8s} {'default' if v['default'] else '':8s} workers {v['ready']}/{v['workers']} READY")
+                    print(f"{name:28s} {v['version']:8s} {'default' if v['default'] else '':8s} workers "
+                          f"{v['ready']}/{v['workers']} READY")
         elif args.command == "register":
             store = None if args.skip_integrity_check else args.store
             if store is not None and "/" not in args.archive and not (store / args.archive).is_file():

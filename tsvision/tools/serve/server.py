@@ -55,7 +55,8 @@ def read_properties(path: Path) -> Dict[str, str]:
 class TorchServe:
     """One TorchServe process tree. ``ports=None`` keeps the config's ports; ``"free"`` picks free ones."""
 
-    def __init__(self, model_store: Path, workdir: Path, models: Union[str, Sequence[str]] = "all", base_config: Path = REPO_CONFIG,
+    def __init__(self, model_store: Path, workdir: Path, models: Union[str, Sequence[str]] = "all",
+                 base_config: Path = REPO_CONFIG,
                  free_ports: bool = True, overrides: Optional[Dict[str, str]] = None) -> None:
         self.model_store = Path(model_store).resolve()
         self.workdir = Path(workdir).resolve()
@@ -179,7 +180,8 @@ class TorchServe:
         return Management(self.management_url, self.workdir / "key_file.json", timeout=10, verify=self.verify).listing()
 
     def describe(self, name: str, version: str = "all") -> list:
-        response = self._session.get(f"{self.management_url}/models/{name}/{version}", headers=self.headers("management"),
+        response = self._session.get(f"{self.management_url}/models/{name}/{version}",
+                                     headers=self.headers("management"),
                                      timeout=10, verify=self.verify)
         response.raise_for_status()
         return response.json()
@@ -188,7 +190,8 @@ class TorchServe:
         versions = self.describe(name)
         return all(v["workers"] and all(w["status"] == "READY" for w in v["workers"]) for v in versions)
 
-    def predict(self, name: str, body: bytes, version: Optional[str] = None, content_type: str = "application/octet-stream",
+    def predict(self, name: str, body: bytes, version: Optional[str] = None,
+                content_type: str = "application/octet-stream",
                 timeout: float = 60) -> requests.Response:
         url = f"{self.inference_url}/predictions/{name}" + (f"/{version}" if version else "")
         headers = {"Content-Type": content_type, **self.headers("inference")}
@@ -237,13 +240,15 @@ def _torchserve() -> str:
 def _reason(console_log: Path) -> str:
     """The frontend's own explanation of why it stopped, if its console has one."""
     lines = console_log.read_text(errors="replace").splitlines() if console_log.exists() else []
-    found = [line for line in lines if line.startswith("Invalid configuration") or "Exception in thread \"main\"" in line]
+    found = [line for line in lines
+             if line.startswith("Invalid configuration") or "Exception in thread \"main\"" in line]
     return f" ({found[-1].strip()})" if found else ""
 
 
 def _unescape(value: str) -> str:
     """A value as java.util.Properties wrote it (``http\\://127.0.0.1\\:8080``) back to plain text."""
-    return re.sub(r"\\(.)", lambda match: {"n": "\n", "t": "\t", "r": "\r", "f": "\f"}.get(match.group(1), match.group(1)), value)
+    return re.sub(r"\\(.)", lambda match: {"n": "\n", "t": "\t", "r": "\r", "f": "\f"}.get(match.group(1),
+                                                                                           match.group(1)), value)
 
 
 def _alive(pid: int) -> bool:
