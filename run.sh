@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The two entry points (see README.md):
 #   bash run.sh demo   set up, build the six archives, start TorchServe, send a photo to each model
-#   bash run.sh test   set up and run the whole test suite (unit + end-to-end against TorchServe)
+#   bash run.sh test   set up and run the whole test suite (tests/unit, tests/e2e, tests/slow)
+#   bash run.sh unit   set up and run the fast loop (tests/unit: in-process, no TorchServe, a few minutes)
 #   bash run.sh ab     set up, build, and run an A/B split (three versions behind the nginx + HAProxy router)
-#   bash run.sh bench  set up and run every benchmark (about an hour; rewrites docs/performance.md)
+#   bash run.sh bench  set up and run the benchmark suite (how long: docs/performance.md; rewrites it)
 set -euo pipefail
 cd "$(dirname "$0")"
 command=${1:-demo}
@@ -21,11 +22,14 @@ case "$command" in
   test)
     .venv/bin/python -m pytest -ra "$@"
     ;;
+  unit)
+    .venv/bin/python -m pytest -ra tests/unit "$@"
+    ;;
   bench)
     .venv/bin/python -m benchmarks.suite --update-docs "$@"
     ;;
   *)
-    echo "usage: bash run.sh demo|test|ab|bench [args]" >&2
+    echo "usage: bash run.sh demo|test|unit|ab|bench [args]" >&2
     exit 2
     ;;
 esac

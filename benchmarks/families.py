@@ -38,6 +38,7 @@ import statistics
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -67,7 +68,8 @@ YOLO_CONF, YOLO_IOU, YOLO_MAX_DET = 0.25, 0.7, 300
 
 
 # -- pure functions (tests/test_benchmark.py) ------------------------------------------------------
-def compare_answers(ours: Sequence[dict], theirs: Sequence[dict], box_tol: float = BOX_TOL, score_tol: float = SCORE_TOL) -> dict:
+def compare_answers(ours: Sequence[dict], theirs: Sequence[dict], box_tol: float = BOX_TOL,
+                    score_tol: float = SCORE_TOL) -> dict:
     """Our answer against the reference's, both lists of ``{"index", "score", "box"[, "mask"][, "keypoints"]}``
     best first (``mask`` a boolean array, ``keypoints`` [[x, y, score], ...]).
 
@@ -79,7 +81,8 @@ def compare_answers(ours: Sequence[dict], theirs: Sequence[dict], box_tol: float
     remaining = list(theirs)
     figures = {"ours": len(ours), "theirs": len(theirs), "matched": 0, "box_px": 0.0, "score": 0.0,
                # position by position the scores agree: classes may differ only where scores nearly tie
-               "in_order": len(ours) == len(theirs) and all(abs(a["score"] - b["score"]) <= score_tol for a, b in zip(ours, theirs))}
+               "in_order": len(ours) == len(theirs)
+               and all(abs(a["score"] - b["score"]) <= score_tol for a, b in zip(ours, theirs))}
     masks, points = [], []
     for det in ours:
         twins = [t for t in remaining if t["index"] == det["index"] and _box_gap(t, det) <= box_tol
@@ -122,7 +125,8 @@ def from_stock(answer: Sequence[dict], labels: Sequence[str]) -> List[dict]:
     found = []
     for item in answer:
         (name, box), = ((k, v) for k, v in item.items() if k != "score")
-        found.append({"index": list(labels).index(name), "label": name, "score": float(item["score"]), "box": [float(v) for v in box]})
+        found.append({"index": list(labels).index(name), "label": name, "score": float(item["score"]),
+                      "box": [float(v) for v in box]})
     return found
 
 
@@ -131,7 +135,8 @@ def above(answer: Sequence[dict], threshold: float) -> List[dict]:
     return [d for d in answer if d["score"] >= threshold]
 
 
-def closed_loop(call: Callable[[], object], images_per_call: int, seconds: float, min_calls: int = 3, warmup: int = 2) -> dict:
+def closed_loop(call: Callable[[], object], images_per_call: int, seconds: float, min_calls: int = 3,
+                warmup: int = 2) -> dict:
     """``call`` again and again for ``seconds`` (at least ``min_calls`` times) after ``warmup`` calls:
     images per second and the median call latency."""
     for _ in range(warmup):
@@ -187,10 +192,12 @@ def markdown(rows: Sequence[dict]) -> str:
                 if row["reference_best_img_s"] is not None else "–")
         lines.append(" | ".join([
             f"| {row['family']}", row["reference"],
-            f"{_fmt(row['reference_img_s'])} ({_fmt(row['reference_p50_ms'], 0)})" if row["reference_img_s"] is not None else "–",
+            (f"{_fmt(row['reference_img_s'])} ({_fmt(row['reference_p50_ms'], 0)})"
+             if row["reference_img_s"] is not None else "–"),
             best, f"{_fmt(row['ours_req_s'])} ({_fmt(row['ours_p50_ms'], 0)})", _fmt(row.get("ours_inprocess_img_s")),
             _fmt(row["ratio"], 2, " ×"), met[row["met"]],
-            "–" if row["met_best"] is None else f"{_fmt(row['ratio_best'], 2, ' ×')} {'met' if row['met_best'] else 'not met'}",
+            ("–" if row["met_best"] is None
+             else f"{_fmt(row['ratio_best'], 2, ' ×')} {'met' if row['met_best'] else 'not met'}"),
             row["answers"]]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -223,7 +230,8 @@ def square_photo(name: str, side: int = 640, quality: int = 92) -> bytes:
     import skimage.data
     from PIL import Image
 
-    image = Image.fromarray(np.asarray(getattr(skimage.data, name)())).convert("RGB").resize((side, side), Image.BILINEAR)
+    image = Image.fromarray(np.asarray(getattr(skimage.data, name)())).convert("RGB")
+    image = image.resize((side, side), Image.BILINEAR)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
@@ -247,26 +255,18 @@ def prepare(family: str, root: Path, fresh: bool = False) -> Path:
     names += ["stock.pt"] if family == "fasterrcnn" else []
     if not fresh and all((folder / name).exists() for name in names):
         return folder
-    if family == "yolov8n":
-        from tsvision.tools.export.ultralytics_models import export_yolo
+    from benchmarks.models import StockDetector, export
+    from tsvision.tools.export.architectures import build_exportable
 
-        report = export_yolo(architecture, folder)
-    else:
-        from tsvision.tools.export.architectures import build_exportable
-        from tsvision.tools.export.model_files import export_files, write_settings
-
+    # tsvision export fails (and export() raises) when the exported files disagree with the model
+    export(task, folder, *(["--arch", architecture] if family in ("yolov8n", "fasterrcnn") else []))
+    if family != "yolov8n":  # the same seed (tsvision export's default, 0) gives the same weights
         exportable = build_exportable(task, None if family != "fasterrcnn" else architecture)
-        write_settings(exportable, folder, {})
-        report = export_files(exportable, folder)
         torch.save(exportable.module.eval(), folder / "eager.pt")
         if family == "fasterrcnn":
-            from benchmarks.models import StockDetector
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.jit.script(StockDetector(exportable.module.eval())).save(str(folder / "stock.pt"))
-    if not report["ok"]:
-        raise RuntimeError(f"{family}: the export's check failed: {report.get('max_abs_diff')}")
     return folder
 
 
@@ -283,7 +283,8 @@ class UltralyticsReference:
 
     def __call__(self, bodies: Sequence[bytes]) -> List[list]:
         images = [decode(body) for body in bodies]
-        results = self.yolo.predict(images, conf=YOLO_CONF, iou=YOLO_IOU, max_det=YOLO_MAX_DET, imgsz=640, rect=False, verbose=False)
+        results = self.yolo.predict(images, conf=YOLO_CONF, iou=YOLO_IOU, max_det=YOLO_MAX_DET, imgsz=640, rect=False,
+                                    verbose=False)
         return [[{"index": int(c), "score": float(s), "box": [float(v) for v in b]}
                  for c, s, b in zip(r.boxes.cls.numpy(), r.boxes.conf.numpy(), r.boxes.xyxy.numpy())] for r in results]
 
@@ -344,16 +345,20 @@ def served_answer(answer: list, size) -> List[dict]:
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.families", description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", default=",".join(FAMILIES), help="of: " + ",".join(FAMILIES))
-    parser.add_argument("--no-stock", action="store_true", help="skip TorchServe's stock object_detector on Faster R-CNN")
-    parser.add_argument("--rounds", type=int, default=2, help="reference and served measured in turn, alternating order")
+    parser.add_argument("--no-stock", action="store_true",
+                        help="skip TorchServe's stock object_detector on Faster R-CNN")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="reference and served measured in turn, alternating order")
     parser.add_argument("--seconds", type=float, default=6.0, help="per wrk measurement (after --warmup)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unrecorded wrk load before each measurement")
     parser.add_argument("--inprocess-seconds", type=float, default=5.0, help="per in-process reference measurement")
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--best-batch", type=int, default=8, help="the reference's batch (a list of images per call); 0: skip")
+    parser.add_argument("--best-batch", type=int, default=8,
+                        help="the reference's batch (a list of images per call); 0: skip")
     parser.add_argument("--batch-size", type=int, default=8, help="served batch size (ours and stock)")
     parser.add_argument("--max-batch-delay", type=int, default=20, help="ms (ours and stock)")
-    parser.add_argument("--exports", type=Path, default=ROOT / "build" / "families", help="exported models, reused between runs")
+    parser.add_argument("--exports", type=Path, default=ROOT / "build" / "families",
+                        help="exported models, reused between runs")
     parser.add_argument("--fresh", action="store_true", help="export the models again")
     parser.add_argument("--out", type=Path, help="default results/families-<time>")
     parser.add_argument("--table", type=Path, metavar="RESULTS_JSON",
@@ -381,7 +386,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
     import torch
 
     from benchmarks.load import run_wrk
-    from benchmarks.models import _archive, build_ours
+    from benchmarks.models import archive_handler, build_ours
     from benchmarks.run import machine
     from benchmarks.warmup import warm_batch_sizes
     from tsvision.tools.serve.server import TorchServe
@@ -414,11 +419,12 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
         labels = json.loads((folders["fasterrcnn"] / "labels.json").read_text())
         mapping = out / "index_to_name.json"
         mapping.write_text(json.dumps({str(i): name for i, name in enumerate(labels)}))
-        _archive(STOCK, "object_detector", ["--serialized-file", str(folders["fasterrcnn"] / "stock.pt"), "--extra-files", str(mapping)],
-                 store, args.batch_size, args.max_batch_delay, 1)
+        files = ["--serialized-file", str(folders["fasterrcnn"] / "stock.pt"), "--extra-files", str(mapping)]
+        archive_handler(STOCK, "object_detector", files, store, args.batch_size, args.max_batch_delay, 1)
 
     references = {family: reference_for(family, folders[family]) for family in families}
-    server = TorchServe(store, out / "torchserve", models=[f"{m}.mar" for m in models.values()] + ([f"{STOCK}.mar"] if stock else []))
+    server = TorchServe(store, out / "torchserve",
+                        models=[f"{m}.mar" for m in models.values()] + ([f"{STOCK}.mar"] if stock else []))
     results = []
     try:
         tick = time.time()
@@ -445,7 +451,8 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
                     if response.status_code != 200:
                         stock_answers[name] = {"error": f"served {response.status_code}: {response.text[:200]}"}
                     else:
-                        stock_answers[name] = compare_answers(above(ours, STOCK_THRESHOLD), from_stock(response.json(), labels))
+                        stock_answers[name] = compare_answers(above(ours, STOCK_THRESHOLD),
+                                                              from_stock(response.json(), labels))
                         stock_answers[name]["stock_vs_eager"] = compare_answers(from_stock(response.json(), labels),
                                                                                 above(theirs, STOCK_THRESHOLD))
             for name, figures in {**answers, **{f"stock {k}": v for k, v in stock_answers.items()}}.items():
@@ -465,20 +472,21 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
                 steps = ["reference", "served"] if round_ % 2 == 0 else ["served", "reference"]
                 for step in steps:
                     if step == "reference":
-                        point = closed_loop(lambda: reference([body]), 1, args.inprocess_seconds)
+                        point = closed_loop(partial(reference, [body]), 1, args.inprocess_seconds)
                         measured["single"].append(point)
                         if args.best_batch > 1:
                             batch = [body] * args.best_batch
-                            measured["best"].append(closed_loop(lambda: reference(batch), args.best_batch,
+                            measured["best"].append(closed_loop(partial(reference, batch), args.best_batch,
                                                                 args.inprocess_seconds, warmup=1))
                         if round_ == 0:  # our own pipeline in-process, one image per call: what serving adds
                             result["ours_inprocess"] = ours_inprocess(folders[family], body, args.inprocess_seconds)
-                            print(f"  ours       {family:<13} in-process: {result['ours_inprocess']['images_per_s']:6.1f} img/s "
-                                  f"(1 per call, p50 {result['ours_inprocess']['latency_ms_p50']:.0f} ms)", flush=True)
-                        print(f"  reference  {family:<13} round {round_ + 1}: {point['images_per_s']:6.1f} img/s (1 per call, "
-                              f"p50 {point['latency_ms_p50']:.0f} ms)"
-                              + (f", {measured['best'][-1]['images_per_s']:6.1f} img/s (b{args.best_batch})" if measured["best"] else ""),
-                              flush=True)
+                            ours = result["ours_inprocess"]
+                            print(f"  ours       {family:<13} in-process: {ours['images_per_s']:6.1f} img/s "
+                                  f"(1 per call, p50 {ours['latency_ms_p50']:.0f} ms)", flush=True)
+                        best = (f", {measured['best'][-1]['images_per_s']:6.1f} img/s (b{args.best_batch})"
+                                if measured["best"] else "")
+                        print(f"  reference  {family:<13} round {round_ + 1}: {point['images_per_s']:6.1f} img/s "
+                              f"(1 per call, p50 {point['latency_ms_p50']:.0f} ms){best}", flush=True)
                     else:
                         for side, url in urls.items():
                             # a slow model needs a run several times its queueing time (clients × one
@@ -491,7 +499,8 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
                             point = run_wrk(url, photo_path, headers, args.connections, seconds)
                             _drain(server, name, body)
                             measured[side].append(point)
-                            print(f"  served     {family:<13} round {round_ + 1}: {side:<5} {point['throughput']:6.1f} req/s "
+                            print(f"  served     {family:<13} round {round_ + 1}: {side:<5} "
+                                  f"{point['throughput']:6.1f} req/s "
                                   f"p50 {(point['latency_ms'] or {}).get('p50', 0):.0f} ms"
                                   + (f"  {point['failed']} failed" if point["failed"] else ""), flush=True)
             result["raw"] = measured
@@ -527,7 +536,8 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
     table = markdown(rows)
     (out / "results.md").write_text(table)
     print()
-    print(f"Weights: RANDOM (seeded); machine: {data['machine']['cores']} cores (shared); photo {data['photos'][PHOTOS[0]]}; "
+    print(f"Weights: RANDOM (seeded); machine: {data['machine']['cores']} cores (shared); "
+          f"photo {data['photos'][PHOTOS[0]]}; "
           f"served: 1 TorchServe, batch {args.batch_size}, delay {args.max_batch_delay} ms, wrk c={args.connections}, "
           f"{args.seconds:g} s after {args.warmup:g} s; medians of {args.rounds} round(s)")
     print(table)
@@ -543,14 +553,14 @@ def _drain(server, name: str, body: bytes) -> float:
 
 
 def ours_inprocess(folder: Path, body: bytes, seconds: float) -> dict:
-    """Our archive's pipeline in this process (``answer_requests``, as a worker calls it), one image per call."""
-    from benchmarks.inprocess import load_task, measure_batches
+    """Our archive's pipeline in this process (the handler's ``handle``, as a worker calls it), one image per call."""
+    from benchmarks.inprocess import close, load_task, measure_batches
 
-    task = load_task(folder, "model.onnx")
+    worker = load_task(folder, "model.onnx")
     try:
-        return measure_batches(task, body, [1], seconds)[0]
+        return measure_batches(worker, body, [1], seconds)[0]
     finally:
-        task.close()
+        close(worker)
 
 
 def retable(path: Path) -> str:

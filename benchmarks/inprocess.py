@@ -1,5 +1,6 @@
 """In-process throughput of the whole pipeline: bytes -> decode -> preprocess -> infer ->
-postprocess -> JSON text, through ``answer_requests`` exactly as a TorchServe worker calls it."""
+postprocess -> JSON text, through the handler's ``handle`` with TorchServe's own ``Context``
+(``LocalWorker``), as a TorchServe worker calls it, without the frontend and the socket."""
 
 from __future__ import annotations
 
@@ -7,29 +8,37 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
-from tsvision.serving.service import answer_requests
-from tsvision.serving.tasks import load_export
-
-
-def load_task(folder: Path, model_file: str, overrides: dict | None = None):
-    return load_export(folder, model_file, **(overrides or {}))
+from tsvision.serving import VisionHandler
+from tsvision.tools.archive.local_worker import LocalWorker
 
 
-def measure_batches(task, photo: bytes, batch_sizes: Iterable[int], seconds: float) -> List[dict]:
-    """Images per second and per-batch latency (median) for each batch size, after one warm-up batch."""
+def load_task(folder: Path, model_file: str, overrides: Optional[dict] = None, batch_size: int = 16) -> LocalWorker:
+    """A handler over an export folder (``settings.json``, labels, ``model_file``), with ``overrides``
+    of its settings; the handler warms its model up as it starts, as in a worker."""
+    settings = {**json.loads((Path(folder) / "settings.json").read_text()), **(overrides or {})}
+    return LocalWorker(VisionHandler, Path(folder), model_file, {"batchSize": batch_size, "handler": settings})
+
+
+def close(worker: LocalWorker) -> None:
+    """End the handler's preparation threads (a worker's end at exit does the same)."""
+    task = getattr(worker.handler, "task", None)
+    if task is not None and hasattr(task, "close"):
+        task.close()
+
+
+def measure_batches(worker: LocalWorker, photo: bytes, batch_sizes: Iterable[int], seconds: float) -> List[dict]:
+    """Images per second and per-batch latency (median) for each batch size, after warm-up batches."""
     results = []
     for batch_size in batch_sizes:
-        rows = [{"body": photo} for _ in range(batch_size)]
-        types = [{"body": "image/jpeg"}] * batch_size
         for _ in range(3):  # warm-up: a runtime may specialise on a new batch size over its first calls
-            answer_all(task, rows, types)
+            answer_all(worker, photo, batch_size)
         durations = []
         started = time.perf_counter()
         while time.perf_counter() - started < seconds or len(durations) < 3:
             tick = time.perf_counter()
-            answer_all(task, rows, types)
+            answer_all(worker, photo, batch_size)
             durations.append(time.perf_counter() - tick)
         total = sum(durations)
         results.append({"batch_size": batch_size, "batches": len(durations),
@@ -38,8 +47,10 @@ def measure_batches(task, photo: bytes, batch_sizes: Iterable[int], seconds: flo
     return results
 
 
-def answer_all(task, rows, types) -> None:
-    for response in answer_requests(task, rows, types):
+def answer_all(worker: LocalWorker, photo: bytes, batch_size: int) -> None:
+    """One batch of ``batch_size`` requests of ``photo`` (JPEG); every answer must be a 200."""
+    rows = [{"body": photo} for _ in range(batch_size)]
+    headers = [{"body": {"content-type": "image/jpeg"}} for _ in range(batch_size)]
+    for response in worker.predict(rows, headers):
         if response.status != 200:
-            raise RuntimeError(f"in-process answer {response.status}: {response.body}")
-        json.dumps(response.body)
+            raise RuntimeError(f"in-process answer {response.status}: {str(response.body)[:300]}")

@@ -39,7 +39,8 @@ def run_wrk(url: str, body: Path, headers: Dict[str, str], connections: int, sec
         env = dict(os.environ, BENCH_BODY=str(body), BENCH_OUT=str(out), BENCH_CONTENT_TYPE=content_type)
         completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + timeout + 30)
         if completed.returncode != 0 or not out.exists():
-            raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr.strip() or completed.stdout.strip()}")
+            said = completed.stderr.strip() or completed.stdout.strip()
+            raise RuntimeError(f"wrk failed ({completed.returncode}): {said}")
         summary = json.loads(out.read_text())
     errors = summary["errors"]
     failed = errors["status"] + errors["timeout"] + errors["connect"] + errors["read"] + errors["write"]
@@ -53,18 +54,20 @@ def run_wrk(url: str, body: Path, headers: Dict[str, str], connections: int, sec
         "errors": errors,
         "throughput": round(ok / seconds_run, 2) if seconds_run else 0.0,
         # wrk counts only requests completed within the run: with none, there is no latency to report
-        "latency_ms": {k: round(v / 1000.0, 2) for k, v in summary["latency_us"].items()} if summary["requests"] else None,
+        "latency_ms": ({k: round(v / 1000.0, 2) for k, v in summary["latency_us"].items()}
+                       if summary["requests"] else None),
         "bytes_per_response": round(summary["bytes"] / summary["requests"]) if summary["requests"] else None,
     }
 
 
-def drain(url: str, body: Path, headers: Dict[str, str], content_type: str = "image/jpeg", timeout: float = 300) -> float:
+def drain(url: str, body: Path, headers: Dict[str, str], content_type: str = "image/jpeg",
+          timeout: float = 300) -> float:
     """One request, answered after whatever the server still has queued; seconds it took.
 
     wrk stops at the end of its run and closes its connections, but TorchServe still answers the
     requests it had queued: without this, the next point's first seconds go to answering the
-    previous run's leftovers, which wrk never counts (at 32 clients of a 10 req/s model, three
-    seconds of a six-second point)."""
+    previous run's leftovers, which wrk never counts (C clients of a model answering R req/s leave
+    about C / R seconds of them; docs/performance.md, "Scaling")."""
     import requests
 
     tick = time.perf_counter()

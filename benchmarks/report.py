@@ -39,7 +39,8 @@ def goals(data: dict) -> List[dict]:
     def add(goal: str, task: str, value: Optional[float], target: float, higher_is_better: bool = True,
             unit: str = "×", detail: str = "") -> None:
         met = None if value is None else (value >= target if higher_is_better else value <= target)
-        rows.append({"goal": goal, "task": task, "value": value, "target": target, "unit": unit, "met": met, "detail": detail})
+        rows.append({"goal": goal, "task": task, "value": value, "target": target, "unit": unit, "met": met,
+                     "detail": detail})
 
     ours = [v for v in config["variants"] if v.startswith("tsvision-")]
     floor = _find(results, "torchserve", "empty-handler")  # TorchServe's own cost, shown beside the goals it bounds
@@ -53,13 +54,15 @@ def goals(data: dict) -> List[dict]:
         for variant in ours:
             mine = _throughput(_find(results, task, variant), top)
             if stock is not None and mine is not None:
-                add(f"served throughput vs stock handler (c={top})", task, round(mine / stock, 2), STOCK_RATIO_GOAL[task],
+                add(f"served throughput vs stock handler (c={top})", task, round(mine / stock, 2),
+                    STOCK_RATIO_GOAL[task],
                     detail=f"{variant} {mine:.1f} vs stock {stock:.1f} req/s")
     for task in TASKS:
         onnx = _throughput(_find(results, task, "tsvision-onnx"), top)
         script = _throughput(_find(results, task, "tsvision-torchscript"), top)
         if onnx is not None and script is not None:
-            add(f"ONNX Runtime vs TorchScript, served (c={top})", task, round(onnx / script, 2), ONNX_OVER_TORCHSCRIPT_GOAL,
+            add(f"ONNX Runtime vs TorchScript, served (c={top})", task, round(onnx / script, 2),
+                ONNX_OVER_TORCHSCRIPT_GOAL,
                 detail=f"{onnx:.1f} vs {script:.1f} req/s")
     batch = config["batch_size"]
     for task in TASKS:
@@ -69,7 +72,8 @@ def goals(data: dict) -> List[dict]:
             local = _inprocess(result, batch) if result else None
             if served is not None and local is not None:
                 add(f"served (c={top}) / in-process (batch {batch})", task, round(served / local["images_per_s"], 2),
-                    SERVED_OVER_INPROCESS_GOAL, detail=f"{variant} {served:.1f} vs {local['images_per_s']:.1f} img/s{floor_rate_note}")
+                    SERVED_OVER_INPROCESS_GOAL,
+                    detail=f"{variant} {served:.1f} vs {local['images_per_s']:.1f} img/s{floor_rate_note}")
     for task in TASKS:
         for variant in ours:
             result = _find(results, task, variant)
@@ -79,7 +83,8 @@ def goals(data: dict) -> List[dict]:
                 excess = single["latency_ms"]["p50"] - local["latency_ms_p50"]
                 add("c=1 p50 minus in-process single-image latency", task, round(excess, 1),
                     config["max_batch_delay"] + LATENCY_MARGIN_MS, higher_is_better=False, unit="ms",
-                    detail=f"{variant}: p50 {single['latency_ms']['p50']:.1f} ms, in-process {local['latency_ms_p50']:.1f} ms, "
+                    detail=f"{variant}: p50 {single['latency_ms']['p50']:.1f} ms, "
+                           f"in-process {local['latency_ms_p50']:.1f} ms, "
                            f"batch delay {config['max_batch_delay']} ms{floor_p50_note}")
     floor_p50 = floor_single["latency_ms"]["p50"] if floor_single and floor_single["latency_ms"] else None
     for task in TASKS:
@@ -91,7 +96,8 @@ def goals(data: dict) -> List[dict]:
                 excess = single["latency_ms"]["p50"] - local["latency_ms_p50"] - floor_p50
                 add("c=1 p50 minus in-process latency minus the empty handler's c=1 p50", task, round(excess, 1),
                     LATENCY_MARGIN_MS, higher_is_better=False, unit="ms",
-                    detail=f"{variant}: {single['latency_ms']['p50']:.1f} − {local['latency_ms_p50']:.1f} − {floor_p50:.1f} ms")
+                    detail=f"{variant}: {single['latency_ms']['p50']:.1f} − {local['latency_ms_p50']:.1f} − "
+                           f"{floor_p50:.1f} ms")
     stock = _find(results, "segmentation", "stock-torchscript")
     for variant in ours:
         mine = _find(results, "segmentation", variant)
@@ -132,7 +138,8 @@ def markdown(data: dict) -> str:
     conc = config["concurrency"]
     lines = [
         f"Run `{data['command']}` on {data['started']} ({data['elapsed_s']:.0f} s).",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']:.0f} GiB RAM; torch {machine['torch']}, "
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']:.0f} GiB RAM; "
+        f"torch {machine['torch']}, "
         f"onnxruntime {machine['onnxruntime']}, TorchServe {machine['torchserve']}.",
         f"Server: 1 TorchServe, {config['workers']} worker(s) per model, batch size {config['batch_size']}, "
         f"max batch delay {config['max_batch_delay']} ms; load: wrk, {config['seconds']:g} s per point after "
@@ -149,7 +156,10 @@ def markdown(data: dict) -> str:
         cells += [_fmt(_throughput(result, c)) for c in conc]
         for c in conc:
             served = _served(result, c)
-            cells.append("–" if not served or not served["latency_ms"] else "/".join(f"{served['latency_ms'][k]:.0f}" for k in ("p50", "p95", "p99"))
+            if not served or not served["latency_ms"]:
+                cells.append("–")
+                continue
+            cells.append("/".join(f"{served['latency_ms'][k]:.0f}" for k in ("p50", "p95", "p99"))
                          + (f" ({served['failed']} failed)" if served["failed"] else ""))
         probe = result.get("probe", {})
         cells.append(f"{probe['body_bytes']:,}" if probe.get("body_bytes") else "–")
@@ -157,21 +167,24 @@ def markdown(data: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     pictures = picture_rows(data)
     if pictures:
-        lines += ["", f"Picture answers (`Accept: image/png|jpeg`), served at c={config.get('picture_clients')}, against "
+        lines += ["",
+                  f"Picture answers (`Accept: image/png|jpeg`), served at c={config.get('picture_clients')}, against "
                   "JSON at the same client count:", "",
                   "| task | variant | format | JSON req/s | picture req/s | picture ÷ JSON | JSON B | picture B |",
                   "|---|---|---|---|---|---|---|---|"]
         for row in pictures:
             failed = f" ({row['failed']} failed)" if row["failed"] else ""
             lines.append(f"| {row['task']} | {row['variant']} | {row['format']} | {_fmt(row['json_req_s'])} | "
-                         f"{_fmt(row['picture_req_s'])}{failed} | {_fmt(row['ratio'], 2)} | {_bytes(row['json_bytes'])} | "
+                         f"{_fmt(row['picture_req_s'])}{failed} | {_fmt(row['ratio'], 2)} | "
+                         f"{_bytes(row['json_bytes'])} | "
                          f"{_bytes(row['picture_bytes'])} |")
     lines += ["", "| goal | task | measured | target | met | detail |", "|---|---|---|---|---|---|"]
     for goal in data["goals"]:
         comparison = "≥" if goal["unit"] == "×" else "≤"
         value = "–" if goal["value"] is None else f"{goal['value']:g} {goal['unit']}"
         met = {True: "yes", False: "**no**", None: "not measured"}[goal["met"]]
-        lines.append(f"| {goal['goal']} | {goal['task']} | {value} | {comparison} {goal['target']:g} {goal['unit']} | {met} | {goal['detail']} |")
+        target = f"{comparison} {goal['target']:g} {goal['unit']}"
+        lines.append(f"| {goal['goal']} | {goal['task']} | {value} | {target} | {met} | {goal['detail']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -188,7 +201,8 @@ def plot(data: dict, path: Path) -> None:
     for axis, task in zip(axes[0], tasks):
         for result in (r for r in data["results"] if r["task"] == task):
             values = [_throughput(result, c) or 0.0 for c in conc]
-            axis.plot(conc, values, marker="o", label=result["variant"], linestyle="--" if result["variant"].startswith("stock") else "-")
+            axis.plot(conc, values, marker="o", label=result["variant"],
+                      linestyle="--" if result["variant"].startswith("stock") else "-")
         axis.set_title(task)
         axis.set_xlabel("concurrent clients")
         axis.set_ylabel("requests/s")

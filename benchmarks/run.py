@@ -23,7 +23,7 @@ from typing import List, Optional
 import psutil
 
 from benchmarks import report
-from benchmarks.inprocess import load_task, measure_batches
+from benchmarks.inprocess import close, load_task, measure_batches
 from benchmarks.load import drain, run_wrk, wrk_path
 from benchmarks.lock import HEAVY_LOCK, heavy_run
 from benchmarks.models import MODEL_FILES, build_floor, build_ours, build_stock, prepare_exports
@@ -36,6 +36,20 @@ DOC = ROOT / "docs" / "performance.md"
 FULL = {"concurrency": "1,8,32", "seconds": 6.0, "warmup": 2.0, "inprocess_seconds": 3.0, "shape_warmup": 120.0}
 MAX_POINT_SECONDS = 30.0
 QUICK = {"concurrency": "1,8", "seconds": 2.0, "warmup": 1.0, "inprocess_seconds": 1.0, "shape_warmup": 20.0}
+
+
+def parse_overrides(pairs: List[str]) -> dict:
+    """``--set key=value`` strings -> settings, values read as JSON where they parse (as ``tsvision archive --set``)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
 
 
 def machine() -> dict:
@@ -58,9 +72,11 @@ def variants(tasks: List[str], backends: List[str], stock: bool, floor: bool = T
     chosen = []
     for task in tasks:
         for backend in backends:
-            chosen.append({"task": task, "variant": f"tsvision-{backend}", "backend": backend, "model": f"bench_{task}_{backend}"})
+            chosen.append({"task": task, "variant": f"tsvision-{backend}", "backend": backend,
+                           "model": f"bench_{task}_{backend}"})
         if stock:
-            chosen.append({"task": task, "variant": "stock-torchscript", "backend": "torchscript", "model": f"bench_{task}_stock"})
+            chosen.append({"task": task, "variant": "stock-torchscript", "backend": "torchscript",
+                           "model": f"bench_{task}_stock"})
     return chosen + ([dict(FLOOR)] if floor else [])
 
 
@@ -88,18 +104,24 @@ def worker_rss_mb(server: TorchServe, model: str) -> float:
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="classification,segmentation,detection")
-    parser.add_argument("--backends", default="torchscript,onnx,pt2", help="of: " + ",".join(MODEL_FILES) + " (pt2 compiles once, about 4 min, then reuses --exports)")
+    parser.add_argument("--backends", default="torchscript,onnx,pt2",
+                        help="of: " + ",".join(MODEL_FILES) + " (pt2 compiles once, minutes per model, "
+                        "then reuses --exports)")
     parser.add_argument("--no-stock", action="store_true", help="skip TorchServe's stock handlers")
-    parser.add_argument("--no-floor", action="store_true", help="skip the empty handler that measures TorchServe's own cost")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the empty handler that measures TorchServe's own cost")
     parser.add_argument("--concurrency", help="default 1,8,32 (--quick: 1,8)")
     parser.add_argument("--seconds", type=float, help="per served measurement, default 6 (--quick: 2)")
-    parser.add_argument("--warmup", type=float, help="unrecorded load before each served measurement, default 2 (--quick: 1)")
+    parser.add_argument("--warmup", type=float,
+                        help="unrecorded load before each served measurement, default 2 (--quick: 1)")
     parser.add_argument("--shape-warmup", type=float, help="seconds at most per model for bursts of every batch size "
                         "before it is measured (benchmarks/warmup.py), default 120 (--quick: 20)")
     parser.add_argument("--batch-sizes", default="1,8", help="in-process batch sizes")
-    parser.add_argument("--pictures", default="png,jpeg", help="picture answers (Accept: image/...) measured served for "
+    parser.add_argument("--pictures", default="png,jpeg",
+                        help="picture answers (Accept: image/...) measured served for "
                         "our ONNX models; '' skips them")
-    parser.add_argument("--picture-clients", type=int, default=8, help="clients for the picture points (JSON at the same "
+    parser.add_argument("--picture-clients", type=int, default=8,
+                        help="clients for the picture points (JSON at the same "
                         "count, from --concurrency, is the baseline)")
     parser.add_argument("--inprocess-seconds", type=float, help="per batch size, default 3 (--quick: 1)")
     parser.add_argument("--batch-size", type=int, default=8, help="served batch size (ours and stock)")
@@ -110,7 +132,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                              "without which the stock handlers stall for seconds on every new batch size)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="handler setting for our archives and in-process runs, e.g. --set threads=1")
-    parser.add_argument("--exports", type=Path, default=ROOT / "build" / "bench", help="exported models, reused between runs")
+    parser.add_argument("--exports", type=Path, default=ROOT / "build" / "bench",
+                        help="exported models, reused between runs")
     parser.add_argument("--fresh", action="store_true", help="export the models again")
     parser.add_argument("--out", type=Path, help="default results/bench-<time>")
     parser.add_argument("--quick", action="store_true", help="smoke test: shorter points, concurrency 1,8")
@@ -132,8 +155,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
     """Run every measurement ``args`` asks for and write the results; ``argv`` is recorded with them."""
-    from tsvision.serving.settings import parse_overrides
-
     started = time.time()
     tasks = [t for t in args.tasks.split(",") if t]
     backends = [b for b in args.backends.split(",") if b]
@@ -147,7 +168,8 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
     chosen = variants(tasks, backends, not args.no_stock, not args.no_floor)
     points = len(chosen) * len(concurrency)
     print(f"bench: {len(chosen)} models x {len(concurrency)} concurrencies, about "
-          f"{points * (args.seconds + args.warmup) / 60:.1f} min of load plus exports, in-process and start-up -> {out}", flush=True)
+          f"{points * (args.seconds + args.warmup) / 60:.1f} min of load plus exports, in-process and start-up "
+          f"-> {out}", flush=True)
 
     if not args.torchscript_fuser:
         os.environ["PYTORCH_TENSOREXPR"] = "0"  # inherited by the TorchServe frontend and its workers
@@ -160,12 +182,12 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
     for variant in chosen:
         result = {k: variant[k] for k in ("task", "variant", "backend", "model")}
         if variant["variant"].startswith("tsvision-"):
-            task = load_task(folders[variant["task"]], MODEL_FILES[variant["backend"]], overrides)
-            task.warm_up()
-            result["inprocess"] = measure_batches(task, photo, batch_sizes, args.inprocess_seconds)
-            del task
+            worker = load_task(folders[variant["task"]], MODEL_FILES[variant["backend"]], overrides)
+            result["inprocess"] = measure_batches(worker, photo, batch_sizes, args.inprocess_seconds)
+            close(worker)
             best = max(r["images_per_s"] for r in result["inprocess"])
-            print(f"  in-process {variant['task']:<14} {variant['variant']:<22} {best:8.1f} img/s (best batch)", flush=True)
+            print(f"  in-process {variant['task']:<14} {variant['variant']:<22} {best:8.1f} img/s (best batch)",
+                  flush=True)
         results.append(result)
 
     store = out / "store"
@@ -175,7 +197,8 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
             continue
         folder = folders[variant["task"]]
         if variant["variant"].startswith("stock"):
-            build_stock(folder, variant["task"], variant["model"], store, args.batch_size, args.max_batch_delay, args.workers)
+            build_stock(folder, variant["task"], variant["model"], store, args.batch_size, args.max_batch_delay,
+                        args.workers)
         else:
             build_ours(folder, variant["backend"], variant["model"], store, args.batch_size, args.max_batch_delay,
                        args.workers, overrides)
@@ -195,7 +218,8 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
             for connections in concurrency:
                 # wrk counts only the requests that complete within the run: a slow model at many
                 # clients needs a run several times its queueing time (clients / rate) to count any.
-                seconds = args.seconds if not rate else min(MAX_POINT_SECONDS, max(args.seconds, 3 * connections / rate))
+                seconds = (args.seconds if not rate
+                           else min(MAX_POINT_SECONDS, max(args.seconds, 3 * connections / rate)))
                 run_wrk(url, photo_path, headers, connections, args.warmup)
                 drain(url, photo_path, headers)  # the warm-up's leftover requests are not the measurement's
                 measured = run_wrk(url, photo_path, headers, connections, seconds)
@@ -225,7 +249,8 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
         "command": "python -m benchmarks.run " + shlex.join(argv),
         "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
         "machine": machine(),
-        "config": {"tasks": tasks, "variants": list(dict.fromkeys(v["variant"] for v in chosen)), "concurrency": concurrency,
+        "config": {"tasks": tasks, "variants": list(dict.fromkeys(v["variant"] for v in chosen)),
+                   "concurrency": concurrency,
                    "seconds": args.seconds, "warmup": args.warmup, "batch_sizes": batch_sizes,
                    "batch_size": args.batch_size, "max_batch_delay": args.max_batch_delay, "workers": args.workers,
                    "pictures": pictures, "picture_clients": args.picture_clients,

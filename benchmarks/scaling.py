@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from benchmarks.inprocess import load_task, measure_batches
+from benchmarks.inprocess import close, load_task, measure_batches
 from benchmarks.load import drain, run_wrk, wrk_path
 from benchmarks.lock import heavy_run
 from benchmarks.models import MODEL_FILES, build_ours, prepare_exports
@@ -74,10 +74,12 @@ def markdown(data: dict) -> str:
                   "|---" * (2 * len(clients) + 2) + "|"]
         for name, points in result["served"].items():
             rates = [next((f"{p['throughput']:.1f}" for p in points if p["connections"] == c), "–") for c in clients]
-            p99 = [next((f"{p['latency_ms']['p99']:.0f}" for p in points if p["connections"] == c and p["latency_ms"]), "–")
+            p99 = [next((f"{p['latency_ms']['p99']:.0f}" for p in points if p["connections"] == c and p["latency_ms"]),
+                        "–")
                    for c in clients]
             ratio = ratio_at(points, 32, best["images_per_s"])
-            lines.append(f"| {name} | " + " | ".join(rates) + " | " + " | ".join(p99) + f" | {ratio if ratio is not None else '–'} |")
+            shown = "–" if ratio is None else ratio
+            lines.append(f"| {name} | " + " | ".join(rates) + " | " + " | ".join(p99) + f" | {shown} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -97,7 +99,8 @@ def plot(data: dict, path: Path) -> None:
         for name, points in result["served"].items():
             by = {p["connections"]: p for p in points}
             row[0].plot(clients, [by[c]["throughput"] if c in by else 0 for c in clients], marker="o", label=name)
-            row[1].plot(clients, [by[c]["latency_ms"]["p99"] if c in by and by[c]["latency_ms"] else 0 for c in clients],
+            row[1].plot(clients,
+                        [by[c]["latency_ms"]["p99"] if c in by and by[c]["latency_ms"] else 0 for c in clients],
                         marker="o", label=name)
         row[0].axhline(result["inprocess_best"]["images_per_s"], color="grey", linestyle=":", label="in-process best")
         for axis, label in ((row[0], "requests/s"), (row[1], "p99 latency ms")):
@@ -108,7 +111,8 @@ def plot(data: dict, path: Path) -> None:
             axis.set_ylim(bottom=0)
             axis.grid(alpha=0.3)
         row[0].legend(fontsize=7)
-    figure.suptitle(f"{data['machine_cores']} cores, {data['config']['backend']}, random weights; wWbB(pN) = W workers, batch B (micro_batch N)")
+    figure.suptitle(f"{data['machine_cores']} cores, {data['config']['backend']}, random weights; "
+                    "wWbB(pN) = W workers, batch B (micro_batch N)")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
@@ -146,10 +150,8 @@ def run(args: argparse.Namespace, configs: Dict[str, Tuple[int, int, int]]) -> i
     for task in [t for t in args.tasks.split(",") if t]:
         folder = prepare_exports(task, args.exports)
         inprocess = load_task(folder, MODEL_FILES[args.backend])
-        inprocess.warm_up()
         measured = measure_batches(inprocess, photo, (1, 4, 8, 16), args.inprocess_seconds)
-        inprocess.close()
-        del inprocess
+        close(inprocess)
         best = max(measured, key=lambda r: r["images_per_s"])
         print(f"{task}: in-process best {best['images_per_s']} img/s at batch {best['batch_size']}", flush=True)
         store = out / f"store-{task}"
@@ -158,13 +160,14 @@ def run(args: argparse.Namespace, configs: Dict[str, Tuple[int, int, int]]) -> i
             overrides = {"threads": threads, "preprocess_threads": threads}
             if micro_batch is not None:
                 overrides["micro_batch"] = micro_batch
-            build_ours(folder, args.backend, f"{task}_{name}", store, batch_size, args.max_batch_delay, workers, overrides)
+            build_ours(folder, args.backend, f"{task}_{name}", store, batch_size, args.max_batch_delay, workers,
+                       overrides)
         server = TorchServe(store, out / f"torchserve-{task}")
         served: Dict[str, List[dict]] = {}
         try:
             server.start(timeout=600)
             headers = server.headers("inference")
-            for name, (workers, batch_size, _) in configs.items():
+            for name, (_, batch_size, _) in configs.items():
                 url = f"{server.inference_url}/predictions/{task}_{name}"
                 warm_batch_sizes(url, photo, headers, batch_size, budget_s=30)
                 served[name] = []
@@ -180,7 +183,8 @@ def run(args: argparse.Namespace, configs: Dict[str, Tuple[int, int, int]]) -> i
         finally:
             server.stop()
         results[task] = {"inprocess": measured, "inprocess_best": best, "served": served,
-                         "served_vs_inprocess_c32": {n: ratio_at(p, 32, best["images_per_s"]) for n, p in served.items()}}
+                         "served_vs_inprocess_c32": {n: ratio_at(p, 32, best["images_per_s"])
+                                                     for n, p in served.items()}}
     data = {"started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)), "machine_cores": cores,
             "config": {"backend": args.backend, "configs": list(configs), "clients": clients, "seconds": args.seconds,
                        "warmup": args.warmup, "max_batch_delay": args.max_batch_delay},

@@ -9,8 +9,9 @@ heavy runs inside a step), each writing into its own folder of ``--out``:
 - ``quantize``: ``benchmarks.quantize --served``: int8 against fp32 (goal 3);
 - ``families``: ``benchmarks.families``: YOLOv8n, Faster/Mask/Keypoint R-CNN against their own
   tools (goal 4);
-- ``before_after``: ``benchmarks.before_after``: served JSON throughput of this checkout against
-  the commit before picture answers existed (goal 5, "JSON unchanged").
+- ``before_after`` (only when named in ``--only``): the study ``benchmarks.studies.before_after``,
+  served JSON throughput of this checkout against the commit before picture answers existed (goal 5,
+  "JSON unchanged"; a one-off question, answered in docs/performance.md).
 
 Then it computes issue 18's goals from their results and writes ``goals.md``; with
 ``--update-docs`` it rewrites the generated parts of docs/performance.md (between
@@ -37,7 +38,7 @@ SCALING_PLOT = ROOT / "docs" / "images" / "scaling.png"
 SERVED_GOAL = 0.90             # goal 1: served ÷ in-process at 32 clients
 LATENCY_GOAL_MS = 3.0          # goal 2: c=1 p50 over in-process and TorchServe's floor
 QUANTIZED_GOAL = 1.5           # goal 3: int8 ÷ fp32 speed in-process
-JSON_UNCHANGED = 0.95          # goal 5: JSON after ÷ before picture answers existed (this machine's noise is ±5 %)
+JSON_UNCHANGED = 0.95          # goal 5: JSON after ÷ before picture answers existed (within noise: performance.md)
 # The archives' default per task: 1 worker, batch size 8, the task's default micro_batch (4 for
 # classification and detection, 0 for segmentation); the names scaling configurations give it.
 DEFAULT_CONFIGS = {"classification": ("w1b8p4",), "detection": ("w1b8p4",), "segmentation": ("w1b8p0", "w1b8")}
@@ -50,8 +51,12 @@ def steps(python: str = sys.executable) -> Dict[str, Callable[[Path, List[str]],
         "scaling": lambda out, extra: [python, "-m", "benchmarks.scaling", "--out", str(out), *extra],
         "quantize": lambda out, extra: [python, "-m", "benchmarks.quantize", "--served", "--out", str(out), *extra],
         "families": lambda out, extra: [python, "-m", "benchmarks.families", "--out", str(out), *extra],
-        "before_after": lambda out, extra: [python, "-m", "benchmarks.before_after", "--out", str(out), *extra],
+        "before_after": lambda out, extra: [python, "-m", "benchmarks.studies.before_after", "--out", str(out), *extra],
     }
+
+
+# the steps ``bash run.sh bench`` runs; before_after is a study, run when ``--only`` names it
+DEFAULT_STEPS = ("core", "scaling", "quantize", "families")
 
 
 def load_results(out: Path) -> Dict[str, dict]:
@@ -95,7 +100,8 @@ def served_rows(scaling: dict) -> List[dict]:
 
 def latency_rows(core: dict) -> List[dict]:
     """Goal 2, as ``benchmarks.report`` computed it for the ONNX Runtime backend."""
-    return [_row("2. c=1 p50 over in-process and TorchServe's floor", g["task"], g["value"], g["target"], "ms", False, g["detail"])
+    return [_row("2. c=1 p50 over in-process and TorchServe's floor", g["task"], g["value"], g["target"], "ms", False,
+                 g["detail"])
             for g in core.get("goals", []) if g["goal"].startswith("c=1 p50 minus in-process latency minus")
             and g["detail"].startswith("tsvision-onnx")]
 
@@ -109,11 +115,13 @@ def quantize_rows(quantize: dict) -> List[dict]:
             continue
         best = max(batches, key=lambda key: batches[key]["pipeline_speedup"])
         served = (quantize.get("served") or {}).get(task, {}).get("int8_vs_fp32")
-        detail = "; ".join(f"{key.replace('_', ' ')}: pipeline ×{b['pipeline_speedup']}, model alone ×{b['model_speedup']}"
+        detail = "; ".join(f"{key.replace('_', ' ')}: pipeline ×{b['pipeline_speedup']}, "
+                           f"model alone ×{b['model_speedup']}"
                            for key, b in batches.items())
         detail += f"; served ×{served}" if served is not None else ""
         target = QUANTIZED_GOAL if task in ("classification", "detection") else None
-        rows.append(_row("3. int8 ÷ fp32 in-process (best batch)", task, batches[best]["pipeline_speedup"], target, detail=detail))
+        rows.append(_row("3. int8 ÷ fp32 in-process (best batch)", task, batches[best]["pipeline_speedup"], target,
+                         detail=detail))
     return rows
 
 
@@ -131,7 +139,8 @@ def picture_rows(core: dict, before_after: Optional[dict]) -> List[dict]:
                         f"{report._bytes(p['json_bytes'])} B per answer")
             for p in report.picture_rows(core) if p["variant"] == "tsvision-onnx"]
     for task, result in ((before_after or {}).get("results") or {}).items():
-        rows.append(_row("5. JSON req/s with picture answers ÷ before them (c=8)", task, result["after_vs_before"], JSON_UNCHANGED,
+        rows.append(_row("5. JSON req/s with picture answers ÷ before them (c=8)", task, result["after_vs_before"],
+                         JSON_UNCHANGED,
                          detail=f"{result['after_median']} vs {result['before_median']} req/s, medians of "
                                 f"{len(result['after_req_s'])} alternating rounds; before = {before_after['ref']}"))
     return rows
@@ -159,29 +168,38 @@ def goals_markdown(rows: List[dict], out: Path, started: str) -> str:
              "| goal | task | measured | target | met | detail |", "|---|---|---|---|---|---|"]
     for row in rows:
         value = "–" if row["value"] is None else f"{row['value']:g} {row['unit']}"
-        target = "–" if row["target"] is None else f"{'≥' if row['higher_is_better'] else '≤'} {row['target']:g} {row['unit']}"
-        met = {True: "yes", False: "**no**", None: "not measured" if row["value"] is None else "(no target)"}[row["met"]]
+        sign = "≥" if row["higher_is_better"] else "≤"
+        target = "–" if row["target"] is None else f"{sign} {row['target']:g} {row['unit']}"
+        met = {True: "yes", False: "**no**",
+               None: "not measured" if row["value"] is None else "(no target)"}[row["met"]]
         lines.append(f"| {row['goal']} | {row['task']} | {value} | {target} | {met} | {row['detail']} |")
     return "\n".join(lines) + "\n"
 
 
 def quantize_markdown(quantize: dict) -> str:
-    """int8 against fp32 per task and batch size, in-process and served, with the agreement on the photo."""
+    """int8 against fp32 per task and batch size, in-process and served, with int8's agreement with fp32
+    (on the calibration photos, from the export's report; older runs: on the benchmark photo)."""
     cpu = quantize.get("cpu", {})
+    photo = any("agreement_on_photo" in result for result in quantize["results"].values())
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu.items() if isinstance(v, bool))
     lines = [f"CPU: {cpu.get('model', '?')} ({flags}).", "",
-             "| task | batch | model fp32 ms | model int8 ms | model ×| pipeline fp32 ms | pipeline int8 ms | pipeline × | served × | agreement on the photo |",
+             "| task | batch | model fp32 ms | model int8 ms | model ×| pipeline fp32 ms | pipeline int8 ms "
+             "| pipeline × "
+             f"| served × | agreement {'on the photo' if photo else 'on the calibration photos'} |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for task, result in quantize["results"].items():
         served = (quantize.get("served") or {}).get(task, {}).get("int8_vs_fp32")
-        agreement = json.dumps(result.get("agreement_on_photo", {}), separators=(", ", ": "))
+        agreement = json.dumps(result.get("agreement_on_photo" if photo else "agreement_on_calibration_photos", {}),
+                               separators=(", ", ": "))
         for key in (k for k in result if k.startswith("batch_")):
             ms = result[key]["ms_per_batch"]
-            lines.append(f"| {task} | {key[6:]} | {ms['model_fp32']} | {ms['model_int8']} | {result[key]['model_speedup']} | "
+            lines.append(f"| {task} | {key[6:]} | {ms['model_fp32']} | {ms['model_int8']} | "
+                         f"{result[key]['model_speedup']} | "
                          f"{ms['pipeline_fp32']} | {ms['pipeline_int8']} | {result[key]['pipeline_speedup']} | "
                          f"{'–' if served is None else served} | {agreement} |")
     for name, probe in (quantize.get("probes") or {}).items():
-        lines.append(f"| probe: {name} | {probe['batch_size']} | {probe['ms']['fp32']} | {probe['ms']['int8']} | {probe['speedup']} "
+        lines.append(f"| probe: {name} | {probe['batch_size']} | {probe['ms']['fp32']} | {probe['ms']['int8']} | "
+                     f"{probe['speedup']} "
                      "| – | – | – | – | – |")
     return "\n".join(lines) + "\n"
 
@@ -208,13 +226,16 @@ def update_docs(found: Dict[str, dict], rows: List[dict], out: Path, started: st
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default=",".join(steps()), help="steps to run, of: " + ",".join(steps()))
+    parser.add_argument("--only", default=",".join(DEFAULT_STEPS), help="steps to run, of: " + ",".join(steps())
+                        + f" (default {','.join(DEFAULT_STEPS)})")
     for name in steps():
         parser.add_argument(f"--{name.replace('_', '-')}-args", default="", metavar="ARGS",
                             help=f"extra arguments for the {name} step, one string (e.g. \"--seconds 4\")")
     parser.add_argument("--out", type=Path, help="default results/suite-<time>")
-    parser.add_argument("--from", dest="source", type=Path, metavar="DIR", help="measure nothing: goals and docs from an earlier run")
-    parser.add_argument("--update-docs", action="store_true", help=f"rewrite the generated parts of {DOC.relative_to(ROOT)}")
+    parser.add_argument("--from", dest="source", type=Path, metavar="DIR",
+                        help="measure nothing: goals and docs from an earlier run")
+    parser.add_argument("--update-docs", action="store_true",
+                        help=f"rewrite the generated parts of {DOC.relative_to(ROOT)}")
     parser.add_argument("--keep-going", action="store_true", help="run the later steps when one fails")
     return parser.parse_args(argv)
 
@@ -238,7 +259,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             tick = time.time()
             print(f"suite: {name}: {shlex.join(command[1:])}", flush=True)
             code = subprocess.run(command, cwd=ROOT).returncode
-            print(f"suite: {name} {'done' if code == 0 else f'FAILED ({code})'} in {(time.time() - tick) / 60:.1f} min", flush=True)
+            print(f"suite: {name} {'done' if code == 0 else f'FAILED ({code})'} in {(time.time() - tick) / 60:.1f} min",
+                  flush=True)
             if code != 0:
                 failed.append(name)
                 if not args.keep_going:
@@ -255,7 +277,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(goals_markdown(rows, out, when))
     if args.update_docs:
         print("suite: docs updated: " + ", ".join(update_docs(found, rows, out, when)))
-    print(f"suite: {'FAILED steps: ' + ', '.join(failed) if failed else 'done'} in {(time.time() - started) / 60:.1f} min -> {out}")
+    outcome = "FAILED steps: " + ", ".join(failed) if failed else "done"
+    print(f"suite: {outcome} in {(time.time() - started) / 60:.1f} min -> {out}")
     return 1 if failed else 0
 
 

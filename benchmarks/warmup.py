@@ -1,7 +1,7 @@
 """Bring a served model to its steady state before it is measured, for every batch size.
 
 TorchScript's default executor (the stock handlers run it) compiles fused kernels for each
-new input shape over its first few calls, about a second each time here. A server that has run
+new input shape over its first few calls (how long: docs/performance.md). A server that has run
 for a while has done this for every batch size it sees, so each batch size from 1 to the
 configured one is sent as concurrent bursts until its burst time stops falling.
 """

@@ -41,8 +41,9 @@ def build_versions(store: Path, model: str) -> None:
     if not (export / "model.onnx").exists():
         raise SystemExit("missing build/classification: run ./archive.sh first")
     for version, top_k in TOP_K.items():
-        archive_main(["--model", str(export / "model.onnx"), "--settings", str(export / "settings.json"), "--name", model,
-                      "--version", version, "--archive-file", f"{model}-{version}", "--store", str(store), "--set", f"top_k={top_k}",
+        archive_main(["--model", str(export / "model.onnx"), "--settings", str(export / "settings.json"),
+                      "--name", model, "--version", version, "--archive-file", f"{model}-{version}",
+                      "--store", str(store), "--set", f"top_k={top_k}",
                       "--set", "top_label_header=true"])  # the router logs X-Top-Label per variant
 
 
@@ -67,7 +68,8 @@ def main(argv=None) -> int:
     store = REPO / "build" / "ab_store"
     print("NOTE: random weights; the versions differ only in top-k, which shows who answered.\n")
     build_versions(store, routing.model)
-    server = TorchServe(store, REPO / "build" / "ab_torchserve", models=[f"{routing.model}-1.0.mar", f"{routing.model}-2.0.mar"],
+    server = TorchServe(store, REPO / "build" / "ab_torchserve", models=[f"{routing.model}-1.0.mar",
+                                                                         f"{routing.model}-2.0.mar"],
                         overrides=DEVELOPMENT_PROFILE)
     proxy = Router(REPO / "build" / "router", free_port(), "")
     buffer = io.BytesIO()
@@ -79,19 +81,23 @@ def main(argv=None) -> int:
         manage = Management(server.management_url, server.workdir / "key_file.json")
         if routing.shadow:
             manage.register(f"{routing.model}-{routing.shadow}.mar", store=store)  # checks its recorded SHA-256
-        print(f"default version set explicitly: {manage.set_default(routing.model, routing.variants[0].version)} (verified)")
+        default = manage.set_default(routing.model, routing.variants[0].version)
+        print(f"default version set explicitly: {default} (verified)")
         for name, versions in manage.summary().items():
-            print(f"  {name}: " + ", ".join(f"{v['version']}{' (default)' if v['default'] else ''} {v['ready']} worker" for v in versions))
+            print(f"  {name}: " + ", ".join(f"{v['version']}{' (default)' if v['default'] else ''} {v['ready']} worker"
+                                            for v in versions))
         proxy.start(routing)
         url = f"{proxy.url}/predictions/{routing.model}"
-        print(f"\nrouter on {proxy.url} (nginx -> HAProxy {proxy.haproxy.url}) -> TorchServe {server.inference_url}; routing {args.routing.name}: "
-              + ", ".join(f"{v.version} {v.weight:g}%" for v in routing.variants) + (f", shadow {routing.shadow}" if routing.shadow else ""))
+        print(f"\nrouter on {proxy.url} (nginx -> HAProxy {proxy.haproxy.url}) -> TorchServe {server.inference_url}; "
+              f"routing {args.routing.name}: " + ", ".join(f"{v.version} {v.weight:g}%" for v in routing.variants)
+              + (f", shadow {routing.shadow}" if routing.shadow else ""))
         split = send(url, server, [f"user-{i}" for i in range(args.keys)], image)
         print(f"{args.keys} users: " + ", ".join(f"{k} {n / args.keys:.1%}" for k, n in sorted(split.items())))
         again = send(url, server, [f"user-{i}" for i in range(args.keys)], image)
         print(f"same users again: {'same split' if again == split else 'DIFFERENT: ' + str(again)}")
 
-        fifty = Routing(routing.model, [type(routing.variants[0])(v.version, 100 / len(routing.variants)) for v in routing.variants],
+        fifty = Routing(routing.model,
+                        [type(routing.variants[0])(v.version, 100 / len(routing.variants)) for v in routing.variants],
                         routing.sticky_header, routing.shadow)
         outcomes, stop, lock = Counter(), threading.Event(), threading.Lock()
         headers = {"Content-Type": "image/jpeg", **server.headers()}
@@ -100,7 +106,8 @@ def main(argv=None) -> int:
             session = requests.Session()
             while not stop.is_set():
                 try:
-                    response = session.post(url, data=image, headers={**headers, "X-User-Id": f"load-{number}-{time.time_ns()}"}, timeout=60)
+                    user = {"X-User-Id": f"load-{number}-{time.time_ns()}"}
+                    response = session.post(url, data=image, headers={**headers, **user}, timeout=60)
                     outcome = "ok" if response.ok else f"HTTP {response.status_code}"
                 except requests.RequestException as error:
                     outcome = type(error).__name__
@@ -117,7 +124,8 @@ def main(argv=None) -> int:
         for loader in loaders:
             loader.join()
         failed = sum(n for k, n in outcomes.items() if k != "ok")
-        print(f"weights changed live to an even split ({result['moved']} of 1000 buckets moved, nothing reloaded) while 4 "
+        print(f"weights changed live to an even split ({result['moved']} of 1000 buckets moved, nothing reloaded) "
+              "while 4 "
               f"keep-alive clients sent {sum(outcomes.values())} requests: {failed} failed")
         split = send(url, server, [f"new-user-{i}" for i in range(args.keys)], image)
         print("new users: "

@@ -47,8 +47,10 @@ def predict(url: str, model: str, image_bytes: bytes, token: Optional[str] = Non
 def picture(url: str, model: str, image_bytes: bytes, token: Optional[str] = None, media_type: str = "image/png",
             timeout: float = 60) -> bytes:
     """The server's picture of its answer (``Accept: image/png`` or ``image/jpeg``); RuntimeError if refused."""
-    headers = {"Content-Type": "application/octet-stream", "Accept": media_type, **({"Authorization": f"Bearer {token}"} if token else {})}
-    response = requests.post(f"{url.rstrip('/')}/predictions/{model}", data=image_bytes, headers=headers, timeout=timeout)
+    headers = {"Content-Type": "application/octet-stream", "Accept": media_type,
+               **({"Authorization": f"Bearer {token}"} if token else {})}
+    response = requests.post(f"{url.rstrip('/')}/predictions/{model}", data=image_bytes, headers=headers,
+                             timeout=timeout)
     if response.status_code != 200 or response.headers.get("content-type") != media_type:
         raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
     return response.content
@@ -69,9 +71,11 @@ def sample_photo(name: str = "astronaut") -> bytes:
     return buffer.getvalue()
 
 
-def parser(default_model: str, description: Optional[str] = None, prog: Optional[str] = None) -> argparse.ArgumentParser:
+def parser(default_model: str, description: Optional[str] = None,
+           prog: Optional[str] = None) -> argparse.ArgumentParser:
     """The options every example shares: --model, --image, --url, --key-file."""
-    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=default_model, help="model name (default: %(default)s)")
     p.add_argument("--image", type=Path, help="image file to send (default: scikit-image's astronaut photo as JPEG)")
     p.add_argument("--url", default=DEFAULT_URL, help="TorchServe inference address (default: %(default)s)")
@@ -88,9 +92,10 @@ def ask(args: argparse.Namespace, data: Optional[bytes] = None) -> Any:
     """Send ``data`` (or the image the options name) to the model; the answer, or exit 1 with the error."""
     print(RANDOM_WEIGHTS_NOTE, file=sys.stderr)
     try:
-        status, answer = predict(args.url, args.model, image_bytes(args) if data is None else data, read_token(args.key_file))
+        status, answer = predict(args.url, args.model, image_bytes(args) if data is None else data,
+                                 read_token(args.key_file))
     except requests.ConnectionError:
-        raise SystemExit(f"error: no TorchServe answers at {args.url} (is it running? see --url)")
+        raise SystemExit(f"error: no TorchServe answers at {args.url} (is it running? see --url)") from None
     if status != 200:
         print(f"error: HTTP {status}: {json.dumps(answer)}", file=sys.stderr)
         if status == 401 or (isinstance(answer, dict) and answer.get("type") == "InvalidKeyException"):

@@ -22,7 +22,8 @@ from examples.client import picture
 from tsvision.tools.serve.server import REPO_CONFIG, TorchServe, read_properties
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS = [f"{task}_{backend}" for task in ("classification", "segmentation", "detection") for backend in ("torchscript", "onnx")]
+MODELS = [f"{task}_{backend}" for task in ("classification", "segmentation", "detection")
+          for backend in ("torchscript", "onnx")]
 MODELS += ["yolov8n_onnx", "fasterrcnn_onnx", "maskrcnn_onnx", "keypointrcnn_onnx"]  # docs/models.md
 
 
@@ -37,7 +38,8 @@ def summarize(model: str, answer) -> str:
         return ", ".join(f"{x['label']} {x['score']:.4f}" for x in answer[:3])
     if model.startswith("segmentation"):
         biggest = sorted(answer["classes"], key=lambda c: -c["pixels"])[:3]
-        return f"{answer['width']}x{answer['height']} mask; " + ", ".join(f"{c['label']} {c['fraction']:.1%}" for c in biggest)
+        shares = ", ".join(f"{c['label']} {c['fraction']:.1%}" for c in biggest)
+        return f"{answer['width']}x{answer['height']} mask; {shares}"
     top = ", ".join(f"{d['label']} {d['score']:.3f} at {[round(v) for v in d['box']]}" for d in answer[:2])
     if answer and "mask" in answer[0]:
         return f"{len(answer)} instances with RLE masks; {top}"
@@ -52,7 +54,8 @@ def keep_running_help(server: TorchServe) -> str:
     torchserve = shlex.quote(str(Path(sys.executable).parent / "torchserve"))
     return "\n".join([
         f"TorchServe keeps running (pid {server.pid}). Its key is in {server.workdir / 'key_file.json'}:",
-        f"  KEY=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[\"inference\"][\"key\"])' {key_file})",
+        "  KEY=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[\"inference\"][\"key\"])' "
+        f"{key_file})",
         "send a photo (photo.jpg) to detection_onnx:",
         f'  curl -s -H "Authorization: Bearer $KEY" -H "Content-Type: image/jpeg" --data-binary @photo.jpg '
         f"{server.inference_url}/predictions/detection_onnx",

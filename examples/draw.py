@@ -24,7 +24,8 @@ from tsvision.serving.tasks.segmentation import class_mask
 TASKS = ("classification", "segmentation", "detection", "instance_segmentation", "keypoints")
 
 
-def picture(task: str, answer, image: Union[bytes, Image.Image], skeleton=COCO_SKELETON, visible: float = 0.5) -> Image.Image:
+def picture(task: str, answer, image: Union[bytes, Image.Image], skeleton=COCO_SKELETON,
+            visible: float = 0.5) -> Image.Image:
     """``answer`` of ``task`` drawn on ``image`` (the bytes sent, or a decoded image), as the server
     draws it. Keypoints: ``skeleton`` is the model's (its describe answer has it), ``visible`` 0.5 for
     YOLO-pose visibilities, 0 for Keypoint R-CNN's logits."""
@@ -49,7 +50,8 @@ def draw(task: str, answer, out: Union[str, Path], image: Union[bytes, Image.Ima
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m examples.draw", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m examples.draw", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--answer", required=True, help="the JSON answer file ('-' for stdin)")
     p.add_argument("--image", required=True, type=Path, help="the image that was sent")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything tsvision needs into .venv (idempotent; about 2 minutes the first time).
+# Install everything tsvision needs into .venv (idempotent; the README says how long the first time takes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,57 +1,61 @@
-"""Shared fixtures: exported models, toy models, archives and one real TorchServe per session."""
+"""What the tiers share: photos and every exported model, each built once per session and only when a
+test asks for it (tests/unit asks only for the toys and the three small default models; the real
+R-CNN and YOLO exports serve tests/slow and the served-model tests of tests/e2e).
+
+The one TorchServe of the run is in tests/e2e/conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import time
+import warnings
 from pathlib import Path
 from typing import Dict
 
 import pytest
-import skimage.data
+import torch
 from PIL import Image
 
-from tsvision.tools.export.exportable import Exportable
-from tsvision.tools.export.architectures import build_exportable
-from tsvision.tools.archive.cli import main as archive_main
-from tsvision.tools.export.model_files import export_files, write_settings
-from tsvision.tools.serve.server import DEVELOPMENT_PROFILE, TorchServe
+from tests import keypoint_checks
+from tests.helpers import FORMAT_OUTPUTS, FORMAT_SIZE, TASKS, TOY_INPUT_SIZE, TOY_SETTINGS, photo
+from tests.instance_toys import TOY_INSTANCE_LABELS, BrightMaskRCNN, BrightMaskYoloSeg
+from tests.keypoint_toys import BrightRectangleKeypointRCNN, BrightRectanglePose, OneImage
+from tests.toy_models import (
+    TOY_DETECTION_LABELS,
+    TOY_FORMAT_LABELS,
+    TOY_SEGMENTATION_LABELS,
+    BrightestBoxDetector,
+    BrightestBoxInFormat,
+    ColourSegmenter,
+)
 from tsvision.serving.settings import Settings
-from tsvision.serving.tasks import build_task, load_export
-from tests.toy_models import TOY_DETECTION_LABELS, TOY_SEGMENTATION_LABELS, BrightestBoxDetector, ColourSegmenter
+from tsvision.tools.export.architectures import build_exportable
+from tsvision.tools.export.exportable import Exportable
+from tsvision.tools.export.model_files import export_files, write_settings
 
-TASKS = ("classification", "segmentation", "detection")
-BACKENDS = {"torchscript": "model.pt", "onnx": "model.onnx"}
-AB_MODEL = "ab_classifier"
-AB_TOP_K = {"1.0": 5, "2.0": 3, "3.0": 1}  # the length of an answer tells which version answered
-EXAMPLE_HANDLER = Path(__file__).resolve().parent.parent / "examples" / "handlers" / "people_counter.py"
-TOY_INPUT_SIZE = 640
-TOY_SETTINGS = {
-    "detection": {"input_size": TOY_INPUT_SIZE, "mean": [0, 0, 0], "std": [1, 1, 1], "background_index": 0,
-                  "score_threshold": 0.5, "resize_mode": "letterbox"},
-    "segmentation": {"input_size": TOY_INPUT_SIZE, "mean": [0, 0, 0], "std": [1, 1, 1], "resize_mode": "stretch"},
-}
+os.environ.setdefault("YOLO_OFFLINE", "1")
+TIERS = Path(__file__).resolve().parent
 
 
-def jpeg(image: Image.Image, quality: int = 92) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+def pytest_collection_modifyitems(items) -> None:
+    """The tier is the folder: every test in tests/e2e is marked ``e2e``, every test in tests/slow ``slow``
+    (so ``-m "not e2e"`` and ``-m "not slow"`` select as before)."""
+    for item in items:
+        tier = Path(item.fspath).resolve().relative_to(TIERS).parts[0]
+        if tier in ("e2e", "slow"):
+            item.add_marker(tier)
 
 
 @pytest.fixture(scope="session")
 def photos() -> Dict[str, Image.Image]:
     """Real photos of different sizes from scikit-image."""
-    return {name: Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-            for name in ("astronaut", "chelsea", "coffee", "rocket")}
+    return {name: photo(name) for name in ("astronaut", "chelsea", "coffee", "rocket")}
 
 
+# -- toys and the three small default models (every tier) --------------------------------------------
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory) -> Path:
     """The three default torchvision models exported to TorchScript and ONNX (random weights)."""
@@ -80,71 +84,147 @@ def toy_exports(tmp_path_factory) -> Path:
     return root
 
 
-def load_task(folder: Path, backend: str, **overrides):
-    """A task in-process from an export folder's files (settings.json or the toy settings)."""
-    if (folder / "settings.json").exists():
-        return load_export(folder, BACKENDS[backend], **overrides)
-    values = {"task": folder.name, "labels": "labels.json", **TOY_SETTINGS[folder.name], **overrides}
-    return build_task(folder / BACKENDS[backend], Settings.from_mapping(values), folder)
+@pytest.fixture(scope="session")
+def format_exports(tmp_path_factory) -> Path:
+    """The bright-box toy in each detector family's output layout (tests/toy_models.py), ONNX and TorchScript."""
+    root = tmp_path_factory.mktemp("formats")
+    for fmt, names in FORMAT_OUTPUTS.items():
+        module = BrightestBoxInFormat(fmt, FORMAT_SIZE).eval()
+        exportable = Exportable("detection", f"toy-{fmt}", module, {"input_size": FORMAT_SIZE}, TOY_FORMAT_LABELS,
+                                False, names)
+        report = export_files(exportable, root / fmt)
+        assert report["ok"], report
+        (root / fmt / "labels.json").write_text(json.dumps(TOY_FORMAT_LABELS))
+    return root
 
 
 @pytest.fixture(scope="session")
-def model_store(tmp_path_factory, exports, toy_exports) -> Path:
-    """Six default archives, a long-delay classifier and four toy archives, built with the archive CLI."""
-    store = tmp_path_factory.mktemp("model_store")
-    for task in TASKS:
-        for backend, filename in BACKENDS.items():
-            assert archive_main(["--model", str(exports / task / filename), "--settings", str(exports / task / "settings.json"),
-                                 "--name", f"{task}_{backend}", "--store", str(store)]) == 0
-    # For the input tests: batch size 8 and a delay long enough that concurrent requests share a batch.
-    assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
-                         str(exports / "classification" / "settings.json"), "--name", "classification_batched",
-                         "--store", str(store), "--batch-size", "8", "--max-batch-delay", "300"]) == 0
-    for task in ("detection", "segmentation"):
-        overrides = [f"--set={key}={json.dumps(value)}" for key, value in TOY_SETTINGS[task].items()]
-        for backend, filename in BACKENDS.items():
-            # Bring-your-own path: a model file plus a labels file, no settings.json. A long
-            # batch delay makes concurrent requests share a batch.
-            assert archive_main(["--model", str(toy_exports / task / filename), "--task", task,
-                                 "--labels", str(toy_exports / task / "labels.json"), "--name", f"toy_{task}_{backend}",
-                                 "--store", str(store), "--max-batch-delay", "300", *overrides]) == 0
-    # A user's handler file (examples/handlers/people_counter.py) on the toy detector: class 1 is
-    # "person" in one archive and "cat" in the other; per-step timings on (handler: profile: true).
-    overrides = [f"--set={key}={json.dumps(value)}" for key, value in TOY_SETTINGS["detection"].items()]
-    for kind in ("person", "cat"):
-        (toy_exports / f"labels-{kind}.json").write_text(json.dumps(["background", kind]))
-        assert archive_main(["--model", str(toy_exports / "detection" / "model.onnx"), "--task", "detection",
-                             "--labels", str(toy_exports / f"labels-{kind}.json"), "--name", f"{kind}_counter",
-                             "--handler", str(EXAMPLE_HANDLER), "--store", str(store), "--set", "profile=true", *overrides]) == 0
-    return store
+def keypoint_toys(tmp_path_factory) -> Path:
+    """Both keypoint toys (tests/keypoint_toys.py) as TorchScript and ONNX, each folder with
+    settings.json and labels.json (tests/keypoint_checks.py: their settings and labels)."""
+    root = tmp_path_factory.mktemp("keypoint_toys")
+    pose = BrightRectanglePose(keypoint_checks.SIZE).eval()
+    report = export_files(Exportable("keypoints", "toy-pose", pose, {"input_size": keypoint_checks.SIZE},
+                                     keypoint_checks.TOY_LABELS["toy_pose"], False, ["output0"]), root / "toy_pose")
+    assert report["ok"], report
+    rcnn = root / "toy_rcnn"
+    rcnn.mkdir()
+    model = BrightRectangleKeypointRCNN().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(model).save(str(rcnn / "model.pt"))
+        torch.onnx.export(OneImage(model), (torch.rand(3, 64, 96),), str(rcnn / "model.onnx"), opset_version=17,
+                          dynamo=False, input_names=["images"], output_names=list(keypoint_checks.KEYS),
+                          dynamic_axes={"images": [1, 2]})
+    for name, values in keypoint_checks.TOY_SETTINGS.items():
+        values = {**values, "labels": "labels.json"}
+        (root / name / "settings.json").write_text(json.dumps(Settings.from_mapping(values).to_mapping()))
+        (root / name / "labels.json").write_text(json.dumps(keypoint_checks.TOY_LABELS[name]))
+    return root
 
 
 @pytest.fixture(scope="session")
-def served(model_store, tmp_path_factory):
-    """A real TorchServe on free loopback ports with every archive READY; always stopped."""
-    server = TorchServe(model_store, tmp_path_factory.mktemp("torchserve"))
-    try:
-        server.start(timeout=300)
-        yield server
-    finally:
-        server.stop()
+def instance_toys(tmp_path_factory) -> Path:
+    """The Mask R-CNN-contract toy scripted and exported to one-image ONNX by the detectors' export
+    code, the YOLOv8-seg-contract toy traced and exported to ONNX by ``export_files``."""
+    from tsvision.tools.export.mask_rcnn import OUTPUT_NAMES
+    from tsvision.tools.export.torchvision_detectors import export_detector_onnx
+
+    root = tmp_path_factory.mktemp("instance_toys")
+    (root / "torchvision").mkdir()
+    toy = BrightMaskRCNN().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(toy).save(str(root / "torchvision" / "model.pt"))
+    export_detector_onnx(toy, root / "torchvision" / "model.onnx", 320, 480, tuple(OUTPUT_NAMES))
+    yolo = Exportable("instance_segmentation", "toy-yolov8_seg", BrightMaskYoloSeg(640).eval(), {"input_size": 640},
+                      TOY_INSTANCE_LABELS, False, ["output0", "protos"])
+    assert export_files(yolo, root / "yolov8_seg")["ok"]
+    for fmt in ("torchvision", "yolov8_seg"):
+        (root / fmt / "labels.json").write_text(json.dumps(TOY_INSTANCE_LABELS))
+    return root
+
+
+# -- the real R-CNN and YOLO exports (tests/slow, and their served tests in tests/e2e) ----------------
+FRCNN_ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
+# torchvision's RetinaNet, resizing to 320 (its default 800 costs 460 GFLOPs an image on 2 cores)
+RETINANET, RETINANET_ARGS = "retinanet_resnet50_fpn", {"min_size": 320, "max_size": 480}
+
+
+def _export(folder: Path, exportable: Exportable):
+    write_settings(exportable, folder, {})
+    return folder, exportable, export_files(exportable, folder)
 
 
 @pytest.fixture(scope="session")
-def ab_server(exports, tmp_path_factory):
-    """A second TorchServe in the development profile (registration on), with versions 1.0 and 2.0
-    of a classifier loaded and 3.0 in the store; the versions differ in top_k only."""
-    store = tmp_path_factory.mktemp("ab_store")
-    for version, top_k in AB_TOP_K.items():
-        assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
-                             str(exports / "classification" / "settings.json"), "--name", AB_MODEL, "--version", version,
-                             "--archive-file", f"{AB_MODEL}-{version}", "--store", str(store), "--set", f"top_k={top_k}",
-                             "--set", "top_label_header=true"]) == 0
-    # Development profile: registration through the management API is on.
-    server = TorchServe(store, tmp_path_factory.mktemp("ab_torchserve"), models=[f"{AB_MODEL}-1.0.mar", f"{AB_MODEL}-2.0.mar"],
-                        overrides=DEVELOPMENT_PROFILE)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+def frcnn(tmp_path_factory):
+    """The smallest Faster R-CNN, random conditioned weights, exported by the export code.
+
+    (folder, exportable, report), as the other R-CNN fixtures."""
+    return _export(tmp_path_factory.mktemp("frcnn"), build_exportable("detection", FRCNN_ARCH))
+
+
+@pytest.fixture(scope="session")
+def retinanet(tmp_path_factory):
+    """torchvision's RetinaNet at min_size 320, random conditioned weights, exported by the export code."""
+    folder, exportable, report = _export(tmp_path_factory.mktemp("retinanet"),
+                                         build_exportable("detection", RETINANET, model_args=RETINANET_ARGS))
+    assert report["ok"] and report["files"] == ["model.pt", "model.onnx"], report
+    assert report["parity_detections"] >= 1, report
+    return folder, exportable, report
+
+
+@pytest.fixture(scope="session")
+def mrcnn(tmp_path_factory):
+    """The default instance segmentation export: the smallest Mask R-CNN, random conditioned weights."""
+    return _export(tmp_path_factory.mktemp("mrcnn"), build_exportable("instance_segmentation"))
+
+
+@pytest.fixture(scope="session")
+def krcnn(tmp_path_factory):
+    """The smallest Keypoint R-CNN, random conditioned weights, exported by the export code."""
+    return _export(tmp_path_factory.mktemp("krcnn"), build_exportable("keypoints"))
+
+
+def _export_yolo(folder: Path, name: str) -> dict:
+    pytest.importorskip("ultralytics")
+    from tsvision.tools.export.ultralytics_models import export_yolo
+
+    return export_yolo(name, folder)
+
+
+@pytest.fixture(scope="session")
+def yolo_pose(tmp_path_factory) -> Path:
+    """YOLOv8n-pose from ultralytics' yaml, random conditioned, exported by ultralytics' exporter."""
+    folder = tmp_path_factory.mktemp("yolo_pose")
+    report = _export_yolo(folder, "yolov8n-pose")
+    assert report["ok"], report
+    return folder
+
+
+@pytest.fixture(scope="session")
+def yolo_seg(tmp_path_factory) -> Path:
+    """YOLOv8n-seg from ultralytics' yaml, random conditioned, exported by ultralytics' exporter."""
+    folder = tmp_path_factory.mktemp("yolov8n_seg")
+    report = _export_yolo(folder, "yolov8n-seg")
+    figures = {k: report[k] for k in ("outputs", "parameters", "max_abs_diff", "export_seconds")}
+    print("\nyolov8n-seg export:", json.dumps(figures))
+    assert report["ok"] and report["task"] == "instance_segmentation" and report["detection_format"] == "yolov8_seg"
+    return folder
+
+
+@pytest.fixture(scope="session")
+def yolov8n(tmp_path_factory) -> Path:
+    """``tsvision export --arch yolov8n``: ultralytics' own ONNX exporter, random conditioned weights;
+    its log is quiet."""
+    pytest.importorskip("ultralytics")
+    from tsvision.tools.export.cli import main as export_main
+
+    folder = tmp_path_factory.mktemp("yolov8n")
+    started = time.time()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert export_main(["--task", "detection", "--arch", "yolov8n", "--out", str(folder)]) == 0
+    print(f"\nexport: {time.time() - started:.1f} s; stdout:\n{out.getvalue()}")
+    assert "Ultralytics" not in out.getvalue() and "Results saved" not in out.getvalue()  # its log is quiet
+    return folder

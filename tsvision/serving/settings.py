@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, List, Mapping, Optional
 
+from tsvision.serving import formats
 from tsvision.serving.images import DEFAULT_MAX_PIXELS
 
 TASKS = ("classification", "segmentation", "detection", "instance_segmentation", "keypoints")
@@ -17,19 +18,6 @@ RESIZE_MODES = ("stretch", "letterbox", "letterbox_center", "shorter_side")
 INTERPOLATIONS = ("bilinear", "bicubic", "bilinear_float")  # the resize filter (geometry.RESIZERS); PIL's antialiased
 # bilinear and bicubic as torchvision's presets name them, or F.interpolate's plain bilinear on floats (SSD/SSDlite)
 MASK_FORMATS = ("png", "rle", "polygon")  # how masks are written (tsvision.serving.masks)
-DETECTION_FORMATS = ("ssd", "yolov8", "yolov5", "yolo_nms", "detr", "rtdetr", "torchvision",  # docs/models.md
-                     "yolov8_seg", "yolov8_pose")  # instance_segmentation, keypoints
-KEYPOINT_FORMATS = ("torchvision", "yolov8_pose")  # the keypoints task reads these
-BACKGROUND_FORMATS = ("ssd", "torchvision")  # the formats whose class 0 (or background_index) means "nothing"
-_YOLO_DEFAULTS = {"input_size": 640, "resize_mode": "letterbox_center", "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0),
-                  "iou_threshold": 0.7, "score_threshold": 0.25}
-# What a detection_format implies for the settings a user did not give (ultralytics' predict
-# defaults for the YOLO/RT-DETR exports; DETR: ImageNet normalisation, stretched to input_size).
-FORMAT_DEFAULTS = {"yolov8": _YOLO_DEFAULTS, "yolov5": {**_YOLO_DEFAULTS, "iou_threshold": 0.45},
-                   "yolo_nms": _YOLO_DEFAULTS, "rtdetr": _YOLO_DEFAULTS,
-                   "yolov8_pose": _YOLO_DEFAULTS,
-                   "detr": {"input_size": 800, "resize_mode": "stretch", "score_threshold": 0.7}}
-FORMAT_DEFAULTS["yolov8_seg"] = _YOLO_DEFAULTS  # instance_segmentation: YOLOv8-seg, as ultralytics predicts
 QUANTIZATIONS = ("", "int8")  # "": a float model; "int8": statically quantised (tsvision export --quantize int8)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,9 +31,11 @@ class Settings:
     labels: Optional[str] = None          # JSON list of names (or {"index": name}), relative to the model dir
     input_size: int = 224                  # side of the square tensor the model sees
     resize_size: int = 256                 # classification: shorter side before the centre crop
-    interpolation: str = "bilinear"        # the resize filter: "bilinear" or "bicubic" (PIL, antialiased; classification:
-                                           # the weights' preset), "bilinear_float" (stretch/letterbox: as torchvision's SSD)
-    resize_mode: str = "stretch"           # segmentation/detection: "stretch", "letterbox", (detection) "letterbox_center"
+    interpolation: str = "bilinear"        # the resize filter: "bilinear" or "bicubic" (PIL, antialiased;
+                                           # classification: the weights' preset), "bilinear_float"
+                                           # (stretch/letterbox: as torchvision's SSD)
+    resize_mode: str = "stretch"           # segmentation/detection: "stretch", "letterbox",
+                                           # (detection) "letterbox_center"
                                            # or (segmentation) "shorter_side": torchvision's preset, any aspect ratio
     max_size: Optional[int] = None         # shorter_side: cap on the longer side (None: 2 × input_size)
     mean: tuple = IMAGENET_MEAN
@@ -57,9 +47,10 @@ class Settings:
     max_detections: int = 100
     pre_nms_top_k: int = 1000
     background_index: Optional[int] = None  # detection: class that means "no object" (ssd, torchvision formats)
-    detection_format: str = "ssd"          # detection: the model's output layout (DETECTION_FORMATS)
+    detection_format: str = "ssd"          # detecting tasks: the model's output layout (tsvision.serving.formats)
     agnostic_nms: bool = False             # detection: one NMS over all classes instead of per class
-    classes: Optional[tuple] = None        # detection: keep only these class indices (None: all); also a per-request option
+    classes: Optional[tuple] = None        # detection: keep only these class indices (None: all);
+                                           # also a per-request option
     mask_threshold: float = 0.5            # instance_segmentation: soft mask -> pixel in the mask
     mask_format: Optional[str] = None      # masks: "png", "rle" (COCO run-length) or "polygon"; None: the task's
                                            # default (segmentation "png", instance_segmentation "rle")
@@ -75,7 +66,8 @@ class Settings:
     top_label_header: bool = False         # add X-Top-Label to one-image answers (the A/B router logs it)
     profile: bool = False                  # TorchServe's own key: per-step timings (ts_handler_*) as metrics
     random_weights: bool = False           # recorded by the export step; logged at load
-    quantized: str = ""                    # "int8": the model file is quantised (set by tsvision archive from the file); logged at load
+    quantized: str = ""                    # "int8": the model file is quantised (set by tsvision archive from the
+                                           # file); logged at load
     description: str = ""
 
     @classmethod
@@ -84,9 +76,9 @@ class Settings:
         values = dict(values)
         if values.get("task") not in TASKS:
             raise ValueError(f"handler setting 'task' must be one of {TASKS}, got {values.get('task')!r}")
-        if values["task"] in DETECTING_TASKS:
-            for key, value in FORMAT_DEFAULTS.get(values.get("detection_format", "ssd"), {}).items():
-                values.setdefault(key, value)
+        record = formats.find(values["task"], values.get("detection_format", "ssd"))
+        for key, value in (record.implied if record is not None else {}).items():  # the format's defaults
+            values.setdefault(key, value)
         for key in ("mean", "std"):
             if key in values:
                 values[key] = tuple(float(v) for v in values[key])
@@ -113,7 +105,8 @@ class Settings:
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if self.interpolation == "bilinear_float" and self.task == "classification":
-            raise ValueError("interpolation 'bilinear_float' is for resize_mode stretch and letterbox (segmentation, detection); "
+            raise ValueError("interpolation 'bilinear_float' is for resize_mode stretch and letterbox "
+                             "(segmentation, detection); "
                              "classification resizes with PIL's 'bilinear' or 'bicubic'")
         if self.resize_mode == "letterbox_center" and self.interpolation != "bilinear":
             raise ValueError(f"resize_mode 'letterbox_center' resizes as ultralytics does (OpenCV's bilinear); "
@@ -122,20 +115,22 @@ class Settings:
             raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {self.mask_format!r}")
         if not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must lie between 0 and 1, got {self.mask_threshold!r}")
-        if self.detection_format not in DETECTION_FORMATS:
-            raise ValueError(f"detection_format must be one of {DETECTION_FORMATS}, got {self.detection_format!r}")
-        if self.task == "keypoints" and self.detection_format not in KEYPOINT_FORMATS:
-            raise ValueError(f"task keypoints needs detection_format {' or '.join(KEYPOINT_FORMATS)}, got {self.detection_format!r}")
-        if self.detection_format not in BACKGROUND_FORMATS and self.background_index is not None:
-            raise ValueError(f"background_index applies to detection_formats {BACKGROUND_FORMATS} only; the {self.detection_format!r} "
-                             "format has no background column (set background_index: null)")
+        if self.detection_format not in formats.names():
+            raise ValueError(f"detection_format must be one of {formats.names()}, got {self.detection_format!r}")
+        if self.task in DETECTING_TASKS:
+            formats.lookup(self.task, self.detection_format)  # this task serves this format
+        if self.detection_format not in formats.background_names() and self.background_index is not None:
+            raise ValueError(f"background_index applies to detection_formats {formats.background_names()} only; "
+                             f"the {self.detection_format!r} format has no background column "
+                             "(set background_index: null)")
         if self.quantized not in QUANTIZATIONS:
             raise ValueError(f"quantized must be one of {QUANTIZATIONS} ('' for a float model), got {self.quantized!r}")
         if self.output not in ("logits", "probabilities"):
             raise ValueError(f"output must be 'logits' or 'probabilities', got {self.output!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need three values each, std > 0")
-        if self.input_size < 8 or self.top_k < 1 or self.max_detections < 1 or self.max_pixels < 1 or self.max_images < 1 or self.preprocess_threads < 0:
+        if self.input_size < 8 or self.top_k < 1 or self.max_detections < 1 or self.max_pixels < 1 \
+                or self.max_images < 1 or self.preprocess_threads < 0:
             raise ValueError("input_size >= 8, top_k, max_detections, max_pixels and max_images >= 1 are required")
         if self.micro_batch is not None and self.micro_batch < 0:
             raise ValueError(f"micro_batch must be >= 0 (0: off, null: the task's default), got {self.micro_batch!r}")
@@ -152,7 +147,8 @@ class Settings:
         return values
 
 
-_SCALARS = {"int": ((numbers.Integral,), "an integer"), "float": ((numbers.Real,), "a number"), "bool": ((bool,), "true or false"),
+_SCALARS = {"int": ((numbers.Integral,), "an integer"), "float": ((numbers.Real,), "a number"),
+            "bool": ((bool,), "true or false"),
             "str": ((str,), "a string")}
 
 

@@ -7,43 +7,23 @@ import os
 from pathlib import Path
 from typing import Dict, Optional, Type
 
+from tsvision.serving import formats
 from tsvision.serving.runtimes import load_runtime
-from tsvision.serving.settings import Settings, load_labels
+from tsvision.serving.settings import DETECTING_TASKS, Settings, load_labels
 from tsvision.serving.tasks.base import VisionTask
 from tsvision.serving.tasks.classification import ClassificationTask
-from tsvision.serving.tasks.detection import DetectionTask
-from tsvision.serving.tasks.keypoints import KeypointsTask, TorchvisionKeypointsTask
-from tsvision.serving.tasks.instance_segmentation import TorchvisionInstanceSegmentationTask, YoloInstanceSegmentationTask
 from tsvision.serving.tasks.segmentation import SegmentationTask
-from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask
 
-TASK_CLASSES: Dict[str, Type[VisionTask]] = {
-    "classification": ClassificationTask,
-    "segmentation": SegmentationTask,
-    "detection": DetectionTask,
-    "keypoints": KeypointsTask,
-}
-# detection_format -> the detection task class (the default "ssd" is DetectionTask)
-DETECTION_CLASSES: Dict[str, Type[VisionTask]] = {"torchvision": TorchvisionDetectionTask}
-# (task, detection_format) -> the class, for the other detecting tasks
-FORMAT_CLASSES: Dict[tuple, Type[VisionTask]] = {("keypoints", "torchvision"): TorchvisionKeypointsTask}
-# instance_segmentation: detection_format -> its task class (docs/models.md)
-INSTANCE_SEGMENTATION_CLASSES: Dict[str, Type[VisionTask]] = {"torchvision": TorchvisionInstanceSegmentationTask,
-                                                               "yolov8_seg": YoloInstanceSegmentationTask}
-FORMAT_CLASSES.update({("instance_segmentation", fmt): cls for fmt, cls in INSTANCE_SEGMENTATION_CLASSES.items()})
+# The tasks without a detection_format; a detecting task's class is its format's (tsvision.serving.formats).
+TASK_CLASSES: Dict[str, Type[VisionTask]] = {"classification": ClassificationTask, "segmentation": SegmentationTask}
 # Read from the model folder when the settings name no labels file: ours, then TorchServe's stock name.
 LABEL_FILES = ("labels.json", "index_to_name.json")
 
 
 def task_class(settings: Settings) -> Type[VisionTask]:
-    """The task class for these settings: by ``task``, and for detection by ``detection_format``."""
-    if settings.task == "detection" and settings.detection_format in DETECTION_CLASSES:
-        return DETECTION_CLASSES[settings.detection_format]
-    if (settings.task, settings.detection_format) in FORMAT_CLASSES:
-        return FORMAT_CLASSES[settings.task, settings.detection_format]
-    if settings.task == "instance_segmentation":
-        raise ValueError(f"instance_segmentation serves detection_format {sorted(INSTANCE_SEGMENTATION_CLASSES)}, "
-                         f"not {settings.detection_format!r} (docs/models.md)")
+    """The task class for these settings: by ``task``, and for a detecting task its format's record's."""
+    if settings.task in DETECTING_TASKS:
+        return formats.lookup(settings.task, settings.detection_format).load_task_class()
     return TASK_CLASSES[settings.task]
 
 
@@ -65,8 +45,9 @@ def build_task(model_path: Path, settings: Settings, base_dir: Optional[Path] = 
         if not labels_path.is_absolute() and base_dir is not None:
             labels_path = Path(base_dir) / labels_path
         if not labels_path.is_file():
-            raise FileNotFoundError(f"the settings name the labels file {settings.labels!r}, which is not in {labels_path.parent}: "
-                                    "put it in the archive (torch-model-archiver --extra-files: tsvision extra-files --labels FILE) "
+            raise FileNotFoundError(f"the settings name the labels file {settings.labels!r}, which is not in "
+                                    f"{labels_path.parent}: put it in the archive (torch-model-archiver --extra-files: "
+                                    "tsvision extra-files --labels FILE) "
                                     "or set labels: null")
     cls = task_class(settings)
     cls.before_load()

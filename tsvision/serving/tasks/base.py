@@ -49,11 +49,6 @@ class LabelCountError(ValueError):
                 f"give exactly one name per class index 0..{self.classes - 1}")
 
 
-def shape_text(array: np.ndarray) -> str:
-    """One image's output shape with the batch axis put back: ``N×1000``."""
-    return "×".join(["N"] + [str(d) for d in np.shape(array)])
-
-
 class VisionTask:
     """Base of the tasks. Subclasses define ``prepare``, ``finish`` and ``headline``.
 

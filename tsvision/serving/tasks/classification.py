@@ -9,9 +9,10 @@ from PIL import Image
 
 from tsvision.serving.drawing import draw_classification
 from tsvision.serving.geometry import resize_center_crop
+from tsvision.serving.ops import shape_text
 from tsvision.serving.results import Classification
 from tsvision.serving.settings import Settings
-from tsvision.serving.tasks.base import ClassCount, VisionTask, shape_text
+from tsvision.serving.tasks.base import ClassCount, VisionTask
 
 
 class ClassificationTask(VisionTask):

@@ -28,13 +28,12 @@ import numpy as np
 from PIL import Image
 
 from tsvision.serving.drawing import draw_instances
+from tsvision.serving.formats.yolo import yolo_seg_outputs
 from tsvision.serving.geometry import Placement
 from tsvision.serving.masks import decode_mask
 from tsvision.serving.results import Instances
 from tsvision.serving.settings import Settings
-from tsvision.serving.tasks.base import ClassCount, shape_text
 from tsvision.serving.tasks.detection import DETECTION_OPTIONS, DetectionTask
-from tsvision.serving.tasks.detection_formats import Candidates, _best_class, _shape_error, _xyxy
 from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask
 
 PIXEL_BUDGET = 16_000_000  # float mask pixels upsampled at once (ultralytics' own bound)
@@ -95,22 +94,8 @@ class YoloInstanceSegmentationTask(DetectionTask):
     def draw_answer(self, image: Image.Image, answer: list) -> Image.Image:
         return draw_answer(image, answer)
 
-    def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
-        try:
-            raw, protos = yolo_seg_outputs(outputs)
-        except ValueError:  # the decoder says what is wrong
-            return None
-        return (raw.shape[0] - 4 - protos.shape[0],
-                f"output0 {shape_text(raw)}: 4 box rows, one per class, then {protos.shape[0]} mask coefficients")
-
-    def decode(self, outputs: List[np.ndarray], placement: Placement, settings: Settings) -> Candidates:
-        """``output0``'s candidates above the threshold, each carrying its mask coefficients (``extra``)."""
-        raw, protos = yolo_seg_outputs(outputs)
-        classes_count = raw.shape[0] - 4 - protos.shape[0]
-        kept, scores, classes = _best_class(raw[4:4 + classes_count].T, settings.score_threshold)
-        return Candidates(_xyxy(raw[:4, kept].T), scores, classes, raw[4 + classes_count:, kept].T)
-
-    def finish(self, outputs: List[np.ndarray], placement: Placement, settings: Optional[Settings] = None) -> Instances:
+    def finish(self, outputs: List[np.ndarray], placement: Placement,
+               settings: Optional[Settings] = None) -> Instances:
         s = settings or self.settings
         found, mapped = self.detect(outputs, placement, s)
         _, protos = yolo_seg_outputs(outputs)
@@ -118,16 +103,6 @@ class YoloInstanceSegmentationTask(DetectionTask):
         shown = np.array([bool(mask.any()) for mask in masks], dtype=bool)  # ultralytics drops empty masks
         return Instances(self.labels, mapped[shown], found.scores[shown], found.classes[shown], masks[shown],
                          s.mask_format or "rle")
-
-
-def yolo_seg_outputs(outputs: List[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
-    """One image's ``output0`` (4+C+M)×A and ``protos`` M×h×w, in either order."""
-    arrays = [np.asarray(o) for o in outputs]
-    if len(arrays) == 2 and arrays[0].ndim == 3:
-        arrays = arrays[::-1]
-    if len(arrays) != 2 or arrays[0].ndim != 2 or arrays[1].ndim != 3 or arrays[0].shape[0] <= 4 + arrays[1].shape[0]:
-        raise _shape_error("yolov8_seg", "output0 N×(4+C+32)×A and protos N×32×H×W", arrays)
-    return arrays[0], arrays[1]
 
 
 def prototype_masks(protos: np.ndarray, coefficients: np.ndarray, boxes: np.ndarray, placement: Placement,

@@ -27,12 +27,11 @@ import numpy as np
 from PIL import Image
 
 from tsvision.serving.drawing import draw_keypoints
+from tsvision.serving.formats import Candidates
 from tsvision.serving.geometry import Placement, normalize
 from tsvision.serving.results import Keypoints, keypoint_rows  # noqa: F401 (keypoint_rows: its old home)
 from tsvision.serving.settings import Settings
-from tsvision.serving.tasks.base import ClassCount, shape_text
 from tsvision.serving.tasks.detection import DetectionTask
-from tsvision.serving.tasks.detection_formats import Candidates, _best_class, _one_output, _xyxy
 from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask, run_by_size
 
 COCO_KEYPOINT_NAMES = (
@@ -75,15 +74,6 @@ def check_keypoint_count(settings: Settings, count: int) -> None:
         raise ValueError(f"skeleton edges {bad} name keypoints outside 0..{count - 1}")
 
 
-def decode_yolov8_pose(outputs: Sequence[np.ndarray], settings: Settings, placement: Placement) -> Candidates:
-    """(4+1+3K)×A -> candidates above the threshold, ``extra`` their K×3 keypoints in input pixels."""
-    raw = _one_output("yolov8_pose", outputs, "one output N×(4+1+3K)×A (one class, K keypoints of x, y, visibility)",
-                      lambda o: o.shape[0] >= 8 and (o.shape[0] - 5) % 3 == 0 and o.shape[0] < o.shape[1])
-    count = (raw.shape[0] - 5) // 3
-    check_keypoint_count(settings, count)
-    keep, scores, classes = _best_class(raw[4:5].T, settings.score_threshold)
-    points = raw[5:, keep].T.reshape(len(keep), count, 3)
-    return Candidates(_xyxy(raw[:4, keep].T), scores, classes, points.astype(np.float32))
 
 
 class KeypointsTask(DetectionTask):
@@ -96,13 +86,11 @@ class KeypointsTask(DetectionTask):
     def draw_answer(self, image: Image.Image, answer: list) -> Image.Image:
         return draw_keypoints(image, answer, keypoint_metadata(self.settings)["skeleton"], self.visible_score)
 
-    def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
-        return 1, f"output {shape_text(outputs[0])}: yolov8_pose scores one class, the person"
-
     def decode(self, outputs: List[np.ndarray], placement: Placement, settings: Settings) -> Candidates:
-        if settings.detection_format != "yolov8_pose":
-            raise ValueError(f"task keypoints reads detection_format yolov8_pose or torchvision, not {settings.detection_format!r}")
-        return decode_yolov8_pose(outputs, settings, placement)
+        """The format's candidates, ``extra`` their K×3 keypoints; K must fit the keypoint names."""
+        found = super().decode(outputs, placement, settings)
+        check_keypoint_count(settings, found.extra.shape[1])
+        return found
 
     def finish(self, outputs: List[np.ndarray], placement: Placement, settings: Optional[Settings] = None) -> Keypoints:
         s = settings or self.settings

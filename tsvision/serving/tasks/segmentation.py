@@ -16,9 +16,10 @@ from tsvision.serving.batching import BySize, Stack
 from tsvision.serving.drawing import draw_segmentation
 from tsvision.serving.geometry import Placement, fit_square, mean_fill, resize_shorter_side
 from tsvision.serving.masks import decode_class_png, decode_mask, encode_class_png
+from tsvision.serving.ops import shape_text
 from tsvision.serving.results import Segmentation
 from tsvision.serving.settings import Settings
-from tsvision.serving.tasks.base import ClassCount, VisionTask, shape_text
+from tsvision.serving.tasks.base import ClassCount, VisionTask
 
 encode_png, decode_png = encode_class_png, decode_class_png  # their old names
 

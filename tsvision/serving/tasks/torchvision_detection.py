@@ -21,10 +21,11 @@ from PIL import Image
 
 from tsvision.serving.batching import BySize, run_by_size, to_chw_float  # noqa: F401 (their old home)
 from tsvision.serving.drawing import draw_detection
+from tsvision.serving.ops import keep_classes, nms
 from tsvision.serving.results import Detections
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks.base import VisionTask
-from tsvision.serving.tasks.detection import DETECTION_OPTIONS, keep_classes
+from tsvision.serving.tasks.detection import DETECTION_OPTIONS
 
 
 class TorchvisionDetectionTask(VisionTask):
@@ -79,17 +80,7 @@ class TorchvisionDetectionTask(VisionTask):
         rows = np.nonzero(keep)[0]
         rows = rows[np.argsort(-scores[rows], kind="stable")]
         if len(rows) and (s.agnostic_nms or s.iou_threshold < self.model_iou_threshold):
-            import torch
-            from torchvision.ops import batched_nms
-
-            with torch.inference_mode():
-                if s.agnostic_nms:
-                    groups = torch.zeros(len(rows), dtype=torch.int64)
-                else:
-                    groups = torch.from_numpy(labels[rows].astype(np.int64))
-                again = batched_nms(torch.from_numpy(boxes[rows].astype(np.float32)),
-                                    torch.from_numpy(scores[rows].astype(np.float32)), groups, s.iou_threshold).numpy()
-            rows = rows[again]
+            rows = rows[nms(boxes[rows], scores[rows], labels[rows], s.iou_threshold, s.agnostic_nms)]
         rows = rows[: s.max_detections]
         width, height = size
         return rows, np.clip(boxes[rows].astype(np.float64), 0, [width, height, width, height])

@@ -8,9 +8,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tsvision.serving import formats
 from tsvision.serving.geometry import Placement
 from tsvision.serving.settings import Settings
-from tsvision.serving.tasks.detection_formats import DECODERS, guess_format
 from tsvision.tools.archive.facts import ModelFacts
 from tsvision.tools.export.ultralytics_models import labels_from_metadata, settings_from_metadata
 
@@ -58,7 +58,7 @@ def probe_size(facts: ModelFacts, given: dict) -> Optional[int]:
     values = {**given, **from_metadata(facts.metadata, given)[0]}
     if values.get("task") != "detection" or ("detection_format" not in values and facts.whole_torchvision_detector):
         return None
-    if values.get("detection_format", "ssd") not in DECODERS:
+    if not _decodable(values.get("detection_format", "ssd")):
         return None  # a whole detector (torchvision): the handler check on two images covers it
     side = values.get("input_size")
     return int(side if side is not None else facts.input_side or 640)
@@ -72,7 +72,7 @@ def detection_format(facts: ModelFacts, values: dict) -> Tuple[dict, Optional[st
     if "detection_format" not in values and facts.whole_torchvision_detector:
         return ({"detection_format": "torchvision", "background_index": values.get("background_index", 0)},
                 "detection_format torchvision (a whole torchvision detector; background_index 0)")
-    if values.get("detection_format", "ssd") not in DECODERS:
+    if not _decodable(values.get("detection_format", "ssd")):
         return {}, None
     if facts.outputs is None:
         raise RuntimeError(f"{model}: its outputs were not looked at (inspection.inspect_model)")
@@ -83,18 +83,19 @@ def detection_format(facts: ModelFacts, values: dict) -> Tuple[dict, Optional[st
     found: dict = {}
     note = None
     if "detection_format" not in values:
-        guessed = guess_format(shapes)
+        guessed = formats.guess_format(shapes)
+        decodable = [r.name for r in formats.records("detection") if r.decode is not None]
         if guessed is None:
-            fitting = [fmt for fmt in DECODERS if _fits(fmt, outputs, values)]
+            fitting = [fmt for fmt in decodable if _fits(fmt, outputs, values)]
             if not fitting:
                 raise ValueError(f"{contract}: its outputs ({described}) fit none of the detection formats "
-                                 f"({', '.join(DECODERS)}; a whole torchvision detector needs "
+                                 f"({', '.join(decodable)}; a whole torchvision detector needs "
                                  "--set detection_format=torchvision)")
             raise ValueError(f"cannot tell the detection output format of {model} from its output shapes "
                              f"({described}): they fit {' and '.join(fitting)}; pass --set detection_format=FORMAT "
                              "(docs/models.md)")
         found["detection_format"] = guessed
-        if guessed != "ssd" and "background_index" not in values:
+        if not formats.lookup("detection", guessed).background and "background_index" not in values:
             found["background_index"] = None
         note = (f"detection_format {guessed} (from the output shapes {described}; "
                 "override with --set detection_format=...)")
@@ -108,11 +109,18 @@ def detection_format(facts: ModelFacts, values: dict) -> Tuple[dict, Optional[st
 def _decode(settings: Settings, outputs: List[np.ndarray]) -> None:
     """Decode the first image's outputs as ``settings.detection_format`` (raises ``ValueError`` on a mismatch)."""
     side = settings.input_size
-    DECODERS[settings.detection_format]([o[0] for o in outputs], settings, Placement(side, side, side, side, side))
+    decode = formats.lookup("detection", settings.detection_format).decode
+    decode([o[0] for o in outputs], settings, Placement(side, side, side, side, side))
+
+
+def _decodable(name: str) -> bool:
+    """A detection format whose outputs the archive can check (not a whole detector, not an unknown name)."""
+    record = formats.find("detection", name)
+    return record is not None and record.decode is not None
 
 
 def _fits(fmt: str, outputs: List[np.ndarray], values: dict) -> bool:
-    background = values.get("background_index") if fmt == "ssd" else None
+    background = values.get("background_index") if formats.lookup("detection", fmt).background else None
     try:
         _decode(Settings.from_mapping({**values, "detection_format": fmt, "background_index": background}), outputs)
         return True

@@ -3,9 +3,9 @@
 Why: Keypoint R-CNN's ONNX export decodes keypoints in a ``Loop`` over the detected persons, and
 each iteration resizes that person's 17×56×56 heatmaps to the size of its box with a bicubic
 ``Resize`` (torchvision's ``_onnx_heatmaps_to_keypoints``). ONNX Runtime's CPU cubic ``Resize``
-is slow: on this 2-core machine it took about 190 ms per photo with 4 persons, against 19 ms for
-PyTorch's bicubic ``interpolate`` of the same maps, and it was the largest single cost of the
-whole ONNX forward pass (docs/performance.md, "Keypoint R-CNN: where the time goes").
+is slow: several times slower than PyTorch's bicubic ``interpolate`` of the same maps, and the
+largest single cost of the whole ONNX forward pass (measured in docs/performance.md, "Keypoint
+R-CNN: where the time went").
 
 Bicubic resizing is separable: ``y = Wy · x · Wxᵀ`` with Wy (out_h × in_h) and Wx (out_w × in_w)
 holding the 4 cubic weights of each output row and column (Keys' kernel, a = cubic_coeff_a;

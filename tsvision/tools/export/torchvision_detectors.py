@@ -320,7 +320,7 @@ def export_detector_onnx(model: nn.Module, path: Path, height: int, width: int,
                           **{key: ([0, 2, 3] if key == "masks" else [0]) for key in keys}},  # masks K×1×H×W
         )
     # Keypoint R-CNN's keypoint decoding resizes each person's heatmaps with a bicubic Resize, which
-    # ONNX Runtime's CPU kernel runs about 10x slower than PyTorch: the same resize as two matrix
+    # ONNX Runtime's CPU kernel runs far slower than PyTorch (docs/performance.md): the same resize as two matrix
     # products (tools/export/onnx_cubic.py; equal to the Resize to float rounding).
     graph = onnx.load(str(path))
     if rewrite_cubic_resizes(graph):

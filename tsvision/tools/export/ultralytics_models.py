@@ -34,6 +34,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
+from tsvision.serving import formats
 from tsvision.serving.geometry import YOLO_FILL, fit_square
 from tsvision.serving.runtimes import load_runtime
 from tsvision.serving.settings import Settings
@@ -46,10 +47,8 @@ from tsvision.tools.export.model_files import write_model_config
 RANDOM_WEIGHTS_CLASSES = (0, 2, 16)  # person, car, dog
 CALIBRATION_KEEP = 6  # anchors per conditioned class above the threshold in the most responsive calibration image
 SCORE_THRESHOLD = 0.25
-# ultralytics task -> (tsvision task, detection_format)
-ULTRALYTICS_TASKS = {"detect": ("detection", "yolov8"),
-                     "segment": ("instance_segmentation", "yolov8_seg"),
-                     "pose": ("keypoints", "yolov8_pose")}
+# ultralytics task -> (tsvision task, detection_format): the formats' records say (Format.ultralytics_task)
+ULTRALYTICS_TASKS = formats.ultralytics_tasks()
 
 
 def is_ultralytics_config(architecture: Optional[str]) -> bool:
@@ -119,9 +118,8 @@ def condition_random_yolo(model: nn.Module, seed: int, size: int = 640) -> None:
     2. In the head's last class convolution of every scale, the logits of ``RANDOM_WEIGHTS_CLASSES``
        are rescaled to standard deviation ``LOGIT_SPREAD`` over the anchors of the calibration
        images (``tools/export/calibration.py``), scale by scale, and shifted so that the most responsive
-       image has ``CALIBRATION_KEEP`` anchors of each class above ``SCORE_THRESHOLD``. Measured on
-       yolov8n (seed 0): astronaut 5 boxes, camera 13, coffee/chelsea/rocket none; neighbouring
-       scores at least 0.002 apart. The other classes' weights are zeroed and their bias set
+       image has ``CALIBRATION_KEEP`` anchors of each class above ``SCORE_THRESHOLD`` (the boxes
+       this gives on scikit-image's photos: docs/models.md). The other classes' weights are zeroed and their bias set
        to -12 (sigmoid 6e-6), so ties and near-ties among untrained classes cannot decide anything.
     3. A pose head's keypoint convolutions (``cv4``) are standardised the same way, channel by
        channel: x and y offsets to standard deviation 1 (keypoints land within a few strides of

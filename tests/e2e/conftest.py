@@ -1,0 +1,104 @@
+"""The one TorchServe of the test run: started once, on free loopback ports, with every archive the
+end-to-end tests share; a test module that needs archives of its own archives them into the same
+model store and registers them on this server (``registered``), and unregisters them afterwards.
+
+The server runs the development profile (registration through the management API on), so that
+``registered`` and the version tests (test_ab.py, test_protocols.py) work on it; the serving
+profile's refusal is checked on a server of its own (test_served.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Dict, Iterator, List, Sequence
+
+import pytest
+import requests
+
+from tests.helpers import AB_MODEL, AB_TOP_K, BACKENDS, EXAMPLE_HANDLER, TASKS, TOY_SETTINGS
+from tsvision.tools.archive.cli import main as archive_main
+from tsvision.tools.serve.manage import verify_archive
+from tsvision.tools.serve.server import DEVELOPMENT_PROFILE, TorchServe
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory, exports, toy_exports) -> Path:
+    """Six default archives, a long-delay classifier, four toy archives, two people counters and three
+    versions of a classifier, built with the archive CLI."""
+    store = tmp_path_factory.mktemp("model_store")
+    for task in TASKS:
+        for backend, filename in BACKENDS.items():
+            assert archive_main(["--model", str(exports / task / filename),
+                                 "--settings", str(exports / task / "settings.json"),
+                                 "--name", f"{task}_{backend}", "--store", str(store)]) == 0
+    # For the input tests: batch size 8 and a delay long enough that concurrent requests share a batch.
+    assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
+                         str(exports / "classification" / "settings.json"), "--name", "classification_batched",
+                         "--store", str(store), "--batch-size", "8", "--max-batch-delay", "300"]) == 0
+    for task in ("detection", "segmentation"):
+        overrides = [f"--set={key}={json.dumps(value)}" for key, value in TOY_SETTINGS[task].items()]
+        for backend, filename in BACKENDS.items():
+            # Bring-your-own path: a model file plus a labels file, no settings.json. A long
+            # batch delay makes concurrent requests share a batch.
+            assert archive_main(["--model", str(toy_exports / task / filename), "--task", task,
+                                 "--labels", str(toy_exports / task / "labels.json"), "--name", f"toy_{task}_{backend}",
+                                 "--store", str(store), "--max-batch-delay", "300", *overrides]) == 0
+    # A user's handler file (examples/handlers/people_counter.py) on the toy detector: class 1 is
+    # "person" in one archive and "cat" in the other; per-step timings on (handler: profile: true).
+    overrides = [f"--set={key}={json.dumps(value)}" for key, value in TOY_SETTINGS["detection"].items()]
+    for kind in ("person", "cat"):
+        (toy_exports / f"labels-{kind}.json").write_text(json.dumps(["background", kind]))
+        assert archive_main(["--model", str(toy_exports / "detection" / "model.onnx"), "--task", "detection",
+                             "--labels", str(toy_exports / f"labels-{kind}.json"), "--name", f"{kind}_counter",
+                             "--handler", str(EXAMPLE_HANDLER), "--store", str(store), "--set", "profile=true",
+                             *overrides]) == 0
+    # Versions 1.0, 2.0 and 3.0 of a classifier (they differ in top_k only); 3.0 stays in the store
+    # until a test registers it.
+    for version, top_k in AB_TOP_K.items():
+        assert archive_main(["--model", str(exports / "classification" / "model.onnx"),
+                             "--settings", str(exports / "classification" / "settings.json"),
+                             "--name", AB_MODEL, "--version", version, "--archive-file", f"{AB_MODEL}-{version}",
+                             "--store", str(store), "--set", f"top_k={top_k}", "--set", "top_label_header=true"]) == 0
+    return store
+
+
+STARTED_WITH = [f"{task}_{backend}" for task in TASKS for backend in BACKENDS] + \
+    [f"toy_{task}_{backend}" for task in ("detection", "segmentation") for backend in BACKENDS] + \
+    ["classification_batched", "person_counter", "cat_counter"]
+
+
+@pytest.fixture(scope="session")
+def served(model_store, tmp_path_factory) -> Iterator[TorchServe]:
+    """THE real TorchServe of the run (development profile), on free loopback ports, with every
+    archive above READY (the classifier's versions 1.0 and 2.0; 3.0 in the store); always stopped."""
+    archives = [f"{name}.mar" for name in STARTED_WITH] + [f"{AB_MODEL}-1.0.mar", f"{AB_MODEL}-2.0.mar"]
+    server = TorchServe(model_store, tmp_path_factory.mktemp("torchserve"), models=archives,
+                        overrides=DEVELOPMENT_PROFILE)
+    try:
+        server.start(timeout=600)
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def registered(server: TorchServe, archives: Dict[str, Sequence[str]], timeout: float = 600) -> Iterator[List[str]]:
+    """Archive each ``name: archive CLI arguments`` (``--name`` and ``--store`` are added) into the
+    server's model store, register them all (one worker each, loading in parallel), wait until every
+    one is READY, and unregister them on the way out. Yields the names."""
+    headers = server.headers("management")
+    names: List[str] = []
+    try:
+        for name, arguments in archives.items():
+            assert archive_main([*arguments, "--name", name, "--store", str(server.model_store)]) == 0
+            verify_archive(server.model_store / f"{name}.mar")
+            response = requests.post(f"{server.management_url}/models", headers=headers, timeout=60,
+                                     params={"url": f"{name}.mar", "initial_workers": 1, "synchronous": "false"})
+            assert response.status_code < 300, response.text
+            names.append(name)
+        server.wait_ready(names, timeout=timeout)
+        yield names
+    finally:
+        for name in names:
+            requests.delete(f"{server.management_url}/models/{name}", headers=headers, timeout=120)

@@ -1,0 +1,45 @@
+"""Detector output layouts (``detection_format``, issue 14) served live: the toy of each family
+(tests/toy_models.py) on both backends, archived as a user would (the model file, its labels and the
+format's settings with ``--set``, no settings.json) and registered on the run's TorchServe."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import registered
+from tests.helpers import BACKENDS, FORMAT_OUTPUTS, FORMAT_SETTINGS, png
+from tests.scenes import bright_box_scene
+
+SCENES = [(333, 777), (1280, 720)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def format_archives(served, format_exports):
+    archives = {}
+    for fmt in FORMAT_OUTPUTS:
+        settings = {"detection_format": fmt, **FORMAT_SETTINGS[fmt]}
+        sets = [f"--set={key}={json.dumps(value)}" for key, value in settings.items()]
+        for backend, filename in BACKENDS.items():
+            archives[f"toy_{fmt}_{backend}"] = ["--model", str(format_exports / fmt / filename), "--task", "detection",
+                                                "--labels", str(format_exports / fmt / "labels.json"), "--workers", "1",
+                                                *sets]
+    with registered(served, archives) as names:
+        yield names
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("fmt", list(FORMAT_OUTPUTS))
+def test_served_box_lands_on_the_rectangle(served, fmt, backend):
+    """Served live: the box of each format's toy lies within 1 px of the drawn rectangle on
+    333×777 and 1280×720 images (through the format's letterbox or stretch and back)."""
+    for width, height in SCENES:
+        image, truth = bright_box_scene(width, height)
+        response = served.predict(f"toy_{fmt}_{backend}", png(image), content_type="image/png")
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert len(answer) == 1 and answer[0]["label"] == "bright rectangle", (fmt, backend, image.size, answer)
+        error = np.abs(np.subtract(answer[0]["box"], truth)).max()
+        assert error <= 1.0, (fmt, backend, image.size, answer[0]["box"], truth)

@@ -1,0 +1,156 @@
+"""The handler classes in-process, through TorchServe's own Context, RequestProcessor and metrics
+cache (tsvision.tools.archive.local_worker.LocalWorker): per-request statuses, headers and content types in a
+mixed batch, describe, explanations refused, a user's handler file, metrics, devices."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import REPO, TOY_SETTINGS, jpeg, png
+from tests.scenes import bright_box_scene
+from tsvision.serving import ImageClassifier, ObjectDetector
+from tsvision.serving.runtimes import load_runtime, pick_device
+from tsvision.tools.archive.local_worker import LocalWorker, load_handler_class
+from tsvision.tools.archive.package import default_handler
+
+EXAMPLE_HANDLER = REPO / "examples" / "handlers" / "people_counter.py"
+
+
+def toy_detector_folder(toy_exports: Path, tmp_path: Path, labels: list) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir(parents=True)
+    shutil.copy(toy_exports / "detection" / "model.onnx", folder / "model.onnx")
+    (folder / "labels.json").write_text(json.dumps(labels))
+    return folder
+
+
+def toy_config(**extra) -> dict:
+    return {"batchSize": 8, "handler": {"task": "detection", "labels": "labels.json", **TOY_SETTINGS["detection"], **extra}}
+
+
+@pytest.fixture()
+def detector(toy_exports, tmp_path):
+    folder = toy_detector_folder(toy_exports, tmp_path, ["background", "bright rectangle"])
+    return LocalWorker(load_handler_class(default_handler("detection", tmp_path)), folder, "model.onnx", toy_config(),
+                       name="toy", version="3.0")
+
+
+def test_entry_files_define_exactly_one_handler_class_each():
+    for task, cls in (("classification", "ImageClassifier"), ("segmentation", "ImageSegmenter"), ("detection", "ObjectDetector")):
+        loaded = load_handler_class(REPO / "handlers" / default_handler(task, REPO).name)
+        assert loaded.__name__ == cls and loaded.task_name == task
+
+
+def test_a_mixed_batch_gets_a_status_content_type_and_body_per_request(detector):
+    scene, truth = bright_box_scene(333, 777)
+    rows = [{"body": png(scene)}, {"body": b"GIF89a truncated"}, {"body": "<html>"}, {"body": png(scene)}]
+    headers = [{"body": {"content-type": "image/png"}}, {"body": {"content-type": "image/gif"}},
+               {"body": {"content-type": "text/html"}}, {"body": {"content-type": "application/octet-stream"}}]
+    responses = detector.predict(rows, headers)
+    assert [r.status for r in responses] == [200, 400, 415, 200]
+    assert all(r.headers["content-type"] == "application/json" and r.headers["X-Batch-Size"] == "4" for r in responses)
+    good, bad, unsupported, again = (r.json() for r in responses)
+    assert good == again and len(good) == 1 and good[0]["label"] == "bright rectangle"
+    assert max(abs(a - b) for a, b in zip(good[0]["box"], truth)) <= 2
+    assert bad["type"] == "UnreadableImage" and unsupported["type"] == "UnsupportedMediaType"
+    assert "X-Top-Label" not in responses[0].headers  # off unless the archive asks (the A/B router does)
+
+
+def test_grpc_answers_close_the_stream_and_rest_answers_stay_plain(detector):
+    """TorchServe's gRPC requests have no text headers (only the inputs' content types): their answers,
+    errors included, carry ``ts_stream_next: false`` (StreamPredictions needs it; without it TorchServe
+    0.12 restarts the worker). A REST answer must not carry it (it would become a broken stream)."""
+    scene, _ = bright_box_scene(320, 200)
+    rows = [{"data": png(scene)}, {"data": b"junk"}, {"body": png(scene)}]
+    headers = [{"data": {"content-type": ""}}, {"data": {"content-type": ""}},
+               {"body": {"content-type": "image/png"}, "Host": "127.0.0.1:8080", "Content-Length": "123"}]
+    grpc, grpc_bad, rest = detector.predict(rows, headers)
+    assert [r.status for r in (grpc, grpc_bad, rest)] == [200, 400, 200]
+    assert grpc.headers.get("ts_stream_next") == "false" and grpc_bad.headers.get("ts_stream_next") == "false"
+    assert "ts_stream_next" not in rest.headers
+
+
+def test_explanations_are_refused_per_request_and_describe_answers(detector):
+    scene, _ = bright_box_scene(320, 200)
+    responses = detector.predict([{"body": png(scene)}, {"body": png(scene)}],
+                                 [{"body": {"content-type": "image/png"}, "explain": "True"}, {"body": {"content-type": "image/png"}}])
+    assert [r.status for r in responses] == [501, 200]
+    assert responses[0].json()["type"] == "NotSupported" and len(responses[1].json()) == 1
+    described = detector.predict([{"body": b""}], [{"describe": "True"}])[0]
+    about = json.loads(described.body)
+    assert about["task"] == "detection" and about["handler"] == "ObjectDetector" and about["runtime"] == "onnx"
+    assert about["labels"] == ["background", "bright rectangle"] and about["device"] == "cpu"
+
+
+def test_metrics_are_recorded_through_the_context_also_for_an_overridden_step(toy_exports, tmp_path):
+    folder = toy_detector_folder(toy_exports, tmp_path, ["background", "person"])
+    worker = LocalWorker(load_handler_class(EXAMPLE_HANDLER), folder, "model.onnx", toy_config(profile=True))
+    scene, _ = bright_box_scene(200, 100)
+    worker.predict([{"body": png(scene)}, {"body": b"nope"}], [{"body": {"content-type": "image/png"}}] * 2)
+    names = {name for by_type in worker.context.metrics.cache.values() for name in by_type}
+    assert {"DecodeTime", "ImagesPerRequest", "RequestErrors", "ts_handler_preprocess", "ts_handler_inference",
+            "ts_handler_postprocess"} <= names, names
+
+
+def test_a_users_handler_file_changes_one_step_and_keeps_the_rest(toy_exports, tmp_path):
+    scene, truth = bright_box_scene(777, 333)
+    for labels, kept in ((["background", "person"], 1), (["background", "cat"], 0)):
+        folder = toy_detector_folder(toy_exports, tmp_path / labels[1], labels)
+        worker = LocalWorker(load_handler_class(EXAMPLE_HANDLER), folder, "model.onnx", toy_config())
+        good, bad = worker.predict([{"body": jpeg(scene, quality=95)}, {"body": b""}],
+                                   [{"body": {"content-type": "image/jpeg"}}] * 2)
+        assert (good.status, bad.status) == (200, 400)
+        answer = good.json()
+        assert answer["count"] == kept == len(answer["detections"])
+        for detection in answer["detections"]:
+            x1, y1, x2, y2 = detection["box"]
+            assert detection["label"] == "person" and detection["area"] == pytest.approx((x2 - x1) * (y2 - y1), abs=0.01)
+            assert max(abs(a - b) for a, b in zip(detection["box"], truth)) <= 2
+
+
+def test_an_exception_in_a_users_hook_is_a_500_per_request_and_the_worker_lives(toy_exports, tmp_path):
+    class Broken(ObjectDetector):
+        def postprocess(self, batch):
+            raise RuntimeError("secret detail 0xdead")
+
+    folder = toy_detector_folder(toy_exports, tmp_path, ["background", "bright rectangle"])
+    worker = LocalWorker(Broken, folder, "model.onnx", toy_config())
+    scene, _ = bright_box_scene(120, 90)
+    responses = worker.predict([{"body": png(scene)}] * 3, [{"body": {"content-type": "image/png"}}] * 3)
+    assert [r.status for r in responses] == [500] * 3
+    body = responses[0].json()
+    assert body["type"] == "InternalError" and "error id" in body["message"] and "0xdead" not in body["message"]
+
+
+def test_a_handler_for_another_task_is_refused_at_start(exports, tmp_path):
+    settings = json.loads((exports / "classification" / "settings.json").read_text())
+    with pytest.raises(ValueError, match="ObjectDetector serves detection"):
+        LocalWorker(ObjectDetector, exports / "classification", "model.onnx", {"handler": settings})
+    worker = LocalWorker(ImageClassifier, exports / "classification", "model.onnx", {"handler": settings})
+    assert worker.handler.task.runtime.device == "cpu"
+
+
+def test_a_handler_file_with_two_classes_is_refused(tmp_path):
+    path = tmp_path / "two.py"
+    path.write_text("from tsvision.serving import ObjectDetector\nclass A(ObjectDetector):\n    pass\nclass B(ObjectDetector):\n    pass\n")
+    with pytest.raises(ValueError, match="defines 2 classes"):
+        load_handler_class(path)
+
+
+def test_the_device_is_the_cpu_without_cuda_and_the_assigned_gpu_with_it():
+    assert pick_device(None) == "cpu"
+    assert pick_device(0) == ("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+def test_torchscript_runs_on_the_assigned_gpu(exports):
+    runtime = load_runtime(exports / "classification" / "model.pt", device="cuda:0")
+    cpu = load_runtime(exports / "classification" / "model.pt")
+    batch = torch.rand(2, 3, 224, 224).numpy()
+    assert runtime.device == "cuda:0"
+    assert abs(runtime.run(batch)[0] - cpu.run(batch)[0]).max() < 1e-3
