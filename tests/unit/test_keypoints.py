@@ -125,7 +125,7 @@ def test_yolov8_pose_answers_equal_ultralytics_postprocessing(width, height):
     _, placement = fit_square(Image.new("RGB", (width, height)), 640, "letterbox_center", YOLO_FILL)
     settings = Settings.from_mapping({"task": "keypoints", "detection_format": "yolov8_pose", "max_detections": 300,
                                       "pre_nms_top_k": 30000})
-    ours = KeypointsTask(None, settings, ["person"]).finish([raw[0]], placement)
+    ours = KeypointsTask(None, settings, ["person"]).finish([raw[0]], placement).to_json()
     theirs = non_max_suppression(torch.from_numpy(raw), settings.score_threshold, settings.iou_threshold, max_det=300,
                                  nc=1)[0]
     boxes = ops.scale_boxes((640, 640), theirs[:, :4].clone(), (height, width)).numpy()

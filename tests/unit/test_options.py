@@ -171,7 +171,7 @@ def test_torchvision_format_options_after_the_models_own_nms():
 
     def finish(**options):
         applied = resolve(task.options, settings, LABELS, options, {}).settings
-        return [(d["index"], round(d["score"], 2)) for d in task.with_settings(applied, task.finish, outputs, (100, 100))]
+        return [(d["index"], round(d["score"], 2)) for d in task.finish(outputs, (100, 100), applied).to_json()]
 
     assert finish() == [(1, 0.9), (2, 0.7), (1, 0.6)]  # the model's own suppression is kept as it is
     assert finish(score_threshold=0.1) == [(1, 0.9), (2, 0.7), (1, 0.6), (2, 0.3)]

@@ -10,6 +10,7 @@ from tests.checks import assert_same_answer, assert_same_classification
 from tests.helpers import jpeg, load_task
 from tests.unit.test_fixed_batch import SETTINGS as TINY_SETTINGS
 from tests.unit.test_fixed_batch import TinyClassifier
+from tsvision.serving.batching import PendingBatch
 from tsvision.serving.errors import RequestError
 from tsvision.serving.service import answer_requests
 from tsvision.serving.settings import Settings
@@ -57,7 +58,7 @@ def test_pipelined_answers_equal_serial(request, photos, task_name):
     serial, pipelined = pair(request.getfixturevalue("toy_exports" if task_name.startswith("toy-") else "exports") / name)
     pipelined.runtime = counting = CountingRuntime(pipelined.runtime)
     data = mixed(photos)
-    assert pipelined.prepare_batch(data).pending, "the batch was not pipelined"
+    assert isinstance(pipelined.prepare_batch(data), PendingBatch), "the batch was not pipelined"
     counting.sizes.clear()
     expected, got = serial.run(data), pipelined.run(data)
     assert counting.sizes == [2, 2, 1]  # five live images in micro-batches of two
@@ -108,9 +109,9 @@ def test_a_fixed_batch_model_runs_whole_chunks(tmp_path, photos):
 
 def test_one_thread_or_a_small_batch_stays_serial(exports, photos):
     one_thread = load_task(exports / "classification", "onnx", preprocess_threads=1, micro_batch=MICRO)
-    assert not one_thread.prepare_batch(mixed(photos)).pending
+    assert not isinstance(one_thread.prepare_batch(mixed(photos)), PendingBatch)
     _, pipelined = pair(exports / "classification")
-    assert not pipelined.prepare_batch(mixed(photos)[:MICRO]).pending
+    assert not isinstance(pipelined.prepare_batch(mixed(photos)[:MICRO]), PendingBatch)
 
 
 def test_micro_batch_must_not_be_negative():
@@ -127,6 +128,6 @@ def test_each_task_has_its_measured_default(exports, toy_exports, photos):
                              (toy_exports / "segmentation", 0)):
         task = load_task(folder, "onnx", preprocess_threads=THREADS)
         assert task.archive_settings.micro_batch is None and task.micro_batch == expected, folder
-        assert bool(task.prepare_batch(images).pending) == (expected > 0)
+        assert isinstance(task.prepare_batch(images), PendingBatch) == (expected > 0)
         assert load_task(folder, "onnx", preprocess_threads=THREADS, micro_batch=0).micro_batch == 0
     assert Settings.from_mapping({"task": "classification"}).to_mapping()["micro_batch"] is None

@@ -84,7 +84,7 @@ def test_yolov8_answers_equal_ultralytics_postprocessing(width, height, agnostic
     _, placement = fit_square(Image.new("RGB", (width, height)), 640, "letterbox_center", YOLO_FILL)
     settings = Settings.from_mapping({"task": "detection", "detection_format": "yolov8", "agnostic_nms": agnostic,
                                       "max_detections": 300, "pre_nms_top_k": 30000})
-    ours = DetectionTask(None, settings).finish([raw[0]], placement)
+    ours = DetectionTask(None, settings).finish([raw[0]], placement).to_json()
 
     theirs = non_max_suppression(torch.from_numpy(raw), conf_thres=settings.score_threshold, iou_thres=settings.iou_threshold,
                                      agnostic=agnostic, max_det=300)[0]

@@ -111,7 +111,8 @@ def draw_keypoints(image: Image.Image, answer: Sequence[dict], skeleton: Sequenc
                 pen.line((points[a][0], points[a][1], points[b][0], points[b][1]), fill=box_colour(edge), width=width)
         for k, (x, y, _) in enumerate(points):
             if shown[k]:
-                pen.ellipse((x - radius, y - radius, x + radius, y + radius), fill=box_colour(k), outline=(255, 255, 255))
+                pen.ellipse((x - radius, y - radius, x + radius, y + radius), fill=box_colour(k),
+                            outline=(255, 255, 255))
     return picture
 
 
@@ -135,7 +136,8 @@ def draw_classification(image: Image.Image, answer: Sequence[dict]) -> Image.Ima
         colour = box_colour(item["index"])
         pen.rectangle((left, y, left + length, y + row - 4), fill=colour)
         text = f"{item['label']} {100 * item['score']:.1f}%"
-        pen.text((left + 4, y + (row - 4 - size) // 2), text, fill=_text_colour(colour) if length > full // 2 else (0, 0, 0), font=face)
+        ink = _text_colour(colour) if length > full // 2 else (0, 0, 0)
+        pen.text((left + 4, y + (row - 4 - size) // 2), text, fill=ink, font=face)
     return canvas
 
 
@@ -164,7 +166,8 @@ def draw_segmentation(image: Image.Image, mask: np.ndarray, classes: Sequence[di
     for rank, item in enumerate(shown):
         x, y = photo.width + size // 2, size // 2 + rank * line
         pen.rectangle((x, y, x + size, y + size), fill=tuple(int(c) for c in colours[item["index"]]), outline=(0, 0, 0))
-        pen.text((x + round(1.4 * size), y), f"{item['label']} {100 * item['fraction']:.1f}%", fill=(0, 0, 0), font=face)
+        text = f"{item['label']} {100 * item['fraction']:.1f}%"
+        pen.text((x + round(1.4 * size), y), text, fill=(0, 0, 0), font=face)
     return canvas
 
 

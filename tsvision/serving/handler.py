@@ -42,7 +42,8 @@ from tsvision.serving.tasks import build_task
 
 logger = logging.getLogger(__name__)
 HOOKS = ("preprocess", "inference", "postprocess")
-EXPLAIN_REFUSED = RequestError(501, "NotSupported", "tsvision handlers give no explanations; send the image to /predictions/<model> for an answer")
+EXPLAIN_REFUSED = RequestError(501, "NotSupported", "tsvision handlers give no explanations; "
+                                                   "send the image to /predictions/<model> for an answer")
 
 
 class VisionHandler(BaseHandler):
@@ -69,7 +70,8 @@ class VisionHandler(BaseHandler):
         config = getattr(context, "model_yaml_config", None) or {}
         self.settings = Settings.from_mapping(config.get("handler") or {"task": self.task_name})
         if self.task_name and self.settings.task != self.task_name:
-            raise ValueError(f"{type(self).__name__} serves {self.task_name}, but the archive's settings say task: {self.settings.task}")
+            raise ValueError(f"{type(self).__name__} serves {self.task_name}, "
+                             f"but the archive's settings say task: {self.settings.task}")
         self.device = pick_device(context.system_properties.get("gpu_id"))
         workers = int(config.get("minWorkers") or 1)
         self.task = build_task(model_dir / model["serializedFile"], self.settings, model_dir, workers, self.device)
@@ -87,8 +89,9 @@ class VisionHandler(BaseHandler):
             logger.info("%s: this model is QUANTISED (%s); its answers differ slightly from the float model's "
                         "(the export's report.json has the agreement)", self.model_name, self.settings.quantized)
         fixed = getattr(self.task.runtime, "fixed_batch", None)
-        logger.info("tsvision %s: %s %s on %s%s (%s)%s ready in %.1f s", __version__, type(self).__name__, self.settings.task,
-                    self.task.runtime.name, f" {self.settings.quantized}" if self.settings.quantized else "", self.task.runtime.device,
+        logger.info("tsvision %s: %s %s on %s%s (%s)%s ready in %.1f s", __version__, type(self).__name__,
+                    self.settings.task, self.task.runtime.name,
+                    f" {self.settings.quantized}" if self.settings.quantized else "", self.task.runtime.device,
                     f", fixed batch size {fixed} (one forward pass per {fixed} images)" if fixed else "",
                     time.time() - started)
 
@@ -108,7 +111,8 @@ class VisionHandler(BaseHandler):
         """Parse every request and prepare the images of the good ones; errors stay per request."""
         started = time.perf_counter()
         headers = [self.context.get_all_request_header(index) or {} for index in range(len(data))]
-        refused = {index: EXPLAIN_REFUSED for index, h in enumerate(headers) if str(h.get("explain", "")).lower() == "true"}
+        refused = {index: EXPLAIN_REFUSED for index, h in enumerate(headers)
+                   if str(h.get("explain", "")).lower() == "true"}
         batch = read_batch(self.task, data, headers, refused)
         self._record_input(batch, (time.perf_counter() - started) * 1000)
         return batch
@@ -126,7 +130,8 @@ class VisionHandler(BaseHandler):
 
     # -- the pieces of postprocess, for overrides ---------------------------------------------
     def finish(self, batch: Batch) -> Batch:
-        """Each image's answer from its slice of the model outputs (``batch.answers``)."""
+        """Each image's result from its slice of the model outputs (``batch.results``, result objects)
+        and its JSON-ready answer (``batch.answers``, what ``batch.update`` changes)."""
         return batch.finish(self.task)
 
     def respond(self, batch: Batch) -> List[str]:
@@ -170,14 +175,18 @@ class VisionHandler(BaseHandler):
 
     # -- describe, explain --------------------------------------------------------------------
     def describe_handle(self) -> str:
-        """``GET /models/NAME?customized=true``: what this model expects and answers."""
+        """``GET /models/NAME?customized=true``: what this model expects and answers (``describe``, serialised once)."""
+        return json.dumps(self.describe())
+
+    def describe(self) -> dict:
+        """What ``describe_handle`` answers, JSON-ready: subclasses add to it."""
         s = self.settings
-        return json.dumps({
+        return {
             "tsvision": __version__, "handler": type(self).__name__, "task": s.task, "runtime": self.task.runtime.name,
             "device": self.task.runtime.device, "input_size": s.input_size, "resize_mode": s.resize_mode,
             "classes": len(self.task.labels), "labels": self.task.labels, "random_weights": s.random_weights,
             "quantized": s.quantized, "settings": s.to_mapping(), "description": s.description,
-        })
+        }
 
     def _is_explain(self) -> bool:
         """Explanations are refused per request in ``preprocess`` (501), never answered with a prediction."""
@@ -191,7 +200,8 @@ class VisionHandler(BaseHandler):
         metrics.add_time("DecodeTime", round(milliseconds, 3), None, "ms")
         for index, request in enumerate(batch.requests):
             if not isinstance(request, RequestError):
-                metrics.add_metric("ImagesPerRequest", len(request.items), "count", idx=index, metric_type=MetricTypes.GAUGE)
+                metrics.add_metric("ImagesPerRequest", len(request.items), "count", idx=index,
+                                   metric_type=MetricTypes.GAUGE)
 
     def _count_error(self, index: int, kind: str) -> None:
         metrics = getattr(self.context, "metrics", None)
@@ -223,10 +233,10 @@ class KeypointDetector(VisionHandler):
 
     task_name = "keypoints"
 
-    def describe_handle(self) -> str:
+    def describe(self) -> dict:
         from tsvision.serving.tasks.keypoints import keypoint_metadata
 
-        return json.dumps({**json.loads(super().describe_handle()), "keypoints": keypoint_metadata(self.settings)})
+        return {**super().describe(), "keypoints": keypoint_metadata(self.settings)}
 
 
 class InstanceSegmenter(VisionHandler):

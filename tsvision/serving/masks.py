@@ -11,6 +11,7 @@ polygons ``[x1, y1, x2, y2, ...]``. Holes are not represented (COCO polygons can
 
 ``encode_png_mask`` writes a 1-bit PNG (base64) at the mask's size. ``decode_mask`` reads any of
 the three back to an H×W boolean array (``mask_format``: ``rle``, ``polygon``, ``png``).
+``encode_class_png`` writes a segmentation's class-index mask as one PNG; ``decode_class_png`` reads it.
 """
 
 from __future__ import annotations
@@ -188,6 +189,22 @@ def encode_png_mask(mask: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(mask, dtype=bool)).save(buffer, format="PNG", compress_level=6)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def encode_class_png(mask: np.ndarray) -> str:
+    """Class-index mask -> base64 PNG: 8-bit grey up to 256 classes, 16-bit beyond."""
+    if mask.max(initial=0) < 256:
+        image = Image.fromarray(mask.astype(np.uint8), mode="L")
+    else:
+        image = Image.fromarray(mask.astype(np.uint16))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False, compress_level=6)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_class_png(data: str) -> np.ndarray:
+    """Inverse of ``encode_class_png``, for clients and tests."""
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
 
 
 def encode_mask(mask: np.ndarray, mask_format: str) -> Union[dict, list, str]:

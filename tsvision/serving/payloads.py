@@ -65,11 +65,13 @@ def parse_request(row: Any, content_types: Optional[Mapping[str, str]] = None,
     if not parsed.items:
         return RequestError(400, "MissingImage", f"the request holds no image; {HOW_TO_SEND}")
     if len(parsed.items) > max_images:
-        return RequestError(413, "TooManyImages", f"the request holds {len(parsed.items)} images; at most {max_images} per request")
+        return RequestError(413, "TooManyImages",
+                            f"the request holds {len(parsed.items)} images; at most {max_images} per request")
     return parsed
 
 
-def format_response(parsed: ParsedRequest, answers: Sequence[Any], model_name: str = "", model_version: str = "") -> Any:
+def format_response(parsed: ParsedRequest, answers: Sequence[Any], model_name: str = "",
+                    model_version: str = "") -> Any:
     """The JSON body for one request, or the ``RequestError`` of its first bad image.
 
     A request with several images is answered whole or not at all: one bad image fails that
@@ -111,13 +113,15 @@ def _parse(row: Any, content_types: Mapping[str, str]) -> ParsedRequest:
     if not isinstance(row, Mapping):
         return ParsedRequest([_image_bytes(row)])
     row, row_options = split_options(row, content_types)
-    parts = [name for name in ("body", "data") if row.get(name) is not None][:1] or [n for n in row if n != STREAM_FIELD]
+    parts = ([name for name in ("body", "data") if row.get(name) is not None][:1]
+             or [n for n in row if n != STREAM_FIELD])
     if not parts:
         raise RequestError(400, "MissingImage", f"the request has no body; {HOW_TO_SEND}")
     if len(parts) == 1:
         parsed = _parse_value(row[parts[0]], content_types.get(parts[0], ""))
     else:  # multipart form data with several fields: one image per field, in order
-        parsed = ParsedRequest([_single(_parse_value(row[name], content_types.get(name, "")), name) for name in parts], "list")
+        parsed = ParsedRequest([_single(_parse_value(row[name], content_types.get(name, "")), name) for name in parts],
+                               "list")
     parsed.row_options = row_options
     return parsed
 
@@ -139,7 +143,8 @@ def split_options(row: Mapping[str, Any], content_types: Mapping[str, str]) -> T
             continue
         if name in OPTION_NAMES:
             options[name] = value
-        elif name in ("body", "data", STREAM_FIELD) or content_types.get(name, "").startswith("image/") or not _short_text(value):
+        elif (name in ("body", "data", STREAM_FIELD) or content_types.get(name, "").startswith("image/")
+              or not _short_text(value)):
             images[name] = value
         else:
             options[name] = value
@@ -154,18 +159,21 @@ def _short_text(value: Any) -> bool:
             value = bytes(value).decode("utf-8")
         except UnicodeDecodeError:
             return False
-    return isinstance(value, (str, int, float, bool)) and len(str(value)) <= MAX_OPTION_TEXT and str(value).isprintable()
+    return (isinstance(value, (str, int, float, bool)) and len(str(value)) <= MAX_OPTION_TEXT
+            and str(value).isprintable())
 
 
 def _single(parsed: ParsedRequest, name: str) -> Item:
     if len(parsed.items) != 1:
-        raise RequestError(400, "BadRequest", f"form field {name!r} holds {len(parsed.items)} images; send one image per field")
+        raise RequestError(400, "BadRequest",
+                           f"form field {name!r} holds {len(parsed.items)} images; send one image per field")
     return parsed.items[0]
 
 
 def _parse_value(value: Any, media_type: str) -> ParsedRequest:
     if media_type and not _accepted(media_type):
-        raise RequestError(415, "UnsupportedMediaType", f"content type {media_type!r} is not accepted; send {ACCEPTED_TYPES}")
+        raise RequestError(415, "UnsupportedMediaType",
+                           f"content type {media_type!r} is not accepted; send {ACCEPTED_TYPES}")
     if isinstance(value, (bytes, bytearray)):
         if media_type == "application/json" or media_type.endswith("+json"):
             raise RequestError(400, "BadJson", f"the body is not valid JSON; {HOW_TO_SEND}")
@@ -214,11 +222,15 @@ def _parse_json_object(body: Mapping) -> ParsedRequest:
 def _parse_kserve_v2(body: Mapping) -> ParsedRequest:
     inputs = body["inputs"]
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], Mapping):
-        raise RequestError(400, "BadJson", '"inputs" must hold exactly one input: {"name": ..., "datatype": "BYTES", "shape": [n], "data": ["<base64>", ...]}')
+        raise RequestError(400, "BadJson",
+                           '"inputs" must hold exactly one input: '
+                           '{"name": ..., "datatype": "BYTES", "shape": [n], "data": ["<base64>", ...]}')
     tensor = inputs[0]
     if tensor.get("datatype") != "BYTES" or not isinstance(tensor.get("data"), list):
-        raise RequestError(400, "BadJson", 'the input must have "datatype": "BYTES" and "data": a list of base64 images')
-    return ParsedRequest([_instance(v) for v in tensor["data"]], "kserve_v2", {"id": str(body.get("id", "")), "input": tensor.get("name", "")})
+        raise RequestError(400, "BadJson",
+                           'the input must have "datatype": "BYTES" and "data": a list of base64 images')
+    extra = {"id": str(body.get("id", "")), "input": tensor.get("name", "")}
+    return ParsedRequest([_instance(v) for v in tensor["data"]], "kserve_v2", extra)
 
 
 def _instance(value: Any) -> Item:
@@ -235,8 +247,10 @@ def _instance(value: Any) -> Item:
                     if not isinstance(field_value, str):
                         raise RequestError(400, "BadJson", f'JSON field "{key}" must be a base64 string; {HOW_TO_SEND}')
                     return decode_base64(field_value)
-            raise RequestError(400, "MissingImage", f"the JSON has no image field (one of {list(JSON_IMAGE_FIELDS)}); {HOW_TO_SEND}")
-        raise RequestError(400, "BadJson", f"an image in JSON must be a base64 string or an object, not {type(value).__name__}")
+            raise RequestError(400, "MissingImage",
+                               f"the JSON has no image field (one of {list(JSON_IMAGE_FIELDS)}); {HOW_TO_SEND}")
+        raise RequestError(400, "BadJson",
+                           f"an image in JSON must be a base64 string or an object, not {type(value).__name__}")
     except RequestError as error:
         return error
 

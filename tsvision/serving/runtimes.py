@@ -27,6 +27,10 @@ class Runtime(Protocol):
     def run(self, batch: np.ndarray) -> List[np.ndarray]:
         """Run one forward pass on a float32 N×3×H×W batch; return the outputs in order."""
 
+    def run_images(self, images: List[np.ndarray]) -> List[List[np.ndarray]]:
+        """Run a model that takes a list of 3×H×W float32 images (a torchvision detector; the sizes
+        may differ); return each image's outputs in order."""
+
 
 def pick_device(gpu_id: Optional[int]) -> str:
     """``cuda:<gpu_id>`` when TorchServe assigned a GPU and torch can use it, else ``cpu``."""
@@ -59,6 +63,19 @@ class _TorchRuntime:
             outputs = self._call(self._torch.from_numpy(batch).to(self.device))
         return [t.cpu().numpy() for t in _flatten(outputs)]
 
+    def run_images(self, images: List[np.ndarray]) -> List[List[np.ndarray]]:
+        """One call with a list of 3×H×W float32 images (sizes may differ), for models
+        that take a list (torchvision detectors): per image, its outputs (a dict in key order
+        sorted by name, e.g. boxes, labels, scores). A ``(losses, detections)`` tuple gives
+        the detections."""
+        torch = self._torch
+        with torch.inference_mode():
+            outputs = self._call([torch.from_numpy(image).to(self.device) for image in images])
+        if isinstance(outputs, tuple) and len(outputs) == 2 and isinstance(outputs[1], list):
+            outputs = outputs[1]  # scripted torchvision detectors return (losses, detections)
+        return [[t.cpu().numpy() for t in _flatten({k: out[k] for k in sorted(out)} if isinstance(out, dict) else out)]
+                for out in outputs]
+
 
 class TorchScriptRuntime(_TorchRuntime):
     name = "torchscript"
@@ -74,19 +91,6 @@ class TorchScriptRuntime(_TorchRuntime):
 
     def _call(self, inputs):
         return self._module(inputs)
-
-    def run_images(self, images: List[np.ndarray]) -> List[List[np.ndarray]]:
-        """One scripted call with a list of 3×H×W float32 images (sizes may differ), for models
-        that take a list (torchvision detectors): per image, its outputs (a dict in key order
-        sorted by name, e.g. boxes, labels, scores). A ``(losses, detections)`` tuple gives
-        the detections."""
-        torch = self._torch
-        with torch.inference_mode():
-            outputs = self._module([torch.from_numpy(image).to(self.device) for image in images])
-        if isinstance(outputs, tuple) and len(outputs) == 2 and isinstance(outputs[1], list):
-            outputs = outputs[1]  # scripted torchvision detectors return (losses, detections)
-        return [[t.cpu().numpy() for t in _flatten({k: out[k] for k in sorted(out)} if isinstance(out, dict) else out)]
-                for out in outputs]
 
 
 class Pt2Runtime(_TorchRuntime):

@@ -5,20 +5,28 @@ request and prepares all their images (``preprocess``), the task runs one forwar
 the good ones (``inference``), and ``Batch.finish`` / ``Batch.responses`` give each request its
 own status and JSON body (``postprocess``). ``answer_requests`` chains them for tests and
 other servers.
+
+``Batch.finish`` keeps each image's result object (``batch.results``) and its JSON-ready answer
+(``batch.answers``, what ``Batch.update`` changes). A request that asks for a picture has its
+decoded image kept by ``read_batch``; its result draws itself on that image (an answer a handler
+changed is drawn from its JSON instead).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from PIL import Image
 
 from tsvision.serving import drawing
+from tsvision.serving.batching import ImageBatch
 from tsvision.serving.errors import RequestError, as_request_error
-from tsvision.serving.images import decode_image
 from tsvision.serving.options import RequestOptions, resolve
 from tsvision.serving.payloads import ParsedRequest, format_response, parse_request, v2_envelope
-from tsvision.serving.tasks.base import ImageBatch, VisionTask
+from tsvision.serving.results import Result
+from tsvision.serving.tasks.base import VisionTask
 
 
 @dataclass
@@ -37,12 +45,16 @@ class Batch:
     requests: List[Union[ParsedRequest, RequestError]]
     images: ImageBatch
     rows: List[Any] = field(default_factory=list)     # the requests as TorchServe gave them
-    answers: List[Any] = field(default_factory=list)  # per image, after ``finish``
+    answers: List[Any] = field(default_factory=list)  # per image, after ``finish``: JSON-ready, or its error
     options: List[Optional[RequestOptions]] = field(default_factory=list)  # per request (None: the archive's)
+    results: List[Any] = field(default_factory=list)  # per image, after ``finish``: its result object, or its error
+    _made: List[Any] = field(default_factory=list, repr=False)  # the answers ``finish`` made (to spot changed ones)
 
     def finish(self, task: VisionTask) -> "Batch":
-        """Each image's answer from its slice of the model outputs."""
-        self.answers = list(task.finish_batch(self.images))
+        """Each image's result from its slice of the model outputs, and its JSON-ready answer."""
+        self.results = list(task.finish_batch(self.images))
+        self.answers = task.answers(self.results)
+        self._made = list(self.answers)
         return self
 
     def update(self, change: Callable[[Any], Any]) -> "Batch":
@@ -54,7 +66,14 @@ class Batch:
                     self.answers[position] = change(answer)
                 except Exception as error:
                     self.answers[position] = as_request_error(error, "PostprocessError", "changing this answer failed")
+                self._made[position] = None  # a changed answer is drawn from its JSON
         return self
+
+    def result_at(self, position: int) -> Optional[Result]:
+        """Image ``position``'s result object while its answer is the one ``finish`` made, else None."""
+        made = self._made[position] if position < len(self._made) else None
+        result = self.results[position] if made is not None and self.answers[position] is made else None
+        return result if isinstance(result, Result) else None
 
     def responses(self, task: VisionTask, model_name: str = "", model_version: str = "") -> List[Response]:
         """One response per request, in order (call after ``finish``)."""
@@ -63,11 +82,14 @@ class Batch:
             if isinstance(request, RequestError):
                 responses.append(_error(request))
                 continue
+            positions = range(start, start + len(request.items))
             answers = self.answers[start:start + len(request.items)]
             start += len(request.items)
             options = self.options[index] if index < len(self.options) else None
             if options is not None and options.picture:
-                responses.append(_picture(task, request, answers, options, model_name, model_version))
+                drawable = [(_either(self.result_at(p), answer), self.images.picture_at(p))
+                            for p, answer in zip(positions, answers)]
+                responses.append(_picture(task, request, answers, drawable, options, model_name, model_version))
             else:
                 responses.append(_respond(task, request, answers, model_name, model_version))
         return responses
@@ -87,15 +109,13 @@ def read_batch(task: VisionTask, rows: Sequence[Any], content_types: Optional[Se
         if isinstance(checked, RequestError):
             parsed[index], checked = checked, None
         options.append(checked)
-    items, settings = [], []
+    items, settings, keep = [], [], []
     for request, checked in zip(parsed, options):
         if isinstance(request, ParsedRequest):
             items.extend(request.items)
             settings.extend([checked.settings if checked else None] * len(request.items))
-    images = task.prepare_batch(items)
-    if any(s is not None for s in settings):
-        images.settings = settings
-    return Batch(parsed, images, list(rows), options=options)
+            keep.extend([bool(checked and checked.picture)] * len(request.items))  # drawn later on the decoded image
+    return Batch(parsed, task.prepare_batch(items, settings, keep), list(rows), options=options)
 
 
 def answer_requests(task: VisionTask, rows: Sequence[Any], content_types: Optional[Sequence[Mapping[str, Any]]] = None,
@@ -113,7 +133,8 @@ def _parse(row: Any, content_types: Mapping[str, Any], max_images: int) -> Union
         return as_request_error(error, "InternalError", "reading this request failed")
 
 
-def _options(task: VisionTask, request: ParsedRequest, headers: Mapping[str, Any]) -> Union[RequestOptions, RequestError, None]:
+def _options(task: VisionTask, request: ParsedRequest,
+             headers: Mapping[str, Any]) -> Union[RequestOptions, RequestError, None]:
     """The request's checked options, its 400, or None when it set none (the common JSON case)."""
     accept = next((v for k, v in headers.items() if str(k).lower() == "accept"), None) if headers else None
     if not request.options and not request.row_options and (not accept or "image" not in str(accept).lower()):
@@ -126,44 +147,50 @@ def _options(task: VisionTask, request: ParsedRequest, headers: Mapping[str, Any
         return as_request_error(error, "InternalError", "reading this request's options failed")
 
 
-def _picture(task: VisionTask, request: ParsedRequest, answers: Sequence[Any], options: RequestOptions,
-             model_name: str, model_version: str) -> Response:
+def _picture(task: VisionTask, request: ParsedRequest, answers: Sequence[Any], drawable: Sequence[Tuple[Any, Any]],
+             options: RequestOptions, model_name: str, model_version: str) -> Response:
     """The request's answer drawn on its image(s): the picture bytes, or for the Open Inference
-    Protocol a BYTES output of base64 pictures. Lists of images get a 400 (one picture per answer)."""
+    Protocol a BYTES output of base64 pictures. Lists of images get a 400 (one picture per answer).
+    ``drawable``: per image, (its result, or its JSON answer when a handler changed it; its decoded image)."""
     try:
         for answer in answers:
             if isinstance(answer, RequestError):
                 return _respond(task, request, answers, model_name, model_version)
         if request.shape not in ("single", "kserve_v2"):
-            raise RequestError(400, "BadOption", "option 'format': a picture answers one image; send one image per request "
+            raise RequestError(400, "BadOption", "option 'format': a picture answers one image; "
+                                                 "send one image per request "
                                                  "(or use the Open Inference Protocol), or ask for JSON")
-        pictures = [task.with_settings(options.settings, _draw, task, item, answer, options.picture)
-                    for item, answer in zip(request.items, answers)]
+        pictures = [_draw(task, answer, image, options.picture) for answer, image in drawable]
         if request.shape == "kserve_v2":
             import base64
 
-            body = v2_envelope(request, "picture", [base64.b64encode(p).decode("ascii") for p in pictures], model_name, model_version)
+            encoded = [base64.b64encode(p).decode("ascii") for p in pictures]
+            body = v2_envelope(request, "picture", encoded, model_name, model_version)
             body["outputs"][0]["parameters"] = {"content_type": options.picture}
             return Response(200, body)
         return Response(200, pictures[0], _headline(task, answers[0]), options.picture)
     except Exception as error:
-        return _error(as_request_error(error, "PostprocessError", "drawing this answer failed"), request, model_name, model_version)
+        failure = as_request_error(error, "PostprocessError", "drawing this answer failed")
+        return _error(failure, request, model_name, model_version)
 
 
-def _draw(task: VisionTask, item: Any, answer: Any, media_type: str) -> bytes:
-    """Decode the image again (as ``prepare`` did, EXIF rotation applied) and draw the answer on it."""
-    image = decode_image(bytes(item), task.settings.max_pixels)
+def _draw(task: VisionTask, answer: Any, image: Optional[Image.Image], media_type: str) -> bytes:
+    """The answer (a result, or a JSON answer) drawn on the image ``prepare`` decoded (EXIF rotation applied)."""
+    if image is None:  # a batch prepared without keeping its pictures (e.g. an overridden preprocess)
+        raise RequestError(500, "PostprocessError", "this request's decoded image was not kept for drawing")
     return drawing.encode(task.draw(image, answer), media_type)
 
 
-def _respond(task: VisionTask, request: ParsedRequest, answers: Sequence[Any], model_name: str, model_version: str) -> Response:
+def _respond(task: VisionTask, request: ParsedRequest, answers: Sequence[Any], model_name: str,
+             model_version: str) -> Response:
     try:
         body = format_response(request, answers, model_name, model_version)
         if isinstance(body, RequestError):
             return _error(body, request, model_name, model_version)
         return Response(200, body, _headline(task, body) if request.shape == "single" else "")
     except Exception as error:
-        return _error(as_request_error(error, "PostprocessError", "formatting this answer failed"), request, model_name, model_version)
+        failure = as_request_error(error, "PostprocessError", "formatting this answer failed")
+        return _error(failure, request, model_name, model_version)
 
 
 def _headline(task: VisionTask, body: Any) -> str:
@@ -176,7 +203,12 @@ def _headline(task: VisionTask, body: Any) -> str:
         return ""
 
 
-def _error(error: RequestError, request: Optional[ParsedRequest] = None, model_name: str = "", model_version: str = "") -> Response:
+def _either(result: Optional[Result], answer: Any) -> Any:
+    return answer if result is None else result
+
+
+def _error(error: RequestError, request: Optional[ParsedRequest] = None, model_name: str = "",
+           model_version: str = "") -> Response:
     body = error.to_body()
     if request is not None and request.shape == "kserve_v2":
         # Open Inference Protocol errors keep the v2 envelope: TorchServe's gRPC frontend reads

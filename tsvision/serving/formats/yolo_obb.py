@@ -15,7 +15,8 @@ ultralytics writes ``task: obb`` in the ONNX metadata, which names it.
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -25,7 +26,8 @@ from tsvision.serving.formats.registry import Candidates, ClassCount, Format
 from tsvision.serving.formats.yolo import PREDICT, RESIZE
 from tsvision.serving.geometry import Placement
 from tsvision.serving.ops import best_class, one_output, shape_text
-from tsvision.serving.tasks.detection import DetectionTask, detection_entry
+from tsvision.serving.results import Detections
+from tsvision.serving.tasks.detection import DetectionTask
 
 CLASS_OFFSET = 7680  # ultralytics' max_wh: boxes of different classes are moved this far apart per class index
 
@@ -137,19 +139,30 @@ def draw_oriented(image: Image.Image, answer: Sequence[dict]) -> Image.Image:
     return picture
 
 
+@dataclass
+class OrientedBoxes(Detections):
+    """The result: detections (``boxes`` enclosing the corners) plus ``xywhr`` K×5 in original pixels."""
+
+    xywhr: np.ndarray
+
+    def to_json(self) -> list:
+        return [{**entry, "corners": corner_rows(quad), "angle": round(float(angle), 4)}
+                for entry, quad, angle in zip(self.entries(), corners(self.xywhr), self.xywhr[:, 4])]
+
+    def draw(self, image: Image.Image) -> Image.Image:
+        return draw_oriented(image, self.to_json())
+
+
 class OrientedBoxesTask(DetectionTask):
     """``yolov8_obb``: ``DetectionTask``'s letterboxed batches and decoding, rotated NMS (the format's
     ``suppress``), answers with corners and angle."""
 
-    def finish(self, outputs: List[np.ndarray], placement: Placement) -> list:
-        found, _ = self.detect(outputs, placement)
+    def finish(self, outputs: List[np.ndarray], placement: Placement, settings: Optional[Any] = None) -> OrientedBoxes:
+        found, _ = self.detect(outputs, placement, settings or self.settings)
         xywhr = xywhr_to_original(found.extra, placement)
-        points = corners(xywhr)
-        rows = zip(found.classes, found.scores, enclosing(points), points, xywhr[:, 4])
-        return [{**detection_entry(self.label(int(c)), int(c), score, box), "corners": corner_rows(quad),
-                 "angle": round(float(angle), 4)} for c, score, box, quad, angle in rows]
+        return OrientedBoxes(self.labels, enclosing(corners(xywhr)), found.scores, found.classes, xywhr)
 
-    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+    def draw_answer(self, image: Image.Image, answer: list) -> Image.Image:
         return draw_oriented(image, answer)
 
 

@@ -1,61 +1,39 @@
 """The shared batch pipeline: decode and prepare each image, one forward pass, finish each image.
 
 The three steps are separate so TorchServe's ``preprocess`` / ``inference`` / ``postprocess``
-hooks each run one of them; ``run`` chains them for in-process use."""
+hooks each run one of them; ``run`` chains them for in-process use. ``finish`` gives each image a
+result object (``tsvision.serving.results``) built with that image's request settings, passed in
+explicitly; ``answers`` turns results into JSON-ready answers."""
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
+from tsvision.serving.batching import (  # noqa: F401 (ImageBatch, group_by_shape: their old home)
+    ImageBatch,
+    MicroBatching,
+    PendingBatch,
+    Prepared,
+    Stack,
+    Strategy,
+    group_by_shape,
+)
 from tsvision.serving.errors import RequestError, as_request_error, internal_error
 from tsvision.serving.geometry import check_resizer, normalize
 from tsvision.serving.images import decode_image
+from tsvision.serving.results import Result
 from tsvision.serving.runtimes import Runtime
 from tsvision.serving.settings import Settings, label_for
 
 Item = Union[bytes, bytearray, Image.Image, RequestError]
 ClassCount = Optional[Tuple[int, str]]  # (classes, the output that shows them) or None: the outputs do not say
-Prepared = Union[Tuple[np.ndarray, Any], RequestError]  # what ``_prepare_item`` gives for one item
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ImageBatch:
-    """The images of one batch between the steps.
-
-    ``results`` has one slot per image: ``None`` while it is live, else its ``RequestError``
-    (or, after ``finish_batch``, its answer). ``inputs`` is the model input of the live images,
-    whose slots are ``positions``: one N×3×H×W array, or, when their shapes differ (segmentation's
-    ``shorter_side``), a list of 3×H×W arrays run one shape at a time (``outputs`` then holds a
-    list per output, one array per image); ``metas`` is what ``finish`` needs for each of them.
-
-    Pipelined (``micro_batch``): ``pending`` holds one preparation per slot until ``infer``
-    takes them, and ``finishing`` the (slot, answer) of every image ``infer`` has finished.
-    """
-
-    results: List[Any]
-    inputs: Union[np.ndarray, List[np.ndarray], None] = None
-    metas: List[Any] = field(default_factory=list)
-    positions: List[int] = field(default_factory=list)
-    outputs: Optional[List[Any]] = None
-    settings: List[Any] = field(default_factory=list)  # per slot: the request's Settings (empty: the archive's)
-    pending: List["Future[Prepared]"] = field(default_factory=list)
-    finishing: List[Tuple[int, "Future[Any]"]] = field(default_factory=list)
-
-    def settings_at(self, position: int) -> Any:
-        """The settings image ``position`` is finished with (None: the task's own)."""
-        return self.settings[position] if position < len(self.settings) else None
-
-    def __len__(self) -> int:
-        return len(self.results)
 
 
 class LabelCountError(ValueError):
@@ -75,38 +53,46 @@ class VisionTask:
     """Base of the tasks. Subclasses define ``prepare``, ``finish`` and ``headline``.
 
     Every image gets an answer: a result, or the ``RequestError`` it raised. One bad image
-    never fails the others, and all good images share one forward pass.
+    never fails the others, and all good images share one forward pass (``batching``).
     """
 
     name = ""
     # Per-request options this task accepts (tsvision.serving.options.PARSERS names; "format" always).
-    # Each names a Settings field: while ``finish`` and ``draw`` run, ``self.settings`` holds the
-    # request's value, so a task honours an option by reading its setting.
+    # Each names a Settings field: ``finish`` receives the request's effective settings, so a task
+    # honours an option by reading its setting there.
     options: Tuple[str, ...] = ()
     # ``micro_batch`` when the settings leave it unset (None): measured per task in
     # docs/performance.md ("Pipelining inside one worker"); 0 keeps one batch serial.
     default_micro_batch = 0
+    # How the live images go to the model (``tsvision.serving.batching``).
+    batching: Strategy = Stack()
 
     def __init__(self, runtime: Runtime, settings: Settings, labels: Sequence[str] = (), workers: int = 1) -> None:
         check_resizer(settings.resize_mode)  # a host without the family's resizer refuses to load
         self.runtime = runtime
-        self.archive_settings = settings
-        self._request = threading.local()  # the settings of the request being finished on this thread
+        self.settings = settings  # the archive's; a request's own come to ``prepare`` and ``finish``
         self.labels = list(labels)
         # The worker's share of the cores: workers x threads must not oversubscribe the machine.
         threads = settings.preprocess_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tsvision") if threads > 1 else None
+        # With micro_batch and threads, batches of more than micro_batch images are pipelined by this wrapper.
+        self.micro_batching: Optional[MicroBatching] = None
+        if self._pool is not None and self.micro_batch > 0:
+            self.micro_batching = MicroBatching(self, self.micro_batch, self._pool)
 
     @classmethod
     def before_load(cls) -> None:
         """Called before the model file is loaded (e.g. to register the custom ops it calls)."""
 
-    def prepare(self, image: Image.Image) -> Tuple[np.ndarray, Any]:
-        """RGB image -> (H×W×3 uint8 array, usually input_size×input_size; whatever ``finish`` needs)."""
+    def prepare(self, image: Image.Image, settings: Optional[Settings] = None) -> Tuple[np.ndarray, Any]:
+        """RGB image -> (H×W×3 uint8 array, usually input_size×input_size; whatever ``finish`` needs),
+        with ``settings`` (None: the archive's, as the pipeline calls it: no request option changes
+        how an image is prepared)."""
         raise NotImplementedError
 
-    def finish(self, outputs: List[np.ndarray], meta: Any) -> Any:
-        """This image's slice of every model output -> its JSON-ready answer."""
+    def finish(self, outputs: List[np.ndarray], meta: Any, settings: Optional[Settings] = None) -> Result:
+        """This image's slice of every model output -> its result, with the request's ``settings``
+        (None: the archive's)."""
         raise NotImplementedError
 
     def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
@@ -122,87 +108,91 @@ class VisionTask:
             raise LabelCountError(len(self.labels), found[0], found[1], self.settings.labels or "the labels")
 
     def headline(self, answer: Any) -> str:
-        """The one label that sums up an answer (logged per A/B variant); '' if none."""
+        """The one label that sums up a JSON answer (logged per A/B variant); '' if none."""
         raise NotImplementedError
 
     def draw(self, image: Image.Image, answer: Any) -> Image.Image:
-        """The answer drawn for a person (``Accept: image/png``): a picture at the image's size or larger."""
+        """An answer drawn for a person (``Accept: image/png``): a picture at the image's size or
+        larger. ``answer`` is a result (drawn from its arrays) or a JSON answer (e.g. one a handler changed)."""
+        if isinstance(answer, Result):
+            return answer.draw(image)
+        return self.draw_answer(image, answer)
+
+    def draw_answer(self, image: Image.Image, answer: Any) -> Image.Image:
+        """A JSON answer drawn on ``image``."""
         raise NotImplementedError(f"the {self.name} task draws no pictures")
 
     def label(self, index: int) -> str:
         return label_for(self.labels, index)
 
     @property
-    def settings(self) -> Settings:
-        """The archive's settings, or while one request is finished or drawn, that request's."""
-        return getattr(self._request, "settings", None) or self.archive_settings
-
-    @settings.setter
-    def settings(self, value: Settings) -> None:
-        self.archive_settings = value
+    def archive_settings(self) -> Settings:
+        """The archive's settings (``self.settings``)."""
+        return self.settings
 
     @property
     def micro_batch(self) -> int:
         """Images per forward pass when one batch is pipelined (0: serial): the setting, else the task's default."""
-        value = self.archive_settings.micro_batch
+        value = self.settings.micro_batch
         return self.default_micro_batch if value is None else value
 
-    def with_settings(self, settings: Optional[Settings], function: Callable, *args) -> Any:
-        """``function(*args)`` with ``self.settings`` being ``settings`` on this thread."""
-        if settings is None:
-            return function(*args)
-        self._request.settings = settings
-        try:
-            return function(*args)
-        finally:
-            self._request.settings = None
-
     # -- the three steps ---------------------------------------------------------------------
-    def prepare_batch(self, items: Sequence[Item]) -> ImageBatch:
+    def prepare_batch(self, items: Sequence[Item], settings: Optional[Sequence[Optional[Settings]]] = None,
+                      keep: Sequence[bool] = ()) -> ImageBatch:
         """Decode and prepare every image (on the worker's threads); errors stay in their slots.
+        ``settings``: per item, its request's settings (None: the archive's); ``keep``: per item,
+        whether to keep its decoded image for drawing (``batch.pictures``).
 
-        With ``micro_batch`` set (and threads, and more items than it), this only hands each
-        item's preparation to the threads and returns; ``infer`` takes them as they are ready."""
-        batch = ImageBatch([None] * len(items))
-        if self._pool is not None and 0 < self.micro_batch < len(items):
-            batch.pending = [self._pool.submit(self._prepare_item, item) for item in items]
-            return batch
-        return self._gather(batch, enumerate(self._map(self._prepare_item, items)))
+        With ``micro_batch`` set (and threads, and more items than it), ``MicroBatching`` takes the
+        batch: this only hands each item's preparation to the threads and returns."""
+        settings = list(settings) if settings is not None and any(s is not None for s in settings) else []
+        keep = list(keep) or [False] * len(items)
+        if self.micro_batching is not None and self.micro_batching.size < len(items):
+            return self.micro_batching.prepare_batch(items, settings, keep)
+        batch = ImageBatch([None] * len(items), settings, [None] * len(items))
+        return self.gather(batch, enumerate(self._map(self._prepare_pair, list(zip(items, keep)))))
 
     def prepared(self, batch: ImageBatch) -> ImageBatch:
-        """``batch`` as the unpipelined ``prepare_batch`` makes it (``inputs`` holds every live
-        image): waits for the pending preparations, for callers that read ``inputs`` themselves."""
-        pending, batch.pending = batch.pending, []
-        return self._gather(batch, ((position, future.result()) for position, future in enumerate(pending)))
+        """``batch`` as the plain ``prepare_batch`` makes it (``inputs`` holds every live image):
+        waits for the pending preparations of a pipelined batch, for callers that read ``inputs``."""
+        if isinstance(batch, PendingBatch) and self.micro_batching is not None:
+            return self.micro_batching.prepared(batch)
+        return batch
 
     def infer(self, batch: ImageBatch) -> ImageBatch:
-        """One forward pass over the live images; if the model fails, each of them gets the 500.
-        A pipelined batch runs in micro-batches instead (``_infer_pipelined``)."""
-        if batch.pending:
-            return self._infer_pipelined(batch)
-        if isinstance(batch.inputs, list):
-            return self._infer_by_shape(batch)
+        """One forward pass over the live images (``batching``); if the model fails, its images get
+        the 500. A pipelined batch runs in micro-batches instead (``MicroBatching``)."""
+        if isinstance(batch, PendingBatch) and batch.pending and self.micro_batching is not None:
+            return self.micro_batching.infer(batch)
         if batch.inputs is not None:
-            try:
-                batch.outputs = self.runtime.run(batch.inputs)
-            except Exception:  # the model failed: its images get 500, the worker lives on
-                self._fail(batch, internal_error("InferenceError", f"the model failed on this batch of {len(batch.positions)} images"))
+            rows = self.batching.run(self.runtime, batch.inputs)
+            live = [i for i, row in enumerate(rows) if not isinstance(row, RequestError)]
+            for i, row in enumerate(rows):
+                if isinstance(row, RequestError):
+                    batch.results[batch.positions[i]] = row
+            batch.positions, batch.metas = [batch.positions[i] for i in live], [batch.metas[i] for i in live]
+            batch.outputs = [rows[i] for i in live] if live else None
+            batch.inputs = None
         return batch
 
     def finish_batch(self, batch: ImageBatch) -> List[Any]:
-        """Every image's answer (or its error), in the order the images came."""
+        """Every image's result (or its error), in the order the images came."""
+        if isinstance(batch, PendingBatch) and self.micro_batching is not None:
+            self.micro_batching.finish_batch(batch)
         if batch.outputs is not None:
-            for position, answer in zip(batch.positions, self._map(self._finish_item, self._rows(batch))):
-                batch.results[position] = answer
+            for position, result in zip(batch.positions, self._map(self.finish_item, self.rows(batch))):
+                batch.results[position] = result
             batch.outputs = None
-        for position, future in batch.finishing:  # pipelined: the answers finished on the threads
-            batch.results[position] = future.result()
-        batch.finishing = []
         return batch.results
 
+    def answers(self, results: Sequence[Any]) -> List[Any]:
+        """Each result as its JSON-ready answer (``to_json``, on the worker's threads); errors stay.
+        A result that fails to serialise is that image's 500."""
+        return self._map(_to_json, list(results))
+
     def run(self, items: Sequence[Item]) -> List[Any]:
-        """All three steps: an answer or a ``RequestError`` per item."""
-        return self.finish_batch(self.infer(self.prepare_batch(items)))
+        """All three steps: a JSON-ready answer or a ``RequestError`` per item."""
+        return self.answers(self.finish_batch(self.infer(self.prepare_batch(items))))
 
     def close(self) -> None:
         """Stop the preparation threads (the worker is going away)."""
@@ -210,77 +200,10 @@ class VisionTask:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    def _infer_by_shape(self, batch: ImageBatch) -> ImageBatch:
-        """Images of different shapes: one forward pass per shape (padding them to one shape would
-        change a fully convolutional model's answers near the edges), each image's outputs kept in
-        its row; a pass that fails gives only its own images the 500."""
-        rows: List[Optional[List[np.ndarray]]] = [None] * len(batch.inputs)
-        for shape, indices in group_by_shape(batch.inputs).items():
-            try:
-                outputs = self.runtime.run(np.stack([batch.inputs[i] for i in indices]))
-            except Exception:  # the model failed on this shape: its images get 500, the others go on
-                error = internal_error("InferenceError", f"the model failed on {len(indices)} image(s) of "
-                                       f"{shape[-1]}×{shape[-2]} pixels in this batch")
-                for i in indices:
-                    batch.results[batch.positions[i]] = error
-                continue
-            for row, i in enumerate(indices):
-                rows[i] = [output[row] for output in outputs]
-        live = [i for i, row in enumerate(rows) if row is not None]
-        batch.positions, batch.metas = [batch.positions[i] for i in live], [batch.metas[i] for i in live]
-        batch.outputs = [list(column) for column in zip(*(rows[i] for i in live))] if live else None
-        batch.inputs = None
-        return batch
-
-    def _infer_pipelined(self, batch: ImageBatch) -> ImageBatch:
-        """The model on ``micro_batch`` live images at a time, in order: while it runs on one
-        micro-batch the threads prepare the next ones and finish the previous ones. Each
-        micro-batch is stacked, run and failed on its own (its images only get its 500)."""
-        size = self.micro_batch
-        fixed = getattr(self.runtime, "fixed_batch", None)
-        if fixed:  # whole chunks of the model's own batch size: no padded forward passes in between
-            size = -(-size // fixed) * fixed
-        pending, batch.pending = batch.pending, []
-        chunk: List[Tuple[int, Prepared]] = []
-        for position, future in enumerate(pending):
-            prepared = future.result()
-            if isinstance(prepared, RequestError):
-                batch.results[position] = prepared
-                continue
-            chunk.append((position, prepared))
-            if len(chunk) == size:
-                self._run_micro_batch(batch, chunk)
-                chunk = []
-        if chunk:
-            self._run_micro_batch(batch, chunk)
-        return batch
-
-    def _run_micro_batch(self, batch: ImageBatch, chunk: Sequence[Tuple[int, Prepared]]) -> None:
-        """Stack ``chunk`` (slot, prepared image), run the model on it (``infer``), and hand each
-        image's ``finish`` to the threads (``batch.finishing``). Slots and settings are ``batch``'s."""
-        part = self.infer(self._gather(ImageBatch(batch.results, settings=batch.settings), chunk))
-        if part.outputs is not None:
-            batch.finishing.extend((position, self._pool.submit(self._finish_item, row))
-                                   for position, row in zip(part.positions, self._rows(part)))
-
-    def _gather(self, batch: ImageBatch, prepared: Iterable[Tuple[int, Prepared]]) -> ImageBatch:
+    # -- one image (also what ``MicroBatching`` runs) ------------------------------------------
+    def gather(self, batch: ImageBatch, prepared: Iterable[Tuple[int, Prepared]]) -> ImageBatch:
         """Put each (slot, prepared image) into ``batch``: errors in their slots, the live images
-        normalised into ``inputs`` (stacked when they all have one shape, else a list)."""
-        arrays = self._place(batch, prepared)
-        if arrays:
-            mean, std = self.settings.mean, self.settings.std
-            try:
-                if len({array.shape for array in arrays}) > 1:  # e.g. shorter_side: one forward pass per shape
-                    batch.inputs = [normalize(array[None], mean, std)[0] for array in arrays]
-                else:
-                    batch.inputs = normalize(np.stack(arrays), mean, std)
-            except Exception:  # e.g. an overridden prepare() that returns something other than H×W×3 uint8
-                self._fail(batch, internal_error("PreprocessError", f"stacking this batch of {len(arrays)} images failed"))
-        return batch
-
-    @staticmethod
-    def _place(batch: ImageBatch, prepared: Iterable[Tuple[int, Prepared]]) -> List[np.ndarray]:
-        """Each error into its slot, each live image's meta and slot into ``batch``; returns the live arrays."""
+        collated into ``inputs`` by the task's ``batching``."""
         arrays = []
         for position, item in prepared:
             if isinstance(item, RequestError):
@@ -289,31 +212,38 @@ class VisionTask:
             arrays.append(item[0])
             batch.metas.append(item[1])
             batch.positions.append(position)
-        return arrays
+            if item[2] is not None:
+                batch.pictures[position] = item[2]
+        if arrays:
+            try:
+                batch.inputs = self.batching.collate(arrays, self.settings, self._map)
+            except Exception:  # e.g. an overridden prepare() that returns something other than H×W×3 uint8
+                batch.fail(internal_error("PreprocessError", f"stacking this batch of {len(arrays)} images failed"))
+        return batch
 
     @staticmethod
-    def _rows(batch: ImageBatch) -> List[Tuple[List[np.ndarray], Any, Optional[Settings]]]:
-        """Per live image: its slice of every model output, its meta, its request's settings."""
-        return [([output[row] for output in batch.outputs], meta, batch.settings_at(position))
-                for row, (meta, position) in enumerate(zip(batch.metas, batch.positions))]
+    def rows(batch: ImageBatch) -> List[Tuple[List[np.ndarray], Any, Optional[Settings]]]:
+        """Per live image: its outputs, its meta, its request's settings."""
+        return [(outputs, meta, batch.settings_at(position))
+                for outputs, meta, position in zip(batch.outputs or [], batch.metas, batch.positions)]
 
-    @staticmethod
-    def _fail(batch: ImageBatch, error: RequestError) -> None:
-        for position in batch.positions:
-            batch.results[position] = error
-        batch.inputs, batch.positions, batch.metas = None, [], []
-
-    def _prepare_item(self, item: Item) -> Prepared:
-        """Whatever one item raises is that item's answer: its own 4xx, or a 500 for a bug."""
+    def prepare_item(self, item: Item, keep: bool = False) -> Prepared:
+        """(array, meta, the decoded image when ``keep``) of one item; whatever it raises is that
+        item's answer: its own 4xx, or a 500 for a bug."""
         try:
-            return self.prepare(self._image(item))
+            image = self._image(item)
+            array, meta = self.prepare(image)  # one argument: overrides written as prepare(self, image) keep working
+            return array, meta, image if keep else None
         except Exception as error:
             return as_request_error(error, "PreprocessError", "preparing this image failed")
 
-    def _finish_item(self, row: Tuple[List[np.ndarray], Any, Optional[Settings]]) -> Any:
-        """One image's answer, finished with its request's settings (``row[2]``, None: the archive's)."""
+    def _prepare_pair(self, pair: Tuple[Item, bool]) -> Prepared:
+        return self.prepare_item(*pair)
+
+    def finish_item(self, row: Tuple[List[np.ndarray], Any, Optional[Settings]]) -> Any:
+        """One image's result, finished with its request's settings (``row[2]``, None: the archive's)."""
         try:
-            return self.with_settings(row[2] if len(row) > 2 else None, self.finish, *row[:2])
+            return self.finish(row[0], row[1], row[2] or self.settings)
         except Exception as error:
             return as_request_error(error, "PostprocessError", "post-processing this image failed")
 
@@ -341,9 +271,11 @@ class VisionTask:
         return decode_image(bytes(item), self.settings.max_pixels)
 
 
-def group_by_shape(arrays: Sequence[np.ndarray]) -> Dict[tuple, List[int]]:
-    """The indices of ``arrays`` grouped by shape, groups in order of first appearance."""
-    groups: Dict[tuple, List[int]] = {}
-    for index, array in enumerate(arrays):
-        groups.setdefault(tuple(array.shape), []).append(index)
-    return groups
+def _to_json(result: Any) -> Any:
+    """A result's JSON-ready answer; an error or an already JSON-ready answer stays as it is."""
+    if not isinstance(result, Result):
+        return result
+    try:
+        return result.to_json()
+    except Exception as error:
+        return as_request_error(error, "PostprocessError", "post-processing this image failed")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 from PIL import Image
@@ -10,6 +10,8 @@ from PIL import Image
 from tsvision.serving.drawing import draw_classification
 from tsvision.serving.geometry import resize_center_crop
 from tsvision.serving.ops import shape_text
+from tsvision.serving.results import Classification
+from tsvision.serving.settings import Settings
 from tsvision.serving.tasks.base import ClassCount, VisionTask
 
 
@@ -18,9 +20,9 @@ class ClassificationTask(VisionTask):
     options = ("top_k",)
     default_micro_batch = 4  # served 0.79 -> 0.95 of in-process at 32 clients on 2 cores (docs/performance.md)
 
-    def prepare(self, image: Image.Image):
-        return resize_center_crop(image, self.settings.resize_size, self.settings.input_size,
-                                  self.settings.interpolation), None
+    def prepare(self, image: Image.Image, settings: Optional[Settings] = None):
+        s = settings or self.settings
+        return resize_center_crop(image, s.resize_size, s.input_size, s.interpolation), None
 
     def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
         return outputs[0].size, f"{self.settings.output} {shape_text(outputs[0])}"
@@ -28,14 +30,14 @@ class ClassificationTask(VisionTask):
     def headline(self, answer: list) -> str:
         return answer[0]["label"] if answer else ""
 
-    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+    def draw_answer(self, image: Image.Image, answer: list) -> Image.Image:
         return draw_classification(image, answer)
 
-    def finish(self, outputs: List[np.ndarray], meta) -> list:
+    def finish(self, outputs: List[np.ndarray], meta, settings: Optional[Settings] = None) -> Classification:
+        s = settings or self.settings
         scores = outputs[0].astype(np.float64).reshape(-1)
-        if self.settings.output == "logits":
+        if s.output == "logits":
             scores = np.exp(scores - scores.max())
             scores /= scores.sum()
-        k = min(self.settings.top_k, scores.size)
-        top = np.argsort(-scores, kind="stable")[:k]
-        return [{"label": self.label(int(i)), "index": int(i), "score": float(scores[i])} for i in top]
+        top = np.argsort(-scores, kind="stable")[:min(s.top_k, scores.size)]
+        return Classification(self.labels, top, scores[top])

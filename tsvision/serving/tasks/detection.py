@@ -9,7 +9,7 @@ image happen here, so one exported graph serves any image size.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -19,6 +19,8 @@ from tsvision.serving.drawing import draw_detection
 from tsvision.serving.formats import Candidates, ClassCount, Format
 from tsvision.serving.geometry import YOLO_FILL, Placement, fit_square, mean_fill
 from tsvision.serving.ops import keep_classes, nms
+from tsvision.serving.results import Detections, detection_entry  # noqa: F401 (detection_entry: its old home)
+from tsvision.serving.settings import Settings
 from tsvision.serving.tasks.base import VisionTask
 
 DETECTION_OPTIONS = ("score_threshold", "iou_threshold", "max_detections", "classes", "agnostic_nms")
@@ -29,15 +31,15 @@ class DetectionTask(VisionTask):
     options = DETECTION_OPTIONS
     default_micro_batch = 4  # served 0.81 -> 0.89 of in-process at 32 clients on 2 cores (docs/performance.md)
 
-    def prepare(self, image: Image.Image):
-        s = self.settings
+    def prepare(self, image: Image.Image, settings: Optional[Settings] = None):
+        s = settings or self.settings
         fill = YOLO_FILL if s.resize_mode == "letterbox_center" else mean_fill(s.mean)
         return fit_square(image, s.input_size, s.resize_mode, fill, s.interpolation)
 
     def headline(self, answer: list) -> str:
         return answer[0]["label"] if answer else ""
 
-    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+    def draw_answer(self, image: Image.Image, answer: list) -> Image.Image:
         return draw_detection(image, answer)
 
     @property
@@ -49,15 +51,16 @@ class DetectionTask(VisionTask):
         count = self.format.class_count
         return count(outputs, self.settings.background_index is not None) if count is not None else None
 
-    def decode(self, outputs: List[np.ndarray], placement: Placement) -> Candidates:
+    def decode(self, outputs: List[np.ndarray], placement: Placement, settings: Settings) -> Candidates:
         """One image's raw outputs -> its candidates above the threshold (the format's decoder)."""
-        return self.format.decode(outputs, self.settings, placement)
+        return self.format.decode(outputs, settings, placement)
 
-    def detect(self, outputs: List[np.ndarray], placement: Placement) -> Tuple[Candidates, np.ndarray]:
+    def detect(self, outputs: List[np.ndarray], placement: Placement,
+               settings: Settings) -> Tuple[Candidates, np.ndarray]:
         """Decode, keep the ``pre_nms_top_k`` best, NMS, keep ``max_detections``: the kept
-        candidates (best first) and their boxes in original pixels."""
-        s = self.settings
-        found = self.decode(outputs, placement)
+        candidates (best first) and their boxes in original pixels (``settings``: the request's)."""
+        s = settings
+        found = self.decode(outputs, placement, s)
         if s.classes is not None:  # before NMS: other classes neither count nor suppress
             found = found.take(keep_classes(found.classes, s.classes))
         if found.scores.size > s.pre_nms_top_k:
@@ -74,12 +77,7 @@ class DetectionTask(VisionTask):
         found = found.take(keep)
         return found, placement.boxes_to_original(found.boxes)
 
-    def finish(self, outputs: List[np.ndarray], placement: Placement) -> list:
-        found, boxes = self.detect(outputs, placement)
-        return [detection_entry(self.label(int(c)), int(c), score, box)
-                for c, score, box in zip(found.classes, found.scores, boxes)]
-
-
-def detection_entry(label: str, index: int, score: float, box: np.ndarray) -> dict:
-    """One detection of an answer: ``{"label", "index", "score", "box"}``, box rounded to 0.01 px."""
-    return {"label": label, "index": index, "score": float(score), "box": [round(float(v), 2) for v in box]}
+    def finish(self, outputs: List[np.ndarray], placement: Placement,
+               settings: Optional[Settings] = None) -> Detections:
+        found, boxes = self.detect(outputs, placement, settings or self.settings)
+        return Detections(self.labels, boxes, found.scores, found.classes)

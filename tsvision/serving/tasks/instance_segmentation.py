@@ -22,7 +22,7 @@ Two model contracts (``detection_format``, docs/models.md):
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -30,24 +30,20 @@ from PIL import Image
 from tsvision.serving.drawing import draw_instances
 from tsvision.serving.formats.yolo import yolo_seg_outputs
 from tsvision.serving.geometry import Placement
-from tsvision.serving.masks import decode_mask, encode_mask
-from tsvision.serving.tasks.detection import DETECTION_OPTIONS, DetectionTask, detection_entry
+from tsvision.serving.masks import decode_mask
+from tsvision.serving.results import Instances
+from tsvision.serving.settings import Settings
+from tsvision.serving.tasks.detection import DETECTION_OPTIONS, DetectionTask
 from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask
 
 PIXEL_BUDGET = 16_000_000  # float mask pixels upsampled at once (ultralytics' own bound)
-
-
-def instance(task, index: int, score: float, box: np.ndarray, mask: np.ndarray) -> dict:
-    """One answer entry; ``mask`` is a boolean H×W array at the original size."""
-    encoded = encode_mask(mask, task.settings.mask_format or "rle")
-    return {**detection_entry(task.label(int(index)), int(index), score, box), "mask": encoded}
-
 
 INSTANCE_OPTIONS = DETECTION_OPTIONS + ("mask_format", "mask_threshold")
 
 
 def draw_answer(image: Image.Image, answer: list) -> Image.Image:
-    """Each instance's mask in its class colour, its box and "label score" on top."""
+    """A JSON answer drawn (for clients): each instance's mask in its class colour, its box and
+    "label score" on top. Polygons carry outer rings only: their holes are filled here."""
     return draw_instances(image, answer, [decode_mask(entry["mask"], image.height, image.width) for entry in answer])
 
 
@@ -58,18 +54,20 @@ class TorchvisionInstanceSegmentationTask(TorchvisionDetectionTask):
     options = INSTANCE_OPTIONS
     default_micro_batch = 0  # not measured for this task: serial unless set
 
-    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+    def draw_answer(self, image: Image.Image, answer: list) -> Image.Image:
         return draw_answer(image, answer)
 
-    def finish(self, outputs: List[np.ndarray], size: Tuple[int, int]) -> list:
+    def finish(self, outputs: List[np.ndarray], size: Tuple[int, int],
+               settings: Optional[Settings] = None) -> Instances:
+        s = settings or self.settings
         boxes, labels, scores, masks = mask_rcnn_outputs(outputs)
         width, height = size
         if masks.shape[-2:] != (height, width):
             raise ValueError(f"the model's masks are {masks.shape[-2]}×{masks.shape[-1]}, the image {height}×{width}: "
                              "detection_format 'torchvision' expects masks at the image's own size")
-        chosen, boxes = self.select(boxes, labels, scores, size)
-        return [instance(self, labels[i], scores[i], box, masks[i].reshape(height, width) > self.settings.mask_threshold)
-                for i, box in zip(chosen, boxes)]
+        chosen, boxes = self.select(boxes, labels, scores, size, s)
+        kept = masks[chosen].reshape(len(chosen), height, width) > s.mask_threshold
+        return Instances(self.labels, boxes, scores[chosen], labels[chosen], kept, s.mask_format or "rle")
 
 
 def mask_rcnn_outputs(outputs: List[np.ndarray]) -> Tuple[np.ndarray, ...]:
@@ -93,15 +91,18 @@ class YoloInstanceSegmentationTask(DetectionTask):
     name = "instance_segmentation"
     options = INSTANCE_OPTIONS
 
-    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+    def draw_answer(self, image: Image.Image, answer: list) -> Image.Image:
         return draw_answer(image, answer)
 
-    def finish(self, outputs: List[np.ndarray], placement: Placement) -> list:
-        found, mapped = self.detect(outputs, placement)
+    def finish(self, outputs: List[np.ndarray], placement: Placement,
+               settings: Optional[Settings] = None) -> Instances:
+        s = settings or self.settings
+        found, mapped = self.detect(outputs, placement, s)
         _, protos = yolo_seg_outputs(outputs)
-        masks = prototype_masks(protos, found.extra, mapped, placement, self.settings.mask_threshold)
-        return [instance(self, c, score, box, mask)
-                for c, score, box, mask in zip(found.classes, found.scores, mapped, masks) if mask.any()]
+        masks = prototype_masks(protos, found.extra, mapped, placement, s.mask_threshold)
+        shown = np.array([bool(mask.any()) for mask in masks], dtype=bool)  # ultralytics drops empty masks
+        return Instances(self.labels, mapped[shown], found.scores[shown], found.classes[shown], masks[shown],
+                         s.mask_format or "rle")
 
 
 def prototype_masks(protos: np.ndarray, coefficients: np.ndarray, boxes: np.ndarray, placement: Placement,

@@ -21,7 +21,7 @@ describe answer and the archive's settings carry them (``keypoint_metadata``), n
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -29,8 +29,9 @@ from PIL import Image
 from tsvision.serving.drawing import draw_keypoints
 from tsvision.serving.formats import Candidates
 from tsvision.serving.geometry import Placement, normalize
+from tsvision.serving.results import Keypoints, keypoint_rows  # noqa: F401 (keypoint_rows: its old home)
 from tsvision.serving.settings import Settings
-from tsvision.serving.tasks.detection import DetectionTask, detection_entry
+from tsvision.serving.tasks.detection import DetectionTask
 from tsvision.serving.tasks.torchvision_detection import TorchvisionDetectionTask, run_by_size
 
 COCO_KEYPOINT_NAMES = (
@@ -73,9 +74,6 @@ def check_keypoint_count(settings: Settings, count: int) -> None:
         raise ValueError(f"skeleton edges {bad} name keypoints outside 0..{count - 1}")
 
 
-def keypoint_rows(points: np.ndarray) -> List[List[float]]:
-    """K×3 (x, y, score) -> JSON rows, coordinates to 0.01 px, scores to 4 decimals."""
-    return [[round(float(x), 2), round(float(y), 2), round(float(score), 4)] for x, y, score in points]
 
 
 class KeypointsTask(DetectionTask):
@@ -85,20 +83,21 @@ class KeypointsTask(DetectionTask):
     default_micro_batch = 0  # not measured for this task: serial unless set
     visible_score = 0.5  # a keypoint is drawn when its visibility (a probability) is above this
 
-    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+    def draw_answer(self, image: Image.Image, answer: list) -> Image.Image:
         return draw_keypoints(image, answer, keypoint_metadata(self.settings)["skeleton"], self.visible_score)
 
-    def decode(self, outputs: List[np.ndarray], placement: Placement) -> Candidates:
+    def decode(self, outputs: List[np.ndarray], placement: Placement, settings: Settings) -> Candidates:
         """The format's candidates, ``extra`` their K×3 keypoints; K must fit the keypoint names."""
-        found = super().decode(outputs, placement)
-        check_keypoint_count(self.settings, found.extra.shape[1])
+        found = super().decode(outputs, placement, settings)
+        check_keypoint_count(settings, found.extra.shape[1])
         return found
 
-    def finish(self, outputs: List[np.ndarray], placement: Placement) -> list:
-        found, boxes = self.detect(outputs, placement)
-        points = placement.points_to_original(found.extra) if len(boxes) else []
-        return [{**detection_entry(self.label(int(c)), int(c), score, box), "keypoints": keypoint_rows(person)}
-                for c, score, box, person in zip(found.classes, found.scores, boxes, points)]
+    def finish(self, outputs: List[np.ndarray], placement: Placement, settings: Optional[Settings] = None) -> Keypoints:
+        s = settings or self.settings
+        found, boxes = self.detect(outputs, placement, s)
+        points = placement.points_to_original(found.extra) if len(boxes) else np.zeros((0, 0, 3))
+        return Keypoints(self.labels, boxes, found.scores, found.classes, points,
+                         keypoint_metadata(s)["skeleton"], self.visible_score)
 
     def warm_up(self, batch_size: int = 2, rounds: int = 2) -> None:
         """As ``DetectionTask``, and refuse to load when the keypoint count does not fit the names."""
@@ -107,7 +106,7 @@ class KeypointsTask(DetectionTask):
         for _ in range(rounds):
             outputs = self.runtime.run(blank)
         side = s.input_size
-        self.decode([o[0] for o in outputs], Placement(side, side, side, side, side))
+        self.decode([o[0] for o in outputs], Placement(side, side, side, side, side), s)
         self.check_labels([o[0] for o in outputs])
 
 
@@ -140,20 +139,22 @@ class TorchvisionKeypointsTask(TorchvisionDetectionTask):
     name = "keypoints"
     visible_score = 0.0  # torchvision's keypoint scores are logits: above 0 is a probability above 0.5
 
-    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+    def draw_answer(self, image: Image.Image, answer: list) -> Image.Image:
         return draw_keypoints(image, answer, keypoint_metadata(self.settings)["skeleton"], self.visible_score)
 
-    def finish(self, outputs: List[np.ndarray], size: Tuple[int, int]) -> list:
+    def finish(self, outputs: List[np.ndarray], size: Tuple[int, int],
+               settings: Optional[Settings] = None) -> Keypoints:
+        s = settings or self.settings
         found = split_torchvision_outputs(outputs)
-        check_keypoint_count(self.settings, found["keypoints"].shape[1])
-        kept, boxes = self.select(found["boxes"], found["labels"], found["scores"], size)
+        check_keypoint_count(s, found["keypoints"].shape[1])
+        kept, boxes = self.select(found["boxes"], found["labels"], found["scores"], size, s)
         width, height = size
         points = found["keypoints"][kept].astype(np.float64)
         points[..., 0] = np.clip(points[..., 0], 0, width)
         points[..., 1] = np.clip(points[..., 1], 0, height)
         points[..., 2] = found["keypoints_scores"][kept]
-        return [{**detection_entry(self.label(int(c)), int(c), score, box), "keypoints": keypoint_rows(person)}
-                for c, score, box, person in zip(found["labels"][kept], found["scores"][kept], boxes, points)]
+        return Keypoints(self.labels, boxes, found["scores"][kept], found["labels"][kept], points,
+                         keypoint_metadata(s)["skeleton"], self.visible_score)
 
     def warm_up(self, batch_size: int = 2, rounds: int = 2) -> None:
         """As ``TorchvisionDetectionTask``, and refuse to load when the keypoint count does not fit the names."""

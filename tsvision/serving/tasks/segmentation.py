@@ -6,27 +6,35 @@ With ``mask_format`` ``rle`` or ``polygon`` there is no class-index PNG: each en
 
 from __future__ import annotations
 
-import base64
-import io
 import math
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 from PIL import Image
 
+from tsvision.serving.batching import BySize, Stack
 from tsvision.serving.drawing import draw_segmentation
 from tsvision.serving.geometry import Placement, fit_square, mean_fill, resize_shorter_side
-from tsvision.serving.masks import decode_mask, encode_mask
+from tsvision.serving.masks import decode_class_png, decode_mask, encode_class_png
 from tsvision.serving.ops import shape_text
+from tsvision.serving.results import Segmentation
+from tsvision.serving.settings import Settings
 from tsvision.serving.tasks.base import ClassCount, VisionTask
+
+encode_png, decode_png = encode_class_png, decode_class_png  # their old names
 
 
 class SegmentationTask(VisionTask):
     name = "segmentation"
     options = ("mask_format",)
 
-    def prepare(self, image: Image.Image):
-        s = self.settings
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # torchvision's preset keeps each image's aspect ratio: one forward pass per shape
+        self.batching = BySize() if self.settings.resize_mode == "shorter_side" else Stack()
+
+    def prepare(self, image: Image.Image, settings: Optional[Settings] = None):
+        s = settings or self.settings
         if s.resize_mode == "shorter_side":  # torchvision's preset: any aspect ratio, one forward pass per shape
             return resize_shorter_side(image, s.input_size, s.max_size, s.interpolation)
         return fit_square(image, s.input_size, s.resize_mode, mean_fill(s.mean), s.interpolation)
@@ -37,29 +45,19 @@ class SegmentationTask(VisionTask):
     def headline(self, answer: dict) -> str:
         return max(answer["classes"], key=lambda c: c["pixels"])["label"] if answer["classes"] else ""
 
-    def draw(self, image: Image.Image, answer: dict) -> Image.Image:
+    def draw_answer(self, image: Image.Image, answer: dict) -> Image.Image:
         return draw_segmentation(image, class_mask(answer), answer["classes"])
 
-    def finish(self, outputs: List[np.ndarray], placement: Placement) -> dict:
-        mask = upsample_argmax(outputs[0], placement)
-        counts = np.bincount(mask.reshape(-1), minlength=1)
-        total = mask.size
-        classes = [
-            {"index": int(i), "label": self.label(int(i)), "pixels": int(n), "fraction": round(float(n) / total, 6)}
-            for i, n in enumerate(counts)
-            if n
-        ]
-        mask_format = self.settings.mask_format or "png"
-        if mask_format == "png":
-            return {"width": placement.width, "height": placement.height, "mask": encode_png(mask), "classes": classes}
-        for entry in classes:
-            entry["mask"] = encode_mask(mask == entry["index"], mask_format)
-        return {"width": placement.width, "height": placement.height, "classes": classes}
+    def finish(self, outputs: List[np.ndarray], placement: Placement,
+               settings: Optional[Settings] = None) -> Segmentation:
+        mask_format = (settings or self.settings).mask_format or "png"
+        return Segmentation(self.labels, upsample_argmax(outputs[0], placement), mask_format)
 
 
 def class_mask(answer: dict) -> np.ndarray:
-    """An answer's H×W class indices, from its PNG ``mask`` or its classes' own masks. Polygons fill
-    holes, so a class's polygons may cover the classes inside it: the largest areas are painted first."""
+    """A JSON answer's H×W class indices (for clients), from its PNG ``mask`` or its classes' own
+    masks. Polygons fill holes, so a class's polygons may cover the classes inside it: the largest
+    areas are painted first (the server draws from the mask array itself)."""
     if "mask" in answer:
         return decode_png(answer["mask"])
     height, width = answer["height"], answer["width"]
@@ -109,18 +107,3 @@ def _bilinear_sources(in_size: int, out_size: int):
     second = np.minimum(first + 1, in_size - 1)
     return first, second, (real - first).astype(np.float32)
 
-
-def encode_png(mask: np.ndarray) -> str:
-    """Class-index mask -> base64 PNG: 8-bit grey up to 256 classes, 16-bit beyond."""
-    if mask.max(initial=0) < 256:
-        image = Image.fromarray(mask.astype(np.uint8), mode="L")
-    else:
-        image = Image.fromarray(mask.astype(np.uint16))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False, compress_level=6)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def decode_png(data: str) -> np.ndarray:
-    """Inverse of ``encode_png``, for clients and tests."""
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))

@@ -14,21 +14,30 @@ the same as ``DetectionTask``'s: ``{"label", "index", "score", "box"}``.
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
+from tsvision.serving.batching import BySize, run_by_size, to_chw_float  # noqa: F401 (their old home)
 from tsvision.serving.drawing import draw_detection
-from tsvision.serving.errors import internal_error
 from tsvision.serving.ops import keep_classes, nms
-from tsvision.serving.tasks.base import ImageBatch, VisionTask, group_by_shape
-from tsvision.serving.tasks.detection import DETECTION_OPTIONS, detection_entry
+from tsvision.serving.results import Detections
+from tsvision.serving.settings import Settings
+from tsvision.serving.tasks.base import VisionTask
+from tsvision.serving.tasks.detection import DETECTION_OPTIONS
 
 
 class TorchvisionDetectionTask(VisionTask):
     name = "detection"
     options = DETECTION_OPTIONS
+    # Images at their own size, one model call per size; a failing call fails the batch.
+    batching = BySize(images=True, whole_batch=True)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # The model ran its own NMS at (at most) the archive's iou_threshold: a request's stricter one runs it again.
+        self.model_iou_threshold = self.settings.iou_threshold
 
     @classmethod
     def before_load(cls) -> None:
@@ -39,7 +48,7 @@ class TorchvisionDetectionTask(VisionTask):
         except ImportError:  # an ONNX model does not need it
             pass
 
-    def prepare(self, image: Image.Image) -> Tuple[np.ndarray, Tuple[int, int]]:
+    def prepare(self, image: Image.Image, settings: Optional[Settings] = None) -> Tuple[np.ndarray, Tuple[int, int]]:
         """The decoded RGB image at its own size (decoding already refused more than max_pixels)."""
         array = np.asarray(image.convert("RGB"), dtype=np.uint8)
         return array, (array.shape[1], array.shape[0])
@@ -47,56 +56,30 @@ class TorchvisionDetectionTask(VisionTask):
     def headline(self, answer: list) -> str:
         return answer[0]["label"] if answer else ""
 
-    def prepare_batch(self, items) -> ImageBatch:
-        batch = ImageBatch([None] * len(items))
-        images = self._place(batch, enumerate(self._map(self._prepare_item, items)))
-        if images:
-            batch.inputs = self._map(to_chw_float, images)  # a list: the sizes differ
-        return batch
-
-    def infer(self, batch: ImageBatch) -> ImageBatch:
-        """The model on the live images, one call per group of equally sized images."""
-        if batch.inputs is not None:
-            try:
-                batch.outputs = run_by_size(self.runtime, batch.inputs)
-            except Exception:  # the model failed: its images get 500, the worker lives on
-                self._fail(batch, internal_error("InferenceError", f"the model failed on this batch of {len(batch.positions)} images"))
-            batch.inputs = None
-        return batch
-
-    def finish_batch(self, batch: ImageBatch) -> List[Any]:
-        if batch.outputs is not None:
-            rows = [(outputs, meta, batch.settings_at(position))
-                    for outputs, meta, position in zip(batch.outputs, batch.metas, batch.positions)]
-            for position, answer in zip(batch.positions, self._map(self._finish_item, rows)):
-                batch.results[position] = answer
-            batch.outputs = None
-        return batch.results
-
-    def draw(self, image: Image.Image, answer: list) -> Image.Image:
+    def draw_answer(self, image: Image.Image, answer: list) -> Image.Image:
         return draw_detection(image, answer)
 
-    def finish(self, outputs: List[np.ndarray], size: Tuple[int, int]) -> list:
-        """``boxes``, ``labels``, ``scores`` of one image -> its answer."""
+    def finish(self, outputs: List[np.ndarray], size: Tuple[int, int],
+               settings: Optional[Settings] = None) -> Detections:
+        """``boxes``, ``labels``, ``scores`` of one image -> its result."""
         boxes, labels, scores = (np.asarray(o) for o in outputs)
-        kept, boxes = self.select(boxes, labels, scores, size)
-        return [detection_entry(self.label(int(c)), int(c), score, box)
-                for c, score, box in zip(labels[kept], scores[kept], boxes)]
+        kept, boxes = self.select(boxes, labels, scores, size, settings or self.settings)
+        return Detections(self.labels, boxes, scores[kept], labels[kept])
 
     def select(self, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray,
-               size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+               size: Tuple[int, int], settings: Settings) -> Tuple[np.ndarray, np.ndarray]:
         """The model already ran NMS (its own box_score_thresh and nms_thresh), so the threshold, the
-        background class, ``classes`` and the limit apply; a request's stricter ``iou_threshold`` or
-        ``agnostic_nms`` runs NMS again. The kept rows (best first) and their boxes clipped to the
-        ``size`` (width, height) image."""
-        s = self.settings
+        background class, ``classes`` and the limit apply; a stricter ``iou_threshold`` than the
+        model's (``model_iou_threshold``) or ``agnostic_nms`` runs NMS again. The kept rows (best
+        first) and their boxes clipped to the ``size`` (width, height) image."""
+        s = settings
         keep = scores > s.score_threshold
         if s.background_index is not None:
             keep &= labels != s.background_index
         keep[np.setdiff1d(np.arange(len(labels)), keep_classes(labels, s.classes))] = False
         rows = np.nonzero(keep)[0]
         rows = rows[np.argsort(-scores[rows], kind="stable")]
-        if len(rows) and (s.agnostic_nms or s.iou_threshold < self.archive_settings.iou_threshold):
+        if len(rows) and (s.agnostic_nms or s.iou_threshold < self.model_iou_threshold):
             rows = rows[nms(boxes[rows], scores[rows], labels[rows], s.iou_threshold, s.agnostic_nms)]
         rows = rows[: s.max_detections]
         width, height = size
@@ -106,17 +89,3 @@ class TorchvisionDetectionTask(VisionTask):
         blank = [np.zeros((3, 240, 320), dtype=np.float32), np.zeros((3, 320, 240), dtype=np.float32)]
         for _ in range(rounds):
             run_by_size(self.runtime, blank[:batch_size])
-
-
-def to_chw_float(image: np.ndarray) -> np.ndarray:
-    """H×W×3 uint8 -> 3×H×W float32 in [0, 1] (the model normalises itself)."""
-    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(255)
-
-
-def run_by_size(runtime, images: List[np.ndarray]) -> List[List[np.ndarray]]:
-    """``runtime.run_images`` on each group of equally sized images; outputs in the images' order."""
-    outputs: List[Any] = [None] * len(images)
-    for indices in group_by_shape(images).values():
-        for index, result in zip(indices, runtime.run_images([images[i] for i in indices])):
-            outputs[index] = result
-    return outputs
