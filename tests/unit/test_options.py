@@ -38,7 +38,8 @@ def check(body=None, row=None, accept=None, accepted=DETECTION):
 
 
 def test_options_apply_to_a_copy_of_the_archive_settings():
-    options = check(row={"score_threshold": b"0.2", "max_detections": "7", "agnostic_nms": b"true", "classes": "person,2"})
+    options = check(row={"score_threshold": b"0.2", "max_detections": "7", "agnostic_nms": b"true",
+                         "classes": "person,2"})
     s = options.settings
     assert (s.score_threshold, s.max_detections, s.agnostic_nms, s.classes) == (0.2, 7, True, (1, 2))
     assert ARCHIVE.score_threshold == 0.5 and ARCHIVE.classes is None  # the archive's own settings are untouched
@@ -100,11 +101,13 @@ def test_query_parameters_and_form_fields_are_split_from_the_images():
     assert body.items == [image] and body.options == {"top_k": 4}
     v1 = parse_request({"body": {"instances": [base64.b64encode(image).decode()], "top_k": 1}})
     assert v1.options == {"top_k": 1} and v1.shape == "kserve_v1"
-    v2 = parse_request({"body": {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(image).decode()]}],
+    v2 = parse_request({"body": {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1],
+                                             "data": [base64.b64encode(image).decode()]}],
                                  "parameters": {"format": "png"}, "id": "7"}})
     assert v2.options == {"format": "png"} and v2.shape == "kserve_v2"
     # tritonclient's HTTP client adds the protocol's own binary_data_output to every plain call: not an option
-    plain = parse_request({"body": {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(image).decode()]}],
+    plain = parse_request({"body": {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1],
+                                                "data": [base64.b64encode(image).decode()]}],
                                     "parameters": {"binary_data_output": True, "top_k": 2}}})
     assert plain.options == {"top_k": 2}
 
@@ -122,7 +125,8 @@ def test_a_batch_with_different_options_shares_one_pass_and_each_gets_its_own(to
     run = toy_detector.runtime.run
     monkeypatch.setattr(toy_detector.runtime, "run", lambda inputs: calls.append(len(inputs)) or run(inputs))
     rows = [{"body": data}, {"body": data, "classes": "background"}, {"body": data, "max_detections": "0"},
-            {"body": data, "format": "png"}, {"body": json.dumps({"data": base64.b64encode(data).decode(), "score_threshold": 1}).encode()}]
+            {"body": data, "format": "png"},
+            {"body": json.dumps({"data": base64.b64encode(data).decode(), "score_threshold": 1}).encode()}]
     plain, filtered, bad, drawn, none = answer_requests(toy_detector, rows)
     assert calls == [4]  # the bad request's image never reaches the model; the others share one pass
     assert [d["label"] for d in plain.body] == ["bright rectangle"]
@@ -142,7 +146,8 @@ def test_segmentation_mask_formats_decode_to_the_same_class_mask(toy_exports):
     run = task.runtime.run
     task.runtime.run = lambda inputs: calls.append(len(inputs)) or run(inputs)
     plain, rle, polygon, bad = answer_requests(task, [{"body": data}, {"body": data, "mask_format": "rle"},
-                                                      {"body": data, "mask_format": b"polygon"}, {"body": data, "mask_format": "bmp"}])
+                                                      {"body": data, "mask_format": b"polygon"},
+                                                      {"body": data, "mask_format": "bmp"}])
     assert calls == [3]
     assert np.array_equal(decode_png(plain.body["mask"]), truth)
     assert "mask" not in rle.body and "mask" not in polygon.body
@@ -190,13 +195,15 @@ def test_drawings_keep_the_photo_size_and_scale_the_text():
     assert tuple(pixels[600, 100]) == box_colour(1) and tuple(pixels[600, 500]) == (30, 30, 30)
     label_rows = np.nonzero((pixels[:300, 100:400] == box_colour(1)).all(axis=2).any(axis=1))[0]
     assert 30 <= label_rows.size <= 80  # the label band is about 1/40 of the short side tall, above the box
-    bars = draw_classification(photo, [{"label": "a", "index": 3, "score": 0.8}, {"label": "b", "index": 4, "score": 0.1}])
+    bars = draw_classification(photo, [{"label": "a", "index": 3, "score": 0.8},
+                                       {"label": "b", "index": 4, "score": 0.1}])
     assert bars.height == 1200 and bars.width > 1600 and (np.asarray(bars)[:, :1600] == 30).all()
     mask = np.zeros((1200, 1600), dtype=np.uint8)
     mask[:, 800:] = 2
     overlay = draw_segmentation(photo, mask, [{"index": 0, "label": "bg", "fraction": 0.5, "pixels": 1},
                                               {"index": 2, "label": "dog", "fraction": 0.5, "pixels": 1}])
-    assert tuple(np.asarray(overlay)[10, 1000]) == tuple(np.round((np.array([30, 30, 30]) + voc_palette()[2]) / 2).astype(int))
+    assert tuple(np.asarray(overlay)[10, 1000]) == tuple(
+        np.round((np.array([30, 30, 30]) + voc_palette()[2]) / 2).astype(int))
     assert Image.open(io.BytesIO(encode(overlay, "image/jpeg"))).format == "JPEG"
 
 

@@ -37,7 +37,8 @@ class CountingRuntime:
 def mixed(photos) -> list:
     """Five good images (one tiny, odd-sized) among three bad ones."""
     good = [jpeg(p) for p in photos.values()] + [jpeg(Image.fromarray(np.full((41, 333, 3), 128, np.uint8)))]
-    return [good[0], b"", good[1], b"not an image", good[2], RequestError(415, "UnsupportedMediaType", "x"), good[3], good[4]]
+    return [good[0], b"", good[1], b"not an image", good[2], RequestError(415, "UnsupportedMediaType", "x"),
+            good[3], good[4]]
 
 
 def pair(folder, backend="onnx"):
@@ -47,7 +48,8 @@ def pair(folder, backend="onnx"):
 
 def assert_same(task_name: str, a, b) -> None:
     if isinstance(a, RequestError) or isinstance(b, RequestError):
-        assert (type(a), getattr(a, "status", None), getattr(a, "kind", None)) == (type(b), getattr(b, "status", None), getattr(b, "kind", None))
+        assert ((type(a), getattr(a, "status", None), getattr(a, "kind", None))
+                == (type(b), getattr(b, "status", None), getattr(b, "kind", None)))
     else:
         assert_same_answer(task_name, a, b)
 
@@ -55,7 +57,8 @@ def assert_same(task_name: str, a, b) -> None:
 @pytest.mark.parametrize("task_name", ["classification", "detection", "toy-detection", "toy-segmentation"])
 def test_pipelined_answers_equal_serial(request, photos, task_name):
     name = task_name.replace("toy-", "")
-    serial, pipelined = pair(request.getfixturevalue("toy_exports" if task_name.startswith("toy-") else "exports") / name)
+    serial, pipelined = pair(
+        request.getfixturevalue("toy_exports" if task_name.startswith("toy-") else "exports") / name)
     pipelined.runtime = counting = CountingRuntime(pipelined.runtime)
     data = mixed(photos)
     assert isinstance(pipelined.prepare_batch(data), PendingBatch), "the batch was not pipelined"
@@ -97,7 +100,8 @@ def test_a_fixed_batch_model_runs_whole_chunks(tmp_path, photos):
     path = tmp_path / "batch2.onnx"
     torch.onnx.export(TinyClassifier().eval(), torch.randn(2, 3, 32, 32), str(path), external_data=False)
     serial = build_task(path, Settings.from_mapping({**TINY_SETTINGS, "preprocess_threads": THREADS}))
-    pipelined = build_task(path, Settings.from_mapping({**TINY_SETTINGS, "preprocess_threads": THREADS, "micro_batch": 3}))
+    pipelined = build_task(path, Settings.from_mapping({**TINY_SETTINGS, "preprocess_threads": THREADS,
+                                                        "micro_batch": 3}))
     assert pipelined.runtime.fixed_batch == 2
     pipelined.runtime = counting = CountingRuntime(pipelined.runtime)
     data = mixed(photos)

@@ -47,7 +47,8 @@ def test_letterbox_center_is_ultralytics_letterbox_pixel_for_pixel():
         theirs = letterbox(image=np.ascontiguousarray(np.asarray(image)[..., ::-1]))[..., ::-1]
         ours, _ = fit_square(image, 640, "letterbox_center", YOLO_FILL)
         assert ours.shape == theirs.shape == (640, 640, 3), name
-        assert np.array_equal(ours, theirs), (name, int(np.abs(ours.astype(int) - theirs).max()), int((ours != theirs).sum()))
+        assert np.array_equal(ours, theirs), (name, int(np.abs(ours.astype(int) - theirs).max()),
+                                              int((ours != theirs).sum()))
 
 
 def test_torchvision_families_keep_the_antialiased_resize():
@@ -86,8 +87,8 @@ def test_yolov8_answers_equal_ultralytics_postprocessing(width, height, agnostic
                                       "max_detections": 300, "pre_nms_top_k": 30000})
     ours = DetectionTask(None, settings).finish([raw[0]], placement).to_json()
 
-    theirs = non_max_suppression(torch.from_numpy(raw), conf_thres=settings.score_threshold, iou_thres=settings.iou_threshold,
-                                     agnostic=agnostic, max_det=300)[0]
+    theirs = non_max_suppression(torch.from_numpy(raw), conf_thres=settings.score_threshold,
+                                 iou_thres=settings.iou_threshold, agnostic=agnostic, max_det=300)[0]
     theirs[:, :4] = ops.scale_boxes((640, 640), theirs[:, :4], (height, width))
     theirs = theirs.numpy()
     assert 20 < len(ours) == len(theirs) < 250

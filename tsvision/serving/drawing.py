@@ -63,12 +63,19 @@ def _text_colour(background: Sequence[int]) -> Colour:
     return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
 
 
-def draw_detection(image: Image.Image, answer: Sequence[dict]) -> Image.Image:
-    """Each box with "label score" on a copy of the photo; best drawn last (on top)."""
+def box_canvas(image: Image.Image) -> Tuple[Image.Image, ImageDraw.ImageDraw, int, ImageFont.ImageFont]:
+    """What drawing boxes starts from: an RGB copy of the photo, a pen on it, the line width (1/200 of
+    the shorter side, at least 2 px) and the label font (``text_size``)."""
     picture = image.convert("RGB")
     pen = ImageDraw.Draw(picture)
     width = max(2, round(min(picture.size) / 200))
     face = font(text_size(picture.size))
+    return picture, pen, width, face
+
+
+def draw_detection(image: Image.Image, answer: Sequence[dict]) -> Image.Image:
+    """Each box with "label score" on a copy of the photo; best drawn last (on top)."""
+    picture, pen, width, face = box_canvas(image)
     for det in sorted(answer, key=lambda d: d["score"]):
         colour = box_colour(det["index"])
         x1, y1, x2, y2 = det["box"]

@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 RESAMPLE = Image.BILINEAR
-FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}  # settings.INTERPOLATIONS -> PIL's (antialiased) filters
+# settings.INTERPOLATIONS -> PIL's (antialiased) filters
+FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 Resizer = Callable[[Image.Image, Tuple[int, int]], np.ndarray]
 
 
@@ -57,8 +58,10 @@ class Placement:
         """Map ``…×2`` (or more) ``x, y`` points from model-input pixels to original pixels, clipped
         (ultralytics' ``scale_coords``); further columns (scores) are kept as they are."""
         mapped = np.array(points, dtype=np.float32)
-        mapped[..., 0] = np.clip((mapped[..., 0] - self.offset_x) * np.float32(self.width / self.content_width), 0, self.width)
-        mapped[..., 1] = np.clip((mapped[..., 1] - self.offset_y) * np.float32(self.height / self.content_height), 0, self.height)
+        mapped[..., 0] = np.clip((mapped[..., 0] - self.offset_x) * np.float32(self.width / self.content_width),
+                                 0, self.width)
+        mapped[..., 1] = np.clip((mapped[..., 1] - self.offset_y) * np.float32(self.height / self.content_height),
+                                 0, self.height)
         return mapped
 
 
@@ -177,7 +180,8 @@ def resize_shorter_side(image: Image.Image, size: int, max_size: Optional[int] =
     return array, Placement(width, height, new_w, new_h, size, input_shape=(new_h, new_w))
 
 
-def resize_center_crop(image: Image.Image, resize_size: int, crop_size: int, interpolation: str = "bilinear") -> np.ndarray:
+def resize_center_crop(image: Image.Image, resize_size: int, crop_size: int,
+                       interpolation: str = "bilinear") -> np.ndarray:
     """torchvision's classification preset: shorter side to ``resize_size`` (PIL's ``interpolation``
     filter, as torchvision resizes a PIL image), centre crop.
 

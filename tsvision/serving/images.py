@@ -33,7 +33,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         width, height = image.size
     except Exception:
         raise RequestError(
-            400, "UnreadableImage", f"the data ({len(data)} bytes) is not an image this server can read; send a {ACCEPTED} file"
+            400, "UnreadableImage",
+            f"the data ({len(data)} bytes) is not an image this server can read; send a {ACCEPTED} file"
         ) from None
     if width * height > max_pixels:
         raise RequestError(
@@ -49,7 +50,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         return to_rgb(image)
     except Exception as error:  # truncated, corrupt or inconsistent data, whatever PIL raises for it
         reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
-        raise RequestError(400, "UnreadableImage", f"the {image.format or 'image'} data could not be decoded ({reason}); send a complete {ACCEPTED} file") from None
+        raise RequestError(400, "UnreadableImage",
+                           f"the {image.format or 'image'} data could not be decoded ({reason}); "
+                           f"send a complete {ACCEPTED} file") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -193,7 +193,8 @@ def resolve(accepted: Sequence[str], settings: Any, labels: Sequence[str], body:
     allowed = tuple(COMMON) + tuple(accepted)
     unknown = sorted(name for name in raw if name not in allowed)
     if unknown:
-        raise RequestError(400, "UnknownOption", f"unknown option {unknown[0]!r}; this model's options are {list(allowed)}")
+        raise RequestError(400, "UnknownOption",
+                           f"unknown option {unknown[0]!r}; this model's options are {list(allowed)}")
     values = {name: PARSERS[name](raw[name], labels) for name in sorted(raw)}
     fmt = values.pop("format", None)
     picture = PICTURE_TYPES.get(fmt) if fmt else picture_type(accept)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from tsvision.serving.drawing import box_colour, font, text_size
+from tsvision.serving.drawing import box_canvas, box_colour
 from tsvision.serving.formats.registry import Candidates, ClassCount, Format
 from tsvision.serving.formats.yolo import PREDICT, RESIZE
 from tsvision.serving.geometry import Placement
@@ -126,10 +126,7 @@ def obb_classes(outputs: Sequence[np.ndarray], background: bool) -> ClassCount:
 
 def draw_oriented(image: Image.Image, answer: Sequence[dict]) -> Image.Image:
     """Each rotated box with "label score" at its first corner; best drawn last (on top)."""
-    picture = image.convert("RGB")
-    pen = ImageDraw.Draw(picture)
-    width = max(2, round(min(picture.size) / 200))
-    face = font(text_size(picture.size))
+    picture, pen, width, face = box_canvas(image)
     for det in sorted(answer, key=lambda d: d["score"]):
         colour = box_colour(det["index"])
         points = [tuple(point) for point in det["corners"]]

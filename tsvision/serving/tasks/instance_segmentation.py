@@ -80,8 +80,8 @@ def mask_rcnn_outputs(outputs: List[np.ndarray]) -> Tuple[np.ndarray, ...]:
     scores = [a for a in arrays if a.ndim == 1 and a.dtype.kind == "f"]
     if len(arrays) != 4 or not (len(boxes) == len(masks) == len(labels) == len(scores) == 1):
         shapes = ", ".join(f"{a.dtype}[{'×'.join(str(d) for d in a.shape)}]" for a in arrays)
-        raise ValueError("detection_format 'torchvision' for instance_segmentation expects boxes K×4, labels K, scores K "
-                         f"and masks K×1×H×W; the model's outputs are {shapes}")
+        raise ValueError("detection_format 'torchvision' for instance_segmentation expects boxes K×4, labels K, "
+                         f"scores K and masks K×1×H×W; the model's outputs are {shapes}")
     return boxes[0], labels[0], scores[0], masks[0]
 
 

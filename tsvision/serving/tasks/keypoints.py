@@ -50,7 +50,8 @@ def keypoint_names(settings: Settings) -> Tuple[str, ...]:
 
 def keypoint_metadata(settings: Settings) -> dict:
     """What a client needs to read and draw the keypoints: their names by index and the edges."""
-    edges = settings.skeleton if settings.skeleton is not None else (COCO_SKELETON if settings.keypoint_names is None else ())
+    edges = (settings.skeleton if settings.skeleton is not None
+             else (COCO_SKELETON if settings.keypoint_names is None else ()))
     return {"names": list(keypoint_names(settings)), "skeleton": [list(edge) for edge in edges]}
 
 
@@ -67,8 +68,8 @@ def check_keypoint_count(settings: Settings, count: int) -> None:
     names = keypoint_names(settings)
     if count != len(names):
         given = "COCO's, the default" if settings.keypoint_names is None else "keypoint_names"
-        raise ValueError(f"the model gives {count} keypoints per person but there are {len(names)} keypoint names ({given}); "
-                         f"set keypoint_names to {count} names (and skeleton to pairs of their indices)")
+        raise ValueError(f"the model gives {count} keypoints per person but there are {len(names)} keypoint names "
+                         f"({given}); set keypoint_names to {count} names (and skeleton to pairs of their indices)")
     bad = [edge for edge in keypoint_metadata(settings)["skeleton"] if not all(0 <= i < count for i in edge)]
     if bad:
         raise ValueError(f"skeleton edges {bad} name keypoints outside 0..{count - 1}")
@@ -128,8 +129,8 @@ def split_torchvision_outputs(outputs: Sequence[np.ndarray]) -> Dict[str, np.nda
     if len(arrays) != 5 or sorted(found) != sorted(expected) or found["boxes"].shape[-1] != 4 \
             or found["keypoints"].shape[-1] != 3 or found["keypoints"].shape[:2] != found["keypoints_scores"].shape:
         shapes = ", ".join(f"{a.dtype}[{'×'.join(str(d) for d in a.shape)}]" for a in arrays)
-        raise ValueError(f"detection_format 'torchvision' for keypoints expects per image boxes N×4, labels N (integers), "
-                         f"scores N, keypoints N×K×3 and keypoints_scores N×K; the model gives {shapes}")
+        raise ValueError(f"detection_format 'torchvision' for keypoints expects per image boxes N×4, labels N "
+                         f"(integers), scores N, keypoints N×K×3 and keypoints_scores N×K; the model gives {shapes}")
     return found
 
 
