@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The two entry points (see README.md):
 #   bash run.sh demo   set up, build the six archives, start TorchServe, send a photo to each model
-#   bash run.sh test   set up and run the whole test suite (tests/unit, tests/e2e, tests/slow)
+#   bash run.sh test   set up, lint (ruff) and run the whole test suite (tests/unit, tests/e2e, tests/slow)
 #   bash run.sh unit   set up and run the fast loop (tests/unit: in-process, no TorchServe, a few minutes)
 #   bash run.sh ab     set up, build, and run an A/B split (three versions behind the nginx + HAProxy router)
 #   bash run.sh bench  set up and run the benchmark suite (how long: docs/performance.md; rewrites it)
@@ -20,6 +20,7 @@ case "$command" in
     .venv/bin/python -m examples.ab_demo "$@"
     ;;
   test)
+    .venv/bin/ruff check .  # the linter first (pyproject.toml [tool.ruff]; docs/testing.md, "Lint")
     .venv/bin/python -m pytest -ra "$@"
     ;;
   unit)
