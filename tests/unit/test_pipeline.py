@@ -118,6 +118,16 @@ def test_one_thread_or_a_small_batch_stays_serial(exports, photos):
     assert not isinstance(pipelined.prepare_batch(mixed(photos)[:MICRO]), PendingBatch)
 
 
+def test_a_closed_task_still_answers_serially(exports, photos):
+    """After ``close`` (the threads are gone) a batch is prepared serially, with the same answers."""
+    serial, pipelined = pair(exports / "classification")
+    pipelined.close()
+    data = mixed(photos)
+    assert not isinstance(pipelined.prepare_batch(data), PendingBatch)
+    for a, b in zip(serial.run(data), pipelined.run(data)):
+        assert_same("classification", a, b)
+
+
 def test_micro_batch_must_not_be_negative():
     assert Settings.from_mapping({"task": "classification", "micro_batch": 4}).micro_batch == 4
     with pytest.raises(ValueError, match="micro_batch"):

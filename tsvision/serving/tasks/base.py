@@ -195,10 +195,11 @@ class VisionTask:
         return self.answers(self.finish_batch(self.infer(self.prepare_batch(items))))
 
     def close(self) -> None:
-        """Stop the preparation threads (the worker is going away)."""
+        """Stop the preparation threads (the worker is going away); later calls run serially."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+            self.micro_batching = None
 
     # -- one image (also what ``MicroBatching`` runs) ------------------------------------------
     def gather(self, batch: ImageBatch, prepared: Iterable[Tuple[int, Prepared]]) -> ImageBatch:
