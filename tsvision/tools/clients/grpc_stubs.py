@@ -1,7 +1,7 @@
 """Python gRPC stubs generated from the ``.proto`` files inside the installed TorchServe jar.
 
 The stubs always match the TorchServe that is installed: they are generated on first use (or by
-``python -m tsvision.tools.grpc_stubs``, which ``scripts/setup.sh`` runs) into a folder keyed by the
+``python -m tsvision.tools.clients.grpc_stubs``, which ``scripts/setup.sh`` runs) into a folder keyed by the
 jar's hash, and imported from there.
 """
 
