@@ -24,6 +24,7 @@ COMMANDS = {
                "per-variant requests, errors, latency and top labels from the router's log"),
     "gateway": ("tsvision.tools.clients.oip_gateway",
                 "a KServe v2 gRPC gateway so tritonclient's gRPC client reaches TorchServe"),
+    "batch": ("tsvision.tools.batch.cli", "run an archive over a folder, glob or list of images on Ray Data"),
 }
 
 
