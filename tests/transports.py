@@ -151,7 +151,7 @@ class LocalTransport(Transport):
         self._sources = sources
         self._workers: Dict[str, Any] = {}
 
-    def worker(self, model: str):
+    def worker(self, model: str) -> Any:
         from tsvision.tools.archive.local_worker import LocalWorker
 
         if model not in self._workers:
