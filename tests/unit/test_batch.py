@@ -63,7 +63,7 @@ def test_reading_gives_bytes_or_the_reason_per_file(tmp_path):
     good = touch(tmp_path / "a.jpg", b"\xff\xd8bytes")
     read = read_files({"path": np.array([good, str(tmp_path / "gone.jpg"), f"file://{good}"], dtype=object)})
     assert list(read["data"]) == [b"\xff\xd8bytes", None, b"\xff\xd8bytes"]
-    assert read["read_error"][0] is None and read["read_error"][1].startswith("FileNotFoundError: ")
+    assert read["read_error"][0] == "" and read["read_error"][1].startswith("FileNotFoundError: ")
     assert content_type("x/a.JPG") == "image/jpeg" and content_type("a.png") == "image/png"
     assert content_type("notes.txt") == content_type("noextension") == "application/octet-stream"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, TextIO
@@ -23,6 +24,9 @@ from tsvision.tools.batch.reading import read_files
 from tsvision.tools.batch.rows import FIELDS
 
 READ_CPUS = 0.25  # reading files is I/O: the read tasks leave the CPUs to the model actors
+# Model actors are not restarted: a restarted actor cannot count on its constructor's arguments (the archive)
+# still being in the object store, which Ray says on stderr (ray#53727). A dead actor fails the job; --resume.
+NO_RESTARTS = {"max_restarts": 0}
 QUIET_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
 
 
@@ -79,7 +83,7 @@ def run_job(config: JobConfig, stream: Optional[TextIO] = None) -> JobResult:
     progress = Progress(len(todo), stream)
     if todo:
         _run_on_ray(config, todo, writer, progress)
-    if stream is not None and todo:
+    if stream is not None and todo and progress.shown != progress.done:
         progress.show()
     return JobResult(progress, skipped, repeats, writer.parts)
 
@@ -98,10 +102,13 @@ def _run_on_ray(config: JobConfig, todo: List[str], writer: PartWriter, progress
         dataset = ray.data.from_items([{"path": path} for path in todo], override_num_blocks=blocks)
         dataset = dataset.map_batches(read_files, batch_size=config.batch_size, num_cpus=READ_CPUS,
                                       batch_format="numpy")
-        dataset = dataset.map_batches(ArchiveModel, fn_constructor_args=([archive], config.options),
-                                      batch_size=config.batch_size, batch_format="numpy",
-                                      concurrency=config.concurrency, num_cpus=config.num_cpus,
-                                      num_gpus=config.num_gpus or None)
+        with warnings.catch_warnings():  # Ray 2.60 names no parameter for max_restarts, and deprecates the ways
+            warnings.simplefilter("ignore", DeprecationWarning)  # to pass it (pinned: the batch extra)
+            dataset = dataset.map_batches(ArchiveModel, fn_constructor_args=([archive], config.options),
+                                          batch_size=config.batch_size, batch_format="numpy",
+                                          compute=ray.data.ActorPoolStrategy(size=config.concurrency),
+                                          num_cpus=config.num_cpus, num_gpus=config.num_gpus or None,
+                                          **NO_RESTARTS)
         buffer: List[Dict[str, Any]] = []
         flushed = time.monotonic()
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -124,10 +131,9 @@ def _rows(batch: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def _plain(value: Any) -> Any:
-    """numpy scalars and NaN-for-None (Arrow's nulls) as plain Python values."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value.item() if hasattr(value, "item") else value
+    """numpy scalars as plain Python values; NaN as None (a column of nulls arrives as float NaN)."""
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _quiet(ray, verbose: bool) -> None:
@@ -138,4 +144,4 @@ def _quiet(ray, verbose: bool) -> None:
         context.print_on_execution_start = verbose
     if not verbose:
         for name in QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.ERROR)

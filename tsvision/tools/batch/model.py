@@ -94,7 +94,7 @@ class ArchiveModel:
         results: List[Optional[Dict[str, Any]]] = [None] * len(paths)
         todo = []
         for index, (path, error) in enumerate(zip(paths, read_errors)):
-            if error:
+            if isinstance(error, str) and error:  # Arrow's nulls may arrive as None or NaN
                 kind, _, message = str(error).partition(": ")
                 results[index] = output.failed(path, output.UNREAD, kind, message)
             else:

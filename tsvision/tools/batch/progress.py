@@ -21,6 +21,7 @@ class Progress:
         self.started = time.monotonic()
         self.first: float = 0.0  # when the first row came (Ray's start and the model actors' load before it)
         self.first_count = 0
+        self.shown = -1  # how many rows the last progress line counted
         self.last_shown = 0.0
         self.done = 0
         self.statuses: collections.Counter = collections.Counter()
@@ -56,7 +57,7 @@ class Progress:
                 f"{sum(self.errors.values())} errors")
 
     def show(self) -> None:
-        self.last_shown = time.monotonic()
+        self.last_shown, self.shown = time.monotonic(), self.done
         tty = getattr(self.stream, "isatty", lambda: False)()
         print(("\r" if tty else "") + "tsvision batch: " + self.line(), end="" if tty else "\n", file=self.stream,
               flush=True)

@@ -25,14 +25,14 @@ def read_bytes(path: str) -> bytes:
 
 def read_files(batch: Dict[str, Any]) -> Dict[str, np.ndarray]:
     """``map_batches`` step: ``path`` -> ``path``, ``data`` (bytes or None) and, when unreadable,
-    ``read_error`` ("Type: message")."""
+    ``read_error`` ("Type: message", or "" when read: a column of nulls would arrive as NaN)."""
     paths = [str(path) for path in batch["path"]]
     data: List[Any] = []
     errors: List[Any] = []
     for path in paths:
         try:
             data.append(read_bytes(path))
-            errors.append(None)
+            errors.append("")
         except OSError as error:
             data.append(None)
             errors.append(f"{type(error).__name__}: {error.strerror or error}")
