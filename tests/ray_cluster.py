@@ -5,6 +5,7 @@ ports; stopped by pid (the ``ray start`` processes and every process under them)
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,9 @@ import psutil
 from tsvision.tools.serve.server import free_port
 
 RAY = str(Path(sys.executable).parent / "ray")
+# A loopback address, but not 127.0.0.1: Ray replaces "127.0.0.1" and "localhost" (in --address and
+# --node-ip-address) by the host's network address for any cluster of more than one node.
+LOOPBACK = "127.0.0.2"
 REPO = Path(__file__).resolve().parent.parent
 WAIT_FOR_NODES = r"""
 import sys, time, ray
@@ -47,26 +51,30 @@ class RayCluster:
         self.processes: List[subprocess.Popen] = []
         self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths have a limit
         self.address: Optional[str] = None
-        self.env: Dict[str, str] = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
+        # Token authentication is on by default in Ray 2.60: one token for every node and driver of this cluster.
+        self.env: Dict[str, str] = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0",
+                                        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
 
     def start(self, timeout: float = 180) -> "RayCluster":
         port = free_port()
-        self.address = f"127.0.0.1:{port}"
-        common = ["--block", "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}", "--num-gpus=0",
-                  "--object-store-memory=200000000", "--disable-usage-stats"]
-        self._spawn([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
-                     f"--ray-client-server-port={free_port()}", f"--temp-dir={self.temp}", *common, *node_ports()])
+        self.address = f"{LOOPBACK}:{port}"
+        common = ["--block", f"--num-cpus={self.cpus}", "--num-gpus=0", "--object-store-memory=200000000",
+                  "--disable-usage-stats"]
+        self._spawn([RAY, "start", "--head", f"--node-ip-address={LOOPBACK}", f"--port={port}",
+                     "--include-dashboard=false", f"--ray-client-server-port={free_port()}", f"--temp-dir={self.temp}",
+                     *common, *node_ports()])
         for _ in range(self.nodes - 1):
-            self._spawn([RAY, "start", f"--address={self.address}", *common, *node_ports()])
+            self._spawn([RAY, "start", f"--address={self.address}", f"--node-ip-address={LOOPBACK}", *common,
+                         *node_ports()])
         waited = subprocess.run([sys.executable, "-c", WAIT_FOR_NODES, self.address, str(self.nodes), str(timeout)],
                                 env=self.env, capture_output=True, text=True, timeout=timeout + 60)
         if waited.returncode != 0:
             raise RuntimeError(f"the Ray cluster did not start: {waited.stderr[-2000:]}")
         return self
 
-    def _spawn(self, command: List[str]) -> None:
+    def _spawn(self, command: List[str], **env: str) -> None:
         log = open(self.temp / f"node{len(self.processes)}.log", "w")
-        self.processes.append(subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        self.processes.append(subprocess.Popen(command, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
                                                start_new_session=True))
         log.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -89,6 +90,8 @@ def run_job(config: JobConfig, stream: Optional[TextIO] = None) -> JobResult:
 
 
 def _run_on_ray(config: JobConfig, todo: List[str], writer: PartWriter, progress: Progress) -> None:
+    if config.address is None:  # a Ray of one node for this job: on the loopback only, as Ray does on a laptop
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # (read when ray is imported)
     import ray  # ray[data] is the batch extra: only this command needs it
 
     started_here = not ray.is_initialized()
