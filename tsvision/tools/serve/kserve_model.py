@@ -54,8 +54,9 @@ class AnswerError(GrpcException):
     """A request the handler answered with an error: its HTTP status and JSON body over REST, a gRPC
     status with ``"<code> <type>: <message>"`` over gRPC."""
 
-    def __init__(self, status: int, body: Any) -> None:
+    def __init__(self, status: int, body: Any, headers: Optional[Dict[str, str]] = None) -> None:
         self.status = status
+        self.headers = dict(headers or {})
         self.body = body if isinstance(body, dict) else {"code": status, "message": str(body)}
         self.body.setdefault("error", f"{status} {self.body.get('type', 'Error')}: {self.body.get('message', '')}")
         super().__init__(self.body["error"], GRPC_STATUS.get(status, grpc.StatusCode.INTERNAL))
@@ -63,7 +64,26 @@ class AnswerError(GrpcException):
 
 async def answer_error_response(_: Request, error: AnswerError) -> JSONResponse:
     """The REST answer of an :class:`AnswerError`: the handler's own status and body."""
-    return JSONResponse(status_code=error.status, content=error.body)
+    headers = {k: v for k, v in error.headers.items() if k.lower() != "content-type"}
+    return JSONResponse(status_code=error.status, content=error.body, headers=headers)
+
+
+class JsonInferRequests:
+    """ASGI middleware: a v2 ``/infer`` POST without ``Inference-Header-Content-Length`` is JSON.
+
+    tritonclient's HTTP client posts JSON-only requests without a JSON content type; KServe then takes
+    the body for binary tensor data and refuses it for want of that header. Without the header the
+    Open Inference Protocol body can only be JSON, so the request is passed on saying so."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith("/infer") \
+                and not any(key == b"inference-header-content-length" for key, _ in scope["headers"]):
+            headers = [(key, value) for key, value in scope["headers"] if key != b"content-type"]
+            scope = dict(scope, headers=headers + [(b"content-type", b"application/json")])
+        await self.app(scope, receive, send)
 
 
 class Batcher:
@@ -162,11 +182,12 @@ class ArchiveModel(Model):
                                                   "body": {"content-type": content_type}}))
         if isinstance(answer, AnswerError):
             raise answer
-        if response_headers is not None:
-            response_headers.update({k: v for k, v in answer.headers.items() if k.lower() not in DROPPED_HEADERS})
+        headers = {k: v for k, v in answer.headers.items() if k.lower() not in DROPPED_HEADERS}
         body = answer.body if isinstance(answer.body, bytes) else json.loads(answer.body)
         if answer.status != 200:
-            raise AnswerError(answer.status, body)
+            raise AnswerError(answer.status, body, headers)
+        if response_headers is not None:
+            response_headers.update(headers)
         if isinstance(payload, InferRequest):
             return v2_response(payload, body)
         return body
@@ -238,6 +259,7 @@ class LoopbackModelServer(ModelServer):
         """KServe's ``ModelServer.start`` for one worker, with the listeners on ``self.host``."""
         self._register_and_check_atleast_one_model_is_ready(models)
         app.add_exception_handler(AnswerError, answer_error_response)
+        app.add_middleware(JsonInferRequests)
         self._rest_server = RESTServer("kserve.model_server:app", self.dataplane, self.model_repository_extension,
                                        self.http_port, access_log_format=self.access_log_format, workers=1,
                                        grace_period=self.grace_period, event_loop=self.event_loop,
