@@ -42,9 +42,13 @@ TIERS = Path(__file__).resolve().parent
 
 def pytest_collection_modifyitems(items) -> None:
     """The tier is the folder: every test in tests/e2e is marked ``e2e``, every test in tests/slow ``slow``
-    (so ``-m "not e2e"`` and ``-m "not slow"`` select as before)."""
+    (so ``-m "not e2e"`` and ``-m "not slow"`` select as before), except a tests/e2e test run over the
+    ``local`` transport (tests/transports.py): it needs no TorchServe, so it belongs to the fast loop."""
     for item in items:
         tier = Path(item.fspath).resolve().relative_to(TIERS).parts[0]
+        callspec = getattr(item, "callspec", None)
+        if tier == "e2e" and callspec is not None and callspec.params.get("transport") == "local":
+            continue
         if tier in ("e2e", "slow"):
             item.add_marker(tier)
 

@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from tests.helpers import AB_MODEL, AB_TOP_K, BACKENDS, EXAMPLE_HANDLER, TASKS, TOY_SETTINGS, built_once
+from tests.transports import TRANSPORTS, LocalTransport, Transport, local_sources, served_transport
 from tsvision.tools.archive.cli import main as archive_main
 from tsvision.tools.serve.manage import verify_archive
 from tsvision.tools.serve.server import DEVELOPMENT_PROFILE, TorchServe
@@ -105,3 +106,18 @@ def registered(server: TorchServe, archives: Dict[str, Sequence[str]], timeout: 
     finally:
         for name in names:
             requests.delete(f"{server.management_url}/models/{name}", headers=headers, timeout=120)
+
+
+@pytest.fixture(scope="session", params=TRANSPORTS)
+def transport(request, exports, toy_exports, tmp_path_factory) -> Iterator[Transport]:
+    """Each way a request reaches an archive's handler (tests/transports.py): ``local`` in-process on the
+    files the session's archives were built from (no TorchServe: the session's server is requested only
+    by the served ones), ``rest``, ``grpc`` and ``oip`` against the session's TorchServe."""
+    if request.param == "local":
+        chosen = LocalTransport(local_sources(exports, toy_exports, tmp_path_factory.mktemp("local_models")))
+    else:
+        chosen = served_transport(request.param, request.getfixturevalue("served"))
+    try:
+        yield chosen
+    finally:
+        chosen.close()
