@@ -2,7 +2,8 @@
 # The two entry points (see README.md):
 #   bash run.sh demo   set up, build the six archives, start TorchServe, send a photo to each model
 #   bash run.sh test   set up, lint (ruff) and run the whole test suite (tests/unit, tests/e2e, tests/slow)
-#   bash run.sh unit   set up and run the fast loop (tests/unit: in-process, no TorchServe, a few minutes)
+#   bash run.sh unit   set up and run the fast loop (every test not marked e2e or slow: tests/unit and the
+#                      local transport's variants of tests/e2e; in-process, no TorchServe, a few minutes)
 #   bash run.sh ab     set up, build, and run an A/B split (three versions behind the nginx + HAProxy router)
 #   bash run.sh bench  set up and run the benchmark suite (how long: docs/performance.md; rewrites it)
 set -euo pipefail
@@ -21,10 +22,11 @@ case "$command" in
     ;;
   test)
     .venv/bin/ruff check .  # the linter first (pyproject.toml [tool.ruff]; docs/testing.md, "Lint")
-    .venv/bin/python -m pytest -ra "$@"
+    # two workers (pytest-xdist): the server tests on one, the in-process tests beside them (docs/testing.md)
+    .venv/bin/python -m pytest -ra -n 2 "$@"
     ;;
   unit)
-    .venv/bin/python -m pytest -ra tests/unit "$@"
+    .venv/bin/python -m pytest -ra -m "not e2e and not slow" "$@"
     ;;
   bench)
     .venv/bin/python -m benchmarks.suite --update-docs "$@"

@@ -6,6 +6,7 @@ Python client would. ``wrk_post.lua`` posts the photo and writes wrk's own summa
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -14,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
+
+from benchmarks.warmup import warm_batch_sizes
 
 SCRIPT = Path(__file__).resolve().parent / "wrk_post.lua"
 
@@ -92,3 +95,28 @@ def alternating_rounds(urls: Dict[str, str], body: Path, headers: Dict[str, str]
                 raise RuntimeError(f"{label} {name}: {measured['failed']} requests failed: {measured['errors']}")
             rates[name].append(measured["throughput"])
     return rates
+
+
+def add_served_arguments(parser: argparse.ArgumentParser, exports: Path) -> None:
+    """The options the served comparisons share (``benchmarks.scaling``, ``benchmarks.studies.before_after``):
+    tasks, backend, wrk's measured and unrecorded seconds per point, the batch delay (ms), the exports'
+    folder (default ``exports``) and the results' folder."""
+    parser.add_argument("--tasks", default="classification,segmentation,detection")
+    parser.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
+    parser.add_argument("--seconds", type=float, default=6)
+    parser.add_argument("--warmup", type=float, default=2)
+    parser.add_argument("--max-batch-delay", type=int, default=20)
+    parser.add_argument("--exports", type=Path, default=exports)
+    parser.add_argument("--out", type=Path, default=None)
+
+
+def side_by_side(server, models: Dict[str, str], photo: bytes, body: Path, batch_size: int, connections: int,
+                 seconds: float, warmup: float, rounds: int, label: str = "") -> Dict[str, List[float]]:
+    """Served JSON throughput of ``models`` (side -> model name) on one started ``server`` (a
+    ``TorchServe``): each side warmed at every batch size up to ``batch_size``, then loaded in
+    ``alternating_rounds``; each side's req/s per round."""
+    headers = server.headers("inference")
+    urls = {side: f"{server.inference_url}/predictions/{name}" for side, name in models.items()}
+    for url in urls.values():
+        warm_batch_sizes(url, photo, headers, batch_size, budget_s=20)
+    return alternating_rounds(urls, body, headers, connections, seconds, warmup, rounds, label)

@@ -176,9 +176,8 @@ def measure_served(folders: Dict[str, Path], photo: bytes, out: Path, connection
                    warmup: float = 2.0, batch_size: int = 8, delay: int = 20) -> dict:
     """Served JSON throughput of the fp32 and int8 archives of each task in ONE TorchServe, wrk with
     ``connections`` clients, the order alternating round by round; median req/s and their ratio."""
-    from benchmarks.load import alternating_rounds, wrk_path
+    from benchmarks.load import side_by_side, wrk_path
     from benchmarks.models import build_ours
-    from benchmarks.warmup import warm_batch_sizes
     from tsvision.tools.serve.server import TorchServe
 
     wrk_path()
@@ -193,12 +192,9 @@ def measure_served(folders: Dict[str, Path], photo: bytes, out: Path, connection
     results = {}
     try:
         server.start(timeout=600)
-        headers = server.headers("inference")
         for task in folders:
-            urls = {v: f"{server.inference_url}/predictions/{task}_{v}" for v in ("fp32", "int8")}
-            for url in urls.values():
-                warm_batch_sizes(url, photo, headers, batch_size, budget_s=20)
-            rates = alternating_rounds(urls, photo_path, headers, connections, seconds, warmup, rounds, task)
+            rates = side_by_side(server, {v: f"{task}_{v}" for v in ("fp32", "int8")}, photo, photo_path, batch_size,
+                                 connections, seconds, warmup, rounds, task)
             fp32, int8 = statistics.median(rates["fp32"]), statistics.median(rates["int8"])
             results[task] = {"connections": connections, "fp32_req_s": rates["fp32"], "int8_req_s": rates["int8"],
                              "fp32_median": fp32, "int8_median": int8, "int8_vs_fp32": round(int8 / fp32, 3)}

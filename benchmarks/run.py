@@ -29,6 +29,7 @@ from benchmarks.lock import HEAVY_LOCK, heavy_run
 from benchmarks.models import MODEL_FILES, build_floor, build_ours, build_stock, prepare_exports
 from benchmarks.photo import make_photo
 from benchmarks.warmup import warm_batch_sizes
+from tsvision.serving.settings import parse_overrides
 from tsvision.tools.serve.server import TorchServe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,20 +37,6 @@ DOC = ROOT / "docs" / "performance.md"
 FULL = {"concurrency": "1,8,32", "seconds": 6.0, "warmup": 2.0, "inprocess_seconds": 3.0, "shape_warmup": 120.0}
 MAX_POINT_SECONDS = 30.0
 QUICK = {"concurrency": "1,8", "seconds": 2.0, "warmup": 1.0, "inprocess_seconds": 1.0, "shape_warmup": 20.0}
-
-
-def parse_overrides(pairs: List[str]) -> dict:
-    """``--set key=value`` strings -> settings, values read as JSON where they parse (as ``tsvision archive --set``)."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return overrides
 
 
 def machine() -> dict:

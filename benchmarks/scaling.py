@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from benchmarks.inprocess import close, load_task, measure_batches
-from benchmarks.load import drain, run_wrk, wrk_path
+from benchmarks.load import add_served_arguments, drain, run_wrk, wrk_path
 from benchmarks.lock import heavy_run
 from benchmarks.models import MODEL_FILES, build_ours, prepare_exports
 from benchmarks.photo import make_photo
@@ -120,16 +120,10 @@ def plot(data: dict, path: Path) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", default="classification,segmentation,detection")
-    p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
+    add_served_arguments(p, ROOT / "build" / "bench")
     p.add_argument("--configs", default="w1b8p0,w1b8p4,w1b16p4,w2b4,w2b8")
     p.add_argument("--clients", default="1,8,32,64")
-    p.add_argument("--seconds", type=float, default=6)
-    p.add_argument("--warmup", type=float, default=2)
-    p.add_argument("--max-batch-delay", type=int, default=20)
     p.add_argument("--inprocess-seconds", type=float, default=3)
-    p.add_argument("--exports", type=Path, default=ROOT / "build" / "bench")
-    p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     configs = {name: parse_config(name) for name in args.configs.split(",") if name}
     wrk_path()

@@ -4,13 +4,15 @@ tests/slow/test_instance_models.py, tests/e2e/test_served_instances.py).
 References, never our own output: the toys' truth is the bright rectangle of ``tests/scenes.py``;
 Mask R-CNN's is the archived ``model.pt``/``model.onnx`` called directly on the same decoded
 image; YOLOv8n-seg's is ``YOLO(model.onnx, task="segment").predict(..., rect=False,
-retina_masks=True)``; every mask is decoded by pycocotools."""
+retina_masks=True)``; every mask is decoded by pycocotools. The comparison loops against them
+(``compare_with_mask_rcnn_file``, ``compare_with_ultralytics``) serve the in-process and the served tests."""
 
 from __future__ import annotations
 
 import base64
 import io
 from pathlib import Path
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -18,8 +20,9 @@ import skimage.data
 import torch
 from PIL import Image
 
+from tests.helpers import BACKENDS
 from tests.instance_toys import YOLO_BOX_PAD
-from tests.scenes import bright_box_scene
+from tests.scenes import OBJECT_PHOTOS, bright_box_scene, sized_photos
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
 from tsvision.serving.tasks.torchvision_detection import to_chw_float
@@ -27,11 +30,8 @@ from tsvision.tools.export.mask_rcnn import OUTPUT_NAMES
 
 coco = pytest.importorskip("pycocotools.mask")
 
-BACKENDS = {"torchscript": "model.pt", "onnx": "model.onnx"}
-SCENES = [(333, 777), (1280, 720)]  # width × height
 TOY_SETTINGS = {"torchvision": {"background_index": 0, "score_threshold": 0.5}, "yolov8_seg": {"score_threshold": 0.5}}
-PHOTOS = ("astronaut", "coffee", "camera")
-
+PHOTOS = ("astronaut", "coffee", "camera")  # Mask R-CNN's photos (mask_rcnn_photos)
 
 
 def rle_mask(rle: dict) -> np.ndarray:
@@ -126,6 +126,42 @@ def assert_close(figures: dict) -> None:
 def assert_yolo_parity(figures: dict) -> None:
     """Issue 24's parity with ultralytics' predictor (same classes in order: ``compare_instances``)."""
     assert figures["box_px"] <= 0.01 and figures["score"] <= 1e-4 and figures["mask_agreement"] >= 0.999, figures
+
+
+def mask_rcnn_photos() -> Dict[str, Image.Image]:
+    """scikit-image's ``PHOTOS`` at their own sizes, RGB."""
+    return {name: Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in PHOTOS}
+
+
+def compare_with_mask_rcnn_file(answer_of: Callable[[Image.Image], list], folder: Path, backend: str,
+                                settings: dict, what: str) -> List[list]:
+    """``answer_of(image)`` on each of ``mask_rcnn_photos`` against the answer derived from the archived
+    Mask R-CNN file called directly (``direct_mask_rcnn``, ``expected_instances``): ``assert_close``;
+    returns the answers."""
+    answers = []
+    for name, image in mask_rcnn_photos().items():
+        answer = answer_of(image)
+        expected = expected_instances(direct_mask_rcnn(folder, backend, image), settings, image.size)
+        figures = compare_instances(answer, expected)
+        print(f"\n{what} {name} {image.size}: {figures}")
+        assert_close(figures)
+        answers.append(answer)
+    return answers
+
+
+def compare_with_ultralytics(answer_of: Callable[[Image.Image], list], folder: Path, settings: Settings,
+                             what: str) -> List[Tuple[str, Image.Image, list]]:
+    """``answer_of(image)`` on ``yolo_photos`` and, resampled by both sides (OpenCV's resize, as
+    ultralytics' LetterBox), real photos at 1280×720, 333×777 and 900×420, against ultralytics'
+    predictor on the same ONNX file (``assert_yolo_parity``); returns (name, image, answer) per photo."""
+    compared = []
+    for name, image in {**yolo_photos(), **sized_photos(OBJECT_PHOTOS)}.items():
+        answer = answer_of(image)
+        figures = compare_instances(answer, ultralytics_answer(folder, image, settings))
+        print(f"\n{what} {name} {image.size}: {figures}")
+        assert_yolo_parity(figures)
+        compared.append((name, image, answer))
+    return compared
 
 
 def yolo_photos() -> dict:

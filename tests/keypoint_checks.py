@@ -1,6 +1,7 @@
 """Keypoints' references and checks (tests/unit/test_keypoints.py, tests/slow/test_keypoint_models.py,
 tests/e2e/test_served_keypoints.py): the toys' settings and truth, the Keypoint R-CNN answer derived
-from the model file's raw outputs, ultralytics' predictor on the same ONNX file.
+from the model file's raw outputs, ultralytics' predictor on the same ONNX file, and the comparison
+loops both the in-process and the served tests run against them.
 
 References never come from tsvision's own answers: the truth of the scene, the archived model
 file called directly (``torch.jit.load`` / ONNX Runtime) with the answer derived from its raw
@@ -11,7 +12,7 @@ from __future__ import annotations
 import functools
 import io
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -24,7 +25,6 @@ from tests.scenes import PERSON_PHOTOS, sized_photos
 from tsvision.serving.tasks.torchvision_detection import to_chw_float
 
 SIZE = 640  # the toys' input size
-SCENES = [(333, 777), (1280, 720)]
 # pose: one class, index 0
 TOY_LABELS = {"toy_rcnn": ["background", "bright rectangle"], "toy_pose": ["bright rectangle"]}
 TOY_NAMES = {"keypoint_names": TOY_KEYPOINT_NAMES, "skeleton": TOY_SKELETON}
@@ -115,6 +115,37 @@ def differences(a: list, b: list) -> dict:
             "score": float(max(abs(x["score"] - y["score"]) for x, y in zip(a, b))),
             "point": float(np.abs(pa[..., :2] - pb[..., :2]).max()),
             "keypoint_score": float(np.abs(pa[..., 2] - pb[..., 2]).max())}
+
+
+def compare_with_rcnn_file(answer_of: Callable[[Image.Image], list], folder: Path, backend: str, settings: dict,
+                           labels: List[str], what: str) -> List[Tuple[Image.Image, list, dict]]:
+    """``answer_of(image)`` on each of ``RCNN_PHOTOS`` against the answer derived from the archived
+    Keypoint R-CNN file called directly (``direct``, ``persons_from_raw``): the same persons, at least
+    one; returns (image, answer, figures) per photo for the caller's tolerances."""
+    compared = []
+    for name in RCNN_PHOTOS:
+        image = photo(name)
+        answer = answer_of(image)
+        expected = persons_from_raw(direct(folder, backend, image), settings, labels, image.size)
+        figures = differences(answer, expected)
+        print(f"\n{what} {name} {image.size}: {figures}")
+        assert answer and figures["persons"] == len(expected)
+        compared.append((image, answer, figures))
+    return compared
+
+
+def compare_with_ultralytics(answer_of: Callable[[Image.Image], list], folder: Path,
+                             what: str) -> List[Tuple[str, Image.Image, list]]:
+    """``answer_of(image)`` on each of ``pose_photos`` against ultralytics' predictor on the same ONNX
+    file (``assert_yolo_parity``); returns (name, image, answer) per photo."""
+    compared = []
+    for name, image in pose_photos().items():
+        answer = answer_of(image)
+        figures = differences(answer, ultralytics_persons(folder, image))
+        print(f"\n{what} vs ultralytics on {name} {image.size}: {figures}")
+        assert_yolo_parity(figures)
+        compared.append((name, image, answer))
+    return compared
 
 
 def check_person_schema(answer: list, width: int, height: int, keypoints: int) -> None:

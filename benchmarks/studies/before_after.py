@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-from benchmarks.load import alternating_rounds, wrk_path
+from benchmarks.load import add_served_arguments, side_by_side, wrk_path
 from benchmarks.lock import heavy_run
 from benchmarks.models import MODEL_FILES, build_ours, prepare_exports
 from benchmarks.photo import make_photo
-from benchmarks.warmup import warm_batch_sizes
 from tsvision.tools.serve.server import TorchServe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,16 +74,10 @@ def build_before(source: Path, folder: Path, backend: str, name: str, store: Pat
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.studies.before_after", description=__doc__.split("\n\n")[0])
     p.add_argument("--ref", default=BEFORE_OPTIONS, help="the earlier commit (default: before issue 16)")
-    p.add_argument("--tasks", default="classification,segmentation,detection")
-    p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"])
+    add_served_arguments(p, ROOT / "build" / "bench")
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--seconds", type=float, default=6)
-    p.add_argument("--warmup", type=float, default=2)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-batch-delay", type=int, default=20)
-    p.add_argument("--exports", type=Path, default=ROOT / "build" / "bench")
-    p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     wrk_path()
     with heavy_run(timeout_s=1800):
@@ -112,13 +105,9 @@ def run(args: argparse.Namespace) -> int:
     results = {}
     try:
         server.start(timeout=600)
-        headers = server.headers("inference")
         for task in tasks:
-            urls = {side: f"{server.inference_url}/predictions/{name}" for side, name in models[task].items()}
-            for url in urls.values():
-                warm_batch_sizes(url, photo, headers, args.batch_size, budget_s=20)
-            rates = alternating_rounds(urls, photo_path, headers, args.connections, args.seconds, args.warmup,
-                                       args.rounds, task)
+            rates = side_by_side(server, models[task], photo, photo_path, args.batch_size, args.connections,
+                                 args.seconds, args.warmup, args.rounds, task)
             before, after = statistics.median(rates["before"]), statistics.median(rates["after"])
             results[task] = {"before_req_s": rates["before"], "after_req_s": rates["after"], "before_median": before,
                              "after_median": after, "after_vs_before": round(after / before, 3)}

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from tests.e2e.conftest import registered
-from tests.helpers import BACKENDS, FORMAT_OUTPUTS, FORMAT_SETTINGS, png
+from tests.helpers import BACKENDS, FORMAT_OUTPUTS, FORMAT_SETTINGS, SCENES, assert_box_on_rectangle, png
 from tests.scenes import bright_box_scene
-
-SCENES = [(333, 777), (1280, 720)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,7 +36,4 @@ def test_served_box_lands_on_the_rectangle(served, fmt, backend):
         image, truth = bright_box_scene(width, height)
         response = served.predict(f"toy_{fmt}_{backend}", png(image), content_type="image/png")
         assert response.status_code == 200, response.text
-        answer = response.json()
-        assert len(answer) == 1 and answer[0]["label"] == "bright rectangle", (fmt, backend, image.size, answer)
-        error = np.abs(np.subtract(answer[0]["box"], truth)).max()
-        assert error <= 1.0, (fmt, backend, image.size, answer[0]["box"], truth)
+        assert_box_on_rectangle(response.json(), truth, fmt, backend, image.size)

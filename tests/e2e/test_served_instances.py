@@ -9,41 +9,28 @@ import json
 
 import numpy as np
 import pytest
-import skimage.data
 import torch
 from PIL import Image
 
 from tests.e2e.conftest import registered
-from tests.helpers import png
+from tests.helpers import SCENES, png
 from tests.instance_checks import (
     BACKENDS,
-    PHOTOS,
-    SCENES,
     TOY_SETTINGS,
-    assert_close,
-    assert_yolo_parity,
     check_toy_answer,
-    compare_instances,
-    direct_mask_rcnn,
-    expected_instances,
+    compare_with_mask_rcnn_file,
+    compare_with_ultralytics,
     rle_mask,
     toy_truth,
-    ultralytics_answer,
-    yolo_photos,
 )
-from tests.scenes import OBJECT_PHOTOS, bright_box_scene, sized_photos
+from tests.scenes import bright_box_scene
 from tsvision.serving.drawing import box_colour
 from tsvision.serving.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def photos():
-    return {name: Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in PHOTOS}
-
-
-def test_served(served, instance_toys, mrcnn, yolo_seg, photos):
+def test_served(served, instance_toys, mrcnn, yolo_seg):
     """Every archive of this family on the run's TorchServe: the toys in both formats and backends
     (RLE; the YOLO-seg ONNX toy archived with polygons) on 333×777 and 1280×720, and per-request
     ``mask_format`` and the picture on the Mask R-CNN toy; Mask R-CNN (ONNX; its TorchScript file is
@@ -79,24 +66,22 @@ def test_served(served, instance_toys, mrcnn, yolo_seg, photos):
                     agreement = check_toy_answer(response.json(), fmt, width, height, mask_format)
                     print(f"\nserved {name} {width}x{height}: mask agreement {agreement:.5f}")
                     assert agreement >= 0.99
-            for image_name, image in photos.items():
-                response = served.predict("mrcnn_onnx", png(image), content_type="image/png")
-                assert response.status_code == 200, response.text
-                expected = expected_instances(direct_mask_rcnn(folder, "onnx", image), settings, image.size)
-                figures = compare_instances(response.json(), expected)
-                print(f"\nserved mrcnn_onnx {image_name}: {figures}")
-                assert_close(figures)
-            for image_name, image in {**yolo_photos(), **sized_photos(OBJECT_PHOTOS)}.items():
-                response = served.predict("yolov8n_seg", png(image), content_type="image/png")
-                assert response.status_code == 200, response.text
-                figures = compare_instances(response.json(), ultralytics_answer(yolo_seg, image, yolo_settings))
-                print(f"\nserved yolov8n_seg {image_name}: {figures}")
-                assert_yolo_parity(figures)
+            compare_with_mask_rcnn_file(lambda image: answer_of(served, "mrcnn_onnx", image), folder, "onnx",
+                                        settings, "served mrcnn_onnx")
+            compare_with_ultralytics(lambda image: answer_of(served, "yolov8n_seg", image), yolo_seg, yolo_settings,
+                                     "served yolov8n_seg")
             bad = served.predict("mrcnn_onnx", b"not an image", content_type="image/png")
             assert bad.status_code == 400, bad.text
             check_served_options_and_picture(served, "toy_torchvision_onnx_rle")
     finally:
         torch.set_num_threads(threads)
+
+
+def answer_of(server, name: str, image: Image.Image) -> list:
+    """The served answer to ``image`` as PNG; anything but a 200 fails."""
+    response = server.predict(name, png(image), content_type="image/png")
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def check_served_options_and_picture(server, name: str) -> None:

@@ -16,18 +16,13 @@ import torch
 from PIL import Image
 
 from tests.e2e.conftest import registered
-from tests.helpers import all_at_once, photo, png
+from tests.helpers import SCENES, all_at_once, photo, png
 from tests.keypoint_checks import (
     RCNN_PHOTOS,
-    SCENES,
     assert_toy_truth,
-    assert_yolo_parity,
     check_person_schema,
-    differences,
-    direct,
-    persons_from_raw,
-    pose_photos,
-    ultralytics_persons,
+    compare_with_rcnn_file,
+    compare_with_ultralytics,
 )
 from tests.keypoint_toys import TOY_KEYPOINT_NAMES, TOY_SKELETON, true_keypoints
 from tests.scenes import bright_box_scene
@@ -91,13 +86,9 @@ def test_served_keypoint_rcnn_equals_the_archived_model_file(served, krcnn):
     torch.set_num_threads(1)
     try:
         settings = Settings.from_mapping(json.loads((folder / "settings.json").read_text())).to_mapping()
-        for name in RCNN_PHOTOS:
-            image = photo(name)
-            served_answer = post(served, f"krcnn_{backend}", png(image))
-            expected = persons_from_raw(direct(folder, backend, image), settings, exportable.labels, image.size)
-            figures = differences(served_answer, expected)
-            print(f"\nserved krcnn_{backend} {name}: {figures}")
-            assert served_answer and figures["persons"] == len(expected)
+        compared = compare_with_rcnn_file(lambda image: post(served, f"krcnn_{backend}", png(image)), folder,
+                                          backend, settings, exportable.labels, f"served krcnn_{backend}")
+        for _, _, figures in compared:
             assert figures["box"] <= 1.0 and figures["score"] <= 1e-3 and figures["point"] <= 1.0
     finally:
         torch.set_num_threads(threads)
@@ -107,15 +98,11 @@ def test_served_yolov8n_pose_equals_ultralytics_predictor(served, yolo_pose):
     """ultralytics' predictor on the same ONNX file, at its defaults (conf 0.25, iou 0.7) with
     ``rect=False``: the full 640×640 letterbox, as tsvision pads (ultralytics' default for a
     dynamic ONNX pads only to a multiple of 32, a different input)."""
-    found = 0
-    for name, image in pose_photos().items():
-        ours = post(served, "yolov8n_pose", png(image))
-        figures = differences(ours, ultralytics_persons(yolo_pose, image))
-        print(f"\nserved yolov8n_pose vs ultralytics on {name} {image.size}: {figures}")
-        assert_yolo_parity(figures)
+    compared = compare_with_ultralytics(lambda image: post(served, "yolov8n_pose", png(image)), yolo_pose,
+                                        "served yolov8n_pose")
+    for _, image, ours in compared:
         check_person_schema(ours, *image.size, 17)
-        found += len(ours)
-    assert found >= 2, "the conditioned model should find persons on these photos"
+    assert sum(len(ours) for _, _, ours in compared) >= 2, "the conditioned model should find persons on these photos"
 
 
 COCO = (list(COCO_KEYPOINT_NAMES), [list(e) for e in COCO_SKELETON])

@@ -9,24 +9,21 @@ import json
 
 import numpy as np
 import pytest
-import skimage.data
 import torch
-from PIL import Image
 
 from tests.helpers import png
 from tests.instance_checks import (
     BACKENDS,
-    PHOTOS,
     assert_close,
-    assert_yolo_parity,
     compare_instances,
-    direct_mask_rcnn,
+    compare_with_mask_rcnn_file,
+    compare_with_ultralytics,
     expected_instances,
+    mask_rcnn_photos,
     rle_mask,
-    ultralytics_answer,
     yolo_photos,
 )
-from tests.scenes import OBJECT_PHOTOS, sized_photos
+from tests.scenes import OBJECT_PHOTOS
 from tsvision.serving.tasks import load_export
 from tsvision.serving.tasks.instance_segmentation import YoloInstanceSegmentationTask
 from tsvision.serving.tasks.torchvision_detection import to_chw_float
@@ -35,7 +32,7 @@ from tsvision.tools.export.mask_rcnn import OUTPUT_NAMES
 
 @pytest.fixture(scope="module")
 def photos():
-    return {name: Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in PHOTOS}
+    return mask_rcnn_photos()
 
 
 def test_mask_rcnn_export_report(mrcnn):
@@ -60,22 +57,14 @@ def mrcnn_tasks(mrcnn):
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
-def test_mask_rcnn_task_equals_archived_model(mrcnn, mrcnn_tasks, photos, backend):
-    folder = mrcnn[0]
+def test_mask_rcnn_task_equals_archived_model(mrcnn, mrcnn_tasks, backend):
     task = mrcnn_tasks[backend]
-    settings = task.settings.to_mapping()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        found_any = 0
-        for name, image in photos.items():
-            answer = task.run([png(image)])[0]
-            expected = expected_instances(direct_mask_rcnn(folder, backend, image), settings, image.size)
-            figures = compare_instances(answer, expected)
-            print(f"\n{backend} {name} {image.size}: {figures}")
-            assert_close(figures)
-            found_any += len(answer)
-        assert found_any, "the conditioned Mask R-CNN should find instances on some photo"
+        answers = compare_with_mask_rcnn_file(lambda image: task.run([png(image)])[0], mrcnn[0], backend,
+                                              task.settings.to_mapping(), backend)
+        assert sum(len(answer) for answer in answers), "the conditioned Mask R-CNN should find instances on some photo"
     finally:
         torch.set_num_threads(threads)
 
@@ -119,14 +108,10 @@ def test_yolo_seg_equals_ultralytics_predictor(yolo_seg):
     LetterBox), real photos at 1280×720, 333×777 and 900×420."""
     task = load_export(yolo_seg)
     assert isinstance(task, YoloInstanceSegmentationTask)
-    total = 0
-    for name, image in {**yolo_photos(), **sized_photos(OBJECT_PHOTOS)}.items():
-        answer = task.run([png(image)])[0]
-        figures = compare_instances(answer, ultralytics_answer(yolo_seg, image, task.settings))
-        print(f"\nyolov8n-seg {name} {image.size}: {figures}")
-        assert_yolo_parity(figures)
+    compared = compare_with_ultralytics(lambda image: task.run([png(image)])[0], yolo_seg, task.settings, "yolov8n-seg")
+    for name, image, answer in compared:
         assert answer or image.size not in OBJECT_PHOTOS, f"no instance on {name}: the comparison would be empty"
-        total += len(answer)
+    total = sum(len(answer) for _, _, answer in compared)
     assert total >= 3, "the conditioned YOLOv8n-seg should find instances on the photos"
     task.close()
 

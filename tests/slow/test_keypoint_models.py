@@ -17,13 +17,12 @@ from tests.keypoint_checks import (
     FILES,
     KEYS,
     RCNN_PHOTOS,
-    assert_yolo_parity,
     check_person_schema,
+    compare_with_rcnn_file,
+    compare_with_ultralytics,
     differences,
     direct,
     persons_from_raw,
-    pose_photos,
-    ultralytics_persons,
 )
 from tsvision.serving.tasks import load_export
 from tsvision.serving.tasks.keypoints import COCO_KEYPOINT_NAMES, COCO_SKELETON
@@ -34,10 +33,7 @@ def test_yolov8n_pose_equals_ultralytics_predictor(yolo_pose):
     """In-process, on every pose photo (the served test below sends the same ones)."""
     task = load_export(yolo_pose)
     try:
-        for name, image in pose_photos().items():
-            figures = differences(task.run([png(image)])[0], ultralytics_persons(yolo_pose, image))
-            print(f"\nyolov8n_pose vs ultralytics on {name} {image.size}: {figures}")
-            assert_yolo_parity(figures)
+        compare_with_ultralytics(lambda image: task.run([png(image)])[0], yolo_pose, "yolov8n_pose")
     finally:
         task.close()
 
@@ -77,14 +73,9 @@ def _all_nodes(graph):
 def test_keypoint_rcnn_task_equals_the_archived_model_file(krcnn, backend):
     folder, exportable, _ = krcnn
     task = load_export(folder, FILES[backend])
-    settings = task.settings.to_mapping()
-    for name in RCNN_PHOTOS:
-        image = photo(name)
-        answer = task.run([png(image)])[0]
-        expected = persons_from_raw(direct(folder, backend, image), settings, exportable.labels, image.size)
-        figures = differences(answer, expected)
-        print(f"\n{backend} {name} {image.size}: {figures}")
-        assert answer and figures["persons"] == len(expected)
+    compared = compare_with_rcnn_file(lambda image: task.run([png(image)])[0], folder, backend,
+                                      task.settings.to_mapping(), exportable.labels, backend)
+    for image, answer, figures in compared:
         check_person_schema(answer, *image.size, 17)
         assert figures["box"] <= 0.01 and figures["score"] <= 1e-6
         assert figures["point"] <= 0.01 and figures["keypoint_score"] <= 1e-4

@@ -27,9 +27,11 @@ BENCHMARKS = Path(benchmarks.__file__).resolve().parent  # wherever this file li
 # -- benchmarks/ through public APIs only -----------------------------------------------------------
 # tsvision modules the benchmarks may import, with the names they may take from each (None: any public
 # name). Each is documented: README/docs name the handler classes, load_export, the masks helpers,
-# TorchServe, LocalWorker, build_exportable (docs/models.md) and quantize_onnx (docs/quantization.md).
+# TorchServe, LocalWorker, build_exportable (docs/models.md), quantize_onnx (docs/quantization.md) and
+# parse_overrides (the --set syntax, README's configuration section).
 PUBLIC_TSVISION = {
     "tsvision.serving": None,
+    "tsvision.serving.settings": {"parse_overrides"},
     "tsvision.serving.tasks": {"load_export"},
     "tsvision.serving.masks": None,
     "tsvision.tools.serve.server": {"TorchServe", "free_port"},

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import BACKENDS, FORMAT_SETTINGS, png
+from tests.helpers import BACKENDS, FORMAT_SETTINGS, SCENES, FixedOutputs, assert_box_on_rectangle, png
 from tests.helpers import FORMAT_OUTPUTS as OUTPUT_NAMES
 from tests.helpers import FORMAT_SIZE as SIZE
 from tests.scenes import bright_box_scene
@@ -21,8 +21,6 @@ from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
 from tsvision.serving.tasks.detection import DetectionTask
 from tsvision.tools.archive.cli import main as archive_main
-
-SCENES = [(333, 777), (1280, 720)]
 
 
 def format_task(root: Path, fmt: str, backend: str = "onnx", **overrides) -> DetectionTask:
@@ -40,10 +38,8 @@ def test_box_lands_on_the_rectangle(format_exports, fmt, backend):
     scenes = [bright_box_scene(w, h) for w, h in SCENES]
     answers = task.run([png(image) for image, _ in scenes])  # lossless: the truth is exact
     for (image, truth), answer in zip(scenes, answers):
-        assert len(answer) == 1, (fmt, image.size, answer)
-        assert answer[0]["label"] == "bright rectangle" and answer[0]["index"] == 1 and answer[0]["score"] > 0.9
-        error = np.abs(np.subtract(answer[0]["box"], truth)).max()
-        assert error <= 1.0, (fmt, image.size, answer[0]["box"], truth)
+        assert_box_on_rectangle(answer, truth, fmt, image.size)
+        assert answer[0]["index"] == 1 and answer[0]["score"] > 0.9
 
 
 @pytest.mark.parametrize("fmt", list(OUTPUT_NAMES))
@@ -64,17 +60,6 @@ def test_letterbox_center_matches_ultralytics_arithmetic():
     assert mapped.tolist() == [[0, 0, 1280, 720]]
     _, odd = fit_square(Image.new("RGB", (333, 777)), 320, "letterbox_center", (114, 114, 114))
     assert (odd.content_width, odd.offset_x, odd.offset_y) == (137, 91, 0)  # pad 183: 91 left, 92 right
-
-
-class FixedOutputs:
-    """A runtime that answers every image with the same outputs (for the NMS cases)."""
-    name, device, fixed_batch = "fixed", "cpu", None
-
-    def __init__(self, *outputs: np.ndarray) -> None:
-        self.outputs = outputs
-
-    def run(self, batch):
-        return [np.repeat(o[None], len(batch), axis=0) for o in self.outputs]
 
 
 def two_overlapping_boxes_of_different_classes() -> np.ndarray:

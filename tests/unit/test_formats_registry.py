@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import FixedOutputs
 from tsvision.serving import formats
 from tsvision.serving.formats import registry
 from tsvision.serving.settings import Settings
@@ -68,14 +69,8 @@ def test_a_new_file_is_a_new_format(tmp_path, monkeypatch):
         assert (settings.input_size, settings.score_threshold) == (100, 0.4)
         assert task_class(settings) is DetectionTask
 
-        class Fixed:
-            name, device, fixed_batch = "fixed", "cpu", None
-
-            def run(self, batch):
-                rows = np.array([[10, 10, 50, 50, 0.9], [60, 60, 90, 90, 0.3]], np.float32)
-                return [np.repeat(rows[None], len(batch), axis=0)]
-
-        answer = DetectionTask(Fixed(), settings).run([Image.new("RGB", (200, 200))])[0]
+        rows = np.array([[10, 10, 50, 50, 0.9], [60, 60, 90, 90, 0.3]], np.float32)
+        answer = DetectionTask(FixedOutputs(rows), settings).run([Image.new("RGB", (200, 200))])[0]
         assert [(d["score"], d["box"]) for d in answer] == [(pytest.approx(0.9), [20, 20, 100, 100])]
     finally:
         sys.modules.pop("tsvision.serving.formats.zz_toy", None)

@@ -1,6 +1,8 @@
-"""The handler classes in-process, through TorchServe's own Context, RequestProcessor and metrics
-cache (tsvision.tools.archive.local_worker.LocalWorker): per-request statuses, headers and content types in a
-mixed batch, describe, explanations refused, a user's handler file, metrics, devices."""
+"""The handler classes in-process only, through TorchServe's own Context (LocalWorker): the entry
+files, gRPC's stream marker on the rows, an explanation inside a batch, a hook that raises, handler
+files and tasks refused at load, devices. Per-request statuses in a mixed batch, a user's handler
+file, explanations, describe and metrics over every transport (in-process included) are
+tests/e2e/test_handlers.py."""
 
 from __future__ import annotations
 
@@ -11,14 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO, TOY_SETTINGS, jpeg, png
+from tests.helpers import REPO, TOY_SETTINGS, png
 from tests.scenes import bright_box_scene
 from tsvision.serving import ImageClassifier, ObjectDetector
 from tsvision.serving.runtimes import load_runtime, pick_device
 from tsvision.tools.archive.local_worker import LocalWorker, load_handler_class
 from tsvision.tools.archive.package import default_handler
-
-EXAMPLE_HANDLER = REPO / "examples" / "handlers" / "people_counter.py"
 
 
 def toy_detector_folder(toy_exports: Path, tmp_path: Path, labels: list) -> Path:
@@ -48,21 +48,6 @@ def test_entry_files_define_exactly_one_handler_class_each():
         assert loaded.__name__ == cls and loaded.task_name == task
 
 
-def test_a_mixed_batch_gets_a_status_content_type_and_body_per_request(detector):
-    scene, truth = bright_box_scene(333, 777)
-    rows = [{"body": png(scene)}, {"body": b"GIF89a truncated"}, {"body": "<html>"}, {"body": png(scene)}]
-    headers = [{"body": {"content-type": "image/png"}}, {"body": {"content-type": "image/gif"}},
-               {"body": {"content-type": "text/html"}}, {"body": {"content-type": "application/octet-stream"}}]
-    responses = detector.predict(rows, headers)
-    assert [r.status for r in responses] == [200, 400, 415, 200]
-    assert all(r.headers["content-type"] == "application/json" and r.headers["X-Batch-Size"] == "4" for r in responses)
-    good, bad, unsupported, again = (r.json() for r in responses)
-    assert good == again and len(good) == 1 and good[0]["label"] == "bright rectangle"
-    assert max(abs(a - b) for a, b in zip(good[0]["box"], truth)) <= 2
-    assert bad["type"] == "UnreadableImage" and unsupported["type"] == "UnsupportedMediaType"
-    assert "X-Top-Label" not in responses[0].headers  # off unless the archive asks (the A/B router does)
-
-
 def test_grpc_answers_close_the_stream_and_rest_answers_stay_plain(detector):
     """TorchServe's gRPC requests have no text headers (only the inputs' content types): their answers,
     errors included, carry ``ts_stream_next: false`` (StreamPredictions needs it; without it TorchServe
@@ -77,44 +62,15 @@ def test_grpc_answers_close_the_stream_and_rest_answers_stay_plain(detector):
     assert "ts_stream_next" not in rest.headers
 
 
-def test_explanations_are_refused_per_request_and_describe_answers(detector):
+def test_an_explanation_is_refused_per_request_inside_a_batch(detector):
+    """An explanation and a prediction in one batch (each alone, and describe, over every transport:
+    tests/e2e/test_handlers.py)."""
     scene, _ = bright_box_scene(320, 200)
     responses = detector.predict([{"body": png(scene)}, {"body": png(scene)}],
                                  [{"body": {"content-type": "image/png"}, "explain": "True"},
                                   {"body": {"content-type": "image/png"}}])
     assert [r.status for r in responses] == [501, 200]
     assert responses[0].json()["type"] == "NotSupported" and len(responses[1].json()) == 1
-    described = detector.predict([{"body": b""}], [{"describe": "True"}])[0]
-    about = json.loads(described.body)
-    assert about["task"] == "detection" and about["handler"] == "ObjectDetector" and about["runtime"] == "onnx"
-    assert about["labels"] == ["background", "bright rectangle"] and about["device"] == "cpu"
-
-
-def test_metrics_are_recorded_through_the_context_also_for_an_overridden_step(toy_exports, tmp_path):
-    folder = toy_detector_folder(toy_exports, tmp_path, ["background", "person"])
-    worker = LocalWorker(load_handler_class(EXAMPLE_HANDLER), folder, "model.onnx", toy_config(profile=True))
-    scene, _ = bright_box_scene(200, 100)
-    worker.predict([{"body": png(scene)}, {"body": b"nope"}], [{"body": {"content-type": "image/png"}}] * 2)
-    names = {name for by_type in worker.context.metrics.cache.values() for name in by_type}
-    assert {"DecodeTime", "ImagesPerRequest", "RequestErrors", "ts_handler_preprocess", "ts_handler_inference",
-            "ts_handler_postprocess"} <= names, names
-
-
-def test_a_users_handler_file_changes_one_step_and_keeps_the_rest(toy_exports, tmp_path):
-    scene, truth = bright_box_scene(777, 333)
-    for labels, kept in ((["background", "person"], 1), (["background", "cat"], 0)):
-        folder = toy_detector_folder(toy_exports, tmp_path / labels[1], labels)
-        worker = LocalWorker(load_handler_class(EXAMPLE_HANDLER), folder, "model.onnx", toy_config())
-        good, bad = worker.predict([{"body": jpeg(scene, quality=95)}, {"body": b""}],
-                                   [{"body": {"content-type": "image/jpeg"}}] * 2)
-        assert (good.status, bad.status) == (200, 400)
-        answer = good.json()
-        assert answer["count"] == kept == len(answer["detections"])
-        for detection in answer["detections"]:
-            x1, y1, x2, y2 = detection["box"]
-            assert detection["label"] == "person" \
-                and detection["area"] == pytest.approx((x2 - x1) * (y2 - y1), abs=0.01)
-            assert max(abs(a - b) for a, b in zip(detection["box"], truth)) <= 2
 
 
 def test_an_exception_in_a_users_hook_is_a_500_per_request_and_the_worker_lives(toy_exports, tmp_path):

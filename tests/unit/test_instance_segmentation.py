@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers import png
-from tests.instance_checks import BACKENDS, SCENES, TOY_SETTINGS, check_toy_answer, rle_mask, toy_task, toy_truth
+from tests.helpers import SCENES, png
+from tests.instance_checks import BACKENDS, TOY_SETTINGS, check_toy_answer, rle_mask, toy_task, toy_truth
 from tests.scenes import bright_box_scene
 from tsvision.serving.drawing import box_colour
 from tsvision.serving.settings import Settings
@@ -19,19 +19,14 @@ from tsvision.serving.tasks.instance_segmentation import (
 )
 
 
-@pytest.fixture(scope="module")
-def toys(instance_toys):
-    return instance_toys
-
-
 @pytest.mark.parametrize("backend", list(BACKENDS))
 @pytest.mark.parametrize("fmt", list(TOY_SETTINGS))
-def test_toy_masks_are_known_to_the_pixel(toys, fmt, backend):
-    task = toy_task(toys, fmt, backend)
+def test_toy_masks_are_known_to_the_pixel(instance_toys, fmt, backend):
+    task = toy_task(instance_toys, fmt, backend)
     expected = TorchvisionInstanceSegmentationTask if fmt == "torchvision" else YoloInstanceSegmentationTask
     assert isinstance(task, expected)
-    polygon_task = toy_task(toys, fmt, backend, mask_format="polygon")
-    png_task = toy_task(toys, fmt, backend, mask_format="png")
+    polygon_task = toy_task(instance_toys, fmt, backend, mask_format="polygon")
+    png_task = toy_task(instance_toys, fmt, backend, mask_format="png")
     for width, height in SCENES:
         image = bright_box_scene(width, height)[0]
         rle_agreement = check_toy_answer(task.run([png(image)])[0], fmt, width, height)
@@ -48,11 +43,11 @@ def test_toy_masks_are_known_to_the_pixel(toys, fmt, backend):
 
 
 @pytest.mark.parametrize("mask_format", ["rle", "polygon", "png"])
-def test_toy_picture_tints_the_mask_in_the_class_colour(toys, mask_format):
+def test_toy_picture_tints_the_mask_in_the_class_colour(instance_toys, mask_format):
     """The picture (``Accept: image/png``) at the original size: inside the true mask, away from the
     box outline and label, each pixel is the photo blended 0.45 with class 1's colour; far from the
     box the photo is untouched."""
-    task = toy_task(toys, "torchvision", "onnx", mask_format=mask_format)
+    task = toy_task(instance_toys, "torchvision", "onnx", mask_format=mask_format)
     image, truth, box = toy_truth("torchvision", 333, 777)
     answer = task.run([png(image)])[0]
     picture = np.asarray(task.draw(image, answer)).astype(np.float64)
@@ -72,18 +67,18 @@ def test_toy_picture_tints_the_mask_in_the_class_colour(toys, mask_format):
 
 
 @pytest.mark.parametrize("fmt", list(TOY_SETTINGS))
-def test_toy_mixed_sizes_in_one_batch_equal_one_by_one(toys, fmt):
-    task = toy_task(toys, fmt, "onnx")
+def test_toy_mixed_sizes_in_one_batch_equal_one_by_one(instance_toys, fmt):
+    task = toy_task(instance_toys, fmt, "onnx")
     data = [png(bright_box_scene(w, h)[0]) for w, h in SCENES + [(777, 333), (41, 333)]]
     batched = task.run(data + [b"not an image"])
     assert batched[:-1] == [task.run([item])[0] for item in data]
     assert getattr(batched[-1], "status", None) == 400
 
 
-def test_mask_threshold_and_settings(toys):
+def test_mask_threshold_and_settings(instance_toys):
     """The toy's soft mask is sigmoid(40 (b - 0.5)): at mask_threshold 0.999 the rectangle's pixels
     (b = 0.98, 0.99999999) stay in and nothing else comes in; settings are checked."""
-    task = toy_task(toys, "torchvision", "torchscript", mask_threshold=0.999, max_detections=1)
+    task = toy_task(instance_toys, "torchvision", "torchscript", mask_threshold=0.999, max_detections=1)
     image, truth, _ = toy_truth("torchvision", 333, 777)
     answer = task.run([png(image)])[0]
     assert len(answer) == 1 and np.array_equal(rle_mask(answer[0]["mask"]), truth)
@@ -91,4 +86,4 @@ def test_mask_threshold_and_settings(toys):
         Settings.from_mapping({"task": "instance_segmentation", "detection_format": "torchvision",
                                "mask_threshold": 1.0})
     with pytest.raises(ValueError, match="instance_segmentation serves detection_format"):
-        toy_task(toys, "torchvision", "onnx", detection_format="yolov8", background_index=None)
+        toy_task(instance_toys, "torchvision", "onnx", detection_format="yolov8", background_index=None)

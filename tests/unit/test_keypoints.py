@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import png
-from tests.keypoint_checks import FILES, SCENES, TOY_SETTINGS, assert_toy_truth
+from tests.helpers import SCENES, png
+from tests.keypoint_checks import FILES, TOY_SETTINGS, assert_toy_truth
 from tests.keypoint_toys import TOY_SKELETON, true_keypoints
 from tests.scenes import bright_box_scene
 from tsvision.serving.drawing import box_colour, draw_keypoints
@@ -22,15 +22,10 @@ from tsvision.serving.tasks import load_export
 from tsvision.serving.tasks.keypoints import KeypointsTask, TorchvisionKeypointsTask
 
 
-@pytest.fixture(scope="module")
-def toys(keypoint_toys):
-    return keypoint_toys
-
-
 @pytest.mark.parametrize("backend", list(FILES))
 @pytest.mark.parametrize("toy", list(TOY_SETTINGS))
-def test_toy_keypoints_land_on_the_corners(toys, toy, backend):
-    task = load_export(toys / toy, FILES[backend])
+def test_toy_keypoints_land_on_the_corners(keypoint_toys, toy, backend):
+    task = load_export(keypoint_toys / toy, FILES[backend])
     assert isinstance(task, TorchvisionKeypointsTask if toy == "toy_rcnn" else KeypointsTask)
     task.warm_up()
     scenes = [bright_box_scene(w, h) for w, h in SCENES]
@@ -40,11 +35,11 @@ def test_toy_keypoints_land_on_the_corners(toys, toy, backend):
 
 
 @pytest.mark.parametrize("toy", list(TOY_SETTINGS))
-def test_toy_picture_draws_the_skeleton_on_the_keypoints(toys, toy):
+def test_toy_picture_draws_the_skeleton_on_the_keypoints(keypoint_toys, toy):
     """The picture at the original size: keypoint k's dot in colour k where the truth puts it,
     limb 0 (top-left to top-right) in colour 0 along the top edge; a keypoint whose score is not
     above the visibility cut is not drawn, nor its limbs."""
-    task = load_export(toys / toy, "model.onnx")
+    task = load_export(keypoint_toys / toy, "model.onnx")
     image, truth = bright_box_scene(1280, 720)
     answer = task.run([png(image)])[0]
     picture = task.draw(image, answer)
@@ -66,8 +61,8 @@ def test_toy_picture_draws_the_skeleton_on_the_keypoints(toys, toy):
 
 
 @pytest.mark.parametrize("toy", list(TOY_SETTINGS))
-def test_toy_mixed_sizes_in_one_batch_equal_one_by_one(toys, toy):
-    task = load_export(toys / toy, "model.onnx")
+def test_toy_mixed_sizes_in_one_batch_equal_one_by_one(keypoint_toys, toy):
+    task = load_export(keypoint_toys / toy, "model.onnx")
     data = [png(bright_box_scene(w, h)[0]) for w, h in SCENES + [(777, 333), (41, 333)]] + [b"not an image"]
     batched = task.run(data)
     assert batched[:4] == [task.run([item])[0] for item in data[:4]]
@@ -75,8 +70,9 @@ def test_toy_mixed_sizes_in_one_batch_equal_one_by_one(toys, toy):
 
 
 @pytest.mark.parametrize("toy", list(TOY_SETTINGS))
-def test_a_keypoint_count_that_does_not_fit_the_names_is_refused_at_load(toys, toy):
-    task = load_export(toys / toy, "model.onnx", keypoint_names=None, skeleton=None)  # COCO's 17 for a 5-point model
+def test_a_keypoint_count_that_does_not_fit_the_names_is_refused_at_load(keypoint_toys, toy):
+    # COCO's 17 for a 5-point model
+    task = load_export(keypoint_toys / toy, "model.onnx", keypoint_names=None, skeleton=None)
     with pytest.raises(ValueError, match="the model gives 5 keypoints per person but there are 17 keypoint names"):
         task.warm_up()
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import FixedOutputs
 from tsvision.serving import formats
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import task_class
@@ -26,17 +27,6 @@ BOXES = {
     "level_other_class": (452, 350, 80, 40, 0.0, 0, 0.6),           # kept per class, suppressed agnostic
     "faint": (500, 200, 30, 30, 0.3, 0, 0.2),                       # under the 0.25 default threshold
 }
-
-
-class FixedOutputs:
-    """A runtime that answers every image with the same outputs."""
-    name, device, fixed_batch = "fixed", "cpu", None
-
-    def __init__(self, *outputs: np.ndarray) -> None:
-        self.outputs = outputs
-
-    def run(self, batch):
-        return [np.repeat(o[None], len(batch), axis=0) for o in self.outputs]
 
 
 def raw_output() -> np.ndarray:

@@ -1,4 +1,6 @@
-"""Per-request options and pictures in-process: parsing, precedence, validation, drawing."""
+"""Per-request options and pictures in-process: parsing, precedence, validation, drawing, and the
+one-forward-pass counts (the runtime patched to count its calls). The options and pictures over
+every transport (in-process included) are tests/e2e/test_options.py."""
 
 from __future__ import annotations
 
@@ -157,12 +159,6 @@ def test_segmentation_mask_formats_decode_to_the_same_class_mask(toy_exports):
     assert np.array_equal(class_mask(polygon.body), truth)  # the scene's shapes have no holes
     assert bad.status == 400 and "mask_format" in bad.body["message"] and "polygon" in bad.body["message"]
     task.close()
-
-
-def test_a_picture_for_a_list_of_images_is_refused_clearly(toy_detector):
-    data = png(bright_box_scene(64, 48)[0])
-    response = answer_requests(toy_detector, [{"a": data, "b": data, "format": "png"}])[0]
-    assert response.status == 400 and "one image per request" in response.body["message"]
 
 
 # -- the torchvision format: the model ran its own NMS at box_score_thresh 0.05 ------------------

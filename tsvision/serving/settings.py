@@ -193,7 +193,13 @@ def label_for(labels: list, index: int) -> str:
 
 
 def parse_overrides(pairs: List[str]) -> dict:
-    """``key=value`` strings -> settings, values parsed as JSON where they parse (``ValueError`` without ``=``)."""
+    """``key=value`` strings -> settings: the ``--set`` syntax of ``tsvision archive``, ``tsvision export``
+    and ``python -m benchmarks.run`` (and ``--model-arg``'s), public for scripts that take the same pairs.
+
+    Each value is read as JSON where it parses (``threads=1`` -> 1, ``classes=[1, 2]`` -> [1, 2],
+    ``background_index=null`` -> None, ``agnostic_nms=true`` -> True) and kept as the string
+    otherwise (``mask_format=rle`` -> "rle"); a later pair for the same key wins. A pair without ``=``
+    raises ``ValueError``. Nothing is validated here: :meth:`Settings.from_mapping` does that."""
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
