@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -185,6 +186,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise CommandError(f"cannot listen on {args.host}:{port} ({error.strerror or error})") from error
     # kserve reads sys.argv when it is imported (model_server's module-level parser): give it none of ours.
     sys.argv = sys.argv[:1]
+    # kserve 0.21 answers with FastAPI's ORJSONResponse, which warns on every request: one log line per answer.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     try:  # optional dependency: only this command needs it
         from tsvision.tools.serve import kserve_model
     except ImportError as error:
