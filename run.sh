@@ -22,7 +22,8 @@ case "$command" in
     ;;
   test)
     .venv/bin/ruff check .  # the linter first (pyproject.toml [tool.ruff]; docs/testing.md, "Lint")
-    .venv/bin/python -m pytest -ra "$@"
+    # two workers (pytest-xdist): the server tests on one, the in-process tests beside them (docs/testing.md)
+    .venv/bin/python -m pytest -ra -n 2 "$@"
     ;;
   unit)
     .venv/bin/python -m pytest -ra -m "not e2e and not slow" "$@"

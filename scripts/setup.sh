@@ -37,5 +37,19 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[test,examples,bench,batch]"
   touch "$stamp"
 fi
+# KServe's model server (tsvision kserve) in .venv-kserve, layered on .venv: it sees every package of
+# .venv, and its own kserve pins (protobuf<7, psutil<6) shadow .venv's newer ones only there.
+if [ ! -x .venv-kserve/bin/python ]; then
+  "$PYTHON" -m venv .venv-kserve
+fi
+main_site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+kserve_site=$(.venv-kserve/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "import site; site.addsitedir('$main_site')" > "$kserve_site/tsvision-main-venv.pth"
+kserve_stamp=.venv-kserve/.tsvision-installed
+if [ ! -f "$kserve_stamp" ] || [ setup.cfg -nt "$kserve_stamp" ]; then
+  kserve_pin=$(.venv/bin/python -c 'import configparser; c = configparser.ConfigParser(); c.read("setup.cfg"); print(c["options.extras_require"]["kserve"].strip())')
+  .venv-kserve/bin/python -m pip install -q "$kserve_pin"
+  touch "$kserve_stamp"
+fi
 .venv/bin/python -m tsvision.tools.clients.grpc_stubs >/dev/null  # gRPC stubs from the installed TorchServe's .proto files
 .venv/bin/python -c "import torch, torchvision, onnxruntime, ts; print(f'setup: torch {torch.__version__}, torchvision {torchvision.__version__}, onnxruntime {onnxruntime.__version__}, torchserve ready')"

@@ -13,14 +13,14 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict
 
 import pytest
 import torch
 from PIL import Image
 
 from tests import keypoint_checks
-from tests.helpers import FORMAT_OUTPUTS, FORMAT_SIZE, TASKS, TOY_INPUT_SIZE, TOY_SETTINGS, photo
+from tests.helpers import FORMAT_OUTPUTS, FORMAT_SIZE, TASKS, TOY_INPUT_SIZE, TOY_SETTINGS, built_once, photo
 from tests.instance_toys import TOY_INSTANCE_LABELS, BrightMaskRCNN, BrightMaskYoloSeg
 from tests.keypoint_toys import BrightRectangleKeypointRCNN, BrightRectanglePose, OneImage
 from tests.toy_models import (
@@ -53,6 +53,23 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(tier)
 
 
+# The tests that start or talk to a TorchServe: the one session server (tests/e2e) and the soak's own.
+SERVER_TESTS = ("tests/e2e/", "tests/slow/test_soak.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With pytest-xdist (``bash run.sh test`` runs two workers): every server test on one worker, one
+    after another (one session TorchServe, and never two servers' workers in this machine's memory
+    at once), while the other tests are shared out one by one and run beside them, in-process."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ServerTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "server tests" if nodeid.startswith(SERVER_TESTS) else nodeid
+
+    return ServerTestsTogether(config, log)
+
+
 @pytest.fixture(scope="session")
 def photos() -> Dict[str, Image.Image]:
     """Real photos of different sizes from scikit-image."""
@@ -63,68 +80,73 @@ def photos() -> Dict[str, Image.Image]:
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory) -> Path:
     """The three default torchvision models exported to TorchScript and ONNX (random weights)."""
-    root = tmp_path_factory.mktemp("exports")
-    for task in TASKS:
-        exportable = build_exportable(task)
-        write_settings(exportable, root / task, {})
-        report = export_files(exportable, root / task)
-        assert report["ok"], report
-    return root
+    def build(root: Path) -> None:
+        for task in TASKS:
+            exportable = build_exportable(task)
+            write_settings(exportable, root / task, {})
+            report = export_files(exportable, root / task)
+            assert report["ok"], report
+
+    return built_once(tmp_path_factory, "exports", build)
 
 
 @pytest.fixture(scope="session")
 def toy_exports(tmp_path_factory) -> Path:
     """The toy detector and segmenter, exported by the same export code."""
-    root = tmp_path_factory.mktemp("toys")
-    toys = {
-        "detection": (BrightestBoxDetector(TOY_INPUT_SIZE), TOY_DETECTION_LABELS, ["boxes", "scores"]),
-        "segmentation": (ColourSegmenter(), TOY_SEGMENTATION_LABELS, ["logits"]),
-    }
-    for task, (module, labels, outputs) in toys.items():
-        exportable = Exportable(task, f"toy-{task}", module.eval(), dict(TOY_SETTINGS[task]), labels, False, outputs)
-        report = export_files(exportable, root / task)
-        assert report["ok"], report
-        (root / task / "labels.json").write_text(json.dumps(labels))
-    return root
+    def build(root: Path) -> None:
+        toys = {
+            "detection": (BrightestBoxDetector(TOY_INPUT_SIZE), TOY_DETECTION_LABELS, ["boxes", "scores"]),
+            "segmentation": (ColourSegmenter(), TOY_SEGMENTATION_LABELS, ["logits"]),
+        }
+        for task, (module, labels, outputs) in toys.items():
+            exportable = Exportable(task, f"toy-{task}", module.eval(), dict(TOY_SETTINGS[task]), labels, False,
+                                    outputs)
+            report = export_files(exportable, root / task)
+            assert report["ok"], report
+            (root / task / "labels.json").write_text(json.dumps(labels))
+
+    return built_once(tmp_path_factory, "toys", build)
 
 
 @pytest.fixture(scope="session")
 def format_exports(tmp_path_factory) -> Path:
     """The bright-box toy in each detector family's output layout (tests/toy_models.py), ONNX and TorchScript."""
-    root = tmp_path_factory.mktemp("formats")
-    for fmt, names in FORMAT_OUTPUTS.items():
-        module = BrightestBoxInFormat(fmt, FORMAT_SIZE).eval()
-        exportable = Exportable("detection", f"toy-{fmt}", module, {"input_size": FORMAT_SIZE}, TOY_FORMAT_LABELS,
-                                False, names)
-        report = export_files(exportable, root / fmt)
-        assert report["ok"], report
-        (root / fmt / "labels.json").write_text(json.dumps(TOY_FORMAT_LABELS))
-    return root
+    def build(root: Path) -> None:
+        for fmt, names in FORMAT_OUTPUTS.items():
+            module = BrightestBoxInFormat(fmt, FORMAT_SIZE).eval()
+            exportable = Exportable("detection", f"toy-{fmt}", module, {"input_size": FORMAT_SIZE}, TOY_FORMAT_LABELS,
+                                    False, names)
+            report = export_files(exportable, root / fmt)
+            assert report["ok"], report
+            (root / fmt / "labels.json").write_text(json.dumps(TOY_FORMAT_LABELS))
+
+    return built_once(tmp_path_factory, "formats", build)
 
 
 @pytest.fixture(scope="session")
 def keypoint_toys(tmp_path_factory) -> Path:
     """Both keypoint toys (tests/keypoint_toys.py) as TorchScript and ONNX, each folder with
     settings.json and labels.json (tests/keypoint_checks.py: their settings and labels)."""
-    root = tmp_path_factory.mktemp("keypoint_toys")
-    pose = BrightRectanglePose(keypoint_checks.SIZE).eval()
-    report = export_files(Exportable("keypoints", "toy-pose", pose, {"input_size": keypoint_checks.SIZE},
-                                     keypoint_checks.TOY_LABELS["toy_pose"], False, ["output0"]), root / "toy_pose")
-    assert report["ok"], report
-    rcnn = root / "toy_rcnn"
-    rcnn.mkdir()
-    model = BrightRectangleKeypointRCNN().eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.script(model).save(str(rcnn / "model.pt"))
-        torch.onnx.export(OneImage(model), (torch.rand(3, 64, 96),), str(rcnn / "model.onnx"), opset_version=17,
-                          dynamo=False, input_names=["images"], output_names=list(keypoint_checks.KEYS),
-                          dynamic_axes={"images": [1, 2]})
-    for name, values in keypoint_checks.TOY_SETTINGS.items():
-        values = {**values, "labels": "labels.json"}
-        (root / name / "settings.json").write_text(json.dumps(Settings.from_mapping(values).to_mapping()))
-        (root / name / "labels.json").write_text(json.dumps(keypoint_checks.TOY_LABELS[name]))
-    return root
+    def build(root: Path) -> None:
+        pose = BrightRectanglePose(keypoint_checks.SIZE).eval()
+        report = export_files(Exportable("keypoints", "toy-pose", pose, {"input_size": keypoint_checks.SIZE},
+                                         keypoint_checks.TOY_LABELS["toy_pose"], False, ["output0"]), root / "toy_pose")
+        assert report["ok"], report
+        rcnn = root / "toy_rcnn"
+        rcnn.mkdir()
+        model = BrightRectangleKeypointRCNN().eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.script(model).save(str(rcnn / "model.pt"))
+            torch.onnx.export(OneImage(model), (torch.rand(3, 64, 96),), str(rcnn / "model.onnx"), opset_version=17,
+                              dynamo=False, input_names=["images"], output_names=list(keypoint_checks.KEYS),
+                              dynamic_axes={"images": [1, 2]})
+        for name, values in keypoint_checks.TOY_SETTINGS.items():
+            values = {**values, "labels": "labels.json"}
+            (root / name / "settings.json").write_text(json.dumps(Settings.from_mapping(values).to_mapping()))
+            (root / name / "labels.json").write_text(json.dumps(keypoint_checks.TOY_LABELS[name]))
+
+    return built_once(tmp_path_factory, "keypoint_toys", build)
 
 
 @pytest.fixture(scope="session")
@@ -134,19 +156,20 @@ def instance_toys(tmp_path_factory) -> Path:
     from tsvision.tools.export.mask_rcnn import OUTPUT_NAMES
     from tsvision.tools.export.torchvision_detectors import export_detector_onnx
 
-    root = tmp_path_factory.mktemp("instance_toys")
-    (root / "torchvision").mkdir()
-    toy = BrightMaskRCNN().eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.script(toy).save(str(root / "torchvision" / "model.pt"))
-    export_detector_onnx(toy, root / "torchvision" / "model.onnx", 320, 480, tuple(OUTPUT_NAMES))
-    yolo = Exportable("instance_segmentation", "toy-yolov8_seg", BrightMaskYoloSeg(640).eval(), {"input_size": 640},
-                      TOY_INSTANCE_LABELS, False, ["output0", "protos"])
-    assert export_files(yolo, root / "yolov8_seg")["ok"]
-    for fmt in ("torchvision", "yolov8_seg"):
-        (root / fmt / "labels.json").write_text(json.dumps(TOY_INSTANCE_LABELS))
-    return root
+    def build(root: Path) -> None:
+        (root / "torchvision").mkdir()
+        toy = BrightMaskRCNN().eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.script(toy).save(str(root / "torchvision" / "model.pt"))
+        export_detector_onnx(toy, root / "torchvision" / "model.onnx", 320, 480, tuple(OUTPUT_NAMES))
+        yolo = Exportable("instance_segmentation", "toy-yolov8_seg", BrightMaskYoloSeg(640).eval(), {"input_size": 640},
+                          TOY_INSTANCE_LABELS, False, ["output0", "protos"])
+        assert export_files(yolo, root / "yolov8_seg")["ok"]
+        for fmt in ("torchvision", "yolov8_seg"):
+            (root / fmt / "labels.json").write_text(json.dumps(TOY_INSTANCE_LABELS))
+
+    return built_once(tmp_path_factory, "instance_toys", build)
 
 
 # -- the real R-CNN and YOLO exports (tests/slow, and their served tests in tests/e2e) ----------------
@@ -155,9 +178,19 @@ FRCNN_ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
 RETINANET, RETINANET_ARGS = "retinanet_resnet50_fpn", {"min_size": 320, "max_size": 480}
 
 
-def _export(folder: Path, exportable: Exportable):
-    write_settings(exportable, folder, {})
-    return folder, exportable, export_files(exportable, folder)
+def _export(tmp_path_factory, name: str, build: Callable[[], Exportable]):
+    """(folder, exportable, report): the model exported once per run (``built_once``); the eager
+    model itself travels to the other worker as a pickle beside the files, so every worker compares
+    with the very weights that were exported."""
+    def export(folder: Path) -> None:
+        exportable = build()
+        write_settings(exportable, folder, {})
+        export_files(exportable, folder)
+        torch.save(exportable, folder / "exportable.pickle")
+
+    folder = built_once(tmp_path_factory, name, export)
+    exportable = torch.load(folder / "exportable.pickle", weights_only=False)
+    return folder, exportable, json.loads((folder / "report.json").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -165,14 +198,14 @@ def frcnn(tmp_path_factory):
     """The smallest Faster R-CNN, random conditioned weights, exported by the export code.
 
     (folder, exportable, report), as the other R-CNN fixtures."""
-    return _export(tmp_path_factory.mktemp("frcnn"), build_exportable("detection", FRCNN_ARCH))
+    return _export(tmp_path_factory, "frcnn", lambda: build_exportable("detection", FRCNN_ARCH))
 
 
 @pytest.fixture(scope="session")
 def retinanet(tmp_path_factory):
     """torchvision's RetinaNet at min_size 320, random conditioned weights, exported by the export code."""
-    folder, exportable, report = _export(tmp_path_factory.mktemp("retinanet"),
-                                         build_exportable("detection", RETINANET, model_args=RETINANET_ARGS))
+    folder, exportable, report = _export(tmp_path_factory, "retinanet",
+                                         lambda: build_exportable("detection", RETINANET, model_args=RETINANET_ARGS))
     assert report["ok"] and report["files"] == ["model.pt", "model.onnx"], report
     assert report["parity_detections"] >= 1, report
     return folder, exportable, report
@@ -181,13 +214,13 @@ def retinanet(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mrcnn(tmp_path_factory):
     """The default instance segmentation export: the smallest Mask R-CNN, random conditioned weights."""
-    return _export(tmp_path_factory.mktemp("mrcnn"), build_exportable("instance_segmentation"))
+    return _export(tmp_path_factory, "mrcnn", lambda: build_exportable("instance_segmentation"))
 
 
 @pytest.fixture(scope="session")
 def krcnn(tmp_path_factory):
     """The smallest Keypoint R-CNN, random conditioned weights, exported by the export code."""
-    return _export(tmp_path_factory.mktemp("krcnn"), build_exportable("keypoints"))
+    return _export(tmp_path_factory, "krcnn", lambda: build_exportable("keypoints"))
 
 
 def _export_yolo(folder: Path, name: str) -> dict:
@@ -200,21 +233,24 @@ def _export_yolo(folder: Path, name: str) -> dict:
 @pytest.fixture(scope="session")
 def yolo_pose(tmp_path_factory) -> Path:
     """YOLOv8n-pose from ultralytics' yaml, random conditioned, exported by ultralytics' exporter."""
-    folder = tmp_path_factory.mktemp("yolo_pose")
-    report = _export_yolo(folder, "yolov8n-pose")
-    assert report["ok"], report
-    return folder
+    def build(folder: Path) -> None:
+        report = _export_yolo(folder, "yolov8n-pose")
+        assert report["ok"], report
+
+    return built_once(tmp_path_factory, "yolo_pose", build)
 
 
 @pytest.fixture(scope="session")
 def yolo_seg(tmp_path_factory) -> Path:
     """YOLOv8n-seg from ultralytics' yaml, random conditioned, exported by ultralytics' exporter."""
-    folder = tmp_path_factory.mktemp("yolov8n_seg")
-    report = _export_yolo(folder, "yolov8n-seg")
-    figures = {k: report[k] for k in ("outputs", "parameters", "max_abs_diff", "export_seconds")}
-    print("\nyolov8n-seg export:", json.dumps(figures))
-    assert report["ok"] and report["task"] == "instance_segmentation" and report["detection_format"] == "yolov8_seg"
-    return folder
+    def build(folder: Path) -> None:
+        report = _export_yolo(folder, "yolov8n-seg")
+        figures = {k: report[k] for k in ("outputs", "parameters", "max_abs_diff", "export_seconds")}
+        print("\nyolov8n-seg export:", json.dumps(figures))
+        assert report["ok"] and report["task"] == "instance_segmentation" \
+            and report["detection_format"] == "yolov8_seg"
+
+    return built_once(tmp_path_factory, "yolov8n_seg", build)
 
 
 @pytest.fixture(scope="session")
@@ -224,11 +260,12 @@ def yolov8n(tmp_path_factory) -> Path:
     pytest.importorskip("ultralytics")
     from tsvision.tools.export.cli import main as export_main
 
-    folder = tmp_path_factory.mktemp("yolov8n")
-    started = time.time()
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert export_main(["--task", "detection", "--arch", "yolov8n", "--out", str(folder)]) == 0
-    print(f"\nexport: {time.time() - started:.1f} s; stdout:\n{out.getvalue()}")
-    assert "Ultralytics" not in out.getvalue() and "Results saved" not in out.getvalue()  # its log is quiet
-    return folder
+    def build(folder: Path) -> None:
+        started = time.time()
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert export_main(["--task", "detection", "--arch", "yolov8n", "--out", str(folder)]) == 0
+        print(f"\nexport: {time.time() - started:.1f} s; stdout:\n{out.getvalue()}")
+        assert "Ultralytics" not in out.getvalue() and "Results saved" not in out.getvalue()  # its log is quiet
+
+    return built_once(tmp_path_factory, "yolov8n", build)

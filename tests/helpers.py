@@ -4,6 +4,8 @@ a runtime of fixed outputs, the toy scenes' sizes and the format toys' box check
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Callable, List, Sequence, TypeVar
 
 import numpy as np
 import skimage.data
+from filelock import FileLock
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +52,23 @@ def all_at_once(send: Callable[[T], R], items: Sequence[T]) -> List[R]:
 
     with ThreadPoolExecutor(len(items)) as pool:
         return list(pool.map(released, items))
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """``build(folder)`` once per test run, and the folder. Session fixtures live once per process:
+    under pytest-xdist (``bash run.sh test`` runs two workers) the worker that asks first builds,
+    holding a file lock, and the other waits for it and reuses the folder; a build that failed half
+    way is started again from an empty folder by the next one to ask."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
+    folder, done = root / f"built-{name}", root / f"built-{name}.done"
+    with FileLock(str(root / f"built-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 class FixedOutputs:

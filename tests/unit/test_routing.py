@@ -4,7 +4,10 @@ manifests made from it, the report."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -52,6 +55,28 @@ def test_nginx_accepts_the_generated_configuration_and_it_holds_no_weights(tmp_p
     assert '"variant":"$upstream_http_x_model_version"' in text and "listen 127.0.0.1:18090;" in text
     check = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(proxy.config)], capture_output=True)
     assert check.returncode == 0
+
+
+@pytest.mark.parametrize("length", [97, 98])
+def test_haproxy_admin_socket_fits_haproxys_limit_whatever_the_prefix(length):
+    """HAProxy refuses a 'stats socket' path over 97 bytes (pytest-xdist's deeper temporary folders
+    reached 99): from 98 on, the socket moves to a short folder of its own in /tmp."""
+    base = Path(tempfile.mkdtemp(prefix="tsv-"))
+    try:
+        prefix = base / ("d" * (length - len(str(base)) - len("/haproxy.sock") - 1))
+        assert len(str(prefix / "haproxy.sock")) == length
+        proxy = HAProxy(prefix, 18091, "http://127.0.0.1:8080")
+        proxy.write(Routing.from_mapping(EXAMPLE))  # runs haproxy -c, raises if HAProxy rejects it
+        assert (proxy.socket == prefix / "haproxy.sock") == (length <= 97) and len(str(proxy.socket)) <= 97
+    finally:
+        shutil.rmtree(base)
+
+
+def test_a_rejected_configuration_names_haproxys_reason(tmp_path):
+    proxy = HAProxy(tmp_path, 18091, "http://127.0.0.1:8080")
+    proxy.socket = Path("/tmp") / ("x" * 120 + ".sock")  # over HAProxy's limit
+    with pytest.raises(RuntimeError, match=r"haproxy rejected .*\[ALERT\].*too long"):
+        proxy.write(Routing.from_mapping(EXAMPLE))
 
 
 def test_haproxy_accepts_the_generated_configuration_and_the_map_holds_the_weights(tmp_path):

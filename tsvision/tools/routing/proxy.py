@@ -48,10 +48,13 @@ def require_binary(binary: str, name: str, package: str) -> None:
 
 
 def check_config(name: str, config: Path, command: List[str]) -> None:
-    """Run the server's own configuration check (``command``); raise with its message when it rejects ``config``."""
+    """Run the server's own configuration check (``command``); raise with its message when it rejects
+    ``config`` (its error lines: HAProxy's ``[ALERT]``, nginx's ``[emerg]``; else all it printed)."""
     check = subprocess.run(command, capture_output=True, text=True)
     if check.returncode != 0:
-        raise RuntimeError(f"{name} rejected {config}: {check.stderr.strip() or check.stdout.strip()}")
+        printed = (check.stderr + check.stdout).strip()
+        errors = [line.strip() for line in printed.splitlines() if "[ALERT]" in line or "[emerg]" in line]
+        raise RuntimeError(f"{name} rejected {config}: {' '.join(errors) or printed or 'no message'}")
 
 
 class StoppedOnExit:
@@ -123,6 +126,9 @@ class Nginx(StoppedOnExit):
             self.pid = None
 
 
+SOCKET_PATH_LIMIT = 97  # HAProxy's longest 'stats socket' path (a unix socket's 107 bytes, less its own margin)
+
+
 class HAProxy(StoppedOnExit):
     """One HAProxy under ``prefix``: haproxy.cfg, buckets.map (the live split, persisted), the admin
     socket, a log of its own messages. Started in the foreground as our child, stopped by pid."""
@@ -136,7 +142,7 @@ class HAProxy(StoppedOnExit):
         self.previous_map_file = self.prefix / "buckets.previous.map"
         self.log = self.prefix / "haproxy.log"
         socket_path = self.prefix / "haproxy.sock"
-        if len(str(socket_path)) > 100:  # a unix socket path has at most 107 bytes
+        if len(str(socket_path)) > SOCKET_PATH_LIMIT:
             socket_path = Path(tempfile.mkdtemp(prefix="tsvision-haproxy-")) / "admin.sock"
         self.socket = socket_path
         self.pid: Optional[int] = None
@@ -181,7 +187,7 @@ class HAProxy(StoppedOnExit):
         table = bucket_table(routing, current, self._saved_table(self.previous_map_file))
         self._persist(table, routing, current if current is not None and current != table else None)
         self.config.write_text(render_haproxy(routing, self.address, self.torchserve, self.map_file, self.socket))
-        check_config("haproxy", self.config, [self.binary, "-c", "-q", "-f", str(self.config)])
+        check_config("haproxy", self.config, [self.binary, "-c", "-f", str(self.config)])
 
     def start(self, routing: Routing, timeout: float = 15) -> "HAProxy":
         require_binary(self.binary, "haproxy", "haproxy")
