@@ -34,7 +34,7 @@ fi
 stamp=.venv/.tsvision-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test,examples,bench]"
+  .venv/bin/python -m pip install -q -e ".[test,examples,bench,batch]"
   touch "$stamp"
 fi
 # KServe's model server (tsvision kserve) in .venv-kserve, layered on .venv: it sees every package of

@@ -1,6 +1,6 @@
 """The imports inside ``tsvision/``, read with ``ast`` (at any depth, inside functions too): no cycle,
 ``tsvision/serving`` never imports ``tsvision/tools``, and the tools' rooms import one way only
-(the order in ``tsvision/tools/__init__.py``: command, export, archive, serve, clients, routing, cli)."""
+(the order in ``tsvision/tools/__init__.py``: command, export, archive, serve, clients, routing, batch, cli)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.helpers import REPO
 
 PACKAGE = REPO / "tsvision"
 # Lowest first: a module may import its own room and the rooms before it, never one after it.
-ROOMS = ["command", "export", "archive", "serve", "clients", "routing", "cli"]
+ROOMS = ["command", "export", "archive", "serve", "clients", "routing", "batch", "cli"]
 # The CLI layer: the only modules that may end the process with an exit status.
 CLI_LAYER = {"tsvision.__main__", "tsvision.tools.cli", "tsvision.tools.command"}
 

@@ -12,11 +12,12 @@ the rooms listed before it; ``tests/test_import_graph.py`` keeps it so)::
     serve     TorchServe (server), management (``tsvision manage``), processes, keys
     clients   ``tsvision predict``, the gRPC client and stubs, the OIP gateway (``tsvision gateway``)
     routing   routing file, buckets, templates, router processes (proxy); ``tsvision route``, ``tsvision report``
+    batch     an archive over many images on Ray Data (one model load per actor, LocalWorker); ``tsvision batch``
     cli       ``tsvision COMMAND``: names each room's command; on top of everything
 
 Imports inside functions are kept for optional or heavy dependencies a command does not always need
 (ultralytics, scikit-image's photos, onnxruntime's quantisation, torch._inductor for --pt2, grpc in a REST
-``tsvision predict``, grpcio-tools' protoc), each with a comment saying so.
+``tsvision predict``, grpcio-tools' protoc, ray and pyarrow for ``tsvision batch``), each with a comment saying so.
 """
 
 import logging

@@ -26,6 +26,7 @@ COMMANDS = {
                 "a KServe v2 gRPC gateway so tritonclient's gRPC client reaches TorchServe"),
     "kserve": ("tsvision.tools.serve.kserve_server",
                "serve a folder of .mar archives with KServe's model server (v1, v2 REST and gRPC)"),
+    "batch": ("tsvision.tools.batch.cli", "run an archive over a folder, glob or list of images on Ray Data"),
 }
 
 

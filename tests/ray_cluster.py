@@ -1,0 +1,117 @@
+"""A real Ray cluster of several nodes on this machine, for the batch tests: ``ray start --head --block``
+and ``ray start --address HEAD --block`` as child processes on free loopback ports, each node with its own
+ports; stopped by pid (the ``ray start`` processes and every process under them), never ``ray stop``."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import psutil
+
+from tsvision.tools.serve.server import free_port
+
+RAY = str(Path(sys.executable).parent / "ray")
+# A loopback address, but not 127.0.0.1: Ray replaces "127.0.0.1" and "localhost" (in --address and
+# --node-ip-address) by the host's network address for any cluster of more than one node.
+LOOPBACK = "127.0.0.2"
+REPO = Path(__file__).resolve().parent.parent
+WAIT_FOR_NODES = r"""
+import sys, time, ray
+ray.init(address=sys.argv[1], logging_level=40, log_to_driver=False)
+deadline = time.time() + float(sys.argv[3])
+while sum(node["Alive"] for node in ray.nodes()) < int(sys.argv[2]):
+    if time.time() > deadline:
+        sys.exit(f"only {sum(node['Alive'] for node in ray.nodes())} of {sys.argv[2]} nodes joined")
+    time.sleep(0.5)
+"""
+
+
+def node_ports(workers: int = 12) -> List[str]:
+    """Every port a node listens on, picked free (two nodes on one host must not share any)."""
+    ports = [free_port() for _ in range(workers)]
+    return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            "--worker-port-list=" + ",".join(map(str, ports))]
+
+
+class RayCluster:
+    """``nodes`` Ray nodes with ``cpus`` logical CPUs each; ``address`` for ``--address``."""
+
+    def __init__(self, nodes: int = 2, cpus: int = 3) -> None:
+        self.nodes, self.cpus = nodes, cpus
+        self.processes: List[subprocess.Popen] = []
+        self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths have a limit
+        self.address: Optional[str] = None
+        # Token authentication is on by default in Ray 2.60: one token for every node and driver of this cluster.
+        self.env: Dict[str, str] = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0",
+                                        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+
+    def start(self, timeout: float = 180) -> "RayCluster":
+        port = free_port()
+        self.address = f"{LOOPBACK}:{port}"
+        common = ["--block", f"--num-cpus={self.cpus}", "--num-gpus=0", "--object-store-memory=200000000",
+                  "--disable-usage-stats"]
+        self._spawn([RAY, "start", "--head", f"--node-ip-address={LOOPBACK}", f"--port={port}",
+                     "--include-dashboard=false", f"--ray-client-server-port={free_port()}", f"--temp-dir={self.temp}",
+                     *common, *node_ports()])
+        for _ in range(self.nodes - 1):
+            self._spawn([RAY, "start", f"--address={self.address}", f"--node-ip-address={LOOPBACK}", *common,
+                         *node_ports()])
+        waited = subprocess.run([sys.executable, "-c", WAIT_FOR_NODES, self.address, str(self.nodes), str(timeout)],
+                                env=self.env, capture_output=True, text=True, timeout=timeout + 60)
+        if waited.returncode != 0:
+            raise RuntimeError(f"the Ray cluster did not start: {waited.stderr[-2000:]}")
+        return self
+
+    def _spawn(self, command: List[str], **env: str) -> None:
+        log = open(self.temp / f"node{len(self.processes)}.log", "w")
+        self.processes.append(subprocess.Popen(command, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True))
+        log.close()
+
+    def stop(self) -> None:
+        """SIGTERM to each ``ray start --block`` (it stops its node), then SIGKILL whatever of its tree is left."""
+        trees = []
+        for process in reversed(self.processes):
+            try:
+                trees.append(psutil.Process(process.pid).children(recursive=True))
+            except psutil.NoSuchProcess:
+                trees.append([])
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in reversed(self.processes):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        for child in (c for tree in trees for c in tree):
+            try:
+                child.wait(timeout=10)
+            except psutil.TimeoutExpired:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+    def log_tail(self) -> str:
+        return "\n".join((p.read_text()[-1500:]) for p in sorted(self.temp.glob("node*.log")))
+
+    def __enter__(self) -> "RayCluster":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
