@@ -96,6 +96,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_number(text: str) -> float:
+    """argparse ``type=``: a number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is below 0")
+    return value
+
+
 def host_port(text: str) -> str:
     """argparse ``type=``: an address ``HOST:PORT`` (port 0-65535)."""
     host, _, port = text.rpartition(":")

@@ -15,7 +15,6 @@ under --output as they come; --resume skips the paths the parts already hold. do
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -25,21 +24,18 @@ from tsvision.tools.batch.inputs import InputError
 from tsvision.tools.batch.job import JobConfig, JobError, run_job
 from tsvision.tools.batch.model import ArchiveError
 from tsvision.tools.batch.parts import FORMATS
-from tsvision.tools.command import UsageError, entry_point, existing_file, key_values, positive_int, writable_folder
+from tsvision.tools.command import (
+    UsageError,
+    entry_point,
+    existing_file,
+    key_values,
+    non_negative_number,
+    positive_int,
+    writable_folder,
+)
 from tsvision.tools.command import parser as command_parser
 
 PICTURE_OPTIONS = ("format",)  # a batch row holds JSON, never a picture
-
-
-def positive_number(text: str) -> float:
-    """argparse ``type=``: a number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is below 0")
-    return value
 
 
 def job_options(pairs: List[str]) -> dict:
@@ -67,8 +63,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="a per-request option for every image (docs/options.md), e.g. --set top_k=3")
     parser.add_argument("--address", help="a running Ray cluster (HEAD:PORT); default: a local Ray for this job")
     parser.add_argument("--concurrency", type=positive_int, default=1, help="model actors")
-    parser.add_argument("--num-cpus", type=positive_number, default=1.0, help="CPUs per model actor")
-    parser.add_argument("--num-gpus", type=positive_number, default=0.0, help="GPUs per model actor")
+    parser.add_argument("--num-cpus", type=non_negative_number, default=1.0, help="CPUs per model actor")
+    parser.add_argument("--num-gpus", type=non_negative_number, default=0.0, help="GPUs per model actor")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per handler call")
     parser.add_argument("--part-rows", type=positive_int, default=1000,
                         help="rows per output part (a part is also written every 30 s)")
