@@ -111,25 +111,31 @@ def test_a_killed_job_resumes_and_answers_every_path_once(served, model_store, c
         side = 96 + 8 * index
         (folder / f"{index:02d}.jpg").write_bytes(jpeg(image.resize((side, side * image.height // image.width))))
     (folder / "bad.jpg").write_bytes(b"not an image")
-    out = tmp_path / "out"
-    arguments = ["--archive", str(model_store / "classification_onnx.mar"), "--images", str(folder),
-                 "--output", str(out), "--concurrency", "1", "--batch-size", "2", "--part-rows", "2"]
-    job = batch(cluster, *arguments)
-    try:
-        deadline = time.monotonic() + 240
-        while len(part_files(out)) < 2 and job.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert job.poll() is None, "the job ended before it could be killed: " + job.stderr.read()[-2000:]
-        os.kill(job.pid, signal.SIGKILL)
-        job.wait(timeout=30)
-    finally:
-        if job.poll() is None:
-            job.kill()
-            job.wait()
-        job.stdout.close()
-        job.stderr.close()
-    before = read_rows(out)
-    assert 0 < len(before) < 49, len(before)
+    # Ray may hand the driver every answer in one burst on a busy machine, so that the job has written
+    # all its parts before the kill lands: then it is run again, into a new folder, up to three times.
+    for attempt in range(3):
+        out = tmp_path / f"out{attempt}"
+        arguments = ["--archive", str(model_store / "classification_onnx.mar"), "--images", str(folder),
+                     "--output", str(out), "--concurrency", "1", "--batch-size", "2", "--part-rows", "2"]
+        job = batch(cluster, *arguments)
+        try:
+            deadline = time.monotonic() + 240
+            while not part_files(out) and job.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if job.poll() is None:  # else it ended before the kill: all its rows are written, run again
+                os.kill(job.pid, signal.SIGKILL)
+                job.wait(timeout=30)
+            ended = job.stderr.read()[-2000:]
+        finally:
+            if job.poll() is None:
+                job.kill()
+                job.wait()
+            job.stdout.close()
+            job.stderr.close()
+        before = read_rows(out)
+        if len(before) < 49:
+            break
+    assert 0 < len(before) < 49, (len(before), ended)
     said = finish(batch(cluster, *arguments, "--resume"))
     assert f"skipped: {len(before)} already answered" in said, said
     rows = read_rows(out)
