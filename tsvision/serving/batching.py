@@ -177,13 +177,15 @@ class Steps(Protocol):
 
     runtime: Runtime
 
-    def prepare_item(self, item: Any, keep: bool = False) -> Prepared: ...
+    def prepare_item(self, item: Any, keep: bool = False, settings: Optional[Settings] = None) -> Prepared: ...
 
     def gather(self, batch: ImageBatch, prepared: Iterable[Tuple[int, Prepared]]) -> ImageBatch: ...
 
     def infer(self, batch: ImageBatch) -> ImageBatch: ...
 
     def rows(self, batch: ImageBatch) -> List[Tuple[List[np.ndarray], Any, Optional[Settings]]]: ...
+
+    def answer_rows(self, batch: ImageBatch) -> List[Tuple[int, Any]]: ...
 
     def finish_item(self, row: Tuple[List[np.ndarray], Any, Optional[Settings]]) -> Any: ...
 
@@ -201,7 +203,9 @@ class MicroBatching:
         """Hand each item's preparation to the threads and return at once."""
         keep = list(keep) or [False] * len(items)
         batch = PendingBatch([None] * len(items), settings=settings, pictures=[None] * len(items))
-        batch.pending = [self.pool.submit(self.task.prepare_item, item, wanted) for item, wanted in zip(items, keep)]
+        per_item = settings or [None] * len(items)
+        batch.pending = [self.pool.submit(self.task.prepare_item, item, wanted, chosen)
+                         for item, wanted, chosen in zip(items, keep, per_item)]
         return batch
 
     def prepared(self, batch: PendingBatch) -> ImageBatch:
@@ -240,4 +244,4 @@ class MicroBatching:
         part = self.task.infer(self.task.gather(ImageBatch(batch.results, batch.settings, batch.pictures), chunk))
         if part.outputs is not None:
             batch.finishing.extend((position, self.pool.submit(self.task.finish_item, row))
-                                   for position, row in zip(part.positions, self.task.rows(part)))
+                                   for position, row in self.task.answer_rows(part))

@@ -30,6 +30,7 @@ from tsvision.serving.images import decode_image
 from tsvision.serving.results import Result
 from tsvision.serving.runtimes import Runtime
 from tsvision.serving.settings import Settings, label_for
+from tsvision.serving.tasks.slices import SliceMeta, Slices, finish_slices, group_rows, prepare_slices, wants_slices
 
 Item = Union[bytes, bytearray, Image.Image, RequestError]
 ClassCount = Optional[Tuple[int, str]]  # (classes, the output that shows them) or None: the outputs do not say
@@ -150,7 +151,8 @@ class VisionTask:
         if self.micro_batching is not None and self.micro_batching.size < len(items):
             return self.micro_batching.prepare_batch(items, settings, keep)
         batch = ImageBatch([None] * len(items), settings, [None] * len(items))
-        return self.gather(batch, enumerate(self._map(self._prepare_pair, list(zip(items, keep)))))
+        per_item = settings or [None] * len(items)
+        return self.gather(batch, enumerate(self._map(self._prepare_pair, list(zip(items, keep, per_item)))))
 
     def prepared(self, batch: ImageBatch) -> ImageBatch:
         """``batch`` as the plain ``prepare_batch`` makes it (``inputs`` holds every live image):
@@ -166,7 +168,8 @@ class VisionTask:
             return self.micro_batching.infer(batch)
         if batch.inputs is not None:
             rows = self.batching.run(self.runtime, batch.inputs)
-            live = [i for i, row in enumerate(rows) if not isinstance(row, RequestError)]
+            failed = {batch.positions[i] for i, row in enumerate(rows) if isinstance(row, RequestError)}
+            live = [i for i in range(len(rows)) if batch.positions[i] not in failed]  # an image's slices fail together
             for i, row in enumerate(rows):
                 if isinstance(row, RequestError):
                     batch.results[batch.positions[i]] = row
@@ -180,7 +183,8 @@ class VisionTask:
         if isinstance(batch, PendingBatch) and self.micro_batching is not None:
             self.micro_batching.finish_batch(batch)
         if batch.outputs is not None:
-            for position, result in zip(batch.positions, self._map(self.finish_item, self.rows(batch))):
+            answers = self.answer_rows(batch)
+            for (position, _), result in zip(answers, self._map(self.finish_item, [row for _, row in answers])):
                 batch.results[position] = result
             batch.outputs = None
         return batch.results
@@ -210,9 +214,14 @@ class VisionTask:
             if isinstance(item, RequestError):
                 batch.results[position] = item
                 continue
-            arrays.append(item[0])
-            batch.metas.append(item[1])
-            batch.positions.append(position)
+            if isinstance(item[0], Slices):  # one image's slices: each a model input of its own, one slot
+                arrays.extend(item[0].arrays)
+                batch.metas.extend(SliceMeta(item[0], index) for index in range(len(item[0].arrays)))
+                batch.positions.extend([position] * len(item[0].arrays))
+            else:
+                arrays.append(item[0])
+                batch.metas.append(item[1])
+                batch.positions.append(position)
             if item[2] is not None:
                 batch.pictures[position] = item[2]
         if arrays:
@@ -228,22 +237,31 @@ class VisionTask:
         return [(outputs, meta, batch.settings_at(position))
                 for outputs, meta, position in zip(batch.outputs or [], batch.metas, batch.positions)]
 
-    def prepare_item(self, item: Item, keep: bool = False) -> Prepared:
+    def answer_rows(self, batch: ImageBatch) -> List[Tuple[int, Tuple[Any, Any, Optional[Settings]]]]:
+        """Per answer: its slot and its row; an image's slices come back as one row (``group_rows``)."""
+        return group_rows(batch.positions, self.rows(batch))
+
+    def prepare_item(self, item: Item, keep: bool = False, settings: Optional[Settings] = None) -> Prepared:
         """(array, meta, the decoded image when ``keep``) of one item; whatever it raises is that
-        item's answer: its own 4xx, or a 500 for a bug."""
+        item's answer: its own 4xx, or a 500 for a bug. With ``slice_size`` in the request's
+        ``settings`` (None: the archive's), the array is the image's ``Slices`` (tasks/slices.py)."""
         try:
             image = self._image(item)
+            if wants_slices(settings or self.settings):
+                return prepare_slices(image, settings or self.settings, self.prepare), None, image if keep else None
             array, meta = self.prepare(image)  # one argument: overrides written as prepare(self, image) keep working
             return array, meta, image if keep else None
         except Exception as error:
             return as_request_error(error, "PreprocessError", "preparing this image failed")
 
-    def _prepare_pair(self, pair: Tuple[Item, bool]) -> Prepared:
+    def _prepare_pair(self, pair: Tuple[Item, bool, Optional[Settings]]) -> Prepared:
         return self.prepare_item(*pair)
 
     def finish_item(self, row: Tuple[List[np.ndarray], Any, Optional[Settings]]) -> Any:
         """One image's result, finished with its request's settings (``row[2]``, None: the archive's)."""
         try:
+            if isinstance(row[1], list):  # one image's slices (group_rows): finished, moved and merged
+                return finish_slices(self.finish, row[0], row[1], row[2] or self.settings)
             return self.finish(row[0], row[1], row[2] or self.settings)
         except Exception as error:
             return as_request_error(error, "PostprocessError", "post-processing this image failed")
