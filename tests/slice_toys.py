@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from tsvision.serving.runtimes import _TorchRuntime
+
 SQUARE_LABELS = ["white", "red"]
 WINDOW, STRIDE, PAD = 32, 8, 12  # S/8 anchors a side
 
@@ -74,18 +76,18 @@ class BrightSquares(nn.Module):
         return output0, protos
 
 
-class ModuleRuntime:
-    """A torch module as a tsvision runtime, in-process (``Runtime.run``)."""
+class ModuleRuntime(_TorchRuntime):
+    """A torch module as a tsvision runtime, in-process (``run``; ``run_images`` for a model that
+    takes a list of images, as the torchvision detectors)."""
 
-    name, device, fixed_batch = "eager", "cpu", None
+    name = "eager"
 
     def __init__(self, module: nn.Module) -> None:
-        self.module = module.eval()
+        super().__init__(0, "cpu")
+        self._module = module.eval()
 
-    def run(self, batch: np.ndarray) -> List[np.ndarray]:
-        with torch.inference_mode():
-            outputs = self.module(torch.from_numpy(np.ascontiguousarray(batch)))
-        return [o.numpy() for o in (outputs if isinstance(outputs, tuple) else (outputs,))]
+    def _call(self, inputs):
+        return self._module(inputs)
 
 
 def scene(width: int, height: int, count: int, seed: int, spread: bool = True,

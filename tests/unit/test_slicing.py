@@ -11,6 +11,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 import pytest
+import torch
 
 from tests.helpers import png
 from tests.slice_toys import SQUARE_LABELS, BrightSquares, ModuleRuntime, scene
@@ -203,6 +204,45 @@ def test_sliced_instance_masks_are_in_original_pixels_and_built_one_at_a_time():
         truth[y1:y2, x1:x2] = True
         assert (mask & truth).sum() / (mask | truth).sum() > 0.6, (box, mask.sum(), truth.sum())
         assert entry["label"] == SQUARE_LABELS[label]
+
+
+class LargerScoresHigher(torch.nn.Module):
+    """``BrightMaskRCNN`` with each detection scored 0.5 + its box's area / 10^6: a slice's piece of an
+    object scores below the whole of it (a real detector's scores seldom tie; sahi's merges order ties
+    by coordinates, so a small piece could keep the others apart)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from tests.instance_toys import BrightMaskRCNN
+
+        self.toy = BrightMaskRCNN()
+
+    def forward(self, images):
+        detections = self.toy(images)
+        for found in detections:
+            x1, y1, x2, y2 = found["boxes"].unbind(-1)
+            found["scores"] = found["scores"] * (0.5 + (x2 - x1) * (y2 - y1) / 1e6)
+        return detections
+
+
+@pytest.mark.parametrize("merge_method, whole", [("greedy_nmm", "true"), ("nmm", "false")])
+def test_a_whole_torchvision_detector_answers_sliced_in_original_pixels(merge_method, whole):
+    """The ``torchvision`` contract (images at their own size, one call per size): a Mask R-CNN toy
+    that boxes all the bright pixels of what it sees; a rectangle across slice borders comes back as
+    one instance, its box and mask exact: with the whole image its detection absorbs the pieces, without
+    it the pieces merge in a chain (``nmm``)."""
+    from PIL import Image
+
+    from tests.instance_toys import TOY_INSTANCE_LABELS
+
+    settings = Settings.from_mapping({"task": "instance_segmentation", "detection_format": "torchvision",
+                                      "slice_size": 256, "mask_format": "rle"})
+    task = task_class(settings)(ModuleRuntime(LargerScoresHigher()), settings, TOY_INSTANCE_LABELS)
+    pixels = np.zeros((500, 700, 3), dtype=np.uint8)
+    pixels[180:260, 190:420] = 255  # across the slices' borders (x 205, 256, 410; y 205, 244, 256)
+    found = answer(task, Image.fromarray(pixels), slice_whole_image=whole, slice_merge=merge_method)
+    assert len(found) == 1 and found[0]["box"] == [190.0, 180.0, 420.0, 260.0], found
+    assert (decode_mask(found[0]["mask"], 500, 700) == (pixels[..., 0] > 0)).all()
 
 
 # -- options: 400s per request, the others answer ----------------------------------------------------
