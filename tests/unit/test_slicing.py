@@ -245,6 +245,25 @@ def test_a_whole_torchvision_detector_answers_sliced_in_original_pixels(merge_me
     assert (decode_mask(found[0]["mask"], 500, 700) == (pixels[..., 0] > 0)).all()
 
 
+def test_sliced_keypoints_come_back_in_original_pixels():
+    """The yolov8_pose toy (the bright rectangle's corners and centre) on slices: the rectangle lies in
+    one slice only, off its origin, so its keypoints are right only if moved by that slice's offset."""
+    from PIL import Image
+
+    from tests.keypoint_checks import TOY_LABELS, TOY_SETTINGS
+    from tests.keypoint_toys import BrightRectanglePose, true_keypoints
+
+    settings = Settings.from_mapping({**TOY_SETTINGS["toy_pose"], "input_size": SIZE, "slice_size": SIZE,
+                                      "slice_whole_image": False})
+    task = task_class(settings)(ModuleRuntime(BrightRectanglePose(SIZE)), settings, TOY_LABELS["toy_pose"])
+    pixels = np.zeros((700, 900, 3), dtype=np.uint8)
+    box = [400.0, 100.0, 440.0, 130.0]  # only the slice at (256, 0) holds it
+    pixels[100:130, 400:440] = 255
+    found = answer(task, Image.fromarray(pixels))
+    assert len(found) == 1 and found[0]["box"] == box, found
+    assert np.abs(np.array(found[0]["keypoints"])[:, :2] - true_keypoints(box)).max() <= 1e-6
+
+
 # -- options: 400s per request, the others answer ----------------------------------------------------
 def test_bad_slicing_options_are_400s_of_their_own_request(toy):
     image, planted = scene(1280, 960, 6, seed=5)
