@@ -86,6 +86,8 @@ def test_slice_size_is_read_as_sahi_users_write_it():
     assert settings.slice_size == (640, 480) and Settings.from_mapping(settings.to_mapping()) == settings
     with pytest.raises(ValueError, match="slice_size"):
         Settings.from_mapping({"task": "classification", "slice_size": 640})
+    with pytest.raises(ValueError, match="oriented"):
+        Settings.from_mapping({"task": "detection", "detection_format": "yolov8_obb", "slice_size": 640})
     with pytest.raises(ValueError, match="slice_merge"):
         Settings.from_mapping({"task": "detection", "slice_merge": "wbf"})
     with pytest.raises(ValueError, match="slice_overlap"):

@@ -143,8 +143,9 @@ class Settings:
                 or self.max_images < 1 or self.preprocess_threads < 0:
             raise ValueError("input_size >= 8, top_k, max_detections, max_pixels and max_images >= 1 are required")
         slicing.check_settings(self)
-        if self.slice_size is not None and self.task not in DETECTING_TASKS:
-            raise ValueError(f"slice_size (sliced inference) is for the tasks {DETECTING_TASKS} only")
+        if self.slice_size is not None and (self.task not in DETECTING_TASKS or self.detection_format == "yolov8_obb"):
+            raise ValueError(f"slice_size (sliced inference) is for the tasks {DETECTING_TASKS} only, "
+                             "and not for oriented boxes (yolov8_obb)")
         if self.micro_batch is not None and self.micro_batch < 0:
             raise ValueError(f"micro_batch must be >= 0 (0: off, null: the task's default), got {self.micro_batch!r}")
 
