@@ -50,7 +50,8 @@ def measure_one(folder: Path, name: str, seconds: float) -> dict:
         response = worker.predict([row], headers)[0]
         if response.status != 200:
             raise RuntimeError(f"{name}: {response.status} {str(response.body)[:300]}")
-        return len(response.body)
+        body = response.body
+        return len(json.loads(body) if isinstance(body, (str, bytes)) else body)
 
     loaded = rss_mb()
     found = one()  # warm-up (and the first answer's size)
