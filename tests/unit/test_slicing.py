@@ -247,6 +247,34 @@ def test_a_whole_torchvision_detector_answers_sliced_in_original_pixels(merge_me
     assert (decode_mask(found[0]["mask"], 500, 700) == (pixels[..., 0] > 0)).all()
 
 
+def test_an_images_slices_fail_together():
+    """Images of several sizes go to the model one call per size: when the call of a sliced image's
+    whole-image pass fails, the image is that request's 500, not an answer from its other slices;
+    another request, whose call worked, is answered."""
+    from PIL import Image
+
+    from tests.instance_toys import TOY_INSTANCE_LABELS
+    from tsvision.serving.batching import BySize
+
+    class FailsOnLargeImages(ModuleRuntime):
+        def run_images(self, images):
+            if max(image.shape[-1] for image in images) > 300:
+                raise RuntimeError("out of memory")
+            return super().run_images(images)
+
+    settings = Settings.from_mapping({"task": "instance_segmentation", "detection_format": "torchvision"})
+    task = task_class(settings)(FailsOnLargeImages(LargerScoresHigher()), settings, TOY_INSTANCE_LABELS)
+    task.batching = BySize(images=True, whole_batch=False)  # a failing call fails only its own images
+    pixels = np.zeros((500, 700, 3), dtype=np.uint8)
+    pixels[180:260, 190:420] = 255
+    small = np.zeros((200, 200, 3), dtype=np.uint8)
+    small[50:80, 60:90] = 255
+    responses = answer_requests(task, [{"body": png(Image.fromarray(pixels)), "slice_size": b"256"},
+                                       {"body": png(Image.fromarray(small))}])
+    assert [r.status for r in responses] == [500, 200], [r.body for r in responses]
+    assert responses[0].body["type"] == "InferenceError" and responses[1].body[0]["box"] == [60.0, 50.0, 90.0, 80.0]
+
+
 def test_sliced_keypoints_come_back_in_original_pixels():
     """The yolov8_pose toy (the bright rectangle's corners and centre) on slices: the rectangle lies in
     one slice only, off its origin, so its keypoints are right only if moved by that slice's offset."""
