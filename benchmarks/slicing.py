@@ -35,12 +35,15 @@ def rss_mb() -> float:
     return 0.0
 
 
+def along(side: int, size: int, overlap: float = 0.2) -> int:
+    """Slices along one side (docs/large-images.md: sahi's grid, each step ``size - int(overlap * size)``)."""
+    return 1 if side <= size else 1 + -(-(side - size) // (size - int(overlap * size)))
+
+
 def measure_one(folder: Path, name: str, seconds: float) -> dict:
     """One configuration in this process: requests of the photo with its options, one at a time."""
     from benchmarks.inprocess import close, load_task
     from benchmarks.photo import make_photo
-    from tsvision.serving.slicing import count_windows
-
     photo = make_photo(WIDTH, HEIGHT)
     worker = load_task(folder, "model.onnx", batch_size=1)
     options = {key: value.encode() for key, value in CONFIGS[name].items()}
@@ -64,7 +67,7 @@ def measure_one(folder: Path, name: str, seconds: float) -> dict:
     close(worker)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     size = CONFIGS[name].get("slice_size")
-    slices = 1 if size is None else count_windows(WIDTH, HEIGHT, int(size), int(size), 0.2) + 1
+    slices = 1 if size is None else along(WIDTH, int(size)) * along(HEIGHT, int(size)) + 1  # and the whole image
     return {"config": name, "slices": slices, "requests": len(durations),
             "images_per_s": round(len(durations) / sum(durations), 3),
             "seconds_per_image": round(sum(durations) / len(durations), 3), "detections": found,
