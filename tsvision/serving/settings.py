@@ -61,7 +61,7 @@ class Settings:
     tile_size: Optional[tuple] = None      # segmentation: (width, height) of a tile, model-input pixels = original
                                            # pixels (None: input_size square); also a per-request option
     tile_overlap: float = 0.25             # segmentation: fraction of a tile shared with its neighbour; per request
-    tile_batch: int = 8                    # segmentation: tiles (and other images) per forward pass at most
+    tile_batch: int = 4                    # segmentation: tiles (and other images) per forward pass at most
     keypoint_names: Optional[tuple] = None  # keypoints: names by index (None: COCO's 17)
     skeleton: Optional[tuple] = None       # keypoints: [a, b] index pairs to draw (None: COCO's)
     max_pixels: int = DEFAULT_MAX_PIXELS    # decompression-bomb guard, per image

@@ -163,7 +163,12 @@ class TiledImage:
         y, x = self.ys[row], self.xs[column]
         h, w = min(th, self.height - y), min(tw, self.width - x)
         weight = self.wy[row][:h, None] * self.wx[column][None, :w]
-        self._band[:, :h, x:x + w] += logits[:, :h, :w] * weight
+        part = logits[:, :h, :w]
+        if part.flags.writeable:  # the tile's own output: weighted in place, no C×h×w temporary
+            part *= weight
+        else:
+            part = part * weight
+        self._band[:, :h, x:x + w] += part
         self._added += 1
         if self.complete:
             self._finish_row()
