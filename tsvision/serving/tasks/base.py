@@ -86,8 +86,8 @@ class VisionTask:
 
     def prepare(self, image: Image.Image, settings: Optional[Settings] = None) -> Tuple[np.ndarray, Any]:
         """RGB image -> (H×W×3 uint8 array, usually input_size×input_size; whatever ``finish`` needs),
-        with ``settings`` (None: the archive's, as the pipeline calls it: no request option changes
-        how an image is prepared)."""
+        with ``settings`` (None: the archive's, as the pipeline calls it; a request's options reach the
+        preparation only through ``prepare_for``: segmentation's tiling)."""
         raise NotImplementedError
 
     def finish(self, outputs: List[np.ndarray], meta: Any, settings: Optional[Settings] = None) -> Result:
