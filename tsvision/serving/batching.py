@@ -203,9 +203,8 @@ class MicroBatching:
         """Hand each item's preparation to the threads and return at once."""
         keep = list(keep) or [False] * len(items)
         batch = PendingBatch([None] * len(items), settings=settings, pictures=[None] * len(items))
-        per_item = settings or [None] * len(items)
-        batch.pending = [self.pool.submit(self.task.prepare_item, item, wanted, chosen)
-                         for item, wanted, chosen in zip(items, keep, per_item)]
+        batch.pending = [self.pool.submit(self.task.prepare_item, item, wanted, batch.settings_at(position))
+                         for position, (item, wanted) in enumerate(zip(items, keep))]
         return batch
 
     def prepared(self, batch: PendingBatch) -> ImageBatch:

@@ -18,7 +18,9 @@ RESIZE_MODES = ("stretch", "letterbox", "letterbox_center", "shorter_side")
 INTERPOLATIONS = ("bilinear", "bicubic", "bilinear_float")  # the resize filter (geometry.RESIZERS); PIL's antialiased
 # bilinear and bicubic as torchvision's presets name them, or F.interpolate's plain bilinear on floats (SSD/SSDlite)
 MASK_FORMATS = ("png", "rle", "polygon")  # how masks are written (tsvision.serving.masks)
+TILE_MODES = ("never", "auto", "always")  # segmentation: when an image is cut into tiles (tsvision.serving.tiling)
 QUANTIZATIONS = ("", "int8")  # "": a float model; "int8": statically quantised (tsvision export --quantize int8)
+MIN_TILE, MAX_TILE, MAX_TILE_OVERLAP = 8, 4096, 0.9  # tile sides in pixels; the largest overlap fraction
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -54,6 +56,12 @@ class Settings:
     mask_threshold: float = 0.5            # instance_segmentation: soft mask -> pixel in the mask
     mask_format: Optional[str] = None      # masks: "png", "rle" (COCO run-length) or "polygon"; None: the task's
                                            # default (segmentation "png", instance_segmentation "rle")
+    tile: str = "never"                    # segmentation: "auto" (tiles when the image's shorter side is over twice
+                                           # the tile's), "always" or "never"; also a per-request option
+    tile_size: Optional[tuple] = None      # segmentation: (width, height) of a tile, model-input pixels = original
+                                           # pixels (None: input_size square); also a per-request option
+    tile_overlap: float = 0.25             # segmentation: fraction of a tile shared with its neighbour; per request
+    tile_batch: int = 4                    # segmentation: tiles (and other images) per forward pass at most
     keypoint_names: Optional[tuple] = None  # keypoints: names by index (None: COCO's 17)
     skeleton: Optional[tuple] = None       # keypoints: [a, b] index pairs to draw (None: COCO's)
     # Sliced inference of the detecting tasks (docs/large-images.md; sahi's names in brackets):
@@ -96,6 +104,8 @@ class Settings:
             values["classes"] = tuple(int(v) for v in values["classes"])
         if values.get("slice_size") is not None:
             values["slice_size"] = slicing.parse_slice_size(values["slice_size"])
+        if values.get("tile_size") is not None:
+            values["tile_size"] = tile_size(values["tile_size"])
         if values.get("skeleton") is not None:
             values["skeleton"] = tuple((int(a), int(b)) for a, b in values["skeleton"])
         settings = cls(**values)
@@ -146,6 +156,13 @@ class Settings:
         if self.slice_size is not None and (self.task not in DETECTING_TASKS or self.detection_format == "yolov8_obb"):
             raise ValueError(f"slice_size (sliced inference) is for the tasks {DETECTING_TASKS} only, "
                              "and not for oriented boxes (yolov8_obb)")
+        if self.tile not in TILE_MODES:
+            raise ValueError(f"tile must be one of {TILE_MODES}, got {self.tile!r}")
+        if self.tile != "never" and self.task != "segmentation":
+            raise ValueError("tile is for the segmentation task only (detection: slicing)")
+        if not 0.0 <= self.tile_overlap <= MAX_TILE_OVERLAP or self.tile_batch < 1:
+            raise ValueError(f"tile_overlap must lie from 0 to {MAX_TILE_OVERLAP} and tile_batch be >= 1, "
+                             f"got {self.tile_overlap!r} and {self.tile_batch!r}")
         if self.micro_batch is not None and self.micro_batch < 0:
             raise ValueError(f"micro_batch must be >= 0 (0: off, null: the task's default), got {self.micro_batch!r}")
 
@@ -160,7 +177,28 @@ class Settings:
             values["skeleton"] = [list(pair) for pair in self.skeleton]
         if self.slice_size is not None:
             values["slice_size"] = list(self.slice_size)
+        if self.tile_size is not None:
+            values["tile_size"] = list(self.tile_size)
         return values
+
+
+def tile_size(value: Any) -> tuple:
+    """A tile size as (width, height) from ``512``, ``"512"``, ``"512x384"`` or ``[512, 384]``; ``ValueError``
+    for anything else or a side outside ``MIN_TILE`` .. ``MAX_TILE`` pixels."""
+    if isinstance(value, str):
+        parts = value.strip().lower().split("x")
+        if not 1 <= len(parts) <= 2 or not all(part.strip().isdigit() for part in parts):
+            raise ValueError(f"a tile size is WIDTH or WIDTHxHEIGHT in pixels (e.g. 512 or 512x384), got {value!r}")
+        value = [int(part) for part in parts]
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= 2 \
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"a tile size is WIDTH or WIDTHxHEIGHT in pixels (e.g. 512 or 512x384), got {value!r}")
+    width, height = int(value[0]), int(value[-1])
+    if min(width, height) < MIN_TILE or max(width, height) > MAX_TILE:
+        raise ValueError(f"a tile side is {MIN_TILE} to {MAX_TILE} pixels, got {width}x{height}")
+    return width, height
 
 
 _SCALARS = {"int": ((numbers.Integral,), "an integer"), "float": ((numbers.Real,), "a number"),

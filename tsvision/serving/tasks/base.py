@@ -87,8 +87,8 @@ class VisionTask:
 
     def prepare(self, image: Image.Image, settings: Optional[Settings] = None) -> Tuple[np.ndarray, Any]:
         """RGB image -> (H×W×3 uint8 array, usually input_size×input_size; whatever ``finish`` needs),
-        with ``settings`` (None: the archive's, as the pipeline calls it: no request option changes
-        how an image is prepared)."""
+        with ``settings`` (None: the archive's, as the pipeline calls it; a request's options reach the
+        preparation only through ``prepare_for``: segmentation's tiling)."""
         raise NotImplementedError
 
     def finish(self, outputs: List[np.ndarray], meta: Any, settings: Optional[Settings] = None) -> Result:
@@ -151,8 +151,8 @@ class VisionTask:
         if self.micro_batching is not None and self.micro_batching.size < len(items):
             return self.micro_batching.prepare_batch(items, settings, keep)
         batch = ImageBatch([None] * len(items), settings, [None] * len(items))
-        per_item = settings or [None] * len(items)
-        return self.gather(batch, enumerate(self._map(self._prepare_pair, list(zip(items, keep, per_item)))))
+        own = [batch.settings_at(position) for position in range(len(items))]
+        return self.gather(batch, enumerate(self._map(self._prepare_pair, list(zip(items, keep, own)))))
 
     def prepared(self, batch: ImageBatch) -> ImageBatch:
         """``batch`` as the plain ``prepare_batch`` makes it (``inputs`` holds every live image):
@@ -242,17 +242,22 @@ class VisionTask:
         return group_rows(batch.positions, self.rows(batch))
 
     def prepare_item(self, item: Item, keep: bool = False, settings: Optional[Settings] = None) -> Prepared:
-        """(array, meta, the decoded image when ``keep``) of one item; whatever it raises is that
-        item's answer: its own 4xx, or a 500 for a bug. With ``slice_size`` in the request's
-        ``settings`` (None: the archive's), the array is the image's ``Slices`` (tasks/slices.py)."""
+        """(array, meta, the decoded image when ``keep``) of one item, with its request's ``settings``
+        (None: the archive's); whatever it raises is that item's answer: its own 4xx, or a 500 for a bug.
+        With ``slice_size`` in the settings, the array is the image's ``Slices`` (tasks/slices.py)."""
         try:
             image = self._image(item)
             if wants_slices(settings or self.settings):
                 return prepare_slices(image, settings or self.settings, self.prepare), None, image if keep else None
-            array, meta = self.prepare(image)  # one argument: overrides written as prepare(self, image) keep working
+            array, meta = self.prepare_for(image, settings)
             return array, meta, image if keep else None
         except Exception as error:
             return as_request_error(error, "PreprocessError", "preparing this image failed")
+
+    def prepare_for(self, image: Image.Image, settings: Optional[Settings]) -> Tuple[Any, Any]:
+        """``prepare`` for one request: a task whose options change how an image goes to the model
+        (segmentation's tiles) overrides this; the plain one ignores ``settings``."""
+        return self.prepare(image)  # one argument: overrides written as prepare(self, image) keep working
 
     def _prepare_pair(self, pair: Tuple[Item, bool, Optional[Settings]]) -> Prepared:
         return self.prepare_item(*pair)
