@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tsvision.serving.errors import RequestError
-from tsvision.serving.settings import MASK_FORMATS
+from tsvision.serving.settings import EMBEDDING_FORMATS, MASK_FORMATS
 
 PICTURE_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 FORMATS = ("json",) + tuple(PICTURE_TYPES)
@@ -144,6 +144,7 @@ PARSERS: Dict[str, Callable[[Any, Sequence[str]], Any]] = {
     "agnostic_nms": _boolean("agnostic_nms"),
     "mask_format": _choice("mask_format", MASK_FORMATS),
     "mask_threshold": _fraction("mask_threshold"),
+    "embedding_format": _choice("embedding_format", EMBEDDING_FORMATS),
 }
 COMMON = ("format",)  # accepted by every task
 
