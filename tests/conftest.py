@@ -275,6 +275,7 @@ def yolov8n(tmp_path_factory) -> Path:
 TAGGER_SETTINGS = {"input_size": 32, "resize_size": 32, "mean": [0, 0, 0], "std": [1, 1, 1], "multi_label": True,
                    "top_k": 3}
 EMBEDDER_ARCH, EMBEDDER_SIZE = "mobilenet_v3_small", 64  # a small backbone at a small input: a quick export
+EMBEDDER_STATE = "backbone.pt"  # beside the export: the backbone's state dict (head dropped), for eager references
 
 
 @pytest.fixture(scope="session")
@@ -300,10 +301,12 @@ def build_embedder_exportable() -> Exportable:
 
 @pytest.fixture(scope="session")
 def embedder(tmp_path_factory) -> Path:
-    """``build_embedder_exportable`` exported (model.pt, model.onnx, settings.json; no labels)."""
+    """``build_embedder_exportable`` exported (model.pt, model.onnx, settings.json; no labels) and its
+    backbone's state dict (``EMBEDDER_STATE``)."""
     def build(folder: Path) -> None:
         exportable = build_embedder_exportable()
         write_settings(exportable, folder, {})
         assert export_files(exportable, folder)["ok"]
+        torch.save(exportable.module.model.state_dict(), folder / EMBEDDER_STATE)  # the eager reference's weights
 
     return built_once(tmp_path_factory, "embedder", build)
