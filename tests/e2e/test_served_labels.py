@@ -140,6 +140,7 @@ def test_tsvision_kserve_answers_the_fp32_tensor(served, embedder, tmp_path):
     model = ArchiveModel(unpack(served.model_store / f"{EMBEDDER}.mar", tmp_path / "unpacked"))
     model.load()
     try:
+        assert model.get_output_types()[0] == {"name": "embeddings", "datatype": "FP32", "shape": [-1, -1]}
         tensor = InferInput("images", [2], "BYTES", data=list(images))
         response = asyncio.run(model.predict(InferRequest(EMBEDDER, [tensor], request_id="1")))
         [output] = response.outputs
