@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
 import grpc
+import numpy as np
 
 from tsvision.serving.payloads import STREAM_FIELD
 from tsvision.tools.clients.grpc_stubs import load
@@ -120,7 +121,10 @@ class GrpcClient:
         response = self.open_inference.ModelInfer(request, metadata=self._metadata["inference"], timeout=self.timeout)
         tensors = [o for o in response.outputs if o.datatype == "FP32"]
         if tensors and not any(o.name == "answers" for o in response.outputs):  # an embedding model's "embeddings"
-            rows, flat = int(tensors[0].shape[0]), list(tensors[0].contents.fp32_contents)
+            index = list(response.outputs).index(tensors[0])
+            flat = (np.frombuffer(response.raw_output_contents[index], "<f4").tolist()
+                    if index < len(response.raw_output_contents) else list(tensors[0].contents.fp32_contents))
+            rows = int(tensors[0].shape[0])
             width = len(flat) // rows if rows else 0
             return [flat[i * width:(i + 1) * width] for i in range(rows)]
         outputs = {o.name: [decode_oip_bytes(e) for e in o.contents.bytes_contents] for o in response.outputs}
