@@ -1,13 +1,12 @@
 """Multi-label classification and embeddings (issue 29, parts 3 and 4) served live on the run's
 TorchServe: the colour toy with a threshold of its own for "blue", and the small embedding backbone,
 archived with ``tsvision archive`` from their exports and registered; the embeddings over REST, the Open
-Inference Protocol (REST, gRPC through ``tsvision gateway``, and ``tsvision kserve``'s model in-process)
-as an FP32 tensor, equal to the answers in-process. In-process tests: tests/unit/test_multi_label.py,
+Inference Protocol (REST, and gRPC through ``tsvision gateway``) as an FP32 tensor, equal to the answers
+in-process (``tsvision kserve``: tests/e2e/test_kserve_embeddings.py). In-process tests: tests/unit/test_multi_label.py,
 tests/unit/test_embedding.py."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 
@@ -125,28 +124,3 @@ def test_embeddings_over_the_open_inference_protocol_are_one_fp32_tensor(served,
         assert predict_main(common + ["--protocol", protocol]) == 0
         printed = json.loads(capsys.readouterr().out)
         assert np.abs(np.array(printed) - expected[0]).max() < 1e-6, protocol
-
-
-def test_tsvision_kserve_answers_the_fp32_tensor(served, embedder, tmp_path):
-    """``tsvision kserve``'s model (ArchiveModel) on the same archive, in-process: KServe's InferResponse
-    carries the FP32 ``embeddings`` tensor, also as gRPC's typed contents."""
-    from kserve.protocol.infer_type import InferInput, InferRequest
-
-    from tsvision.tools.archive.unpacked import unpack
-    from tsvision.tools.serve.kserve_model import ArchiveModel
-
-    images = pictures(2)
-    expected = np.array(load_export(embedder, "model.pt").run(images), dtype=np.float32)
-    model = ArchiveModel(unpack(served.model_store / f"{EMBEDDER}.mar", tmp_path / "unpacked"))
-    model.load()
-    try:
-        assert model.get_output_types()[0] == {"name": "embeddings", "datatype": "FP32", "shape": [-1, -1]}
-        tensor = InferInput("images", [2], "BYTES", data=list(images))
-        response = asyncio.run(model.predict(InferRequest(EMBEDDER, [tensor], request_id="1")))
-        [output] = response.outputs
-        assert (output.name, output.datatype, list(output.shape)) == ("embeddings", "FP32", [2, DIM])
-        assert np.abs(output.as_numpy().reshape(2, DIM) - expected).max() < 1e-6
-        grpc = response.to_grpc()
-        assert grpc.outputs[0].datatype == "FP32"
-    finally:
-        model.stop()
