@@ -269,3 +269,44 @@ def yolov8n(tmp_path_factory) -> Path:
         assert "Ultralytics" not in out.getvalue() and "Results saved" not in out.getvalue()  # its log is quiet
 
     return built_once(tmp_path_factory, "yolov8n", build)
+
+
+# -- issue 29 parts 3 and 4: multi-label classification, embeddings ---------------------------------
+TAGGER_SETTINGS = {"input_size": 32, "resize_size": 32, "mean": [0, 0, 0], "std": [1, 1, 1], "multi_label": True,
+                   "top_k": 3}
+EMBEDDER_ARCH, EMBEDDER_SIZE = "mobilenet_v3_small", 64  # a small backbone at a small input: a quick export
+EMBEDDER_STATE = "backbone.pt"  # beside the export: the backbone's state dict (head dropped), for eager references
+
+
+@pytest.fixture(scope="session")
+def tagger(tmp_path_factory) -> Path:
+    """The multi-label toy (tests/toy_models.py ColourTagger) exported: model.pt, model.onnx, settings.json."""
+    from tests.toy_models import TOY_TAG_LABELS, ColourTagger
+
+    def build(folder: Path) -> None:
+        exportable = Exportable("classification", "toy-tagger", ColourTagger().eval(), dict(TAGGER_SETTINGS),
+                                TOY_TAG_LABELS, False, ["logits"])
+        write_settings(exportable, folder, {})
+        assert export_files(exportable, folder)["ok"]
+
+    return built_once(tmp_path_factory, "tagger", build)
+
+
+def build_embedder_exportable() -> Exportable:
+    """The embedding test backbone (random weights, seed 0: the same module every time it is built)."""
+    exportable = build_exportable("embedding", EMBEDDER_ARCH)
+    exportable.settings.update(input_size=EMBEDDER_SIZE, resize_size=EMBEDDER_SIZE + 8)
+    return exportable
+
+
+@pytest.fixture(scope="session")
+def embedder(tmp_path_factory) -> Path:
+    """``build_embedder_exportable`` exported (model.pt, model.onnx, settings.json; no labels) and its
+    backbone's state dict (``EMBEDDER_STATE``)."""
+    def build(folder: Path) -> None:
+        exportable = build_embedder_exportable()
+        write_settings(exportable, folder, {})
+        assert export_files(exportable, folder)["ok"]
+        torch.save(exportable.module.model.state_dict(), folder / EMBEDDER_STATE)  # the eager reference's weights
+
+    return built_once(tmp_path_factory, "embedder", build)

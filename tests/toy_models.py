@@ -94,3 +94,16 @@ class BrightestBoxInFormat(nn.Module):
             no_object = torch.tensor([0.0, 0.0, 0.0, 9.0], dtype=images.dtype).expand(n, self.slots - 1, 4)
             return torch.cat([logits[:, None, :], no_object], dim=1), with_empty_slots(cxcywh / self.size)
         raise ValueError(self.fmt)
+
+
+TOY_TAG_LABELS = ["red", "green", "blue"]
+TOY_TAG_GAIN = 20.0  # logit of a tag: gain × (the channel's mean over the image - 0.5)
+
+
+class ColourTagger(nn.Module):
+    """Multi-label toy: one logit per colour channel, ``TOY_TAG_GAIN × (channel mean - 0.5)`` on the
+    un-normalised image (mean 0, std 1): a red+blue image scores red and blue near 1, green near 0;
+    the sigmoid of each logit is known from the pixel values alone."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return TOY_TAG_GAIN * (images.mean(dim=(2, 3)) - 0.5)

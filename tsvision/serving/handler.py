@@ -243,3 +243,10 @@ class InstanceSegmenter(VisionHandler):
     """Instance segmentation: detection entries plus ``"mask"`` (COCO RLE or polygons) at the original size."""
 
     task_name = "instance_segmentation"
+
+
+class ImageEmbedder(VisionHandler):
+    """Embeddings: one L2-normalised vector per image (a JSON list, base64 float32/float16, or an FP32
+    tensor over the Open Inference Protocol)."""
+
+    task_name = "embedding"

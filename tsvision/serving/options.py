@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tsvision.serving.errors import RequestError
-from tsvision.serving.settings import MASK_FORMATS, MAX_TILE_OVERLAP, TILE_MODES, tile_size
+from tsvision.serving.settings import EMBEDDING_FORMATS, MASK_FORMATS, MAX_TILE_OVERLAP, TILE_MODES, tile_size
 from tsvision.serving.slicing import MATCH_METRICS, MERGES, MIN_SLICE, parse_slice_size
 
 PICTURE_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
@@ -177,6 +177,7 @@ PARSERS: Dict[str, Callable[[Any, Sequence[str]], Any]] = {
     "tile": _choice("tile", TILE_MODES),
     "tile_size": _tile_size,
     "tile_overlap": _fraction("tile_overlap", MAX_TILE_OVERLAP),
+    "embedding_format": _choice("embedding_format", EMBEDDING_FORMATS),
 }
 COMMON = ("format",)  # accepted by every task
 

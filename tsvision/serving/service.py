@@ -187,6 +187,9 @@ def _respond(task: VisionTask, request: ParsedRequest, answers: Sequence[Any], m
         body = format_response(request, answers, model_name, model_version)
         if isinstance(body, RequestError):
             return _error(body, request, model_name, model_version)
+        tensor = task.v2_tensor(answers) if request.shape == "kserve_v2" else None
+        if tensor is not None:  # e.g. embeddings as one FP32 tensor
+            body = {**body, "outputs": [tensor]}
         return Response(200, body, _headline(task, body) if request.shape == "single" else "")
     except Exception as error:
         failure = as_request_error(error, "PostprocessError", "formatting this answer failed")

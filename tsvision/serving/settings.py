@@ -12,13 +12,14 @@ from typing import Any, List, Mapping, Optional
 from tsvision.serving import formats, slicing
 from tsvision.serving.images import DEFAULT_MAX_PIXELS
 
-TASKS = ("classification", "segmentation", "detection", "instance_segmentation", "keypoints")
+TASKS = ("classification", "segmentation", "detection", "instance_segmentation", "keypoints", "embedding")
 DETECTING_TASKS = ("detection", "instance_segmentation", "keypoints")  # boxes, and the detection_format setting
 RESIZE_MODES = ("stretch", "letterbox", "letterbox_center", "shorter_side")
 INTERPOLATIONS = ("bilinear", "bicubic", "bilinear_float")  # the resize filter (geometry.RESIZERS); PIL's antialiased
 # bilinear and bicubic as torchvision's presets name them, or F.interpolate's plain bilinear on floats (SSD/SSDlite)
 MASK_FORMATS = ("png", "rle", "polygon")  # how masks are written (tsvision.serving.masks)
 TILE_MODES = ("never", "auto", "always")  # segmentation: when an image is cut into tiles (tsvision.serving.tiling)
+EMBEDDING_FORMATS = ("json", "base64_float32", "base64_float16")  # how an embedding is answered (docs/embeddings.md)
 QUANTIZATIONS = ("", "int8")  # "": a float model; "int8": statically quantised (tsvision export --quantize int8)
 MIN_TILE, MAX_TILE, MAX_TILE_OVERLAP = 8, 4096, 0.9  # tile sides in pixels; the largest overlap fraction
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -44,7 +45,10 @@ class Settings:
     std: tuple = IMAGENET_STD
     top_k: int = 5
     output: str = "logits"                 # classification: "logits" (softmax applied) or "probabilities"
-    score_threshold: float = 0.5
+    score_threshold: float = 0.5           # detection; multi-label classification: the default threshold per class
+    multi_label: bool = False              # classification: sigmoid scores, every label above its threshold
+    class_thresholds: Optional[dict] = None  # multi-label: {label name or index: threshold}; others: score_threshold
+    embedding_format: str = "json"         # embedding: "json" (a list), "base64_float32", "base64_float16"
     iou_threshold: float = 0.5
     max_detections: int = 100
     pre_nms_top_k: int = 1000
@@ -108,6 +112,8 @@ class Settings:
             values["tile_size"] = tile_size(values["tile_size"])
         if values.get("skeleton") is not None:
             values["skeleton"] = tuple((int(a), int(b)) for a, b in values["skeleton"])
+        if values.get("class_thresholds") is not None:
+            values["class_thresholds"] = check_class_thresholds(values["class_thresholds"])
         settings = cls(**values)
         settings.validate()
         return settings
@@ -163,6 +169,15 @@ class Settings:
         if not 0.0 <= self.tile_overlap <= MAX_TILE_OVERLAP or self.tile_batch < 1:
             raise ValueError(f"tile_overlap must lie from 0 to {MAX_TILE_OVERLAP} and tile_batch be >= 1, "
                              f"got {self.tile_overlap!r} and {self.tile_batch!r}")
+        if self.multi_label and self.task != "classification":
+            raise ValueError(f"multi_label is for the classification task only, not {self.task!r}")
+        if self.class_thresholds is not None and not self.multi_label:
+            raise ValueError("class_thresholds apply with multi_label: true only")
+        if self.multi_label and not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold (multi-label: the default threshold) must lie between 0 and 1, "
+                             f"got {self.score_threshold!r}")
+        if self.embedding_format not in EMBEDDING_FORMATS:
+            raise ValueError(f"embedding_format must be one of {EMBEDDING_FORMATS}, got {self.embedding_format!r}")
         if self.micro_batch is not None and self.micro_batch < 0:
             raise ValueError(f"micro_batch must be >= 0 (0: off, null: the task's default), got {self.micro_batch!r}")
 
@@ -223,6 +238,19 @@ def check_names_and_types(values: Mapping[str, Any]) -> None:
             continue
         if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
             raise ValueError(f"handler setting {key!r} must be {'null or ' if optional else ''}{said}, got {value!r}")
+
+
+def check_class_thresholds(values: Any) -> dict:
+    """A multi-label threshold map: ``{label name or class index: threshold in [0, 1]}`` (keys as text);
+    which names exist is checked when the labels are read (``tasks.multi_label``)."""
+    if not isinstance(values, Mapping) or not values:
+        raise ValueError(f"class_thresholds must be a non-empty map {{label or index: threshold}}, got {values!r}")
+    checked = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"class_thresholds[{key!r}] must be a number from 0 to 1, got {value!r}")
+        checked[str(key)] = float(value)
+    return checked
 
 
 def load_labels(path: Optional[Path]) -> list:

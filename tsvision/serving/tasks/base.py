@@ -126,6 +126,11 @@ class VisionTask:
     def label(self, index: int) -> str:
         return label_for(self.labels, index)
 
+    def v2_tensor(self, answers: Sequence[Any]) -> Optional[dict]:
+        """An Open Inference Protocol output tensor holding one request's answers in place of the BYTES
+        ``answers`` output (``{"name", "datatype", "shape", "data"}``), or None (the embedding task's)."""
+        return None
+
     @property
     def archive_settings(self) -> Settings:
         """The archive's settings (``self.settings``)."""
