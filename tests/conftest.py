@@ -24,11 +24,11 @@ from tests.helpers import FORMAT_OUTPUTS, FORMAT_SIZE, TASKS, TOY_INPUT_SIZE, TO
 from tests.instance_toys import TOY_INSTANCE_LABELS, BrightMaskRCNN, BrightMaskYoloSeg
 from tests.keypoint_toys import BrightRectangleKeypointRCNN, BrightRectanglePose, OneImage
 from tests.toy_models import (
+    QUADRANT_LABELS,
+    QUADRANT_SETTINGS,
     TOY_DETECTION_LABELS,
     TOY_FORMAT_LABELS,
     TOY_SEGMENTATION_LABELS,
-    QUADRANT_LABELS,
-    QUADRANT_SETTINGS,
     BrightestBoxDetector,
     BrightestBoxInFormat,
     ColourSegmenter,

@@ -109,7 +109,10 @@ def read_options(task: VisionTask, given: Mapping[str, Any], accept: Any = None)
                                                  f"(this explanation uses {method!r})", "not an option of this method")
     target = None
     if "target" in given:
-        classes = _classes(given["target"], task.labels)
+        try:
+            classes = _classes(given["target"], task.labels)
+        except RequestError as error:  # named after the option it checks here
+            raise RequestError(400, error.kind, error.message.replace("option 'classes'", "option 'target'")) from None
         if len(classes) != 1:
             raise _bad("target", _text(given["target"]), "one label name or class index", "not one class")
         target = classes[0]
