@@ -26,7 +26,7 @@ from tsvision.serving.batching import (  # noqa: F401 (ImageBatch, group_by_shap
 )
 from tsvision.serving.errors import RequestError, as_request_error, internal_error
 from tsvision.serving.geometry import check_resizer, normalize
-from tsvision.serving.images import decode_image
+from tsvision.serving.images import Draft, decode_image
 from tsvision.serving.results import Result
 from tsvision.serving.runtimes import Runtime
 from tsvision.serving.settings import Settings, label_for
@@ -232,7 +232,7 @@ class VisionTask:
         """(array, meta, the decoded image when ``keep``) of one item; whatever it raises is that
         item's answer: its own 4xx, or a 500 for a bug."""
         try:
-            image = self._image(item)
+            image = self._image(item) if keep or self.draft is None else self._image(item, self.draft)
             array, meta = self.prepare(image)  # one argument: overrides written as prepare(self, image) keep working
             return array, meta, image if keep else None
         except Exception as error:
@@ -264,12 +264,17 @@ class VisionTask:
             outputs = self.runtime.run(normalize(blank, self.settings.mean, self.settings.std))
         self.check_labels([output[0] for output in outputs])
 
-    def _image(self, item: Item) -> Image.Image:
+    @property
+    def draft(self) -> Optional[Draft]:
+        """The smallest decoded size this task can use, for ``decode_draft`` (None: decode in full)."""
+        return None
+
+    def _image(self, item: Item, draft: Optional[Draft] = None) -> Image.Image:
         if isinstance(item, RequestError):
             raise item
         if isinstance(item, Image.Image):
             return item.convert("RGB")
-        return decode_image(bytes(item), self.settings.max_pixels)
+        return decode_image(bytes(item), self.settings.max_pixels, draft)
 
 
 def _to_json(result: Any) -> Any:
