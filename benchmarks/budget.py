@@ -9,11 +9,13 @@ for 1 and 16 clients:
   post-processing) and encoding (``answers`` + ``json.dumps``): at batch 1 (what one client gets)
   and per image at batch 8 (what 16 clients fill);
 - **served**: one TorchServe with the archives and the empty handler (``floor_handler.py``, the
-  frontend and IPC with no model), wrk at 1 and 16 clients: p50 at 1 client; CPU per request at 16
-  clients (cores × 1000 / req/s, the machine being saturated).
+  frontend and IPC with no model), wrk at 1 and 16 clients: p50 at 1 client; at 16 clients the CPU
+  time the server's processes spent per answered request (``psutil``, before and after the run): the
+  Java frontend's and the Python workers' apart. Other processes on the machine do not count in it.
 
-"Frontend + IPC" is the empty handler's figure; "not accounted" is what the served figure leaves
-after the floor and the stages (thread hand-offs, contention with wrk and the frontend, batching).
+At 1 client, "rest" is the p50 less the empty handler's p50 (frontend, IPC and the batch delay) and
+the stages; at 16 clients, the worker's CPU per request less the stages (the handler's own
+bookkeeping, threads, message decoding and encoding in the worker).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+import psutil
 from PIL import Image, ImageOps
 
 from benchmarks.inprocess import close, load_task
@@ -93,6 +96,20 @@ def inprocess(folders: Dict[str, Path], photo: bytes, rounds: int) -> Dict[str, 
     return found
 
 
+def cpu_seconds(pid: int) -> Dict[str, float]:
+    """CPU seconds (user + system) so far of TorchServe's frontend (``pid``) and of its workers (its children)."""
+    frontend = psutil.Process(pid)
+    workers = 0.0
+    for child in frontend.children(recursive=True):
+        try:
+            times = child.cpu_times()
+            workers += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    times = frontend.cpu_times()
+    return {"frontend": times.user + times.system, "workers": workers}
+
+
 def served(folders: Dict[str, Path], photo_path: Path, out: Path, seconds: float) -> Dict[str, dict]:
     store = out / "store"
     build_floor(FLOOR, store, 8, 20, 1)
@@ -111,10 +128,14 @@ def served(folders: Dict[str, Path], photo_path: Path, out: Path, seconds: float
             for clients in (1, 16):
                 run_wrk(url, photo_path, headers, clients, 2)
                 drain(url, photo_path, headers)
+                before = cpu_seconds(server.pid)
                 measured = run_wrk(url, photo_path, headers, clients, seconds)
                 drain(url, photo_path, headers)
-                found[label][f"c{clients}"] = {"req_s": measured["throughput"],
-                                               "p50_ms": (measured["latency_ms"] or {}).get("p50")}
+                after = cpu_seconds(server.pid)
+                answered = max(1, measured["requests"] + 1)  # wrk's and the drain's
+                found[label][f"c{clients}"] = {
+                    "req_s": measured["throughput"], "p50_ms": (measured["latency_ms"] or {}).get("p50"),
+                    **{f"{key}_cpu_ms": round((after[key] - before[key]) * 1000 / answered, 2) for key in after}}
                 print(f"  served     {label:<14} c={clients:<3} {measured['throughput']:7.1f} req/s", flush=True)
     finally:
         server.stop()
@@ -122,28 +143,28 @@ def served(folders: Dict[str, Path], photo_path: Path, out: Path, seconds: float
 
 
 def markdown(data: dict) -> str:
-    """The budget table: one block of rows per task, ms per request."""
-    cores = data["cores"]
+    """The budget table: per task, one row at 1 client (latency) and one at 16 (CPU per request), ms."""
     floor = data["served"]["floor"]
-    lines = [f"Measured {data['started']} (`python -m benchmarks.budget`; {cores} cores; ONNX Runtime; 1280×720 JPEG; "
-             "archive defaults: batch 8, delay 20 ms, one worker). In-process stages serially on one thread at "
-             "batch 1 (1 client) and per image at batch 8 (16 clients); served: p50 at 1 client, CPU per request "
-             f"({cores} × 1000 / req/s) at 16 clients. Floor = the empty handler; decode = the photo's decode.", "",
-             "| task | clients | served | frontend + IPC (floor) | decode | resize | collate | model | post | encode "
-             "| not accounted |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"Measured {data['started']} (`python -m benchmarks.budget`; {data['cores']} cores; ONNX Runtime; "
+             "the 1280×720 JPEG; archive defaults: batch 8, delay 20 ms, one worker). Stages: in-process, serially "
+             "on one thread, at batch 1 (1 client) and per image at batch 8 (what 16 clients fill). 1 client: the "
+             "p50, the empty handler's p50 (frontend, IPC, batch delay), the stages, the rest. 16 clients: CPU ms "
+             "per answered request of TorchServe's Java frontend and of the worker (the empty handler's beside "
+             "them: the floor), the stages, and the worker's CPU left after them.", "",
+             "| task | clients | served | floor | frontend CPU | worker CPU | decode | resize | collate | model "
+             "| post | encode | rest |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for task_name, budget in data["inprocess"].items():
-        for clients, batch in ((1, "batch_1"), (16, "batch_8")):
-            point, floor_point = data["served"][task_name][f"c{clients}"], floor[f"c{clients}"]
-            if clients == 1:
-                total, base = point["p50_ms"], floor_point["p50_ms"]
-                what = "p50"
-            else:
-                total, base = cores * 1000 / point["req_s"], cores * 1000 / floor_point["req_s"]
-                what = "CPU"
-            spent = [budget[batch][stage] for stage in STAGES]
-            rest = total - base - sum(spent)
-            lines.append(f"| {task_name} | {clients} | {total:.1f} ms {what} | {base:.1f} | "
-                         + " | ".join(f"{value:.1f}" for value in spent) + f" | {rest:.1f} |")
+        point, spent = data["served"][task_name]["c1"], [budget["batch_1"][stage] for stage in STAGES]
+        rest = point["p50_ms"] - floor["c1"]["p50_ms"] - sum(spent)
+        lines.append(f"| {task_name} | 1 | {point['p50_ms']:.1f} ms p50 | {floor['c1']['p50_ms']:.1f} ms p50 | | | "
+                     + " | ".join(f"{value:.1f}" for value in spent) + f" | {rest:.1f} |")
+        point, spent = data["served"][task_name]["c16"], [budget["batch_8"][stage] for stage in STAGES]
+        base = floor["c16"]
+        rest = point["workers_cpu_ms"] - sum(spent)
+        lines.append(f"| {task_name} | 16 | {point['req_s']:.1f} req/s | {base['req_s']:.0f} req/s: "
+                     f"{base['frontend_cpu_ms']:.1f} + {base['workers_cpu_ms']:.1f} ms CPU | "
+                     f"{point['frontend_cpu_ms']:.1f} | {point['workers_cpu_ms']:.1f} | "
+                     + " | ".join(f"{value:.1f}" for value in spent) + f" | {rest:.1f} |")
     return "\n".join(lines) + "\n"
 
 

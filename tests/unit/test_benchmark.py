@@ -516,15 +516,19 @@ def test_budget_table_subtracts_the_floor_and_the_stages():
     from benchmarks.budget import markdown
 
     stages = {"decode": 2.0, "resize": 1.0, "collate": 0.5, "model": 3.0, "post": 0.2, "encode": 0.3}
+    cpu = {"frontend_cpu_ms": 1.5, "workers_cpu_ms": 0.5}
     data = {"started": "2026-12-03 17:00 UTC", "cores": 2,
             "inprocess": {"classification": {"batch_1": stages, "batch_8": stages}},
-            "served": {"floor": {"c1": {"req_s": 40.0, "p50_ms": 22.0}, "c16": {"req_s": 400.0, "p50_ms": 40.0}},
+            "served": {"floor": {"c1": {"req_s": 40.0, "p50_ms": 22.0}, "c16": {"req_s": 400.0, **cpu}},
                        "classification": {"c1": {"req_s": 30.0, "p50_ms": 30.0},
-                                          "c16": {"req_s": 100.0, "p50_ms": 150.0}}}}
+                                          "c16": {"req_s": 100.0, "frontend_cpu_ms": 1.8,
+                                                  "workers_cpu_ms": 9.5}}}}
     table = markdown(data)
-    assert "| classification | 1 | 30.0 ms p50 | 22.0 | 2.0 | 1.0 | 0.5 | 3.0 | 0.2 | 0.3 | 1.0 |" in table
-    # 16 clients: 2 cores × 1000 / 100 req/s = 20 ms of CPU; the floor 5 ms; the stages 7 ms; 8 ms left
-    assert "| classification | 16 | 20.0 ms CPU | 5.0 | 2.0 | 1.0 | 0.5 | 3.0 | 0.2 | 0.3 | 8.0 |" in table
+    # 1 client: 30 ms less the floor's 22 and the stages' 7: 1 ms
+    assert "| classification | 1 | 30.0 ms p50 | 22.0 ms p50 | | | 2.0 | 1.0 | 0.5 | 3.0 | 0.2 | 0.3 | 1.0 |" in table
+    # 16 clients: the worker's 9.5 ms of CPU less the stages' 7: 2.5 ms
+    assert ("| classification | 16 | 100.0 req/s | 400 req/s: 1.5 + 0.5 ms CPU | 1.8 | 9.5 | 2.0 | 1.0 | 0.5 | 3.0 "
+            "| 0.2 | 0.3 | 2.5 |") in table
 
 
 def test_suite_quantize_table_names_where_the_agreement_was_measured():
