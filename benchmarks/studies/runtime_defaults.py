@@ -34,6 +34,7 @@ VARIANTS = {
     "onnx_default": ("onnx", {}),
     "onnx_mb0": ("onnx", {"micro_batch": 0}),
     "onnx_mb4": ("onnx", {"micro_batch": 4}),
+    "onnx_draft": ("onnx", {"decode_draft": True}),  # opt-in, lossy (docs/performance.md): what it would give
 }
 
 
