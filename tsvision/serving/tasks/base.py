@@ -64,6 +64,9 @@ class VisionTask:
     # ``micro_batch`` when the settings leave it unset (None): measured per task in
     # docs/performance.md ("Pipelining inside one worker"); 0 keeps one batch serial.
     default_micro_batch = 0
+    # Runtimes on which that default is 0: TorchScript's own intra-op (OpenMP) threads compete with the
+    # pipeline's, classification served 1.19x faster without it (docs/performance.md, "Round three").
+    serial_runtimes: Tuple[str, ...] = ("torchscript",)
     # How the live images go to the model (``tsvision.serving.batching``).
     batching: Strategy = Stack()
 
@@ -132,9 +135,12 @@ class VisionTask:
 
     @property
     def micro_batch(self) -> int:
-        """Images per forward pass when one batch is pipelined (0: serial): the setting, else the task's default."""
+        """Images per forward pass when one batch is pipelined (0: serial): the setting, else the task's default
+        (0 on the ``serial_runtimes``)."""
         value = self.settings.micro_batch
-        return self.default_micro_batch if value is None else value
+        if value is not None:
+            return value
+        return 0 if getattr(self.runtime, "name", "") in self.serial_runtimes else self.default_micro_batch
 
     # -- the three steps ---------------------------------------------------------------------
     def prepare_batch(self, items: Sequence[Item], settings: Optional[Sequence[Optional[Settings]]] = None,
