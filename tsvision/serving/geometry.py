@@ -208,10 +208,12 @@ def normalize(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
     """N×H×W×3 uint8 -> N×3×H×W float32, ``(x / 255 - mean) / std``."""
     scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float32)))
     offset = np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
-    chw = batch.transpose(0, 3, 1, 2).astype(np.float32)
+    # The bytes are put in N×3×H×W order first (one byte per value moved), then converted in one
+    # contiguous pass; the same float32 operations as before, 3-4× faster (docs/performance.md).
+    chw = np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).astype(np.float32)
     chw *= scale[None, :, None, None]
     chw -= offset[None, :, None, None]
-    return np.ascontiguousarray(chw)
+    return chw
 
 
 YOLO_FILL = (114, 114, 114)  # ultralytics' letterbox grey
