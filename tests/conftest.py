@@ -24,12 +24,15 @@ from tests.helpers import FORMAT_OUTPUTS, FORMAT_SIZE, TASKS, TOY_INPUT_SIZE, TO
 from tests.instance_toys import TOY_INSTANCE_LABELS, BrightMaskRCNN, BrightMaskYoloSeg
 from tests.keypoint_toys import BrightRectangleKeypointRCNN, BrightRectanglePose, OneImage
 from tests.toy_models import (
+    QUADRANT_LABELS,
+    QUADRANT_SETTINGS,
     TOY_DETECTION_LABELS,
     TOY_FORMAT_LABELS,
     TOY_SEGMENTATION_LABELS,
     BrightestBoxDetector,
     BrightestBoxInFormat,
     ColourSegmenter,
+    QuadrantClassifier,
 )
 from tsvision.serving.settings import Settings
 from tsvision.tools.export.architectures import build_exportable
@@ -106,6 +109,24 @@ def toy_exports(tmp_path_factory) -> Path:
             (root / task / "labels.json").write_text(json.dumps(labels))
 
     return built_once(tmp_path_factory, "toys", build)
+
+
+@pytest.fixture(scope="session")
+def explain_toys(tmp_path_factory) -> Path:
+    """The quadrant classifier (explanations' known answer) exported to TorchScript and ONNX in
+    ``classification/``, beside its settings.json and labels.json."""
+    def build(root: Path) -> None:
+        folder = root / "classification"
+        exportable = Exportable("classification", "toy-quadrants", QuadrantClassifier().eval(),
+                                dict(QUADRANT_SETTINGS), QUADRANT_LABELS, False, ["logits"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report = export_files(exportable, folder)
+        assert report["ok"], report
+        (folder / "settings.json").write_text(json.dumps(QUADRANT_SETTINGS))
+        (folder / "labels.json").write_text(json.dumps(QUADRANT_LABELS))
+
+    return built_once(tmp_path_factory, "explain_toys", build)
 
 
 @pytest.fixture(scope="session")

@@ -107,3 +107,21 @@ class ColourTagger(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return TOY_TAG_GAIN * (images.mean(dim=(2, 3)) - 0.5)
+
+
+QUADRANT_LABELS = ["red corner", "green corner", "blue floor"]
+QUADRANT_SETTINGS = {"task": "classification", "input_size": 64, "resize_size": 64, "mean": [0, 0, 0],
+                     "std": [1, 1, 1], "output": "logits", "labels": "labels.json", "top_k": 3}
+
+
+class QuadrantClassifier(nn.Module):
+    """Three logits that each read one known region of the model input (pixels in [0, 1]): the
+    top-left quadrant's red, the top-right quadrant's green, the bottom half's blue (means, ×8).
+    An explanation of class 0 must point at the top-left quadrant, of class 1 at the top-right one."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        half_h, half_w = images.shape[-2] // 2, images.shape[-1] // 2
+        red = images[:, 0, :half_h, :half_w].mean(dim=(1, 2))
+        green = images[:, 1, :half_h, half_w:].mean(dim=(1, 2))
+        blue = images[:, 2, half_h:, :].mean(dim=(1, 2))
+        return 8 * torch.stack([red, green, blue], dim=1)

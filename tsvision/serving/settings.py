@@ -83,6 +83,8 @@ class Settings:
     micro_batch: Optional[int] = None      # N > 0: run the model on N images at a time while the threads prepare
                                            # the next N and finish the last (one batch pipelined); 0: off;
                                            # None: the task's default (4 for classification and detection, else 0)
+    decode_draft: bool = False             # classification: JPEGs decoded at a reduced scale (PIL's draft), lossy,
+                                           # opt-in (fidelity in docs/performance.md)
     top_label_header: bool = False         # add X-Top-Label to one-image answers (the A/B router logs it)
     profile: bool = False                  # TorchServe's own key: per-step timings (ts_handler_*) as metrics
     random_weights: bool = False           # recorded by the export step; logged at load
@@ -178,6 +180,9 @@ class Settings:
                              f"got {self.score_threshold!r}")
         if self.embedding_format not in EMBEDDING_FORMATS:
             raise ValueError(f"embedding_format must be one of {EMBEDDING_FORMATS}, got {self.embedding_format!r}")
+        if self.decode_draft and self.task != "classification":
+            raise ValueError("decode_draft is for the classification task only (the other tasks answer in the "
+                             "original image's pixels)")
         if self.micro_batch is not None and self.micro_batch < 0:
             raise ValueError(f"micro_batch must be >= 0 (0: off, null: the task's default), got {self.micro_batch!r}")
 

@@ -26,7 +26,7 @@ from tsvision.serving.batching import (  # noqa: F401 (ImageBatch, group_by_shap
 )
 from tsvision.serving.errors import RequestError, as_request_error, internal_error
 from tsvision.serving.geometry import check_resizer, normalize
-from tsvision.serving.images import decode_image
+from tsvision.serving.images import Draft, decode_image
 from tsvision.serving.results import Result
 from tsvision.serving.runtimes import Runtime
 from tsvision.serving.settings import Settings, label_for
@@ -65,6 +65,9 @@ class VisionTask:
     # ``micro_batch`` when the settings leave it unset (None): measured per task in
     # docs/performance.md ("Pipelining inside one worker"); 0 keeps one batch serial.
     default_micro_batch = 0
+    # Runtimes on which that default is 0: TorchScript's own intra-op (OpenMP) threads compete with the
+    # pipeline's, classification served 1.19x faster without it (docs/performance.md, "Round three").
+    serial_runtimes: Tuple[str, ...] = ("torchscript",)
     # How the live images go to the model (``tsvision.serving.batching``).
     batching: Strategy = Stack()
 
@@ -138,9 +141,12 @@ class VisionTask:
 
     @property
     def micro_batch(self) -> int:
-        """Images per forward pass when one batch is pipelined (0: serial): the setting, else the task's default."""
+        """Images per forward pass when one batch is pipelined (0: serial): the setting, else the task's default
+        (0 on the ``serial_runtimes``)."""
         value = self.settings.micro_batch
-        return self.default_micro_batch if value is None else value
+        if value is not None:
+            return value
+        return 0 if getattr(self.runtime, "name", "") in self.serial_runtimes else self.default_micro_batch
 
     # -- the three steps ---------------------------------------------------------------------
     def prepare_batch(self, items: Sequence[Item], settings: Optional[Sequence[Optional[Settings]]] = None,
@@ -251,8 +257,9 @@ class VisionTask:
         (None: the archive's); whatever it raises is that item's answer: its own 4xx, or a 500 for a bug.
         With ``slice_size`` in the settings, the array is the image's ``Slices`` (tasks/slices.py)."""
         try:
-            image = self._image(item)
-            if wants_slices(settings or self.settings):
+            sliced = wants_slices(settings or self.settings)  # slices need the full-resolution image: no draft
+            image = self._image(item) if keep or sliced or self.draft is None else self._image(item, self.draft)
+            if sliced:
                 return prepare_slices(image, settings or self.settings, self.prepare), None, image if keep else None
             array, meta = self.prepare_for(image, settings)
             return array, meta, image if keep else None
@@ -292,12 +299,17 @@ class VisionTask:
             outputs = self.runtime.run(normalize(blank, self.settings.mean, self.settings.std))
         self.check_labels([output[0] for output in outputs])
 
-    def _image(self, item: Item) -> Image.Image:
+    @property
+    def draft(self) -> Optional[Draft]:
+        """The smallest decoded size this task can use, for ``decode_draft`` (None: decode in full)."""
+        return None
+
+    def _image(self, item: Item, draft: Optional[Draft] = None) -> Image.Image:
         if isinstance(item, RequestError):
             raise item
         if isinstance(item, Image.Image):
             return item.convert("RGB")
-        return decode_image(bytes(item), self.settings.max_pixels)
+        return decode_image(bytes(item), self.settings.max_pixels, draft)
 
 
 def _to_json(result: Any) -> Any:
