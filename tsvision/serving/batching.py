@@ -185,6 +185,8 @@ class Steps(Protocol):
 
     def rows(self, batch: ImageBatch) -> List[Tuple[List[np.ndarray], Any, Optional[Settings]]]: ...
 
+    def answer_rows(self, batch: ImageBatch) -> List[Tuple[int, Any]]: ...
+
     def finish_item(self, row: Tuple[List[np.ndarray], Any, Optional[Settings]]) -> Any: ...
 
 
@@ -241,4 +243,4 @@ class MicroBatching:
         part = self.task.infer(self.task.gather(ImageBatch(batch.results, batch.settings, batch.pictures), chunk))
         if part.outputs is not None:
             batch.finishing.extend((position, self.pool.submit(self.task.finish_item, row))
-                                   for position, row in zip(part.positions, self.task.rows(part)))
+                                   for position, row in self.task.answer_rows(part))

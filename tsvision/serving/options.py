@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tsvision.serving.errors import RequestError
 from tsvision.serving.settings import EMBEDDING_FORMATS, MASK_FORMATS, MAX_TILE_OVERLAP, TILE_MODES, tile_size
+from tsvision.serving.slicing import MATCH_METRICS, MERGES, MIN_SLICE, parse_slice_size
 
 PICTURE_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 FORMATS = ("json",) + tuple(PICTURE_TYPES)
@@ -127,6 +128,22 @@ def _classes(value: Any, labels: Sequence[str]) -> Tuple[int, ...]:
     return tuple(sorted(set(indices)))
 
 
+def _slice_size(value: Any, labels: Sequence[str]) -> Optional[Tuple[int, int]]:
+    """640, "640x480" (width x height), [640, 480]; 0 or "none": no slicing."""
+    try:
+        return parse_slice_size(_text(value))
+    except ValueError:
+        raise _bad("slice_size", _text(value), f"a side in pixels (640) or WIDTHxHEIGHT (640x480), "
+                                               f"each >= {MIN_SLICE}; 0 or none: no slicing") from None
+
+
+def _overlap(value: Any, labels: Sequence[str]) -> float:
+    number = _fraction("slice_overlap")(value, labels)
+    if number >= 1.0:
+        raise _bad("slice_overlap", value, "a number from 0 up to (not including) 1")
+    return number
+
+
 def _tile_size(value: Any, labels: Sequence[str]) -> tuple:
     try:
         return tile_size(_text(value))
@@ -151,6 +168,12 @@ PARSERS: Dict[str, Callable[[Any, Sequence[str]], Any]] = {
     "agnostic_nms": _boolean("agnostic_nms"),
     "mask_format": _choice("mask_format", MASK_FORMATS),
     "mask_threshold": _fraction("mask_threshold"),
+    "slice_size": _slice_size,
+    "slice_overlap": _overlap,
+    "slice_merge": _choice("slice_merge", MERGES),
+    "slice_match_metric": _choice("slice_match_metric", MATCH_METRICS),
+    "slice_match_threshold": _fraction("slice_match_threshold"),
+    "slice_whole_image": _boolean("slice_whole_image"),
     "tile": _choice("tile", TILE_MODES),
     "tile_size": _tile_size,
     "tile_overlap": _fraction("tile_overlap", MAX_TILE_OVERLAP),

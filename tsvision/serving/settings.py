@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, List, Mapping, Optional
 
-from tsvision.serving import formats
+from tsvision.serving import formats, slicing
 from tsvision.serving.images import DEFAULT_MAX_PIXELS
 
 TASKS = ("classification", "segmentation", "detection", "instance_segmentation", "keypoints", "embedding")
@@ -68,6 +68,14 @@ class Settings:
     tile_batch: int = 4                    # segmentation: tiles (and other images) per forward pass at most
     keypoint_names: Optional[tuple] = None  # keypoints: names by index (None: COCO's 17)
     skeleton: Optional[tuple] = None       # keypoints: [a, b] index pairs to draw (None: COCO's)
+    # Sliced inference of the detecting tasks (docs/large-images.md; sahi's names in brackets):
+    slice_size: Optional[tuple] = None     # (width, height) of a slice; 640, "640x480"; None: the whole image only
+    slice_overlap: float = 0.2             # fraction of a slice shared with the next (overlap_*_ratio)
+    slice_merge: str = "greedy_nmm"        # "greedy_nmm", "nmm" or "nms" (postprocess_type)
+    slice_match_metric: str = "ios"        # "ios" (over the smaller box) or "iou" (postprocess_match_metric)
+    slice_match_threshold: float = 0.5     # overlap from which two detections merge (postprocess_match_threshold)
+    slice_whole_image: bool = True         # add the whole image as one more slice (perform_standard_pred)
+    max_slices: int = 256                  # slices of one image (with the whole image: one more); more: a 400
     max_pixels: int = DEFAULT_MAX_PIXELS    # decompression-bomb guard, per image
     max_images: int = 64                   # images in one request (lists, instances)
     threads: int = 0                       # model runtime threads; 0: the runtime's default
@@ -100,6 +108,8 @@ class Settings:
             values["keypoint_names"] = tuple(str(v) for v in values["keypoint_names"])
         if values.get("classes") is not None:
             values["classes"] = tuple(int(v) for v in values["classes"])
+        if values.get("slice_size") is not None:
+            values["slice_size"] = slicing.parse_slice_size(values["slice_size"])
         if values.get("tile_size") is not None:
             values["tile_size"] = tile_size(values["tile_size"])
         if values.get("skeleton") is not None:
@@ -150,6 +160,10 @@ class Settings:
         if self.input_size < 8 or self.top_k < 1 or self.max_detections < 1 or self.max_pixels < 1 \
                 or self.max_images < 1 or self.preprocess_threads < 0:
             raise ValueError("input_size >= 8, top_k, max_detections, max_pixels and max_images >= 1 are required")
+        slicing.check_settings(self)
+        if self.slice_size is not None and (self.task not in DETECTING_TASKS or self.detection_format == "yolov8_obb"):
+            raise ValueError(f"slice_size (sliced inference) is for the tasks {DETECTING_TASKS} only, "
+                             "and not for oriented boxes (yolov8_obb)")
         if self.tile not in TILE_MODES:
             raise ValueError(f"tile must be one of {TILE_MODES}, got {self.tile!r}")
         if self.tile != "never" and self.task != "segmentation":
@@ -181,6 +195,8 @@ class Settings:
             values["keypoint_names"] = list(self.keypoint_names)
         if self.skeleton is not None:
             values["skeleton"] = [list(pair) for pair in self.skeleton]
+        if self.slice_size is not None:
+            values["slice_size"] = list(self.slice_size)
         if self.tile_size is not None:
             values["tile_size"] = list(self.tile_size)
         return values

@@ -27,6 +27,7 @@ from tsvision.serving.formats.yolo import PREDICT, RESIZE
 from tsvision.serving.geometry import Placement
 from tsvision.serving.ops import best_class, one_output, shape_text
 from tsvision.serving.results import Detections
+from tsvision.serving.slicing import SLICE_OPTIONS
 from tsvision.serving.tasks.detection import DetectionTask
 
 CLASS_OFFSET = 7680  # ultralytics' max_wh: boxes of different classes are moved this far apart per class index
@@ -152,7 +153,10 @@ class OrientedBoxes(Detections):
 
 class OrientedBoxesTask(DetectionTask):
     """``yolov8_obb``: ``DetectionTask``'s letterboxed batches and decoding, rotated NMS (the format's
-    ``suppress``), answers with corners and angle."""
+    ``suppress``), answers with corners and angle. No sliced inference (sahi merges oriented boxes
+    by NMS only, and a merge of axis-aligned boxes would lose the angle)."""
+
+    options = tuple(name for name in DetectionTask.options if name not in SLICE_OPTIONS)
 
     def finish(self, outputs: List[np.ndarray], placement: Placement, settings: Optional[Any] = None) -> OrientedBoxes:
         found, _ = self.detect(outputs, placement, settings or self.settings)

@@ -30,6 +30,7 @@ from tsvision.serving.images import Draft, decode_image
 from tsvision.serving.results import Result
 from tsvision.serving.runtimes import Runtime
 from tsvision.serving.settings import Settings, label_for
+from tsvision.serving.tasks.slices import SliceMeta, Slices, finish_slices, group_rows, prepare_slices, wants_slices
 
 Item = Union[bytes, bytearray, Image.Image, RequestError]
 ClassCount = Optional[Tuple[int, str]]  # (classes, the output that shows them) or None: the outputs do not say
@@ -178,7 +179,8 @@ class VisionTask:
             return self.micro_batching.infer(batch)
         if batch.inputs is not None:
             rows = self.batching.run(self.runtime, batch.inputs)
-            live = [i for i, row in enumerate(rows) if not isinstance(row, RequestError)]
+            failed = {batch.positions[i] for i, row in enumerate(rows) if isinstance(row, RequestError)}
+            live = [i for i in range(len(rows)) if batch.positions[i] not in failed]  # an image's slices fail together
             for i, row in enumerate(rows):
                 if isinstance(row, RequestError):
                     batch.results[batch.positions[i]] = row
@@ -192,7 +194,8 @@ class VisionTask:
         if isinstance(batch, PendingBatch) and self.micro_batching is not None:
             self.micro_batching.finish_batch(batch)
         if batch.outputs is not None:
-            for position, result in zip(batch.positions, self._map(self.finish_item, self.rows(batch))):
+            answers = self.answer_rows(batch)
+            for (position, _), result in zip(answers, self._map(self.finish_item, [row for _, row in answers])):
                 batch.results[position] = result
             batch.outputs = None
         return batch.results
@@ -222,9 +225,14 @@ class VisionTask:
             if isinstance(item, RequestError):
                 batch.results[position] = item
                 continue
-            arrays.append(item[0])
-            batch.metas.append(item[1])
-            batch.positions.append(position)
+            if isinstance(item[0], Slices):  # one image's slices: each a model input of its own, one slot
+                arrays.extend(item[0].arrays)
+                batch.metas.extend(SliceMeta(item[0], index) for index in range(len(item[0].arrays)))
+                batch.positions.extend([position] * len(item[0].arrays))
+            else:
+                arrays.append(item[0])
+                batch.metas.append(item[1])
+                batch.positions.append(position)
             if item[2] is not None:
                 batch.pictures[position] = item[2]
         if arrays:
@@ -240,11 +248,19 @@ class VisionTask:
         return [(outputs, meta, batch.settings_at(position))
                 for outputs, meta, position in zip(batch.outputs or [], batch.metas, batch.positions)]
 
+    def answer_rows(self, batch: ImageBatch) -> List[Tuple[int, Tuple[Any, Any, Optional[Settings]]]]:
+        """Per answer: its slot and its row; an image's slices come back as one row (``group_rows``)."""
+        return group_rows(batch.positions, self.rows(batch))
+
     def prepare_item(self, item: Item, keep: bool = False, settings: Optional[Settings] = None) -> Prepared:
         """(array, meta, the decoded image when ``keep``) of one item, with its request's ``settings``
-        (None: the archive's); whatever it raises is that item's answer: its own 4xx, or a 500 for a bug."""
+        (None: the archive's); whatever it raises is that item's answer: its own 4xx, or a 500 for a bug.
+        With ``slice_size`` in the settings, the array is the image's ``Slices`` (tasks/slices.py)."""
         try:
-            image = self._image(item) if keep or self.draft is None else self._image(item, self.draft)
+            sliced = wants_slices(settings or self.settings)  # slices need the full-resolution image: no draft
+            image = self._image(item) if keep or sliced or self.draft is None else self._image(item, self.draft)
+            if sliced:
+                return prepare_slices(image, settings or self.settings, self.prepare), None, image if keep else None
             array, meta = self.prepare_for(image, settings)
             return array, meta, image if keep else None
         except Exception as error:
@@ -261,6 +277,8 @@ class VisionTask:
     def finish_item(self, row: Tuple[List[np.ndarray], Any, Optional[Settings]]) -> Any:
         """One image's result, finished with its request's settings (``row[2]``, None: the archive's)."""
         try:
+            if isinstance(row[1], list):  # one image's slices (group_rows): finished, moved and merged
+                return finish_slices(self.finish, row[0], row[1], row[2] or self.settings)
             return self.finish(row[0], row[1], row[2] or self.settings)
         except Exception as error:
             return as_request_error(error, "PostprocessError", "post-processing this image failed")

@@ -21,9 +21,10 @@ from tsvision.serving.geometry import YOLO_FILL, Placement, fit_square, mean_fil
 from tsvision.serving.ops import keep_classes, nms
 from tsvision.serving.results import Detections, detection_entry  # noqa: F401 (detection_entry: its old home)
 from tsvision.serving.settings import Settings
+from tsvision.serving.slicing import SLICE_OPTIONS
 from tsvision.serving.tasks.base import VisionTask
 
-DETECTION_OPTIONS = ("score_threshold", "iou_threshold", "max_detections", "classes", "agnostic_nms")
+DETECTION_OPTIONS = ("score_threshold", "iou_threshold", "max_detections", "classes", "agnostic_nms") + SLICE_OPTIONS
 
 
 class DetectionTask(VisionTask):
