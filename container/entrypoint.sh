@@ -16,6 +16,7 @@ config="$HOME/config.properties"
   echo "grpc_inference_port=${TSVISION_GRPC_INFERENCE_PORT:-7070}"
   echo "grpc_management_port=${TSVISION_GRPC_MANAGEMENT_PORT:-7071}"
   echo "model_store=${TSVISION_MODEL_STORE:-/opt/tsvision/model-store}"
+  echo "token_expiration_min=${TSVISION_TOKEN_EXPIRATION_MIN:-60}"
 } > "$config"
 cd "$HOME"  # TorchServe writes key_file.json (the tokens, new at every start) and logs/ here
 
