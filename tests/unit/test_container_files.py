@@ -8,7 +8,14 @@ import re
 import pytest
 
 from tests.helpers import REPO
-from tsvision.tools.serve.container import Container, ContainerError, build_command, debian_mirror, local_wheel_options
+from tsvision.tools.serve.container import (
+    BUILD_CERTIFICATES,
+    Container,
+    ContainerError,
+    build_command,
+    debian_mirror,
+    local_wheel_options,
+)
 from tsvision.tools.serve.server import read_properties
 
 
@@ -32,7 +39,12 @@ def test_local_wheels_are_mounted_and_searched_first_only_where_they_exist(tmp_p
     assert options[:2] == ["-v", f"{tmp_path / 'wheels'}:{tmp_path / 'wheels'}:ro"]
     [pip] = [option for option in options if option.startswith("PIP_OPTIONS=")]
     assert pip.index(f"--index-url file://{tmp_path / 'pypi' / 'simple'}") < pip.index("https://pypi.org/simple")
-    assert "TORCH_INDEX=" in options
+    assert "TORCH_INDEX=" in options and "--cert" not in pip
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("certificates")
+    options = local_wheel_options([tmp_path / "wheels", tmp_path / "pypi"], certificates=bundle)
+    assert f"{bundle}:{BUILD_CERTIFICATES}:ro" in options  # pip's HTTPS through this machine's proxy
+    assert f"--cert {BUILD_CERTIFICATES}" in next(option for option in options if option.startswith("PIP_OPTIONS="))
 
 
 def test_the_build_command_keeps_the_healthcheck_and_passes_build_arguments():

@@ -12,6 +12,7 @@ Debian's runc for containers (crun fails here on rlimits and cgroups). docs/depl
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/so
 # searched before PyPI, so torch and its libraries come from disk rather than a download.
 LOCAL_WHEELS = (Path("/opt/wheels"), Path("/opt/pypi"), Path("/opt/pypi-more"))
 KEY_FILE = "/home/model-server/key_file.json"
+BUILD_CERTIFICATES = "/tmp/host-ca-certificates.pem"  # where the host's CA bundle is mounted during RUN
 RUN_LIMITS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096")
 PORT_VARIABLES = ("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INFERENCE", "GRPC_MANAGEMENT")
 
@@ -92,15 +94,28 @@ def make_base(name: str = BASE_IMAGE, mirror: Optional[str] = None, rebuild: boo
     return True
 
 
-def local_wheel_options(folders: Sequence[Path] = LOCAL_WHEELS) -> List[str]:
+def host_certificates() -> Optional[Path]:
+    """The CA bundle this machine's pip trusts (``PIP_CERT``, ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``), if any:
+    where HTTPS goes through a proxy with its own certificate authority, the build's pip needs it too."""
+    for variable in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        if os.environ.get(variable) and Path(os.environ[variable]).is_file():
+            return Path(os.environ[variable])
+    return None
+
+
+def local_wheel_options(folders: Sequence[Path] = LOCAL_WHEELS, certificates: Optional[Path] = None) -> List[str]:
     """podman build options that use this machine's wheels: the folders mounted read-only, searched
-    before PyPI, and no PyTorch index. Empty where the folders are missing (plain PyPI then)."""
+    before PyPI, and no PyTorch index; ``certificates`` (a CA bundle) mounted for pip's HTTPS. Empty
+    where the folders are missing (plain PyPI then). The mounts exist only while RUN steps run."""
     find_links, indexes = folders[0], [folder / "simple" for folder in folders[1:]]
     if not all(path.is_dir() for path in (find_links, *indexes)):
         return []
     pip = [f"--index-url file://{indexes[0]}", *(f"--extra-index-url file://{index}" for index in indexes[1:]),
            "--extra-index-url https://pypi.org/simple", f"--find-links {find_links}"]
     mounts = [option for folder in folders for option in ("-v", f"{folder}:{folder}:ro")]
+    if certificates:
+        mounts += ["-v", f"{certificates}:{BUILD_CERTIFICATES}:ro"]
+        pip.append(f"--cert {BUILD_CERTIFICATES}")
     return [*mounts, "--build-arg", "TORCH_INDEX=", "--build-arg", "PIP_OPTIONS=" + " ".join(pip)]
 
 
@@ -111,7 +126,7 @@ def build_command(name: str = IMAGE, base: Optional[str] = BASE_IMAGE, build_arg
     if base:
         command += ["--build-arg", f"BASE_IMAGE={base}"]
     if local_wheels:
-        command += local_wheel_options()
+        command += local_wheel_options(certificates=host_certificates())
     for key, value in dict(build_args).items():
         command += ["--build-arg", f"{key}={value}"]
     return command + ["-t", name, "-f", str(context / "Containerfile"), str(context)]
