@@ -184,8 +184,9 @@ class Container:
         return self.ports.get("management", 8081)
 
     def run_command(self) -> List[str]:
+        # --health-interval disable: no systemd timer for the health check (none here); wait_healthy runs it.
         command = [*PODMAN, "--runtime", "runc", "run", "--detach", "--name", self.name, "--network", "host",
-                   *RUN_LIMITS]
+                   "--health-interval", "disable", *RUN_LIMITS]
         for key, port in self.ports.items():
             command += ["--env", f"TSVISION_{key.upper()}_PORT={port}"]
         for key, value in self.env.items():
