@@ -109,7 +109,8 @@ def test_the_image_answers_as_the_archive_does_outside_refuses_no_token_and_stop
             assert refused(f"http://{address}:{ports['management']}/models"), address
             assert refused(f"http://{address}:{ports['metrics']}/metrics"), address
             # ... while inference listens on every interface (refusing requests without the token)
-            assert requests.get(f"http://{address}:{ports['inference']}/ping", timeout=10).status_code == 200
+            assert requests.get(f"http://{address}:{ports['inference']}/ping", headers=token,
+                                timeout=10).status_code == 200
 
         stopped_in = container.stop(grace=GRACE)
         state = container.state()

@@ -45,7 +45,8 @@ def test_the_serving_images_inference_service_fits_kserves_schema(tmp_path):
     container = yaml.safe_load(manifest)["spec"]["predictor"]["containers"][0]
     assert container["image"].split("/")[-1].startswith("tsvision-torchserve:")
     assert {"name": "TSVISION_MODEL_STORE", "value": "/mnt/models"} in container["env"]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/ping", "port": 8080}
+    # /ping needs the token under TorchServe 0.12's token authorization: the image's own health check
+    assert container["readinessProbe"]["exec"]["command"] == ["python3", "/opt/tsvision/container/healthcheck.py"]
     result = check(tmp_path, manifest)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 document(s) fit the schema" in result.stdout
