@@ -7,6 +7,7 @@ import json
 import numpy as np
 import psutil
 import pytest
+import requests
 
 from tests.checks import (
     assert_same_classification,
@@ -19,6 +20,7 @@ from tests.checks import (
 from tests.helpers import AB_MODEL, BACKENDS, TASKS, all_at_once, jpeg, load_task, png
 from tests.scenes import GEOMETRY_SIZES, bright_box_scene, colour_scene
 from tsvision.serving.tasks.segmentation import decode_png
+from tsvision.tools.archive.workflow_cli import main as workflow_main
 from tsvision.tools.serve.manage import Management, ManagementError
 from tsvision.tools.serve.server import TorchServe
 
@@ -141,6 +143,15 @@ def test_torchserve_is_stopped_by_pid_even_when_the_test_fails_and_the_serving_p
             management = Management(server.management_url, server.workdir / "key_file.json")
             with pytest.raises(ManagementError, match="model API is off"):
                 management.register("toy_detection_onnx.mar", store=model_store)
+            # TorchServe does not gate POST /workflows on the model API: a real .war in the model store
+            # must still not register (the serving profile's workflow store is an empty folder)
+            assert workflow_main(["--name", "refused_workflow", "--store", str(model_store)]) == 0
+            answer = requests.post(f"{server.management_url}/workflows", params={"url": "refused_workflow.war"},
+                                   headers=server.headers("management"), timeout=120)
+            assert answer.status_code == 404, answer.text
+            listed = requests.get(f"{server.management_url}/workflows", headers=server.headers("management"),
+                                  timeout=30)
+            assert "refused_workflow" not in listed.text
             frontend = psutil.Process(server.pid)
             processes = [frontend] + frontend.children(recursive=True)
             assert len(processes) >= 2, "frontend and at least one worker"

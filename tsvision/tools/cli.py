@@ -13,6 +13,8 @@ COMMANDS = {
     "export": ("tsvision.tools.export.cli",
                "export a torchvision model to TorchScript and ONNX (random weights, --weights or --checkpoint)"),
     "archive": ("tsvision.tools.archive.cli", "build a .mar from a model file (checked through its handler first)"),
+    "workflow": ("tsvision.tools.archive.workflow_cli",
+                 "build a TorchServe workflow archive (.war): detect -> crop -> classify, or your own spec"),
     "extra-files": ("tsvision.tools.archive.extra_files",
                     "print torch-model-archiver's --extra-files: the serving code and labels"),
     "predict": ("tsvision.tools.clients.predict",

@@ -70,6 +70,10 @@ class TorchServe:
             self.properties["grpc_management_port"] = str(free_port())
             self.properties["initial_worker_port"] = str(free_port())
         self.properties.update(overrides or {})
+        if self.properties.get("enable_model_api", "false").lower() != "true":
+            # TorchServe 0.12's POST /workflows is not gated by enable_model_api: without the model API,
+            # an empty workflow store leaves it nothing to register (docs/security.md)
+            self.properties.setdefault("workflow_store", str(self.workdir / "no_workflows"))
         self.pid: Optional[int] = None
         self._session = requests.Session()
 
@@ -115,6 +119,8 @@ class TorchServe:
         ``--ts-config``, so a restore passes neither the configuration file nor ``models``."""
         for sub in ("tmp", "logs"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        if "workflow_store" in self.properties:
+            Path(self.properties["workflow_store"]).mkdir(parents=True, exist_ok=True)
         command = [_torchserve(), "--start", "--model-store", str(self.model_store)]
         if not snapshot:
             command.append("--ncs")
