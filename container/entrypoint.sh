@@ -8,6 +8,9 @@
 # Extra arguments go to torchserve (e.g. --models NAME=NAME.mar).
 set -eu
 config="$HOME/config.properties"
+# TorchServe 0.12 registers a .war from the workflow store through POST /workflows even with the model
+# API off (docs/security.md): point it at an empty folder.
+mkdir -p "$HOME/no-workflows"
 {
   cat /opt/tsvision/container/config.properties
   echo "inference_address=http://0.0.0.0:${TSVISION_INFERENCE_PORT:-8080}"
@@ -17,6 +20,7 @@ config="$HOME/config.properties"
   echo "grpc_management_port=${TSVISION_GRPC_MANAGEMENT_PORT:-7071}"
   echo "model_store=${TSVISION_MODEL_STORE:-/opt/tsvision/model-store}"
   echo "token_expiration_min=${TSVISION_TOKEN_EXPIRATION_MIN:-60}"
+  echo "workflow_store=$HOME/no-workflows"
 } > "$config"
 cd "$HOME"  # TorchServe writes key_file.json (the tokens, new at every start) and logs/ here
 
