@@ -15,7 +15,7 @@ import shutil
 import socket
 import time
 import uuid
-from typing import Iterator
+from typing import Iterator, Optional
 
 import psutil
 import pytest
@@ -32,6 +32,7 @@ from tsvision.tools.serve.container import (
     make_base,
     remove_image,
 )
+from tsvision.tools.serve.processes import wait_for
 from tsvision.tools.serve.server import free_port
 
 ARCHIVE = "classification_onnx"
@@ -84,8 +85,13 @@ def test_the_image_answers_as_the_archive_does_outside_refuses_no_token_and_stop
         print(f"container start to healthy: {container.wait_healthy(timeout=600):.1f} s")
         token = {"Authorization": f"Bearer {container.key('inference')}"}
         admin = {"Authorization": f"Bearer {container.key('management')}"}
-        [described] = requests.get(f"{management}/models/{ARCHIVE}", headers=admin, timeout=30).json()
-        assert [worker["status"] for worker in described["workers"]] == ["READY"]
+
+        def workers() -> Optional[str]:  # /ping says healthy before the worker has loaded its model
+            [described] = requests.get(f"{management}/models/{ARCHIVE}", headers=admin, timeout=30).json()
+            statuses = [worker["status"] for worker in described["workers"]]
+            return None if statuses == ["READY"] else f"workers {statuses}"
+        wait_for(workers, timeout=300, what=ARCHIVE)
+        print(f"container start to READY: {time.monotonic() - container.started_at:.1f} s")
 
         inside = requests.post(f"{inference}/predictions/{ARCHIVE}", data=body, headers=token, timeout=60)
         assert inside.status_code == 200, inside.text
