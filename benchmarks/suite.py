@@ -9,11 +9,13 @@ heavy runs inside a step), each writing into its own folder of ``--out``:
 - ``quantize``: ``benchmarks.quantize --served``: int8 against fp32 (goal 3);
 - ``families``: ``benchmarks.families``: YOLOv8n, Faster/Mask/Keypoint R-CNN against their own
   tools (goal 4);
+- ``budget``: ``benchmarks.budget``: where one request's time goes, stage by stage, against
+  TorchServe's floor (issue 28's goal 4);
 - ``before_after`` (only when named in ``--only``): the study ``benchmarks.studies.before_after``,
   served JSON throughput of this checkout against the commit before picture answers existed (goal 5,
   "JSON unchanged"; a one-off question, answered in docs/performance.md).
 
-Then it computes issue 18's goals from their results and writes ``goals.md``; with
+Then it computes issue 18's and issue 28's goals from their results and writes ``goals.md``; with
 ``--update-docs`` it rewrites the generated parts of docs/performance.md (between
 ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``) and docs/images/scaling.png. ``--from DIR``
 measures nothing and redoes the goals and docs from an earlier run's folder.
@@ -39,6 +41,9 @@ SERVED_GOAL = 0.90             # goal 1: served ÷ in-process at 32 clients
 LATENCY_GOAL_MS = 3.0          # goal 2: c=1 p50 over in-process and TorchServe's floor
 QUANTIZED_GOAL = 1.5           # goal 3: int8 ÷ fp32 speed in-process
 JSON_UNCHANGED = 0.95          # goal 5: JSON after ÷ before picture answers existed (within noise: performance.md)
+# issue 28: classification served ÷ the stock image_classifier per backend; YOLOv8n served ÷ ultralytics' predictor
+STOCK_GOALS_28 = {"tsvision-onnx": 2.5, "tsvision-torchscript": 1.5}
+YOLO_GOAL_28 = 1.2
 # The archives' default per task: 1 worker, batch size 8, the task's default micro_batch (4 for
 # classification and detection, 0 for segmentation); the names scaling configurations give it.
 DEFAULT_CONFIGS = {"classification": ("w1b8p4",), "detection": ("w1b8p4",), "segmentation": ("w1b8p0", "w1b8")}
@@ -51,18 +56,19 @@ def steps(python: str = sys.executable) -> Dict[str, Callable[[Path, List[str]],
         "scaling": lambda out, extra: [python, "-m", "benchmarks.scaling", "--out", str(out), *extra],
         "quantize": lambda out, extra: [python, "-m", "benchmarks.quantize", "--served", "--out", str(out), *extra],
         "families": lambda out, extra: [python, "-m", "benchmarks.families", "--out", str(out), *extra],
+        "budget": lambda out, extra: [python, "-m", "benchmarks.budget", "--out", str(out), *extra],
         "before_after": lambda out, extra: [python, "-m", "benchmarks.studies.before_after", "--out", str(out), *extra],
     }
 
 
 # the steps ``bash run.sh bench`` runs; before_after is a study, run when ``--only`` names it
-DEFAULT_STEPS = ("core", "scaling", "quantize", "families")
+DEFAULT_STEPS = ("core", "scaling", "quantize", "families", "budget")
 
 
 def load_results(out: Path) -> Dict[str, dict]:
     """Each step's results from its folder (a step that did not run or failed is missing)."""
     found: Dict[str, dict] = {}
-    for name in ("core", "scaling", "families", "before_after"):
+    for name in ("core", "scaling", "families", "budget", "before_after"):
         path = out / name / "results.json"
         if path.exists():
             found[name] = json.loads(path.read_text())
@@ -162,9 +168,34 @@ def goals(found: Dict[str, dict]) -> List[dict]:
     return rows
 
 
-def goals_markdown(rows: List[dict], out: Path, started: str) -> str:
+def goals28(found: Dict[str, dict]) -> List[dict]:
+    """Issue 28's goals that the steps measure: 1 (YOLOv8n served ÷ ultralytics' predictor), 2 (classification
+    served ÷ the stock handler per backend, at the core step's most clients) and 3 (served ÷ in-process at the
+    default configuration, 32 clients); goal 4 is the budget table, goal 5 a study (docs/performance.md)."""
+    rows = []
+    for g in (found.get("families") or {}).get("goals", []):
+        if g["family"] == "yolov8n":
+            rows.append(_row(f"1. served ÷ {g['reference']}", "yolov8n", g["ratio"], YOLO_GOAL_28,
+                             detail=f"ours {g['ours_req_s']} req/s vs {g['reference_img_s']} img/s"))
+    for g in (found.get("core") or {}).get("goals", []):
+        variant = g["detail"].split(" ")[0]
+        if g["task"] == "classification" and g["goal"].startswith("served throughput vs stock handler") \
+                and variant in STOCK_GOALS_28:
+            rows.append(_row(f"2. {g['goal']}", f"classification ({variant[len('tsvision-'):]})", g["value"],
+                             STOCK_GOALS_28[variant], detail=g["detail"]))
+    rows += [dict(row, goal="3. served ÷ in-process, c=32, default configuration")
+             for row in served_rows(found["scaling"]) if "default" in row["goal"]] if "scaling" in found else []
+    return rows
+
+
+SCALING_NOTE = "Goal 6 (the scaling picture) is the plot and table under \"Scaling\"."
+NOTE_28 = ("Goal 4 is the budget table, goal 5 the `decode_draft` study, goal 6 the GPU script "
+           "(\"Round three\").")
+
+
+def goals_markdown(rows: List[dict], out: Path, started: str, note: str = SCALING_NOTE) -> str:
     lines = [f"From `bash run.sh bench` (`python -m benchmarks.suite`), {started}, results in `{out.name}/`. "
-             "Weights: RANDOM (seeded). Goal 6 (the scaling picture) is the plot and table under \"Scaling\".", "",
+             f"Weights: RANDOM (seeded). {note}", "",
              "| goal | task | measured | target | met | detail |", "|---|---|---|---|---|---|"]
     for row in rows:
         value = "–" if row["value"] is None else f"{row['value']:g} {row['unit']}"
@@ -206,7 +237,10 @@ def quantize_markdown(quantize: dict) -> str:
 
 def update_docs(found: Dict[str, dict], rows: List[dict], out: Path, started: str, doc: Path = DOC) -> List[str]:
     """Rewrite each generated section whose markers ``doc`` has; returns the sections written."""
-    sections: Dict[str, Callable[[], str]] = {"goals18": lambda: goals_markdown(rows, out, started)}
+    sections: Dict[str, Callable[[], str]] = {"goals18": lambda: goals_markdown(rows, out, started),
+                                              "goals28": lambda: goals_markdown(goals28(found), out, started, NOTE_28)}
+    if "budget" in found and (out / "budget" / "results.md").exists():
+        sections["budget"] = lambda: (out / "budget" / "results.md").read_text()
     if "scaling" in found:
         sections["scaling"] = lambda: (out / "scaling" / "scaling.md").read_text()
     if "families" in found:
@@ -273,8 +307,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      "steps": args.only, "failed": failed}) + "\n")
     when = json.loads(stamp.read_text())["started"] if stamp.exists() else "an earlier run"
     (out / "goals.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "goals.md").write_text(goals_markdown(rows, out, when))
+    (out / "goals.md").write_text(goals_markdown(rows, out, when) + "\nIssue 28:\n\n"
+                                  + goals_markdown(goals28(found), out, when, NOTE_28))
     print(goals_markdown(rows, out, when))
+    print("Issue 28:\n\n" + goals_markdown(goals28(found), out, when, NOTE_28))
     if args.update_docs:
         print("suite: docs updated: " + ", ".join(update_docs(found, rows, out, when)))
     outcome = "FAILED steps: " + ", ".join(failed) if failed else "done"

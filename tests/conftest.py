@@ -36,12 +36,15 @@ from tests.helpers import (
 from tests.instance_toys import TOY_INSTANCE_LABELS, BrightMaskRCNN, BrightMaskYoloSeg
 from tests.keypoint_toys import BrightRectangleKeypointRCNN, BrightRectanglePose, OneImage
 from tests.toy_models import (
+    QUADRANT_LABELS,
+    QUADRANT_SETTINGS,
     TOY_DETECTION_LABELS,
     TOY_FORMAT_LABELS,
     TOY_SEGMENTATION_LABELS,
     BrightestBoxDetector,
     BrightestBoxInFormat,
     ColourSegmenter,
+    QuadrantClassifier,
 )
 from tsvision.serving.settings import Settings
 from tsvision.tools.archive.cli import main as archive_main
@@ -119,6 +122,24 @@ def toy_exports(tmp_path_factory) -> Path:
             (root / task / "labels.json").write_text(json.dumps(labels))
 
     return built_once(tmp_path_factory, "toys", build)
+
+
+@pytest.fixture(scope="session")
+def explain_toys(tmp_path_factory) -> Path:
+    """The quadrant classifier (explanations' known answer) exported to TorchScript and ONNX in
+    ``classification/``, beside its settings.json and labels.json."""
+    def build(root: Path) -> None:
+        folder = root / "classification"
+        exportable = Exportable("classification", "toy-quadrants", QuadrantClassifier().eval(),
+                                dict(QUADRANT_SETTINGS), QUADRANT_LABELS, False, ["logits"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report = export_files(exportable, folder)
+        assert report["ok"], report
+        (folder / "settings.json").write_text(json.dumps(QUADRANT_SETTINGS))
+        (folder / "labels.json").write_text(json.dumps(QUADRANT_LABELS))
+
+    return built_once(tmp_path_factory, "explain_toys", build)
 
 
 @pytest.fixture(scope="session")
@@ -326,3 +347,44 @@ def model_store(tmp_path_factory, exports, toy_exports) -> Path:
                                  "--set", "top_label_header=true"]) == 0
 
     return built_once(tmp_path_factory, "model_store", build)
+
+
+# -- issue 29 parts 3 and 4: multi-label classification, embeddings ---------------------------------
+TAGGER_SETTINGS = {"input_size": 32, "resize_size": 32, "mean": [0, 0, 0], "std": [1, 1, 1], "multi_label": True,
+                   "top_k": 3}
+EMBEDDER_ARCH, EMBEDDER_SIZE = "mobilenet_v3_small", 64  # a small backbone at a small input: a quick export
+EMBEDDER_STATE = "backbone.pt"  # beside the export: the backbone's state dict (head dropped), for eager references
+
+
+@pytest.fixture(scope="session")
+def tagger(tmp_path_factory) -> Path:
+    """The multi-label toy (tests/toy_models.py ColourTagger) exported: model.pt, model.onnx, settings.json."""
+    from tests.toy_models import TOY_TAG_LABELS, ColourTagger
+
+    def build(folder: Path) -> None:
+        exportable = Exportable("classification", "toy-tagger", ColourTagger().eval(), dict(TAGGER_SETTINGS),
+                                TOY_TAG_LABELS, False, ["logits"])
+        write_settings(exportable, folder, {})
+        assert export_files(exportable, folder)["ok"]
+
+    return built_once(tmp_path_factory, "tagger", build)
+
+
+def build_embedder_exportable() -> Exportable:
+    """The embedding test backbone (random weights, seed 0: the same module every time it is built)."""
+    exportable = build_exportable("embedding", EMBEDDER_ARCH)
+    exportable.settings.update(input_size=EMBEDDER_SIZE, resize_size=EMBEDDER_SIZE + 8)
+    return exportable
+
+
+@pytest.fixture(scope="session")
+def embedder(tmp_path_factory) -> Path:
+    """``build_embedder_exportable`` exported (model.pt, model.onnx, settings.json; no labels) and its
+    backbone's state dict (``EMBEDDER_STATE``)."""
+    def build(folder: Path) -> None:
+        exportable = build_embedder_exportable()
+        write_settings(exportable, folder, {})
+        assert export_files(exportable, folder)["ok"]
+        torch.save(exportable.module.model.state_dict(), folder / EMBEDDER_STATE)  # the eager reference's weights
+
+    return built_once(tmp_path_factory, "embedder", build)

@@ -51,6 +51,16 @@ PERSON_PHOTOS = {(1280, 720): ("immunohistochemistry", (0, 224, 512, 512)),
                  (900, 420): ("page", (192, 50, 384, 140))}
 
 
+def quadrant_scene(width: int = 128, height: int = 128) -> Image.Image:
+    """Grey, with the top-left quadrant of the centre square (what a centre-cropping classifier
+    sees) pure red: what the quadrant toy's class 0 reads (tests/toy_models.py)."""
+    pixels = np.full((height, width, 3), 128, dtype=np.uint8)
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    pixels[top:top + side // 2, left:left + side // 2] = (255, 0, 0)
+    return Image.fromarray(pixels)
+
+
 def sized_photos(chosen: dict) -> dict:
     """``{"WxH": image}`` for ``OBJECT_PHOTOS`` or ``PERSON_PHOTOS``: each crop resized with PIL's bilinear filter."""
     import skimage.data

@@ -94,3 +94,34 @@ class BrightestBoxInFormat(nn.Module):
             no_object = torch.tensor([0.0, 0.0, 0.0, 9.0], dtype=images.dtype).expand(n, self.slots - 1, 4)
             return torch.cat([logits[:, None, :], no_object], dim=1), with_empty_slots(cxcywh / self.size)
         raise ValueError(self.fmt)
+
+
+TOY_TAG_LABELS = ["red", "green", "blue"]
+TOY_TAG_GAIN = 20.0  # logit of a tag: gain × (the channel's mean over the image - 0.5)
+
+
+class ColourTagger(nn.Module):
+    """Multi-label toy: one logit per colour channel, ``TOY_TAG_GAIN × (channel mean - 0.5)`` on the
+    un-normalised image (mean 0, std 1): a red+blue image scores red and blue near 1, green near 0;
+    the sigmoid of each logit is known from the pixel values alone."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return TOY_TAG_GAIN * (images.mean(dim=(2, 3)) - 0.5)
+
+
+QUADRANT_LABELS = ["red corner", "green corner", "blue floor"]
+QUADRANT_SETTINGS = {"task": "classification", "input_size": 64, "resize_size": 64, "mean": [0, 0, 0],
+                     "std": [1, 1, 1], "output": "logits", "labels": "labels.json", "top_k": 3}
+
+
+class QuadrantClassifier(nn.Module):
+    """Three logits that each read one known region of the model input (pixels in [0, 1]): the
+    top-left quadrant's red, the top-right quadrant's green, the bottom half's blue (means, ×8).
+    An explanation of class 0 must point at the top-left quadrant, of class 1 at the top-right one."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        half_h, half_w = images.shape[-2] // 2, images.shape[-1] // 2
+        red = images[:, 0, :half_h, :half_w].mean(dim=(1, 2))
+        green = images[:, 1, :half_h, half_w:].mean(dim=(1, 2))
+        blue = images[:, 2, half_h:, :].mean(dim=(1, 2))
+        return 8 * torch.stack([red, green, blue], dim=1)

@@ -1,8 +1,8 @@
 """The handler classes over each transport (in-process through TorchServe's own ``Context``, and
 served): per-request statuses, content types and batch sizes in a mixed batch, a user's handler
-file changing one step, explanations refused, describe, and the handler's metrics. What exists
-in-process only (handler files refused at load, a hook that raises, gRPC's stream marker on the
-rows, devices) is in tests/unit/test_handlers.py."""
+file changing one step, explanations (a classifier's answered, a detector's refused), describe,
+and the handler's metrics. What exists in-process only (handler files refused at load, a hook
+that raises, gRPC's stream marker on the rows, devices) is in tests/unit/test_handlers.py."""
 
 from __future__ import annotations
 
@@ -55,12 +55,23 @@ def test_a_users_handler_file_changes_only_its_step(transport):
         assert (good.status, empty.status) == (200, 400) and good.body == answer
 
 
-def test_explanations_get_a_clear_not_supported_answer(transport):
+def test_a_classifier_explains_and_other_tasks_say_they_do_not(transport):
+    """The default classifier answers a saliency map of its top class (Integrated Gradients on
+    TorchScript, occlusion on ONNX: the maps' known answers are tests/unit/test_explanations.py);
+    a detector answers a clear 501 and still predicts."""
     transport.need(EXPLAIN)
     scene, _ = bright_box_scene(333, 777)
+    for backend, method in (("torchscript", "integrated_gradients"), ("onnx", "occlusion")):
+        explained = transport.explain(f"classification_{backend}", jpeg(scene))
+        assert explained.status == 200, explained.body
+        top = transport.send(f"classification_{backend}", jpeg(scene)).body[0]
+        assert (explained.body["index"], explained.body["method"]) == (top["index"], method)
+        assert explained.body["score"] == pytest.approx(top["score"], abs=1e-4)
+        heat = explained.body["heatmap"]
+        assert (heat["width"], heat["height"]) == (14, 32) and max(map(max, heat["values"])) == 1.0
     refused = transport.explain(TOY, jpeg(scene))
     assert refused.status == 501, refused.body
-    assert refused.body["type"] == "NotSupported"
+    assert refused.body["type"] == "NotSupported" and "classification" in refused.body["message"]
     answered = transport.send(TOY, jpeg(scene))
     assert answered.status == 200 and len(answered.body) == 1
 

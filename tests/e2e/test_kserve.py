@@ -128,6 +128,20 @@ def test_bad_inputs_keep_their_status_and_message(kserve, served, photos):
     assert v1(kserve, "no_such_model", {"instances": [good]}).status_code == 404
 
 
+def test_v1_explain_answers_as_torchserves_explanations(kserve, served, photos):
+    """``:explain`` runs the archive's explanation (docs/explanations.md) as ``/explanations`` does."""
+    body = {"instances": [b64(jpeg(photos["chelsea"]))], "window": 56, "stride": 28}
+    ours = requests.post(f"{kserve.url}/v1/models/classification_onnx:explain", json=body, timeout=120)
+    theirs = requests.post(f"{served.inference_url}/explanations/classification_onnx", json=body,
+                           headers=served.headers(), timeout=120)
+    assert ours.status_code == theirs.status_code == 200, (ours.text, theirs.text)
+    [explained] = ours.json()["explanations"]
+    assert ours.json() == theirs.json() and explained["method"] == "occlusion"
+    assert explained["parameters"]["occlusions"] == 49
+    refused = requests.post(f"{kserve.url}/v1/models/detection_onnx:explain", json=body, timeout=120)
+    assert refused.status_code == 501 and refused.json()["type"] == "NotSupported"
+
+
 def test_liveness_readiness_and_metadata_as_kserve_defines_them(kserve):
     import tritonclient.grpc as triton_grpc
 

@@ -62,15 +62,16 @@ def test_grpc_answers_close_the_stream_and_rest_answers_stay_plain(detector):
     assert "ts_stream_next" not in rest.headers
 
 
-def test_an_explanation_is_refused_per_request_inside_a_batch(detector):
-    """An explanation and a prediction in one batch (each alone, and describe, over every transport:
-    tests/e2e/test_handlers.py)."""
+def test_an_explanation_of_a_detector_is_refused_per_request_inside_a_batch(detector):
+    """An explanation and a prediction in one batch: explanations are for classification (answered:
+    tests/unit/test_explanations.py); each alone, and describe, over every transport: tests/e2e/test_handlers.py."""
     scene, _ = bright_box_scene(320, 200)
     responses = detector.predict([{"body": png(scene)}, {"body": png(scene)}],
                                  [{"body": {"content-type": "image/png"}, "explain": "True"},
                                   {"body": {"content-type": "image/png"}}])
     assert [r.status for r in responses] == [501, 200]
     assert responses[0].json()["type"] == "NotSupported" and len(responses[1].json()) == 1
+    assert "classification" in responses[0].json()["message"] and "detection" in responses[0].json()["message"]
 
 
 def test_an_exception_in_a_users_hook_is_a_500_per_request_and_the_worker_lives(toy_exports, tmp_path):

@@ -145,3 +145,16 @@ def test_each_task_has_its_measured_default(exports, toy_exports, photos):
         assert isinstance(task.prepare_batch(images), PendingBatch) == (expected > 0)
         assert load_task(folder, "onnx", preprocess_threads=THREADS, micro_batch=0).micro_batch == 0
     assert Settings.from_mapping({"task": "classification"}).to_mapping()["micro_batch"] is None
+
+
+def test_torchscript_runs_serially_unless_micro_batch_is_set(exports, photos):
+    """On TorchScript the default is serial (its OpenMP threads compete with the pipeline's: measured in
+    docs/performance.md); a micro_batch that is set still pipelines, with the serial path's answers."""
+    images = mixed(photos)
+    task = load_task(exports / "classification", "torchscript", preprocess_threads=THREADS)
+    assert task.archive_settings.micro_batch is None and task.micro_batch == 0
+    assert not isinstance(task.prepare_batch(images), PendingBatch)
+    pipelined = load_task(exports / "classification", "torchscript", preprocess_threads=THREADS, micro_batch=4)
+    assert pipelined.micro_batch == 4 and isinstance(pipelined.prepare_batch(images), PendingBatch)
+    for a, b in zip(task.run(images), pipelined.run(images)):
+        assert_same("classification", a, b)

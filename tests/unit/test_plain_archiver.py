@@ -50,12 +50,13 @@ def command_lines(block: str) -> List[str]:
 
 
 def test_readme_section_covers_every_handler_file():
-    """Every file in handlers/ is archived by the section's commands, each with the labels and the
-    export's model-config."""
+    """Every file in handlers/ but the embedder's is archived by the section's commands, each with the
+    labels and the export's model-config."""
     build = [line for block in readme_blocks() for line in command_lines(block)
              if line.startswith("torch-model-archiver")]
     used = sorted(Path(shlex.split(line)[shlex.split(line).index("--handler") + 1]).name for line in build)
-    assert used == sorted(p.name for p in HANDLERS.glob("*.py")) and len(used) == 5
+    # image_embedder.py's commands are in docs/embeddings.md (an embedding has no labels to make up here)
+    assert used == sorted(p.name for p in HANDLERS.glob("*.py") if p.name != "image_embedder.py") and len(used) == 5
     for line in build:
         args = shlex.split(line)
         folder = Path(args[args.index("--serialized-file") + 1]).parent

@@ -89,3 +89,25 @@ def test_several_workers_split_the_cores_between_their_runtimes(toy_exports):
         task = build_task(folder / "model.onnx", Settings.from_mapping(values), folder, workers)
         assert task.runtime._session.get_session_options().intra_op_num_threads == expected
         task.close()
+
+
+def test_normalize_equals_the_previous_implementation_bit_for_bit():
+    """``normalize`` moves the bytes into N×3×H×W order before converting them (3-4× faster); the
+    float32 operations are the previous ones, so every value is the same to the bit."""
+    from tsvision.serving.geometry import normalize
+
+    def previous(batch, mean, std):
+        scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float32)))
+        offset = np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
+        chw = batch.transpose(0, 3, 1, 2).astype(np.float32)
+        chw *= scale[None, :, None, None]
+        chw -= offset[None, :, None, None]
+        return np.ascontiguousarray(chw)
+
+    generator = np.random.default_rng(0)
+    for batch in (generator.integers(0, 256, (3, 37, 53, 3), dtype=np.uint8),
+                  generator.random((2, 40, 30, 3), dtype=np.float32) * 255):  # bilinear_float's float input
+        for mean, std in (((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0, 0, 0), (1, 1, 1))):
+            fast = normalize(batch, mean, std)
+            assert fast.flags.c_contiguous and fast.dtype == np.float32
+            assert np.array_equal(fast, previous(batch, mean, std))

@@ -8,7 +8,7 @@ imported lazily, so the tasks run in-process without it::
 """
 
 HANDLER_CLASSES = ("VisionHandler", "ImageClassifier", "ImageSegmenter", "ObjectDetector",
-                   "InstanceSegmenter", "KeypointDetector")
+                   "InstanceSegmenter", "KeypointDetector", "ImageEmbedder")
 
 
 def __getattr__(name: str):

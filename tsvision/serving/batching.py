@@ -177,7 +177,7 @@ class Steps(Protocol):
 
     runtime: Runtime
 
-    def prepare_item(self, item: Any, keep: bool = False) -> Prepared: ...
+    def prepare_item(self, item: Any, keep: bool = False, settings: Optional[Settings] = None) -> Prepared: ...
 
     def gather(self, batch: ImageBatch, prepared: Iterable[Tuple[int, Prepared]]) -> ImageBatch: ...
 
@@ -201,7 +201,8 @@ class MicroBatching:
         """Hand each item's preparation to the threads and return at once."""
         keep = list(keep) or [False] * len(items)
         batch = PendingBatch([None] * len(items), settings=settings, pictures=[None] * len(items))
-        batch.pending = [self.pool.submit(self.task.prepare_item, item, wanted) for item, wanted in zip(items, keep)]
+        batch.pending = [self.pool.submit(self.task.prepare_item, item, wanted, batch.settings_at(position))
+                         for position, (item, wanted) in enumerate(zip(items, keep))]
         return batch
 
     def prepared(self, batch: PendingBatch) -> ImageBatch:

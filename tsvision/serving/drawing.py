@@ -178,6 +178,29 @@ def draw_segmentation(image: Image.Image, mask: np.ndarray, classes: Sequence[di
     return canvas
 
 
+def heat_colours(values: np.ndarray) -> np.ndarray:
+    """Values in 0..1 -> uint8 RGB of the "hot" colour map: black, red, yellow, white."""
+    v = np.clip(values, 0.0, 1.0)[..., None] * 3.0 - np.arange(3, dtype=np.float32)
+    return np.round(255 * np.clip(v, 0.0, 1.0)).astype(np.uint8)
+
+
+def draw_heatmap(image: Image.Image, heat: np.ndarray, box: Optional[Sequence[float]] = None,
+                 alpha: float = 0.7) -> Image.Image:
+    """A saliency grid (rows×columns, 0..1, over the whole photo) smoothed to the photo's size and
+    blended over it, more opaque where hotter (``alpha`` at the peak); ``box``, the part the model
+    saw, outlined when it is not the whole photo."""
+    photo = image.convert("RGB")
+    grid = Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F")
+    smooth = np.clip(np.asarray(grid.resize(photo.size, Image.BILINEAR)), 0.0, 1.0)[..., None]
+    pixels = np.asarray(photo, dtype=np.float32)
+    blended = (1 - alpha * smooth) * pixels + alpha * smooth * heat_colours(smooth[..., 0]).astype(np.float32)
+    picture = Image.fromarray(np.round(blended).astype(np.uint8))
+    if box is not None and (box[0] > 0.5 or box[1] > 0.5 or box[2] < photo.width - 0.5 or box[3] < photo.height - 0.5):
+        ImageDraw.Draw(picture).rectangle(tuple(round(v) for v in box), outline=(255, 255, 255),
+                                          width=max(1, round(min(photo.size) / 300)))
+    return picture
+
+
 def encode(picture: Image.Image, media_type: str = "image/png") -> bytes:
     """The picture as PNG or JPEG bytes (fast settings: this runs per request)."""
     buffer = io.BytesIO()

@@ -188,25 +188,32 @@ def resize_center_crop(image: Image.Image, resize_size: int, crop_size: int,
     Sizes and offsets follow torchvision's arithmetic (long side truncated, offsets rounded),
     but only the region that survives the crop is resized: same pixels, less work.
     """
-    width, height = image.size
+    box = center_crop_box(image.size, resize_size, crop_size)
+    return np.asarray(image.resize((crop_size, crop_size), FILTERS[interpolation], box=box))
+
+
+def center_crop_box(image_size: Tuple[int, int], resize_size: int, crop_size: int) -> Tuple[float, float, float, float]:
+    """(x1, y1, x2, y2) in original pixels of what ``resize_center_crop`` keeps (the model's view)."""
+    width, height = image_size
     if width <= height:
         new_w, new_h = resize_size, int(resize_size * height / width)
     else:
         new_w, new_h = int(resize_size * width / height), resize_size
     scale_x, scale_y = new_w / width, new_h / height
     left, top = int(round((new_w - crop_size) / 2.0)), int(round((new_h - crop_size) / 2.0))
-    box = (left / scale_x, top / scale_y, (left + crop_size) / scale_x, (top + crop_size) / scale_y)
-    return np.asarray(image.resize((crop_size, crop_size), FILTERS[interpolation], box=box))
+    return left / scale_x, top / scale_y, (left + crop_size) / scale_x, (top + crop_size) / scale_y
 
 
 def normalize(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """N×H×W×3 uint8 -> N×3×H×W float32, ``(x / 255 - mean) / std``."""
     scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float32)))
     offset = np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
-    chw = batch.transpose(0, 3, 1, 2).astype(np.float32)
+    # The bytes are put in N×3×H×W order first (one byte per value moved), then converted in one
+    # contiguous pass; the same float32 operations as before, 3-4× faster (docs/performance.md).
+    chw = np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).astype(np.float32)
     chw *= scale[None, :, None, None]
     chw -= offset[None, :, None, None]
-    return np.ascontiguousarray(chw)
+    return chw
 
 
 YOLO_FILL = (114, 114, 114)  # ultralytics' letterbox grey

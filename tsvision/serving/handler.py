@@ -33,6 +33,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from tsvision import __version__
+from tsvision.serving import explanations
 from tsvision.serving.errors import RequestError, internal_error
 from tsvision.serving.payloads import is_stream
 from tsvision.serving.runtimes import pick_device
@@ -42,8 +43,9 @@ from tsvision.serving.tasks import build_task
 
 logger = logging.getLogger(__name__)
 HOOKS = ("preprocess", "inference", "postprocess")
-EXPLAIN_REFUSED = RequestError(501, "NotSupported", "tsvision handlers give no explanations; "
-                                                   "send the image to /predictions/<model> for an answer")
+# The slot in the prediction batch of a request answered by ``explanations`` (replaced in ``respond``).
+EXPLAINED = RequestError(500, "InternalError", "this explanation request was not answered (a postprocess override "
+                                               "that skips respond())")
 
 
 class VisionHandler(BaseHandler):
@@ -111,16 +113,19 @@ class VisionHandler(BaseHandler):
         """Parse every request and prepare the images of the good ones; errors stay per request."""
         started = time.perf_counter()
         headers = [self.context.get_all_request_header(index) or {} for index in range(len(data))]
-        refused = {index: EXPLAIN_REFUSED for index, h in enumerate(headers)
-                   if str(h.get("explain", "")).lower() == "true"}
-        batch = read_batch(self.task, data, headers, refused)
+        explain = [index for index, h in enumerate(headers) if str(h.get("explain", "")).lower() == "true"]
+        batch = read_batch(self.task, data, headers, {index: EXPLAINED for index in explain})
+        batch.explanations = {index: explanations.read_explanation(self.task, data[index], headers[index])
+                              for index in explain}
         self._record_input(batch, (time.perf_counter() - started) * 1000)
         return batch
 
     @timed
     def inference(self, batch: Batch) -> Batch:
-        """One forward pass over every good image of the batch."""
+        """One forward pass over every good image of the batch; then each explanation request's answer."""
         self.task.infer(batch.images)
+        for index, job in batch.explanations.items():
+            batch.explanations[index] = explanations.answer(self.task, job, self.model_name, self.model_version)
         return batch
 
     @timed
@@ -136,7 +141,11 @@ class VisionHandler(BaseHandler):
 
     def respond(self, batch: Batch) -> List[str]:
         """Each request's response from ``batch.answers``: status, headers, JSON body."""
-        return self.send(batch.responses(self.task, self.model_name, self.model_version), batch.rows)
+        responses = batch.responses(self.task, self.model_name, self.model_version)
+        for index, answered in batch.explanations.items():
+            if isinstance(answered, Response):
+                responses[index] = answered
+        return self.send(responses, batch.rows)
 
     def _is_grpc(self, index: int) -> bool:
         """TorchServe's gRPC requests carry no HTTP headers: their header map holds only the inputs'
@@ -189,7 +198,8 @@ class VisionHandler(BaseHandler):
         }
 
     def _is_explain(self) -> bool:
-        """Explanations are refused per request in ``preprocess`` (501), never answered with a prediction."""
+        """Explanations are told apart per request (``preprocess``) and answered by ``explanations``
+        beside the predictions of the same batch, never by ``BaseHandler.explain_handle``."""
         return False
 
     # -- metrics ---------------------------------------------------------------------------------
@@ -243,3 +253,10 @@ class InstanceSegmenter(VisionHandler):
     """Instance segmentation: detection entries plus ``"mask"`` (COCO RLE or polygons) at the original size."""
 
     task_name = "instance_segmentation"
+
+
+class ImageEmbedder(VisionHandler):
+    """Embeddings: one L2-normalised vector per image (a JSON list, base64 float32/float16, or an FP32
+    tensor over the Open Inference Protocol)."""
+
+    task_name = "embedding"

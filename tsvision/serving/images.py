@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -18,8 +19,16 @@ ACCEPTED = "JPEG, PNG, WebP, BMP, GIF or TIFF"
 Image.MAX_IMAGE_PIXELS = None
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+Draft = Callable[[int, int], Tuple[int, int]]  # the stored width, height -> the smallest size the task can use
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: Optional[Draft] = None) -> Image.Image:
     """Decode ``data`` into an RGB image with its EXIF orientation applied.
+
+    ``draft`` (opt-in, lossy: the ``decode_draft`` setting): a JPEG is decoded at the smallest of
+    libjpeg's 1/2, 1/4, 1/8 scales that is still at least ``draft(width, height)`` (PIL's
+    ``Image.draft``: a DCT-domain downscale, faster, but not the pixels of the full decode). Other
+    formats, and JPEGs too small to shrink, decode as without it.
 
     Raises ``RequestError`` 400 for empty or unreadable data and 413 when the image declares
     more than ``max_pixels`` pixels (checked from the header, before any pixel is decoded).
@@ -45,6 +54,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if draft is not None and image.format == "JPEG":
+                image.draft(None, draft(width, height))
             image.load()
             image = ImageOps.exif_transpose(image)
         return to_rgb(image)

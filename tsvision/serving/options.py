@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tsvision.serving.errors import RequestError
-from tsvision.serving.settings import MASK_FORMATS
+from tsvision.serving.settings import EMBEDDING_FORMATS, MASK_FORMATS, MAX_TILE_OVERLAP, TILE_MODES, tile_size
 
 PICTURE_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 FORMATS = ("json",) + tuple(PICTURE_TYPES)
@@ -53,8 +53,8 @@ def _integer(name: str, low: int, high: Optional[int] = None) -> Callable[[Any, 
     return parse
 
 
-def _fraction(name: str) -> Callable[[Any, Sequence[str]], float]:
-    allowed = "a number from 0 to 1"
+def _fraction(name: str, high: float = 1.0) -> Callable[[Any, Sequence[str]], float]:
+    allowed = f"a number from 0 to {high:g}"
 
     def parse(value: Any, labels: Sequence[str]) -> float:
         value = _text(value)
@@ -64,7 +64,7 @@ def _fraction(name: str) -> Callable[[Any, Sequence[str]], float]:
             number = float(value)
         except (TypeError, ValueError):
             raise _bad(name, value, allowed) from None
-        if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        if not math.isfinite(number) or not 0.0 <= number <= high:
             raise _bad(name, value, allowed)
         return number
     return parse
@@ -127,6 +127,13 @@ def _classes(value: Any, labels: Sequence[str]) -> Tuple[int, ...]:
     return tuple(sorted(set(indices)))
 
 
+def _tile_size(value: Any, labels: Sequence[str]) -> tuple:
+    try:
+        return tile_size(_text(value))
+    except ValueError as error:
+        raise _bad("tile_size", value, str(error).split(",")[0]) from None
+
+
 def _bad(name: str, value: Any, allowed: str, what: str = "bad value") -> RequestError:
     shown = value if isinstance(value, (int, float, bool)) else repr(value)[:60]
     return RequestError(400, "BadOption", f"option {name!r}: {what} {shown}; allowed: {allowed}")
@@ -144,6 +151,10 @@ PARSERS: Dict[str, Callable[[Any, Sequence[str]], Any]] = {
     "agnostic_nms": _boolean("agnostic_nms"),
     "mask_format": _choice("mask_format", MASK_FORMATS),
     "mask_threshold": _fraction("mask_threshold"),
+    "tile": _choice("tile", TILE_MODES),
+    "tile_size": _tile_size,
+    "tile_overlap": _fraction("tile_overlap", MAX_TILE_OVERLAP),
+    "embedding_format": _choice("embedding_format", EMBEDDING_FORMATS),
 }
 COMMON = ("format",)  # accepted by every task
 

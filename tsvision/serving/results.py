@@ -10,6 +10,7 @@ arrays: nothing is decoded twice, and instance and class masks keep their holes.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any, List, Sequence
 
@@ -23,6 +24,7 @@ from tsvision.serving.drawing import (
     draw_keypoints,
     draw_segmentation,
 )
+from tsvision.serving.errors import RequestError
 from tsvision.serving.masks import encode_class_png, encode_mask
 from tsvision.serving.settings import label_for
 
@@ -147,3 +149,29 @@ class Segmentation(Result):
 
     def draw(self, image: Image.Image) -> Image.Image:
         return draw_segmentation(image, self.mask, self.classes())
+
+
+@dataclass
+class Embedding(Result):
+    """One image's L2-normalised ``vector`` (float32), answered in ``embedding_format``: ``json`` a list
+    of numbers; ``base64_float32`` / ``base64_float16`` ``{"embedding": base64, "dtype", "dim",
+    "byte_order": "little"}``, the vector's little-endian bytes (numpy: ``np.frombuffer(raw, "<f4")``)."""
+
+    vector: np.ndarray
+    embedding_format: str = "json"
+
+    def to_json(self) -> Any:
+        if self.embedding_format == "json":
+            return [float(v) for v in self.vector]
+        dtype = self.embedding_format.rpartition("_")[2]  # float32 or float16
+        raw = self.vector.astype("<f4" if dtype == "float32" else "<f2").tobytes()
+        return {"embedding": base64.b64encode(raw).decode("ascii"), "dtype": dtype, "dim": int(self.vector.size),
+                "byte_order": "little"}
+
+    def draw(self, image: Image.Image) -> Image.Image:
+        raise no_picture()
+
+
+def no_picture() -> RequestError:
+    """The 400 of a picture asked of an embedding."""
+    return RequestError(400, "BadOption", "option 'format': the embedding task draws no pictures; ask for JSON")

@@ -92,6 +92,11 @@ class TorchScriptRuntime(_TorchRuntime):
     def _call(self, inputs):
         return self._module(inputs)
 
+    @property
+    def module(self):
+        """The scripted module itself, for what needs its gradients (explanations: ``attribution``)."""
+        return self._module
+
 
 class Pt2Runtime(_TorchRuntime):
     """An AOTInductor package (``torch._inductor.aoti_compile_and_package``): native code compiled

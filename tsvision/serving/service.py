@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 
@@ -48,6 +48,8 @@ class Batch:
     answers: List[Any] = field(default_factory=list)  # per image, after ``finish``: JSON-ready, or its error
     options: List[Optional[RequestOptions]] = field(default_factory=list)  # per request (None: the archive's)
     results: List[Any] = field(default_factory=list)  # per image, after ``finish``: its result object, or its error
+    # per explanation request's index: its ``explanations.Explanation`` (or error), its ``Response`` once answered
+    explanations: Dict[int, Any] = field(default_factory=dict)
     _made: List[Any] = field(default_factory=list, repr=False)  # the answers ``finish`` made (to spot changed ones)
 
     def finish(self, task: VisionTask) -> "Batch":
@@ -187,6 +189,9 @@ def _respond(task: VisionTask, request: ParsedRequest, answers: Sequence[Any], m
         body = format_response(request, answers, model_name, model_version)
         if isinstance(body, RequestError):
             return _error(body, request, model_name, model_version)
+        tensor = task.v2_tensor(answers) if request.shape == "kserve_v2" else None
+        if tensor is not None:  # e.g. embeddings as one FP32 tensor
+            body = {**body, "outputs": [tensor]}
         return Response(200, body, _headline(task, body) if request.shape == "single" else "")
     except Exception as error:
         failure = as_request_error(error, "PostprocessError", "formatting this answer failed")

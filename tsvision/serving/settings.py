@@ -12,13 +12,16 @@ from typing import Any, List, Mapping, Optional
 from tsvision.serving import formats
 from tsvision.serving.images import DEFAULT_MAX_PIXELS
 
-TASKS = ("classification", "segmentation", "detection", "instance_segmentation", "keypoints")
+TASKS = ("classification", "segmentation", "detection", "instance_segmentation", "keypoints", "embedding")
 DETECTING_TASKS = ("detection", "instance_segmentation", "keypoints")  # boxes, and the detection_format setting
 RESIZE_MODES = ("stretch", "letterbox", "letterbox_center", "shorter_side")
 INTERPOLATIONS = ("bilinear", "bicubic", "bilinear_float")  # the resize filter (geometry.RESIZERS); PIL's antialiased
 # bilinear and bicubic as torchvision's presets name them, or F.interpolate's plain bilinear on floats (SSD/SSDlite)
 MASK_FORMATS = ("png", "rle", "polygon")  # how masks are written (tsvision.serving.masks)
+TILE_MODES = ("never", "auto", "always")  # segmentation: when an image is cut into tiles (tsvision.serving.tiling)
+EMBEDDING_FORMATS = ("json", "base64_float32", "base64_float16")  # how an embedding is answered (docs/embeddings.md)
 QUANTIZATIONS = ("", "int8")  # "": a float model; "int8": statically quantised (tsvision export --quantize int8)
+MIN_TILE, MAX_TILE, MAX_TILE_OVERLAP = 8, 4096, 0.9  # tile sides in pixels; the largest overlap fraction
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -42,7 +45,10 @@ class Settings:
     std: tuple = IMAGENET_STD
     top_k: int = 5
     output: str = "logits"                 # classification: "logits" (softmax applied) or "probabilities"
-    score_threshold: float = 0.5
+    score_threshold: float = 0.5           # detection; multi-label classification: the default threshold per class
+    multi_label: bool = False              # classification: sigmoid scores, every label above its threshold
+    class_thresholds: Optional[dict] = None  # multi-label: {label name or index: threshold}; others: score_threshold
+    embedding_format: str = "json"         # embedding: "json" (a list), "base64_float32", "base64_float16"
     iou_threshold: float = 0.5
     max_detections: int = 100
     pre_nms_top_k: int = 1000
@@ -54,6 +60,12 @@ class Settings:
     mask_threshold: float = 0.5            # instance_segmentation: soft mask -> pixel in the mask
     mask_format: Optional[str] = None      # masks: "png", "rle" (COCO run-length) or "polygon"; None: the task's
                                            # default (segmentation "png", instance_segmentation "rle")
+    tile: str = "never"                    # segmentation: "auto" (tiles when the image's shorter side is over twice
+                                           # the tile's), "always" or "never"; also a per-request option
+    tile_size: Optional[tuple] = None      # segmentation: (width, height) of a tile, model-input pixels = original
+                                           # pixels (None: input_size square); also a per-request option
+    tile_overlap: float = 0.25             # segmentation: fraction of a tile shared with its neighbour; per request
+    tile_batch: int = 4                    # segmentation: tiles (and other images) per forward pass at most
     keypoint_names: Optional[tuple] = None  # keypoints: names by index (None: COCO's 17)
     skeleton: Optional[tuple] = None       # keypoints: [a, b] index pairs to draw (None: COCO's)
     max_pixels: int = DEFAULT_MAX_PIXELS    # decompression-bomb guard, per image
@@ -63,6 +75,8 @@ class Settings:
     micro_batch: Optional[int] = None      # N > 0: run the model on N images at a time while the threads prepare
                                            # the next N and finish the last (one batch pipelined); 0: off;
                                            # None: the task's default (4 for classification and detection, else 0)
+    decode_draft: bool = False             # classification: JPEGs decoded at a reduced scale (PIL's draft), lossy,
+                                           # opt-in (fidelity in docs/performance.md)
     top_label_header: bool = False         # add X-Top-Label to one-image answers (the A/B router logs it)
     profile: bool = False                  # TorchServe's own key: per-step timings (ts_handler_*) as metrics
     random_weights: bool = False           # recorded by the export step; logged at load
@@ -86,8 +100,12 @@ class Settings:
             values["keypoint_names"] = tuple(str(v) for v in values["keypoint_names"])
         if values.get("classes") is not None:
             values["classes"] = tuple(int(v) for v in values["classes"])
+        if values.get("tile_size") is not None:
+            values["tile_size"] = tile_size(values["tile_size"])
         if values.get("skeleton") is not None:
             values["skeleton"] = tuple((int(a), int(b)) for a, b in values["skeleton"])
+        if values.get("class_thresholds") is not None:
+            values["class_thresholds"] = check_class_thresholds(values["class_thresholds"])
         settings = cls(**values)
         settings.validate()
         return settings
@@ -132,6 +150,25 @@ class Settings:
         if self.input_size < 8 or self.top_k < 1 or self.max_detections < 1 or self.max_pixels < 1 \
                 or self.max_images < 1 or self.preprocess_threads < 0:
             raise ValueError("input_size >= 8, top_k, max_detections, max_pixels and max_images >= 1 are required")
+        if self.tile not in TILE_MODES:
+            raise ValueError(f"tile must be one of {TILE_MODES}, got {self.tile!r}")
+        if self.tile != "never" and self.task != "segmentation":
+            raise ValueError("tile is for the segmentation task only (detection: slicing)")
+        if not 0.0 <= self.tile_overlap <= MAX_TILE_OVERLAP or self.tile_batch < 1:
+            raise ValueError(f"tile_overlap must lie from 0 to {MAX_TILE_OVERLAP} and tile_batch be >= 1, "
+                             f"got {self.tile_overlap!r} and {self.tile_batch!r}")
+        if self.multi_label and self.task != "classification":
+            raise ValueError(f"multi_label is for the classification task only, not {self.task!r}")
+        if self.class_thresholds is not None and not self.multi_label:
+            raise ValueError("class_thresholds apply with multi_label: true only")
+        if self.multi_label and not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold (multi-label: the default threshold) must lie between 0 and 1, "
+                             f"got {self.score_threshold!r}")
+        if self.embedding_format not in EMBEDDING_FORMATS:
+            raise ValueError(f"embedding_format must be one of {EMBEDDING_FORMATS}, got {self.embedding_format!r}")
+        if self.decode_draft and self.task != "classification":
+            raise ValueError("decode_draft is for the classification task only (the other tasks answer in the "
+                             "original image's pixels)")
         if self.micro_batch is not None and self.micro_batch < 0:
             raise ValueError(f"micro_batch must be >= 0 (0: off, null: the task's default), got {self.micro_batch!r}")
 
@@ -144,7 +181,28 @@ class Settings:
             values["keypoint_names"] = list(self.keypoint_names)
         if self.skeleton is not None:
             values["skeleton"] = [list(pair) for pair in self.skeleton]
+        if self.tile_size is not None:
+            values["tile_size"] = list(self.tile_size)
         return values
+
+
+def tile_size(value: Any) -> tuple:
+    """A tile size as (width, height) from ``512``, ``"512"``, ``"512x384"`` or ``[512, 384]``; ``ValueError``
+    for anything else or a side outside ``MIN_TILE`` .. ``MAX_TILE`` pixels."""
+    if isinstance(value, str):
+        parts = value.strip().lower().split("x")
+        if not 1 <= len(parts) <= 2 or not all(part.strip().isdigit() for part in parts):
+            raise ValueError(f"a tile size is WIDTH or WIDTHxHEIGHT in pixels (e.g. 512 or 512x384), got {value!r}")
+        value = [int(part) for part in parts]
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= 2 \
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"a tile size is WIDTH or WIDTHxHEIGHT in pixels (e.g. 512 or 512x384), got {value!r}")
+    width, height = int(value[0]), int(value[-1])
+    if min(width, height) < MIN_TILE or max(width, height) > MAX_TILE:
+        raise ValueError(f"a tile side is {MIN_TILE} to {MAX_TILE} pixels, got {width}x{height}")
+    return width, height
 
 
 _SCALARS = {"int": ((numbers.Integral,), "an integer"), "float": ((numbers.Real,), "a number"),
@@ -169,6 +227,19 @@ def check_names_and_types(values: Mapping[str, Any]) -> None:
             continue
         if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
             raise ValueError(f"handler setting {key!r} must be {'null or ' if optional else ''}{said}, got {value!r}")
+
+
+def check_class_thresholds(values: Any) -> dict:
+    """A multi-label threshold map: ``{label name or class index: threshold in [0, 1]}`` (keys as text);
+    which names exist is checked when the labels are read (``tasks.multi_label``)."""
+    if not isinstance(values, Mapping) or not values:
+        raise ValueError(f"class_thresholds must be a non-empty map {{label or index: threshold}}, got {values!r}")
+    checked = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"class_thresholds[{key!r}] must be a number from 0 to 1, got {value!r}")
+        checked[str(key)] = float(value)
+    return checked
 
 
 def load_labels(path: Optional[Path]) -> list:

@@ -12,10 +12,13 @@ from tsvision.serving.runtimes import load_runtime
 from tsvision.serving.settings import DETECTING_TASKS, Settings, load_labels
 from tsvision.serving.tasks.base import VisionTask
 from tsvision.serving.tasks.classification import ClassificationTask
+from tsvision.serving.tasks.embedding import EmbeddingTask
+from tsvision.serving.tasks.multi_label import MultiLabelClassificationTask
 from tsvision.serving.tasks.segmentation import SegmentationTask
 
 # The tasks without a detection_format; a detecting task's class is its format's (tsvision.serving.formats).
-TASK_CLASSES: Dict[str, Type[VisionTask]] = {"classification": ClassificationTask, "segmentation": SegmentationTask}
+TASK_CLASSES: Dict[str, Type[VisionTask]] = {"classification": ClassificationTask, "segmentation": SegmentationTask,
+                                             "embedding": EmbeddingTask}
 # Read from the model folder when the settings name no labels file: ours, then TorchServe's stock name.
 LABEL_FILES = ("labels.json", "index_to_name.json")
 
@@ -24,6 +27,8 @@ def task_class(settings: Settings) -> Type[VisionTask]:
     """The task class for these settings: by ``task``, and for a detecting task its format's record's."""
     if settings.task in DETECTING_TASKS:
         return formats.lookup(settings.task, settings.detection_format).load_task_class()
+    if settings.multi_label:
+        return MultiLabelClassificationTask
     return TASK_CLASSES[settings.task]
 
 

@@ -26,7 +26,7 @@ from tsvision.serving.batching import (  # noqa: F401 (ImageBatch, group_by_shap
 )
 from tsvision.serving.errors import RequestError, as_request_error, internal_error
 from tsvision.serving.geometry import check_resizer, normalize
-from tsvision.serving.images import decode_image
+from tsvision.serving.images import Draft, decode_image
 from tsvision.serving.results import Result
 from tsvision.serving.runtimes import Runtime
 from tsvision.serving.settings import Settings, label_for
@@ -64,6 +64,9 @@ class VisionTask:
     # ``micro_batch`` when the settings leave it unset (None): measured per task in
     # docs/performance.md ("Pipelining inside one worker"); 0 keeps one batch serial.
     default_micro_batch = 0
+    # Runtimes on which that default is 0: TorchScript's own intra-op (OpenMP) threads compete with the
+    # pipeline's, classification served 1.19x faster without it (docs/performance.md, "Round three").
+    serial_runtimes: Tuple[str, ...] = ("torchscript",)
     # How the live images go to the model (``tsvision.serving.batching``).
     batching: Strategy = Stack()
 
@@ -86,8 +89,8 @@ class VisionTask:
 
     def prepare(self, image: Image.Image, settings: Optional[Settings] = None) -> Tuple[np.ndarray, Any]:
         """RGB image -> (H×W×3 uint8 array, usually input_size×input_size; whatever ``finish`` needs),
-        with ``settings`` (None: the archive's, as the pipeline calls it: no request option changes
-        how an image is prepared)."""
+        with ``settings`` (None: the archive's, as the pipeline calls it; a request's options reach the
+        preparation only through ``prepare_for``: segmentation's tiling)."""
         raise NotImplementedError
 
     def finish(self, outputs: List[np.ndarray], meta: Any, settings: Optional[Settings] = None) -> Result:
@@ -125,6 +128,11 @@ class VisionTask:
     def label(self, index: int) -> str:
         return label_for(self.labels, index)
 
+    def v2_tensor(self, answers: Sequence[Any]) -> Optional[dict]:
+        """An Open Inference Protocol output tensor holding one request's answers in place of the BYTES
+        ``answers`` output (``{"name", "datatype", "shape", "data"}``), or None (the embedding task's)."""
+        return None
+
     @property
     def archive_settings(self) -> Settings:
         """The archive's settings (``self.settings``)."""
@@ -132,9 +140,12 @@ class VisionTask:
 
     @property
     def micro_batch(self) -> int:
-        """Images per forward pass when one batch is pipelined (0: serial): the setting, else the task's default."""
+        """Images per forward pass when one batch is pipelined (0: serial): the setting, else the task's default
+        (0 on the ``serial_runtimes``)."""
         value = self.settings.micro_batch
-        return self.default_micro_batch if value is None else value
+        if value is not None:
+            return value
+        return 0 if getattr(self.runtime, "name", "") in self.serial_runtimes else self.default_micro_batch
 
     # -- the three steps ---------------------------------------------------------------------
     def prepare_batch(self, items: Sequence[Item], settings: Optional[Sequence[Optional[Settings]]] = None,
@@ -150,7 +161,8 @@ class VisionTask:
         if self.micro_batching is not None and self.micro_batching.size < len(items):
             return self.micro_batching.prepare_batch(items, settings, keep)
         batch = ImageBatch([None] * len(items), settings, [None] * len(items))
-        return self.gather(batch, enumerate(self._map(self._prepare_pair, list(zip(items, keep)))))
+        own = [batch.settings_at(position) for position in range(len(items))]
+        return self.gather(batch, enumerate(self._map(self._prepare_pair, list(zip(items, keep, own)))))
 
     def prepared(self, batch: ImageBatch) -> ImageBatch:
         """``batch`` as the plain ``prepare_batch`` makes it (``inputs`` holds every live image):
@@ -228,17 +240,22 @@ class VisionTask:
         return [(outputs, meta, batch.settings_at(position))
                 for outputs, meta, position in zip(batch.outputs or [], batch.metas, batch.positions)]
 
-    def prepare_item(self, item: Item, keep: bool = False) -> Prepared:
-        """(array, meta, the decoded image when ``keep``) of one item; whatever it raises is that
-        item's answer: its own 4xx, or a 500 for a bug."""
+    def prepare_item(self, item: Item, keep: bool = False, settings: Optional[Settings] = None) -> Prepared:
+        """(array, meta, the decoded image when ``keep``) of one item, with its request's ``settings``
+        (None: the archive's); whatever it raises is that item's answer: its own 4xx, or a 500 for a bug."""
         try:
-            image = self._image(item)
-            array, meta = self.prepare(image)  # one argument: overrides written as prepare(self, image) keep working
+            image = self._image(item) if keep or self.draft is None else self._image(item, self.draft)
+            array, meta = self.prepare_for(image, settings)
             return array, meta, image if keep else None
         except Exception as error:
             return as_request_error(error, "PreprocessError", "preparing this image failed")
 
-    def _prepare_pair(self, pair: Tuple[Item, bool]) -> Prepared:
+    def prepare_for(self, image: Image.Image, settings: Optional[Settings]) -> Tuple[Any, Any]:
+        """``prepare`` for one request: a task whose options change how an image goes to the model
+        (segmentation's tiles) overrides this; the plain one ignores ``settings``."""
+        return self.prepare(image)  # one argument: overrides written as prepare(self, image) keep working
+
+    def _prepare_pair(self, pair: Tuple[Item, bool, Optional[Settings]]) -> Prepared:
         return self.prepare_item(*pair)
 
     def finish_item(self, row: Tuple[List[np.ndarray], Any, Optional[Settings]]) -> Any:
@@ -264,12 +281,17 @@ class VisionTask:
             outputs = self.runtime.run(normalize(blank, self.settings.mean, self.settings.std))
         self.check_labels([output[0] for output in outputs])
 
-    def _image(self, item: Item) -> Image.Image:
+    @property
+    def draft(self) -> Optional[Draft]:
+        """The smallest decoded size this task can use, for ``decode_draft`` (None: decode in full)."""
+        return None
+
+    def _image(self, item: Item, draft: Optional[Draft] = None) -> Image.Image:
         if isinstance(item, RequestError):
             raise item
         if isinstance(item, Image.Image):
             return item.convert("RGB")
-        return decode_image(bytes(item), self.settings.max_pixels)
+        return decode_image(bytes(item), self.settings.max_pixels, draft)
 
 
 def _to_json(result: Any) -> Any:

@@ -24,6 +24,15 @@ class ClassificationTask(VisionTask):
         s = settings or self.settings
         return resize_center_crop(image, s.resize_size, s.input_size, s.interpolation), None
 
+    @property
+    def draft(self):
+        """With ``decode_draft``: a JPEG decoded no smaller than the preset's resize needs (shorter side
+        ``resize_size``); the crop is then taken from it as from the full image."""
+        if not self.settings.decode_draft:
+            return None
+        side = self.settings.resize_size
+        return lambda width, height: (-(-width * side // min(width, height)), -(-height * side // min(width, height)))
+
     def class_count(self, outputs: List[np.ndarray]) -> ClassCount:
         return outputs[0].size, f"{self.settings.output} {shape_text(outputs[0])}"
 

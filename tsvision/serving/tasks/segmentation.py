@@ -20,18 +20,28 @@ from tsvision.serving.ops import shape_text
 from tsvision.serving.results import Segmentation
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks.base import ClassCount, VisionTask
+from tsvision.serving.tiling import TiledImage, Tiles, wants_tiles
 
 encode_png, decode_png = encode_class_png, decode_class_png  # their old names
 
 
 class SegmentationTask(VisionTask):
     name = "segmentation"
-    options = ("mask_format",)
+    options = ("mask_format", "tile", "tile_size", "tile_overlap")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # torchvision's preset keeps each image's aspect ratio: one forward pass per shape
-        self.batching = BySize() if self.settings.resize_mode == "shorter_side" else Stack()
+        inner = BySize() if self.settings.resize_mode == "shorter_side" else Stack()
+        self.batching = Tiles(inner, self.settings.tile_batch)  # large images in tiles (tsvision.serving.tiling)
+
+    def prepare_for(self, image: Image.Image, settings: Optional[Settings]):
+        """A large image as its tiles when the request's (else the archive's) ``tile`` says so, else ``prepare``."""
+        s = settings or self.settings
+        if wants_tiles(image.width, image.height, s):
+            tiled = TiledImage.cut(image, s)
+            return tiled, tiled
+        return self.prepare(image)
 
     def prepare(self, image: Image.Image, settings: Optional[Settings] = None):
         s = settings or self.settings
@@ -51,6 +61,8 @@ class SegmentationTask(VisionTask):
     def finish(self, outputs: List[np.ndarray], placement: Placement,
                settings: Optional[Settings] = None) -> Segmentation:
         mask_format = (settings or self.settings).mask_format or "png"
+        if isinstance(placement, TiledImage):  # its tiles were blended into the mask as they came (Tiles)
+            return Segmentation(self.labels, outputs[0], mask_format)
         return Segmentation(self.labels, upsample_argmax(outputs[0], placement), mask_format)
 
 

@@ -27,7 +27,8 @@ DEFAULT_HANDLERS = {"classification": ("image_classifier.py", "ImageClassifier")
                     "segmentation": ("image_segmenter.py", "ImageSegmenter"),
                     "detection": ("object_detector.py", "ObjectDetector"),
                     "instance_segmentation": ("instance_segmenter.py", "InstanceSegmenter"),
-                    "keypoints": ("keypoint_detector.py", "KeypointDetector")}
+                    "keypoints": ("keypoint_detector.py", "KeypointDetector"),
+                    "embedding": ("image_embedder.py", "ImageEmbedder")}
 
 
 def default_handler(task: str, folder: Path) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
 import grpc
+import numpy as np
 
 from tsvision.serving.payloads import STREAM_FIELD
 from tsvision.tools.clients.grpc_stubs import load
@@ -109,7 +110,8 @@ class GrpcClient:
                                   f"{self.max_request_size} bytes (max_request_size in config.properties)")
 
     def infer_v2(self, model: str, images: List[bytes], version: str = "") -> List[Any]:
-        """Open Inference Protocol ``ModelInfer``: input ``images`` (BYTES: the image files), output ``answers``."""
+        """Open Inference Protocol ``ModelInfer``: input ``images`` (BYTES: the image files), output ``answers``
+        (or an embedding model's FP32 ``embeddings``: a list of numbers per image)."""
         self._check_size(*images)
         pb = self.stubs.open_inference_grpc_pb2
         tensor = pb.ModelInferRequest.InferInputTensor(
@@ -117,6 +119,14 @@ class GrpcClient:
             contents=pb.InferTensorContents(bytes_contents=list(images)))  # TorchServe base64-encodes them itself
         request = pb.ModelInferRequest(model_name=model, model_version=version, id=str(uuid.uuid4()), inputs=[tensor])
         response = self.open_inference.ModelInfer(request, metadata=self._metadata["inference"], timeout=self.timeout)
+        tensors = [o for o in response.outputs if o.datatype == "FP32"]
+        if tensors and not any(o.name == "answers" for o in response.outputs):  # an embedding model's "embeddings"
+            index = list(response.outputs).index(tensors[0])
+            flat = (np.frombuffer(response.raw_output_contents[index], "<f4").tolist()
+                    if index < len(response.raw_output_contents) else list(tensors[0].contents.fp32_contents))
+            rows = int(tensors[0].shape[0])
+            width = len(flat) // rows if rows else 0
+            return [flat[i * width:(i + 1) * width] for i in range(rows)]
         outputs = {o.name: [decode_oip_bytes(e) for e in o.contents.bytes_contents] for o in response.outputs}
         if "answers" not in outputs:
             error = (outputs.get("error") or [{}])[0]

@@ -13,6 +13,7 @@ The messages are wire-compatible; the gateway only
 - moves ``raw_input_contents`` into typed contents (BYTES elements are length-prefixed),
 - gives ``BYTES`` outputs back as the handler wrote them (TorchServe's gRPC frontend wraps each
   one in JSON quotes), so an answer is the same text as over REST,
+- gives a numeric output (an embedding model's FP32 ``embeddings``) as ``raw_output_contents``, as Triton does,
 - turns tsvision's ``error`` output into a gRPC error with the handler's status and message.
 """
 
@@ -71,6 +72,14 @@ def split_raw_bytes(raw: bytes) -> List[bytes]:
         elements.append(raw[offset:offset + length])
         offset += length
     return elements
+
+
+def raw_contents(output) -> bytes:
+    """An output tensor's typed contents as raw bytes: numbers little-endian, BYTES elements length-prefixed."""
+    if output.datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(e)) + e for e in output.contents.bytes_contents)
+    field, dtype = TYPED_CONTENTS[output.datatype]
+    return np.asarray(getattr(output.contents, field), dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
 
 
 def unquote(element: bytes) -> bytes:
@@ -144,6 +153,13 @@ class OipGateway:
                 elements = [unquote(e) for e in output.contents.bytes_contents]
                 del output.contents.bytes_contents[:]
                 output.contents.bytes_contents.extend(elements)
+        if any(o.datatype != "BYTES" and o.datatype in TYPED_CONTENTS for o in response.outputs) \
+                and not response.raw_output_contents:
+            # A numeric tensor (an embedding model's FP32 "embeddings"): as raw_output_contents, the form Triton
+            # answers and the only numeric one tritonclient reads.
+            for output in response.outputs:
+                response.raw_output_contents.append(raw_contents(output))
+                output.ClearField("contents")
         names = {o.name for o in response.outputs}
         if "error" in names and "answers" not in names:
             error = next(o for o in response.outputs if o.name == "error")

@@ -54,7 +54,8 @@ def predict_rest(url: str, model: str, image: bytes, key: Optional[str] = None, 
 
 def predict_oip_rest(url: str, model: str, images: List[bytes], key: Optional[str] = None, version: str = "",
                      verify: Union[bool, str] = True) -> List[Any]:
-    """KServe v2 over REST: input ``images`` BYTES (base64), output ``answers`` (JSON text per image)."""
+    """KServe v2 over REST: input ``images`` BYTES (base64), output ``answers`` (JSON text per image), or an
+    embedding model's FP32 ``embeddings`` tensor (a list of numbers per image)."""
     body = {"inputs": [{"name": "images", "shape": [len(images)], "datatype": "BYTES",
                         "data": [base64.b64encode(image).decode("ascii") for image in images]}]}
     path = f"{url}/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
@@ -66,8 +67,18 @@ def predict_oip_rest(url: str, model: str, images: List[bytes], key: Optional[st
         except ValueError:
             message = response.text
         raise Refused(response.status_code, _compact(str(message)))
-    output = next(o for o in response.json()["outputs"] if o["name"] == "answers")
-    return [json.loads(text) for text in output["data"]]
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    if "answers" not in outputs and outputs:  # a tensor output (an embedding model's FP32 "embeddings"): its rows
+        output = next(iter(outputs.values()))
+        return tensor_rows(output["data"], output["shape"])
+    return [json.loads(text) for text in outputs["answers"]["data"]]
+
+
+def tensor_rows(data: List[Any], shape: List[int]) -> List[List[Any]]:
+    """An OIP output tensor's flat ``data`` as one list per image (its first axis)."""
+    count = int(shape[0]) if shape else 1
+    width = len(data) // count if count else 0
+    return [list(data[i * width:(i + 1) * width]) for i in range(count)]
 
 
 @entry_point("tsvision predict")

@@ -17,6 +17,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from tsvision.tools.export.calibration import recompute_batchnorm
 from tsvision.tools.export.checkpoints import load_checkpoint
+from tsvision.tools.export.embedders import DEFAULT_EMBEDDER, build_embedder
 from tsvision.tools.export.exportable import Exportable
 from tsvision.tools.export.mask_rcnn import build_instance_segmenter
 from tsvision.tools.export.pretrained import build_pretrained, settings_from_preset
@@ -35,6 +36,7 @@ DEFAULT_ARCHITECTURES = {
     "detection": "ssdlite320_mobilenet_v3_large",
     "keypoints": "keypointrcnn_mobilenet_v3_large_320_fpn",  # tsvision's own (torchvision_detectors.OWN_ARCHITECTURES)
     "instance_segmentation": "maskrcnn_mobilenet_v3_large_320_fpn",  # tools/export/mask_rcnn.py
+    "embedding": DEFAULT_EMBEDDER,  # any torchvision classifier, its head dropped (tools/export/embedders.py)
 }
 # An SSD with untrained (unconditioned) weights: its class scores sit near 1/C (top around 0.036 for
 # COCO's 91), so the usual 0.5 would show nothing; the demo shows its (meaningless) top boxes instead.
@@ -109,6 +111,10 @@ def build_exportable(
     if weights is not None and checkpoint is not None:
         raise ValueError("--weights and --checkpoint exclude each other: a checkpoint is the whole state dict; "
                          "pass one of them")
+    if task == "embedding":  # a classifier without its head (tools/export/embedders.py)
+        if labels is not None or num_classes is not None:
+            raise ValueError("--task embedding has no classes: drop --labels and --num-classes")
+        return build_embedder(architecture, checkpoint, seed, model_args, weights)
     if task == "instance_segmentation":  # a whole Mask R-CNN (tools/export/mask_rcnn.py)
         return build_instance_segmenter(architecture, checkpoint, num_classes, labels, seed, weights)
 

@@ -7,6 +7,8 @@ checkpoint) to TorchScript and ONNX, check both, and report parity, parameters a
     tsvision export --task detection --arch retinanet_resnet50_fpn --model-arg min_size=320 --model-arg max_size=480
     tsvision export --task keypoints [--arch keypointrcnn_mobilenet_v3_large_320_fpn | yolov8n-pose]
     tsvision export --task detection --quantize int8 [--calibration-images DIR]   (also model.int8.onnx)
+    tsvision export --task classification --arch resnet18 --checkpoint tags.pt --labels tags.json --multi-label
+    tsvision export --task embedding --arch resnet50 [--checkpoint FILE | --weights DEFAULT]   (head dropped)
 
 Writes ``model.pt``, ``model.onnx``, ``labels.json``, ``settings.json`` (the handler settings),
 ``model-config.yaml`` (the same settings for ``torch-model-archiver --config-file``) and
@@ -71,6 +73,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
                         help="keyword argument for torchvision's model builder, e.g. --model-arg min_size=320 "
                         "--model-arg max_size=480 (a detector's own resize)")
+    parser.add_argument("--multi-label", action="store_true",
+                        help="classification trained with a sigmoid head (one "
+                        "binary score per class): settings multi_label=true, top_k = the number of classes "
+                        "(every label at or above its threshold is answered; docs/models.md)")
     parser.add_argument("--quantize", choices=("int8",), help="also write model.int8.onnx: ONNX Runtime static "
                         "quantisation (QDQ) calibrated on --calibration-images, with its agreement with model.onnx "
                         "in report.json (classification, segmentation, SSD-style detection; docs/quantization.md)")
@@ -80,6 +86,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.calibration_images is not None and not args.quantize:
         parser.error("--calibration-images goes with --quantize int8")
+    if args.multi_label and args.task != "classification":
+        parser.error("--multi-label goes with --task classification")
     if args.weights is not None and args.checkpoint is not None:
         parser.error("--weights and --checkpoint exclude each other: a checkpoint is the whole state dict "
                      "(start it from the weights when you train, then export it with --checkpoint)")
@@ -120,6 +128,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"here. "
               "Its predictions are meaningless. Pass --weights DEFAULT (torchvision's pretrained weights) or "
               "--checkpoint FILE for a trained model.", file=sys.stderr)
+    if args.multi_label:  # what --set may still change: top_k, score_threshold, class_thresholds
+        settings_overrides = {"multi_label": True, "top_k": max(1, len(exportable.labels)), **settings_overrides}
     write_settings(exportable, out_dir, settings_overrides)
     report = export_files(exportable, out_dir, args.tolerance, pt2=args.pt2)
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items())

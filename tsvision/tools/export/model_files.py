@@ -120,12 +120,14 @@ def write_settings(exportable: Exportable, out_dir: Path, overrides: dict) -> Se
     out_dir.mkdir(parents=True, exist_ok=True)
     origin = ("random seeded weights" if exportable.random_weights
               else f"pretrained {exportable.weights}" if exportable.weights else "checkpoint")
-    values = {"task": exportable.task, "labels": "labels.json", "random_weights": exportable.random_weights,
+    values = {"task": exportable.task, "labels": "labels.json" if exportable.labels else None,
+              "random_weights": exportable.random_weights,
               "description": f"{exportable.architecture} ({origin})"}
     values.update(exportable.settings)
     values.update(overrides)
     settings = Settings.from_mapping(values)
-    (out_dir / "labels.json").write_text(json.dumps(exportable.labels) + "\n")
+    if exportable.labels:  # an embedding has none
+        (out_dir / "labels.json").write_text(json.dumps(exportable.labels) + "\n")
     (out_dir / "settings.json").write_text(json.dumps(settings.to_mapping(), indent=2) + "\n")
     write_model_config(out_dir, settings)
     return settings

@@ -7,8 +7,10 @@ handler, so the answers, statuses and messages are the archive's:
 
 - v1 ``/v1/models/NAME:predict``: the JSON body as it came (``{"instances": [...]}`` is answered
   ``{"predictions": [...]}``), or raw image bytes with their content type;
+- v1 ``/v1/models/NAME:explain``: the same, marked as TorchServe marks ``/explanations/NAME``;
 - v2 (Open Inference Protocol) REST and gRPC: a ``BYTES`` input becomes the handler's v2 body (base64
-  strings), its ``answers`` output (JSON text per image) goes back as a ``BYTES`` output.
+  strings), its ``answers`` output (JSON text per image) goes back as a ``BYTES`` output (an embedding
+  archive's JSON answers as one ``FP32`` ``embeddings`` tensor, images × dimensions).
 
 KServe's Python server has no batching of its own (its ``batcher`` is a Kubernetes sidecar), so
 :class:`Batcher` gathers the requests that arrive together into one handler call, up to the
@@ -166,11 +168,27 @@ class ArchiveModel(Model):
         return [{"name": "images", "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> List[Dict]:
-        return [{"name": "answers", "datatype": "BYTES", "shape": [-1]}]
+        answers = {"name": "answers", "datatype": "BYTES", "shape": [-1]}
+        if (self.archive.config.get("handler") or {}).get("task") == "embedding":  # JSON answers: one FP32 tensor
+            return [{"name": "embeddings", "datatype": "FP32", "shape": [-1, -1]}, answers]
+        return [answers]
 
     async def predict(self, payload: Union[Dict, bytes, InferRequest], headers: Optional[Dict[str, str]] = None,
                       response_headers: Optional[Dict[str, str]] = None) -> Union[Dict, bytes, InferResponse]:
+        return await self._ask(payload, headers, response_headers)
+
+    async def explain(self, payload: Union[Dict, bytes],
+                      headers: Optional[Dict[str, str]] = None) -> Union[Dict, bytes]:
+        """v1 ``/v1/models/NAME:explain``: the handler's explanation (TorchServe's ``explain`` header),
+        ``{"instances": [...]}`` answered ``{"explanations": [...]}`` (docs/explanations.md)."""
+        return await self._ask(payload, headers, None, explain=True)
+
+    async def _ask(self, payload: Union[Dict, bytes, InferRequest], headers: Optional[Dict[str, str]],
+                   response_headers: Optional[Dict[str, str]],
+                   explain: bool = False) -> Union[Dict, bytes, InferResponse]:
         headers = {k.lower(): v for k, v in (headers or {}).items() if isinstance(v, str)}
+        if explain:
+            headers["explain"] = "True"  # as TorchServe marks a request to /explanations/NAME
         if isinstance(payload, InferRequest):
             row = {"body": v2_body(payload)}
             content_type = "application/json"
