@@ -27,6 +27,16 @@ if ! command -v wrk >/dev/null; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null
 fi
 
+missing_container_tools=""
+for tool in podman runc debootstrap; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing_container_tools="$missing_container_tools $tool"
+done
+if [ -n "$missing_container_tools" ]; then
+  echo "setup: installing podman, runc and debootstrap (the serving image and its test: docs/deployment.md)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq podman runc debootstrap >/dev/null
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

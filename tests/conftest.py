@@ -20,7 +20,19 @@ import torch
 from PIL import Image
 
 from tests import keypoint_checks
-from tests.helpers import FORMAT_OUTPUTS, FORMAT_SIZE, TASKS, TOY_INPUT_SIZE, TOY_SETTINGS, built_once, photo
+from tests.helpers import (
+    AB_MODEL,
+    AB_TOP_K,
+    BACKENDS,
+    EXAMPLE_HANDLER,
+    FORMAT_OUTPUTS,
+    FORMAT_SIZE,
+    TASKS,
+    TOY_INPUT_SIZE,
+    TOY_SETTINGS,
+    built_once,
+    photo,
+)
 from tests.instance_toys import TOY_INSTANCE_LABELS, BrightMaskRCNN, BrightMaskYoloSeg
 from tests.keypoint_toys import BrightRectangleKeypointRCNN, BrightRectanglePose, OneImage
 from tests.toy_models import (
@@ -35,6 +47,7 @@ from tests.toy_models import (
     QuadrantClassifier,
 )
 from tsvision.serving.settings import Settings
+from tsvision.tools.archive.cli import main as archive_main
 from tsvision.tools.export.architectures import build_exportable
 from tsvision.tools.export.exportable import Exportable
 from tsvision.tools.export.model_files import export_files, write_settings
@@ -290,6 +303,50 @@ def yolov8n(tmp_path_factory) -> Path:
         assert "Ultralytics" not in out.getvalue() and "Results saved" not in out.getvalue()  # its log is quiet
 
     return built_once(tmp_path_factory, "yolov8n", build)
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory, exports, toy_exports) -> Path:
+    """Six default archives, a long-delay classifier, four toy archives, two people counters and three
+    versions of a classifier, built with the archive CLI."""
+    def build(store: Path) -> None:
+        for task in TASKS:
+            for backend, filename in BACKENDS.items():
+                assert archive_main(["--model", str(exports / task / filename),
+                                     "--settings", str(exports / task / "settings.json"),
+                                     "--name", f"{task}_{backend}", "--store", str(store)]) == 0
+        # For the input tests: batch size 8 and a delay long enough that concurrent requests share a batch.
+        assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
+                             str(exports / "classification" / "settings.json"), "--name", "classification_batched",
+                             "--store", str(store), "--batch-size", "8", "--max-batch-delay", "300"]) == 0
+        for task in ("detection", "segmentation"):
+            overrides = [f"--set={key}={json.dumps(value)}" for key, value in TOY_SETTINGS[task].items()]
+            for backend, filename in BACKENDS.items():
+                # Bring-your-own path: a model file plus a labels file, no settings.json. A long
+                # batch delay makes concurrent requests share a batch.
+                assert archive_main(["--model", str(toy_exports / task / filename), "--task", task,
+                                     "--labels", str(toy_exports / task / "labels.json"),
+                                     "--name", f"toy_{task}_{backend}", "--store", str(store),
+                                     "--max-batch-delay", "300", *overrides]) == 0
+        # A user's handler file (examples/handlers/people_counter.py) on the toy detector: class 1 is
+        # "person" in one archive and "cat" in the other; per-step timings on (handler: profile: true).
+        overrides = [f"--set={key}={json.dumps(value)}" for key, value in TOY_SETTINGS["detection"].items()]
+        for kind in ("person", "cat"):
+            (toy_exports / f"labels-{kind}.json").write_text(json.dumps(["background", kind]))
+            assert archive_main(["--model", str(toy_exports / "detection" / "model.onnx"), "--task", "detection",
+                                 "--labels", str(toy_exports / f"labels-{kind}.json"), "--name", f"{kind}_counter",
+                                 "--handler", str(EXAMPLE_HANDLER), "--store", str(store), "--set", "profile=true",
+                                 *overrides]) == 0
+        # Versions 1.0, 2.0 and 3.0 of a classifier (they differ in top_k only); 3.0 stays in the store
+        # until a test registers it.
+        for version, top_k in AB_TOP_K.items():
+            assert archive_main(["--model", str(exports / "classification" / "model.onnx"),
+                                 "--settings", str(exports / "classification" / "settings.json"),
+                                 "--name", AB_MODEL, "--version", version, "--archive-file", f"{AB_MODEL}-{version}",
+                                 "--store", str(store), "--set", f"top_k={top_k}",
+                                 "--set", "top_label_header=true"]) == 0
+
+    return built_once(tmp_path_factory, "model_store", build)
 
 
 # -- issue 29 parts 3 and 4: multi-label classification, embeddings ---------------------------------

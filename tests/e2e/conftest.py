@@ -1,6 +1,7 @@
 """The one TorchServe of the test run: started once, on free loopback ports, with every archive the
-end-to-end tests share; a test module that needs archives of its own archives them into the same
-model store and registers them on this server (``registered``), and unregisters them afterwards.
+end-to-end tests share (``model_store``, in tests/conftest.py since tests/slow uses it too); a test
+module that needs archives of its own archives them into the same model store and registers them on
+this server (``registered``), and unregisters them afterwards.
 
 The server runs the development profile (registration through the management API on), so that
 ``registered`` and the version tests (test_ab.py, test_protocols.py) work on it; the serving
@@ -9,63 +10,16 @@ profile's refusal is checked on a server of its own (test_served.py)."""
 from __future__ import annotations
 
 import contextlib
-import json
-from pathlib import Path
 from typing import Dict, Iterator, List, Sequence
 
 import pytest
 import requests
 
-from tests.helpers import AB_MODEL, AB_TOP_K, BACKENDS, EXAMPLE_HANDLER, TASKS, TOY_SETTINGS, built_once
+from tests.helpers import AB_MODEL, BACKENDS, TASKS
 from tests.transports import TRANSPORTS, LocalTransport, Transport, local_sources, served_transport
 from tsvision.tools.archive.cli import main as archive_main
 from tsvision.tools.serve.manage import verify_archive
 from tsvision.tools.serve.server import DEVELOPMENT_PROFILE, TorchServe
-
-
-@pytest.fixture(scope="session")
-def model_store(tmp_path_factory, exports, toy_exports) -> Path:
-    """Six default archives, a long-delay classifier, four toy archives, two people counters and three
-    versions of a classifier, built with the archive CLI."""
-    def build(store: Path) -> None:
-        for task in TASKS:
-            for backend, filename in BACKENDS.items():
-                assert archive_main(["--model", str(exports / task / filename),
-                                     "--settings", str(exports / task / "settings.json"),
-                                     "--name", f"{task}_{backend}", "--store", str(store)]) == 0
-        # For the input tests: batch size 8 and a delay long enough that concurrent requests share a batch.
-        assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
-                             str(exports / "classification" / "settings.json"), "--name", "classification_batched",
-                             "--store", str(store), "--batch-size", "8", "--max-batch-delay", "300"]) == 0
-        for task in ("detection", "segmentation"):
-            overrides = [f"--set={key}={json.dumps(value)}" for key, value in TOY_SETTINGS[task].items()]
-            for backend, filename in BACKENDS.items():
-                # Bring-your-own path: a model file plus a labels file, no settings.json. A long
-                # batch delay makes concurrent requests share a batch.
-                assert archive_main(["--model", str(toy_exports / task / filename), "--task", task,
-                                     "--labels", str(toy_exports / task / "labels.json"),
-                                     "--name", f"toy_{task}_{backend}", "--store", str(store),
-                                     "--max-batch-delay", "300", *overrides]) == 0
-        # A user's handler file (examples/handlers/people_counter.py) on the toy detector: class 1 is
-        # "person" in one archive and "cat" in the other; per-step timings on (handler: profile: true).
-        overrides = [f"--set={key}={json.dumps(value)}" for key, value in TOY_SETTINGS["detection"].items()]
-        for kind in ("person", "cat"):
-            (toy_exports / f"labels-{kind}.json").write_text(json.dumps(["background", kind]))
-            assert archive_main(["--model", str(toy_exports / "detection" / "model.onnx"), "--task", "detection",
-                                 "--labels", str(toy_exports / f"labels-{kind}.json"), "--name", f"{kind}_counter",
-                                 "--handler", str(EXAMPLE_HANDLER), "--store", str(store), "--set", "profile=true",
-                                 *overrides]) == 0
-        # Versions 1.0, 2.0 and 3.0 of a classifier (they differ in top_k only); 3.0 stays in the store
-        # until a test registers it.
-        for version, top_k in AB_TOP_K.items():
-            assert archive_main(["--model", str(exports / "classification" / "model.onnx"),
-                                 "--settings", str(exports / "classification" / "settings.json"),
-                                 "--name", AB_MODEL, "--version", version, "--archive-file", f"{AB_MODEL}-{version}",
-                                 "--store", str(store), "--set", f"top_k={top_k}",
-                                 "--set", "top_label_header=true"]) == 0
-
-    return built_once(tmp_path_factory, "model_store", build)
-
 
 STARTED_WITH = [f"{task}_{backend}" for task in TASKS for backend in BACKENDS] + \
     [f"toy_{task}_{backend}" for task in ("detection", "segmentation") for backend in BACKENDS] + \

@@ -14,10 +14,11 @@ from tests.helpers import REPO
 from tsvision.tools.serve.kserve_server import kserve_python
 
 DOC = REPO / "docs" / "kubernetes.md"
+DEPLOYMENT_DOC = REPO / "docs" / "deployment.md"
 
 
-def inference_services() -> list:
-    blocks = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.S)
+def inference_services(doc=DOC) -> list:
+    blocks = re.findall(r"```yaml\n(.*?)```", doc.read_text(), flags=re.S)
     return [block for block in blocks if "kind: InferenceService" in block]
 
 
@@ -33,6 +34,19 @@ def test_the_documented_inference_service_fits_kserves_schema(tmp_path):
     document = yaml.safe_load(manifest)
     container = document["spec"]["predictor"]["containers"][0]
     assert container["command"][-2:] == ["tsvision", "kserve"] and "--model-store" in container["args"]
+    result = check(tmp_path, manifest)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 document(s) fit the schema" in result.stdout
+
+
+def test_the_serving_images_inference_service_fits_kserves_schema(tmp_path):
+    """docs/deployment.md: the image of Containerfile as KServe's predictor, its store at /mnt/models."""
+    [manifest] = inference_services(DEPLOYMENT_DOC)
+    container = yaml.safe_load(manifest)["spec"]["predictor"]["containers"][0]
+    assert container["image"].split("/")[-1].startswith("tsvision-torchserve:")
+    assert {"name": "TSVISION_MODEL_STORE", "value": "/mnt/models"} in container["env"]
+    # /ping needs the token under TorchServe 0.12's token authorization: the image's own health check
+    assert container["readinessProbe"]["exec"]["command"] == ["python3", "/opt/tsvision/container/healthcheck.py"]
     result = check(tmp_path, manifest)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 document(s) fit the schema" in result.stdout

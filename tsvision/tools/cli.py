@@ -29,6 +29,8 @@ COMMANDS = {
     "kserve": ("tsvision.tools.serve.kserve_server",
                "serve a folder of .mar archives with KServe's model server (v1, v2 REST and gRPC)"),
     "batch": ("tsvision.tools.batch.cli", "run an archive over a folder, glob or list of images on Ray Data"),
+    "container": ("tsvision.tools.serve.container",
+                  "the serving image (Containerfile): make a Debian base, build it, run it with podman"),
 }
 
 

@@ -179,8 +179,8 @@ def render_kubernetes(routing: Routing, image: str, namespace: str = "default",
                                  "annotations": {"tsvision/model-version": version}},
                     "spec": {"containers": [{
                         "name": "torchserve", "image": image,
-                        "args": ["torchserve", "--start", "--foreground", "--ncs", "--ts-config", "config.properties",
-                                 "--model-store", "model_store", "--models", f"{model}={archive}"],
+                        # The image's entry point (Containerfile) starts TorchServe with these arguments added.
+                        "args": ["--models", f"{model}={archive}"],
                         "ports": [{"containerPort": 8080, "name": "http-inference"}],
                         "readinessProbe": {"httpGet": {"path": "/ping", "port": 8080}},
                     }]},

@@ -1,8 +1,11 @@
-"""Stopping a server by process id: its whole tree, politely first, by force after a timeout."""
+"""Servers as processes: waiting until one is ready, and stopping one by process id (its whole tree,
+politely first, by force after a timeout)."""
 
 from __future__ import annotations
 
 import signal
+import time
+from typing import Callable, Optional
 
 import psutil
 
@@ -27,3 +30,16 @@ def stop_tree(pid: int, first_signal: int = signal.SIGTERM, timeout: float = 30,
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=10)
+
+
+def wait_for(check: Callable[[], Optional[str]], timeout: float, interval: float = 0.5, what: str = "server") -> None:
+    """Call ``check`` every ``interval`` seconds until it returns None (ready); each other answer says
+    what is missing. An exception from ``check`` (the server exited) goes through; after ``timeout``
+    seconds a TimeoutError names ``what`` and the last answer."""
+    deadline, last = time.monotonic() + timeout, "not checked yet"
+    while time.monotonic() < deadline:
+        last = check()
+        if last is None:
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s ({last})")
