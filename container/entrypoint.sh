@@ -5,7 +5,8 @@
 # signals it has no handler for, and torchserve's Python wrapper has none, so `podman stop` and
 # Kubernetes would wait out their grace period and SIGKILL it. Here SIGTERM runs `torchserve --stop`
 # (SIGTERM to the Java frontend, which stops its workers), then waits for it to exit.
-# Extra arguments go to torchserve (e.g. --models NAME=NAME.mar).
+# Extra arguments go to torchserve (e.g. --models NAME=NAME.mar). TSVISION_BIND_ADDRESS (default 0.0.0.0)
+# is where the inference APIs (REST and gRPC) listen; management and metrics stay on the loopback.
 set -eu
 config="$HOME/config.properties"
 # TorchServe 0.12 registers a .war from the workflow store through POST /workflows even with the model
@@ -13,7 +14,8 @@ config="$HOME/config.properties"
 mkdir -p "$HOME/no-workflows"
 {
   cat /opt/tsvision/container/config.properties
-  echo "inference_address=http://0.0.0.0:${TSVISION_INFERENCE_PORT:-8080}"
+  echo "inference_address=http://${TSVISION_BIND_ADDRESS:-0.0.0.0}:${TSVISION_INFERENCE_PORT:-8080}"
+  echo "grpc_inference_address=${TSVISION_BIND_ADDRESS:-0.0.0.0}"
   echo "management_address=http://127.0.0.1:${TSVISION_MANAGEMENT_PORT:-8081}"
   echo "metrics_address=http://127.0.0.1:${TSVISION_METRICS_PORT:-8082}"
   echo "grpc_inference_port=${TSVISION_GRPC_INFERENCE_PORT:-7070}"

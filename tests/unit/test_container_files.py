@@ -75,3 +75,6 @@ def test_the_container_configuration_keeps_management_and_metrics_on_loopback_wi
     assert re.search(r"management_address=http://127\.0\.0\.1:", entrypoint)
     assert re.search(r"metrics_address=http://127\.0\.0\.1:", entrypoint)
     assert "0.0.0.0" not in "".join(line for line in entrypoint.splitlines() if "management" in line)
+    # inference: every interface by default (tokens on), the loopback when TSVISION_BIND_ADDRESS says so
+    assert "inference_address=http://${TSVISION_BIND_ADDRESS:-0.0.0.0}:" in entrypoint
+    assert "grpc_inference_address=${TSVISION_BIND_ADDRESS:-0.0.0.0}" in entrypoint

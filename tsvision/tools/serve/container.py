@@ -36,6 +36,7 @@ APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/so
 # searched before PyPI, so torch and its libraries come from disk rather than a download.
 LOCAL_WHEELS = (Path("/opt/wheels"), Path("/opt/pypi"), Path("/opt/pypi-more"))
 KEY_FILE = "/home/model-server/key_file.json"
+CONFIG_FILE = "/home/model-server/config.properties"  # what entrypoint.sh writes at start
 BUILD_CERTIFICATES = "/tmp/host-ca-certificates.pem"  # where the host's CA bundle is mounted during RUN
 RUN_LIMITS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096")
 PORT_VARIABLES = ("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INFERENCE", "GRPC_MANAGEMENT")
@@ -234,6 +235,16 @@ class Container:
         """The token for ``api`` from the key file TorchServe wrote inside the container."""
         text = podman("--runtime", "runc", "exec", self.name, "cat", KEY_FILE).stdout
         return json.loads(text)[api]["key"]
+
+    def config(self) -> Dict[str, str]:
+        """The config.properties the entry point wrote inside the container (later keys win, as in Java)."""
+        text = podman("--runtime", "runc", "exec", self.name, "cat", CONFIG_FILE).stdout
+        values: Dict[str, str] = {}
+        for line in text.splitlines():
+            if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+                key, value = line.split("=", 1)
+                values[key.strip()] = value.strip()
+        return values
 
     def logs(self) -> str:
         result = podman("logs", self.name, check=False)
