@@ -93,22 +93,42 @@ def build_archive(model: Path, settings: Settings, labels: Optional[Path], name:
         config = Path(tmp) / "model-config.yaml"
         config.write_text(yaml.safe_dump(model_config(settings, batch_size, max_batch_delay, workers), sort_keys=False))
         command = [
-            str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name, "--version", version,
+            str(archiver_path("torch-model-archiver")), "--model-name", name, "--version", version,
             "--serialized-file", str(model), "--handler", str(handler),
             "--extra-files", str(stage), "--config-file", str(config), "--export-path", tmp, "--force",
         ]
-        # The archiver stages in $TMPDIR/<model name> and deletes it first: give it a private
-        # TMPDIR so two builds of the same model name cannot destroy each other's files.
-        private_tmp = Path(tmp) / "archiver-tmp"
-        private_tmp.mkdir()
-        done = subprocess.run(command, env={**os.environ, "TMPDIR": str(private_tmp)}, capture_output=True, text=True)
-        if done.returncode != 0:
-            said = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-            raise CommandError(f"torch-model-archiver failed (exit status {done.returncode}): "
-                               f"{said[-1] if said else 'no message'}")
+        run_archiver(command, Path(tmp))
         # Built aside, then moved: a second version never overwrites the first one's file.
         archive = store / f"{archive_file or name}.mar"
         shutil.move(str(Path(tmp) / f"{name}.mar"), str(archive))
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    archive.with_suffix(".mar.sha256").write_text(f"{digest}  {archive.name}\n")
+    record_sha256(archive)
     return archive
+
+
+def archiver_path(tool: str) -> Path:
+    """``torch-model-archiver`` / ``torch-workflow-archiver``: beside this Python (its venv), else on PATH."""
+    beside = Path(sys.executable).with_name(tool)
+    found = shutil.which(tool)
+    return beside if beside.exists() or not found else Path(found)
+
+
+def run_archiver(command: List[str], tmp: Path) -> None:
+    """Run an archiver command; its last line of output becomes the CommandError when it fails.
+
+    The archivers stage in $TMPDIR/<name> and delete it first: a private TMPDIR (under ``tmp``) per
+    build, so two builds of the same name cannot destroy each other's files."""
+    private_tmp = tmp / "archiver-tmp"
+    private_tmp.mkdir(exist_ok=True)
+    done = subprocess.run(command, env={**os.environ, "TMPDIR": str(private_tmp)}, capture_output=True, text=True)
+    if done.returncode != 0:
+        said = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        raise CommandError(f"{Path(command[0]).name} failed (exit status {done.returncode}): "
+                           f"{said[-1] if said else 'no message'}")
+
+
+def record_sha256(archive: Path) -> Path:
+    """Write ``ARCHIVE.sha256`` (``sha256sum``'s format) beside ``archive``; what tsvision manage checks."""
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    recorded = archive.with_name(archive.name + ".sha256")
+    recorded.write_text(f"{digest}  {archive.name}\n")
+    return recorded

@@ -9,17 +9,14 @@ A ``dag`` node that is not a model is a function of the handler file.
 from __future__ import annotations
 
 import ast
-import hashlib
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 import yaml
 
+from tsvision.tools.archive.package import archiver_path, record_sha256, run_archiver
 from tsvision.tools.command import CommandError, UsageError
 
 # The models section's keys that are defaults for every model node, not nodes (TorchServe's WorkFlow).
@@ -109,25 +106,17 @@ def build_workflow(spec: Path, handler: Path, name: str, store: Path,
                if "://" not in url and not (store / url).is_file()]
     if missing:
         raise UsageError(f"not in {store}: {'; '.join(missing)} (build the archives first, or --model NODE=ARCHIVE)")
-    archiver = Path(sys.executable).with_name("torch-workflow-archiver")
+    archiver = archiver_path("torch-workflow-archiver")
     if not archiver.exists():
         raise CommandError("torch-workflow-archiver is not installed: pip install -e \".[workflows]\"")
     store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tsvision-workflow-") as tmp:
         written = Path(tmp) / Path(spec).name
         written.write_text(yaml.safe_dump(loaded, sort_keys=False))
-        # The archiver stages in $TMPDIR/<name> and deletes it first: a private TMPDIR per build.
-        private_tmp = Path(tmp) / "archiver-tmp"
-        private_tmp.mkdir()
         command = [str(archiver), "--workflow-name", name, "--spec-file", str(written), "--handler", str(handler),
                    "--export-path", tmp, "--force"]
-        done = subprocess.run(command, env={**os.environ, "TMPDIR": str(private_tmp)}, capture_output=True, text=True)
-        if done.returncode != 0:
-            said = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-            raise CommandError(f"torch-workflow-archiver failed (exit status {done.returncode}): "
-                               f"{said[-1] if said else 'no message'}")
+        run_archiver(command, Path(tmp))
         archive = store / f"{name}.war"
         shutil.move(str(Path(tmp) / f"{name}.war"), str(archive))
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    archive.with_suffix(".war.sha256").write_text(f"{digest}  {archive.name}\n")
+    record_sha256(archive)
     return archive
