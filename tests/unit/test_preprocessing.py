@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tests.corpus import png_declaring, with_orientation
 from tests.helpers import jpeg
@@ -28,6 +28,15 @@ def test_exif_orientation_is_applied_before_anything_else():
     assert decoded.size == (100, 300)
     pixels = np.asarray(decoded).mean(axis=2)
     assert pixels[:40].mean() > 200 and pixels[60:].mean() < 50  # the strip is now on top
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_gives_pillows_pixels(orientation):
+    """decode_image transposes in place (no copy of upright photos): the pixels of ImageOps.exif_transpose."""
+    image = Image.fromarray(np.random.default_rng(orientation).integers(0, 256, (30, 50, 3), dtype=np.uint8))
+    data = with_orientation(image, orientation)
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    assert np.array_equal(np.asarray(decode_image(data)), np.asarray(expected))
 
 
 @pytest.mark.parametrize("data, status, kind", [

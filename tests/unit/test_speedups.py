@@ -111,3 +111,17 @@ def test_normalize_equals_the_previous_implementation_bit_for_bit():
             fast = normalize(batch, mean, std)
             assert fast.flags.c_contiguous and fast.dtype == np.float32
             assert np.array_equal(fast, previous(batch, mean, std))
+
+
+@pytest.mark.parametrize("classes", [1, 2, 21, 300])
+def test_channel_argmax_equals_numpys(classes):
+    from tsvision.serving.tasks.segmentation import channel_argmax
+
+    rng = np.random.default_rng(classes)
+    logits = rng.integers(-3, 4, size=(classes, 37, 53)).astype(np.float32)  # many ties between classes
+    logits[:, 0, :5] = np.inf
+    logits[min(1, classes - 1), 1, :7] = -np.inf
+    assert np.array_equal(channel_argmax(logits), logits.argmax(0))
+    logits[classes // 2, 2, 3] = np.nan  # NumPy's rule: the first NaN wins
+    logits[0, 4, 4] = np.nan
+    assert np.array_equal(channel_argmax(logits), logits.argmax(0))

