@@ -34,6 +34,8 @@ VARIANTS = {
     "onnx_default": ("onnx", {}),
     "onnx_mb0": ("onnx", {"micro_batch": 0}),
     "onnx_mb4": ("onnx", {"micro_batch": 4}),
+    "onnx_spin_never": ("onnx", {"spinning": "never"}),  # the only choice before 2026-12-03
+    "onnx_spin_always": ("onnx", {"spinning": "always"}),  # ONNX Runtime's own
     "onnx_draft": ("onnx", {"decode_draft": True}),  # opt-in, lossy (docs/performance.md): what it would give
 }
 

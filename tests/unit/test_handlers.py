@@ -116,3 +116,25 @@ def test_torchscript_runs_on_the_assigned_gpu(exports):
     batch = torch.rand(2, 3, 224, 224).numpy()
     assert runtime.device == "cuda:0"
     assert abs(runtime.run(batch)[0] - cpu.run(batch)[0]).max() < 1e-3
+
+
+@pytest.mark.parametrize("spinning, allow, force_stop", [("run", "", "1"), ("never", "0", ""), ("always", "", "")])
+def test_the_spinning_setting_reaches_onnx_runtimes_session(exports, spinning, allow, force_stop):
+    runtime = load_runtime(exports / "classification" / "model.onnx", spinning=spinning)
+    options = runtime._session.get_session_options()
+
+    def entry(key: str) -> str:  # "" when not set: ONNX Runtime's default
+        try:
+            return options.get_session_config_entry(key)
+        except RuntimeError:  # "does not have configuration with key"
+            return ""
+
+    assert entry("session.intra_op.allow_spinning") == allow
+    assert entry("session.force_spinning_stop") == force_stop
+
+
+def test_an_unknown_spinning_value_is_refused():
+    from tsvision.serving.settings import Settings
+
+    with pytest.raises(ValueError, match="spinning must be one of"):
+        Settings.from_mapping({"task": "classification", "spinning": "sometimes"})

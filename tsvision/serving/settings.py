@@ -18,6 +18,7 @@ RESIZE_MODES = ("stretch", "letterbox", "letterbox_center", "shorter_side")
 INTERPOLATIONS = ("bilinear", "bicubic", "bilinear_float")  # the resize filter (geometry.RESIZERS); PIL's antialiased
 # bilinear and bicubic as torchvision's presets name them, or F.interpolate's plain bilinear on floats (SSD/SSDlite)
 MASK_FORMATS = ("png", "rle", "polygon")  # how masks are written (tsvision.serving.masks)
+SPINNING = ("run", "never", "always")  # when ONNX Runtime's idle intra-op threads busy-wait (README)
 TILE_MODES = ("never", "auto", "always")  # segmentation: when an image is cut into tiles (tsvision.serving.tiling)
 EMBEDDING_FORMATS = ("json", "base64_float32", "base64_float16")  # how an embedding is answered (docs/embeddings.md)
 QUANTIZATIONS = ("", "int8")  # "": a float model; "int8": statically quantised (tsvision export --quantize int8)
@@ -79,6 +80,8 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS    # decompression-bomb guard, per image
     max_images: int = 64                   # images in one request (lists, instances)
     threads: int = 0                       # model runtime threads; 0: the runtime's default
+    spinning: str = "run"                  # ONNX Runtime: idle intra-op threads busy-wait within a run and sleep
+                                           # after it ("run"), never ("never"), or also after it ("always")
     preprocess_threads: int = 0            # threads decoding/resizing a batch's images; 0: one per CPU, 1: serial
     micro_batch: Optional[int] = None      # N > 0: run the model on N images at a time while the threads prepare
                                            # the next N and finish the last (one batch pipelined); 0: off;
@@ -164,6 +167,8 @@ class Settings:
         if self.slice_size is not None and (self.task not in DETECTING_TASKS or self.detection_format == "yolov8_obb"):
             raise ValueError(f"slice_size (sliced inference) is for the tasks {DETECTING_TASKS} only, "
                              "and not for oriented boxes (yolov8_obb)")
+        if self.spinning not in SPINNING:
+            raise ValueError(f"spinning must be one of {SPINNING}, got {self.spinning!r}")
         if self.tile not in TILE_MODES:
             raise ValueError(f"tile must be one of {TILE_MODES}, got {self.tile!r}")
         if self.tile != "never" and self.task != "segmentation":

@@ -56,7 +56,7 @@ def build_task(model_path: Path, settings: Settings, base_dir: Optional[Path] = 
                                     "or set labels: null")
     cls = task_class(settings)
     cls.before_load()
-    runtime = load_runtime(Path(model_path), runtime_threads(settings.threads, workers), device)
+    runtime = load_runtime(Path(model_path), runtime_threads(settings.threads, workers), device, settings.spinning)
     return cls(runtime, settings, load_labels(labels_path), workers)
 
 
