@@ -447,7 +447,8 @@ def test_families_closed_loop_goals_and_table():
 # -- benchmarks.suite: issue 18's goals from the steps' results (no measurement) -----------------
 def _suite_results() -> dict:
     scaling = {"results": {"segmentation": {"inprocess_best": {"images_per_s": 10.0, "batch_size": 4},
-                                            "served_vs_inprocess_c32": {"w1b8p0": 0.7, "w2b4": 0.95, "w2b8": None}}}}
+                                            "served_vs_inprocess_c32": {"w1b8p4": 0.7, "w1b8p0": 0.65, "w2b4": 0.95,
+                                                                        "w2b8": None}}}}
     core = {"config": {"picture_clients": 8, "concurrency": [1, 8]},
             "goals": [{"goal": "c=1 p50 minus in-process latency minus the empty handler's c=1 p50",
                        "task": "detection",
@@ -485,8 +486,9 @@ def test_suite_goals_from_every_step():
                    ("4.", "yolov8n", 1.1, True),
                    ("5.", "detection", 0.25, None),  # a cost: no target
                    ("5.", "detection", 0.93, False)]
-    assert rows[0]["detail"].startswith("w1b8p0; in-process best 10.0 img/s")  # segmentation's default is serial
-    assert "w2b4; tried: w1b8p0 0.70, w2b4 0.95" in rows[1]["detail"] and "served ×1.01" in rows[3]["detail"]
+    assert rows[0]["detail"].startswith("w1b8p4; in-process best 10.0 img/s")  # segmentation's default: micro_batch 4
+    assert "w2b4; tried: w1b8p4 0.70, w1b8p0 0.65, w2b4 0.95" in rows[1]["detail"]
+    assert "served ×1.01" in rows[3]["detail"]
     table = goals_markdown(rows, Path("/tmp/suite-x"), "2026-11-30 16:00 UTC")
     assert "| 2. c=1 p50 over in-process and TorchServe's floor | detection | 4.2 ms | ≤ 3 ms | **no** |" in table
     assert "| (no target) |" in table and "1,500,000 vs 900 B per answer" in table and "`suite-x/`" in table

@@ -135,11 +135,11 @@ def test_micro_batch_must_not_be_negative():
 
 
 def test_each_task_has_its_measured_default(exports, toy_exports, photos):
-    """micro_batch unset: 4 for classification and detection (measured faster served), serial for
-    segmentation; an explicit 0 turns it off."""
+    """micro_batch unset: 4 for classification, detection and segmentation (measured faster served);
+    an explicit 0 turns it off."""
     images = mixed(photos)
-    for folder, expected in ((exports / "classification", 4), (exports / "detection", 4), (exports / "segmentation", 0),
-                             (toy_exports / "segmentation", 0)):
+    for folder, expected in ((exports / "classification", 4), (exports / "detection", 4), (exports / "segmentation", 4),
+                             (toy_exports / "segmentation", 4)):
         task = load_task(folder, "onnx", preprocess_threads=THREADS)
         assert task.archive_settings.micro_batch is None and task.micro_batch == expected, folder
         assert isinstance(task.prepare_batch(images), PendingBatch) == (expected > 0)

@@ -168,3 +168,21 @@ def test_the_blend_never_holds_the_whole_images_logits():
         tracemalloc.stop()
     whole = 21 * 2000 * 1500 * 4
     assert rows[0][0].shape == (1500, 2000) and peak < whole / 2, (peak, whole)
+
+
+def test_tiled_and_whole_images_answer_the_same_pipelined_as_serially(toy_exports):
+    """Segmentation pipelines batches by default (``micro_batch`` 4): a batch of more than four images,
+    tiled and whole ones mixed, answers exactly as the serial path."""
+    image = Image.fromarray(blocks(230, 160, seed=3))
+    data = base64.b64encode(png(image)).decode()
+    rows = [{"body": {"data": data}}, {"body": {"data": data, "tile": "always", "tile_size": "48x40"}},
+            {"body": {"data": data}}, {"body": {"data": data, "tile": "always", "tile_size": 100}},
+            {"body": {"data": "bm90IGFuIGltYWdl"}}, {"body": {"data": data}}]
+    answers = {}
+    for micro_batch in (4, 0):
+        task = load_task(toy_exports / "segmentation", "onnx", resize_mode="shorter_side", input_size=160,
+                         max_size=1000, preprocess_threads=2, micro_batch=micro_batch)
+        assert task.micro_batch == micro_batch
+        answers[micro_batch] = [(response.status, response.body) for response in answer_requests(task, rows)]
+    assert answers[4] == answers[0]
+    assert [status for status, _ in answers[4]] == [200, 200, 200, 200, 400, 200]
