@@ -15,15 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import requests
 
+from benchmarks.budget import timed
 from benchmarks.models import build_ours, prepare_exports
 from benchmarks.photo import make_photo
 from tsvision.tools.serve.server import TorchServe
@@ -39,18 +38,6 @@ VARIANTS = [
     ("onnx", {"window": 56, "stride": 28}),
     ("onnx", {"window": 16, "stride": 8}),
 ]
-
-
-def timed(send, count: int, warm: int = 2) -> float:
-    """Median milliseconds of ``send()`` over ``count`` calls, after ``warm`` unmeasured ones."""
-    for _ in range(warm):
-        send()
-    durations = []
-    for _ in range(count):
-        tick = time.perf_counter()
-        send()
-        durations.append(time.perf_counter() - tick)
-    return statistics.median(durations) * 1000
 
 
 def run(server: TorchServe, photo: bytes, predictions: int, explanations: int) -> List[dict]:
@@ -70,11 +57,12 @@ def run(server: TorchServe, photo: bytes, predictions: int, explanations: int) -
         for backend, options in VARIANTS:
             name = f"classification_{backend}"
             if backend not in predicted:
-                predicted[backend] = timed(partial(post, f"predictions/{name}", data=photo,
-                                                   headers={**headers, "Content-Type": "image/jpeg"}), predictions)
+                predict = partial(post, f"predictions/{name}", data=photo,
+                                  headers={**headers, "Content-Type": "image/jpeg"})
+                predicted[backend] = timed(predict, predictions, warm=2)
             explain = partial(post, f"explanations/{name}", json={"data": data, **options}, headers=headers)
             answer = explain()
-            ms = timed(explain, explanations)
+            ms = timed(explain, explanations, warm=2)
             rows.append({"backend": backend, "method": answer["method"], "parameters": answer["parameters"],
                          "explanation_ms": round(ms, 1), "prediction_ms": round(predicted[backend], 1),
                          "ratio": round(ms / predicted[backend], 1)})

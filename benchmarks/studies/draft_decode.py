@@ -14,13 +14,13 @@ import argparse
 import io
 import json
 import statistics
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 from PIL import Image
 
+from benchmarks.budget import timed
 from benchmarks.inprocess import close, load_task
 from benchmarks.models import prepare_exports
 
@@ -46,15 +46,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio of two uint8 arrays, dB (inf when equal)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
-def median_ms(function, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        tick = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - tick)
-    return statistics.median(times) * 1000
 
 
 def answer(worker, data: bytes) -> list:
@@ -83,7 +74,7 @@ def study(folder: Path, rounds: int) -> List[dict]:
                 times = {False: [], True: []}
                 for _ in range(3):  # interleaved rounds
                     for on, task in ((False, exact_task), (True, draft_task)):
-                        times[on].append(median_ms(lambda t=task, d=data: t.prepare_item(d), rounds))
+                        times[on].append(timed(lambda t=task, d=data: t.prepare_item(d), rounds, warm=0))
                 row = {"photo": name, "size": f"{width}×{height}", "exact_ms": min(times[False]),
                        "draft_ms": min(times[True]), "psnr_db": psnr(exact_input, draft_input)}
                 for backend in ("onnx", "torchscript"):
