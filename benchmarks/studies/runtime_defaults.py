@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from benchmarks.families import square_photo
 from benchmarks.load import side_by_side, wrk_path
 from benchmarks.lock import heavy_run
 from benchmarks.models import STOCK_HANDLERS, build_ours, build_stock, prepare_exports
@@ -36,7 +37,14 @@ VARIANTS = {
     "onnx_mb4": ("onnx", {"micro_batch": 4}),
     "onnx_spin_never": ("onnx", {"spinning": "never"}),  # the only choice before 2026-12-03
     "onnx_spin_always": ("onnx", {"spinning": "always"}),  # ONNX Runtime's own
-    "onnx_draft": ("onnx", {"decode_draft": True}),  # opt-in, lossy (docs/performance.md): what it would give
+    "onnx_draft": ("onnx", {"decode_draft": True}),
+    "onnx_s1": ("onnx", {"streams": 1}),  # one run of the model at a time (the only way before 2026-12-04)
+    "onnx_s2": ("onnx", {"streams": 2}),  # two runs at once, one intra-op thread each on two cores
+    "onnx_mb0_s2": ("onnx", {"micro_batch": 0, "streams": 2}),
+    "onnx_mb8_s2": ("onnx", {"micro_batch": 8, "streams": 2}),
+    "ts_s1": ("torchscript", {"streams": 1}),
+    "ts_s2": ("torchscript", {"streams": 2}),
+    "ts_mb4_s2": ("torchscript", {"micro_batch": 4, "streams": 2}),  # opt-in, lossy (docs/performance.md): what it would give
 }
 
 
@@ -50,6 +58,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--exports", type=Path, default=ROOT / "build" / "bench")
+    parser.add_argument("--folder", type=Path, help="an export folder to archive instead of the task's default "
+                        "export (e.g. build/families/yolov8n; no stock handler then)")
+    parser.add_argument("--square", action="store_true", help="post the families benchmark's 640×640 astronaut "
+                        "instead of the 1280×720 photo")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     out = (args.out or ROOT / "results" / time.strftime("runtime-defaults-%Y%m%d-%H%M%S")).resolve()
@@ -58,17 +70,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     wrk_path()
     chosen = [v for v in args.variants.split(",") if v]
     with heavy_run(timeout_s=1800):
-        folder = prepare_exports(args.task, args.exports)
+        folder = args.folder.resolve() if args.folder else prepare_exports(args.task, args.exports)
         store = out / "store"
         models = {}
         for name in chosen:
             backend, overrides = VARIANTS[name]
             build_ours(folder, backend, f"{args.task}_{name}", store, 8, 20, 1, overrides)
             models[name] = f"{args.task}_{name}"
-        if args.task in STOCK_HANDLERS:
+        if args.task in STOCK_HANDLERS and not args.folder:
             build_stock(folder, args.task, f"{args.task}_stock", store, 8, 20, 1)
             models["stock"] = f"{args.task}_stock"
-        photo = make_photo()
+        photo = square_photo("astronaut") if args.square else make_photo()
         photo_path = out / "photo.jpg"
         photo_path.write_bytes(photo)
         server = TorchServe(store, out / "torchserve", models=[f"{m}.mar" for m in models.values()])

@@ -143,6 +143,7 @@ def test_measured_scripted_vs_eager_and_onnx(frcnn, tasks, photos):
     # one scripted call with both images (torchvision pads them to one size) vs each alone
     arrays = [to_chw_float(np.asarray(image)) for image in photos.values()]
     runtime = tasks["torchscript"].runtime
+    runtime = getattr(runtime, "runtime", runtime)  # the model itself: one call, not split among streams
     together, alone = runtime.run_images(arrays), [runtime.run_images([a])[0] for a in arrays]
     for name, both, one in zip(photos, together, alone):
         same = len(both[0]) == len(one[0]) and all(np.array_equal(x, y) for x, y in zip(both, one))

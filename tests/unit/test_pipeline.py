@@ -147,14 +147,20 @@ def test_each_task_has_its_measured_default(exports, toy_exports, photos):
     assert Settings.from_mapping({"task": "classification"}).to_mapping()["micro_batch"] is None
 
 
-def test_torchscript_runs_serially_unless_micro_batch_is_set(exports, photos):
-    """On TorchScript the default is serial (its OpenMP threads compete with the pipeline's: measured in
-    docs/performance.md); a micro_batch that is set still pipelines, with the serial path's answers."""
+def test_torchscript_runs_serially_on_one_stream_unless_micro_batch_is_set(exports, photos):
+    """On TorchScript running one stream the default is serial (its OpenMP threads compete with the
+    pipeline's: measured in docs/performance.md); with two streams (one thread each) the task's default
+    pipelines again; a micro_batch that is set always pipelines, with the serial path's answers."""
     images = mixed(photos)
-    task = load_task(exports / "classification", "torchscript", preprocess_threads=THREADS)
+    task = load_task(exports / "classification", "torchscript", preprocess_threads=THREADS, streams=1)
     assert task.archive_settings.micro_batch is None and task.micro_batch == 0
     assert not isinstance(task.prepare_batch(images), PendingBatch)
-    pipelined = load_task(exports / "classification", "torchscript", preprocess_threads=THREADS, micro_batch=4)
+    pipelined = load_task(exports / "classification", "torchscript", preprocess_threads=THREADS, micro_batch=4,
+                          streams=1)
     assert pipelined.micro_batch == 4 and isinstance(pipelined.prepare_batch(images), PendingBatch)
-    for a, b in zip(task.run(images), pipelined.run(images)):
-        assert_same("classification", a, b)
+    two = load_task(exports / "classification", "torchscript", preprocess_threads=THREADS, streams=2)
+    assert two.micro_batch == (4 if getattr(two.runtime, "streams", 1) == 2 else 0)
+    serial = task.run(images)
+    for answers in (pipelined.run(images), two.run(images)):
+        for a, b in zip(serial, answers):
+            assert_same("classification", a, b)

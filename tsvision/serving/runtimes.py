@@ -12,9 +12,11 @@ only where the backend can use it here, and ``runtime.device`` says what was cho
 
 from __future__ import annotations
 
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Protocol
+from typing import Any, List, Optional, Protocol
 
 import numpy as np
 
@@ -161,13 +163,70 @@ class OnnxRuntime:
 RUNTIMES = {".pt": TorchScriptRuntime, ".ts": TorchScriptRuntime, ".onnx": OnnxRuntime, ".pt2": Pt2Runtime}
 
 
-def load_runtime(path: Path, threads: int = 0, device: str = "cpu", spinning: str = "run") -> Runtime:
+class Streams:
+    """``count`` runs of one model at once (``streams``): each batch (or list of images) is split
+    into ``count`` parts, run side by side on threads (ONNX Runtime and torch release the GIL) and joined again in
+    order. ``load_runtime`` gave the wrapped runtime ``threads / count`` intra-op threads, so the runs
+    share the cores instead of one run's threads waiting on each other. Everything else (``name``,
+    ``device``, ``fixed_batch``, a TorchScript ``module``) is the wrapped runtime's."""
+
+    def __init__(self, runtime: Runtime, count: int) -> None:
+        self.runtime, self.streams = runtime, count
+        self._pool = ThreadPoolExecutor(count, thread_name_prefix="tsvision-stream")
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "runtime":  # not set yet (a half-built object): no recursion
+            raise AttributeError(name)
+        return getattr(self.runtime, name)
+
+    def run(self, batch: np.ndarray) -> List[np.ndarray]:
+        parts = split_evenly(len(batch), self.streams, self.runtime.fixed_batch or 1)
+        if len(parts) < 2:
+            return self.runtime.run(batch)
+        results = list(self._pool.map(lambda part: self.runtime.run(batch[part]), parts))
+        return [np.concatenate(outputs) for outputs in zip(*results)]
+
+    def run_images(self, images: List[np.ndarray]) -> List[List[np.ndarray]]:
+        parts = split_evenly(len(images), self.streams)
+        if len(parts) < 2:
+            return self.runtime.run_images(images)
+        results = self._pool.map(lambda part: self.runtime.run_images(images[part]), parts)
+        return [outputs for result in results for outputs in result]
+
+
+def split_evenly(count: int, parts: int, unit: int = 1) -> List[slice]:
+    """``count`` items as at most ``parts`` consecutive slices of near-equal size, each a multiple of
+    ``unit`` items but the last (a model's fixed batch size: no more padded chunks than one run)."""
+    units = -(-count // unit)
+    step = -(-units // max(1, parts)) * unit
+    return [slice(start, min(start + step, count)) for start in range(0, count, max(1, step))]
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def load_runtime(path: Path, threads: int = 0, device: str = "cpu", spinning: str = "run",
+                 streams: int = 1) -> Runtime:
+    """The runtime for the model file ``path`` (by its suffix). ``threads``: intra-op threads in all
+    (0: the runtime's default, one per core); ``streams`` > 1: that many runs at once (``Streams``),
+    each with its share of the threads, never more runs than threads."""
     suffix = Path(path).suffix.lower()
     if suffix not in RUNTIMES:
         raise ValueError(f"cannot tell the backend of {path}: expected one of {sorted(RUNTIMES)}")
+    if streams > 1:
+        total = threads if threads > 0 else available_cores()
+        streams = min(streams, total)
+        threads = total // streams if streams > 1 else threads
     if RUNTIMES[suffix] is OnnxRuntime:
-        return OnnxRuntime(Path(path), threads, device, spinning)
-    return RUNTIMES[suffix](Path(path), threads, device)  # torch's threads do not spin between runs
+        runtime: Runtime = OnnxRuntime(Path(path), threads, device, spinning)
+    else:
+        runtime = RUNTIMES[suffix](Path(path), threads, device)  # torch's threads do not spin between runs
+    return Streams(runtime, streams) if streams > 1 else runtime
 
 
 def run_in_chunks(run, batch: np.ndarray, size: int) -> List[np.ndarray]:

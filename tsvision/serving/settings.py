@@ -82,6 +82,9 @@ class Settings:
     threads: int = 0                       # model runtime threads; 0: the runtime's default
     spinning: str = "run"                  # ONNX Runtime: idle intra-op threads busy-wait within a run and sleep
                                            # after it ("run"), never ("never"), or also after it ("always")
+    streams: Optional[int] = None          # runs of the model at once in one worker, each batch split among them
+                                           # and the threads shared out; None: the task's default on a CPU
+                                           # (docs/performance.md, "Streams"), 1 on a GPU
     preprocess_threads: int = 0            # threads decoding/resizing a batch's images; 0: one per CPU, 1: serial
     micro_batch: Optional[int] = None      # N > 0: run the model on N images at a time while the threads prepare
                                            # the next N and finish the last (one batch pipelined); 0: off;
@@ -188,6 +191,8 @@ class Settings:
         if self.decode_draft and self.task != "classification":
             raise ValueError("decode_draft is for the classification task only (the other tasks answer in the "
                              "original image's pixels)")
+        if self.streams is not None and self.streams < 1:
+            raise ValueError(f"streams must be >= 1 (1: one run at a time, null: the default), got {self.streams!r}")
         if self.micro_batch is not None and self.micro_batch < 0:
             raise ValueError(f"micro_batch must be >= 0 (0: off, null: the task's default), got {self.micro_batch!r}")
 

@@ -56,7 +56,8 @@ def build_task(model_path: Path, settings: Settings, base_dir: Optional[Path] = 
                                     "or set labels: null")
     cls = task_class(settings)
     cls.before_load()
-    runtime = load_runtime(Path(model_path), runtime_threads(settings.threads, workers), device, settings.spinning)
+    runtime = load_runtime(Path(model_path), runtime_threads(settings.threads, workers), device, settings.spinning,
+                           runtime_streams(settings.streams, cls, device, settings.input_size))
     return cls(runtime, settings, load_labels(labels_path), workers)
 
 
@@ -67,6 +68,22 @@ def runtime_threads(threads: int, workers: int, cores: Optional[int] = None) -> 
     if threads > 0 or workers <= 1:
         return threads
     return max(1, (cores or os.cpu_count() or 1) // workers)
+
+
+# Above this many model-input pixels ``streams`` defaults to 1: two runs at once served faster at 224×224
+# (classification, 1.07x ONNX) and 320×320 (detection, 1.20x) but slower at 640×640 (YOLOv8n, 0.96x) and
+# 520×924 (segmentation, 0.55x); the cap lies between (docs/performance.md, "Streams").
+STREAMS_MAX_PIXELS = 512 * 512
+
+
+def runtime_streams(streams: Optional[int], cls: Type[VisionTask], device: str, input_size: int = 0) -> int:
+    """Runs of the model at once: ``streams`` when set; else on a CPU the task's default for a model
+    input of at most ``STREAMS_MAX_PIXELS`` (``input_size`` squared), 1 for larger ones; 1 on a GPU."""
+    if streams is not None:
+        return streams
+    if device != "cpu" or input_size * input_size > STREAMS_MAX_PIXELS:
+        return 1
+    return cls.default_streams
 
 
 def load_export(folder: Path, model_file: str = "model.onnx", **overrides) -> VisionTask:

@@ -65,9 +65,13 @@ class VisionTask:
     # ``micro_batch`` when the settings leave it unset (None): measured per task in
     # docs/performance.md ("Pipelining inside one worker"); 0 keeps one batch serial.
     default_micro_batch = 0
-    # Runtimes on which that default is 0: TorchScript's own intra-op (OpenMP) threads compete with the
-    # pipeline's, classification served 1.19x faster without it (docs/performance.md, "Round three").
+    # Runtimes on which that default is 0 when they run one stream: TorchScript's own intra-op (OpenMP)
+    # threads compete with the pipeline's, classification served 1.19x faster without it; with two
+    # streams (one thread each) it pipelines again, 185.8 -> 205.8 req/s (docs/performance.md, "Streams").
     serial_runtimes: Tuple[str, ...] = ("torchscript",)
+    # ``streams`` (runs of the model at once) when the settings leave it unset, on a CPU: measured per
+    # task in docs/performance.md ("Streams"); 1 where not measured. A GPU runs one at a time.
+    default_streams = 1
     # How the live images go to the model (``tsvision.serving.batching``).
     batching: Strategy = Stack()
 
@@ -142,11 +146,12 @@ class VisionTask:
     @property
     def micro_batch(self) -> int:
         """Images per forward pass when one batch is pipelined (0: serial): the setting, else the task's default
-        (0 on the ``serial_runtimes``)."""
+        (0 on the ``serial_runtimes`` running one stream)."""
         value = self.settings.micro_batch
         if value is not None:
             return value
-        return 0 if getattr(self.runtime, "name", "") in self.serial_runtimes else self.default_micro_batch
+        serial = getattr(self.runtime, "name", "") in self.serial_runtimes and getattr(self.runtime, "streams", 1) == 1
+        return 0 if serial else self.default_micro_batch
 
     # -- the three steps ---------------------------------------------------------------------
     def prepare_batch(self, items: Sequence[Item], settings: Optional[Sequence[Optional[Settings]]] = None,

@@ -82,6 +82,7 @@ class KeypointsTask(DetectionTask):
 
     name = "keypoints"
     default_micro_batch = 0  # not measured for this task: serial unless set
+    default_streams = 1  # not measured either: one run at a time unless set
     visible_score = 0.5  # a keypoint is drawn when its visibility (a probability) is above this
 
     def draw_answer(self, image: Image.Image, answer: list) -> Image.Image:

@@ -31,6 +31,7 @@ class SegmentationTask(VisionTask):
     # served 10.6 -> 11.6 req/s at 16 clients, faster in each of 4 alternating rounds, once its argmax got
     # faster (docs/performance.md, "second pass"); serial on TorchScript (serial_runtimes)
     default_micro_batch = 4
+    default_streams = 1  # two runs at once of its large inputs served 12.3 -> 6.8 req/s (ONNX; docs/performance.md)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
