@@ -37,14 +37,14 @@ VARIANTS = {
     "onnx_mb4": ("onnx", {"micro_batch": 4}),
     "onnx_spin_never": ("onnx", {"spinning": "never"}),  # the only choice before 2026-12-03
     "onnx_spin_always": ("onnx", {"spinning": "always"}),  # ONNX Runtime's own
-    "onnx_draft": ("onnx", {"decode_draft": True}),
+    "onnx_draft": ("onnx", {"decode_draft": True}),  # opt-in, lossy (docs/performance.md): what it would give
     "onnx_s1": ("onnx", {"streams": 1}),  # one run of the model at a time (the only way before 2026-12-04)
     "onnx_s2": ("onnx", {"streams": 2}),  # two runs at once, one intra-op thread each on two cores
     "onnx_mb0_s2": ("onnx", {"micro_batch": 0, "streams": 2}),
     "onnx_mb8_s2": ("onnx", {"micro_batch": 8, "streams": 2}),
     "ts_s1": ("torchscript", {"streams": 1}),
     "ts_s2": ("torchscript", {"streams": 2}),
-    "ts_mb4_s2": ("torchscript", {"micro_batch": 4, "streams": 2}),  # opt-in, lossy (docs/performance.md): what it would give
+    "ts_mb4_s2": ("torchscript", {"micro_batch": 4, "streams": 2}),
 }
 
 

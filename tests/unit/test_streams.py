@@ -134,9 +134,11 @@ def test_the_default_streams_and_the_setting():
     from tsvision.serving.tasks.detection import DetectionTask
     from tsvision.serving.tasks.segmentation import SegmentationTask
 
-    assert runtime_streams(3, ClassificationTask, "cpu", 224) == 3 == runtime_streams(3, SegmentationTask, "cuda:0", 900)
+    assert runtime_streams(3, ClassificationTask, "cpu", 224) == 3
+    assert runtime_streams(3, SegmentationTask, "cuda:0", 900) == 3
     assert runtime_streams(None, ClassificationTask, "cuda:0", 224) == 1
-    assert runtime_streams(None, ClassificationTask, "cpu", 224) == 2 == runtime_streams(None, DetectionTask, "cpu", 320)
+    assert runtime_streams(None, ClassificationTask, "cpu", 224) == 2
+    assert runtime_streams(None, DetectionTask, "cpu", 320) == 2
     assert runtime_streams(None, DetectionTask, "cpu", 640) == 1  # YOLO's 640×640: a large input, one run
     assert runtime_streams(None, SegmentationTask, "cpu", 520) == 1
     with pytest.raises(ValueError, match="streams must be >= 1"):

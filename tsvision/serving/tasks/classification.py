@@ -19,7 +19,7 @@ class ClassificationTask(VisionTask):
     name = "classification"
     options = ("top_k",)
     default_micro_batch = 4  # served 0.79 -> 0.95 of in-process at 32 clients on 2 cores (docs/performance.md)
-    default_streams = 2  # served at 16 clients: ONNX 229.4 -> 244.6 req/s, TorchScript 116.9 -> 205.8 (docs/performance.md)
+    default_streams = 2  # served at 16 clients: ONNX 229.4 -> 244.6, TorchScript 116.9 -> 205.8 req/s (performance.md)
 
     def prepare(self, image: Image.Image, settings: Optional[Settings] = None):
         s = settings or self.settings
