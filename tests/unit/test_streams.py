@@ -54,8 +54,16 @@ def test_streams_split_the_image_lists_of_one_image_models(instance_toys, backen
 
     images = [jpeg(bright_box_scene(width, height)[0]) for width, height in ((320, 240), (400, 300), (320, 240))]
     one = toy_task(instance_toys, "torchvision", backend, streams=1).run(images)
-    two = toy_task(instance_toys, "torchvision", backend, streams=2).run(images)
+    task = toy_task(instance_toys, "torchvision", backend, streams=2)
+    if not isinstance(task.runtime, Streams):
+        pytest.skip("one core: one run at a time")
+    inner, sizes = task.runtime.runtime, []
+    real_run_images = inner.run_images
+    inner.run_images = lambda part: sizes.append(len(part)) or real_run_images(part)
+    two = task.run(images)
     assert two == one and all(answer for answer in one)
+    # two 320×240 images (one model call each, side by side) and the 400×300 one alone
+    assert sorted(sizes) == [1, 1, 1]
 
 
 def test_the_threads_are_shared_out_among_the_streams(exports):

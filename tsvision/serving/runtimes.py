@@ -164,9 +164,9 @@ RUNTIMES = {".pt": TorchScriptRuntime, ".ts": TorchScriptRuntime, ".onnx": OnnxR
 
 
 class Streams:
-    """``count`` runs of one model at once (``streams``): each batch (or list of images) is split
-    into ``count`` parts, run side by side on threads (ONNX Runtime and torch release the GIL) and joined again in
-    order. ``load_runtime`` gave the wrapped runtime ``threads / count`` intra-op threads, so the runs
+    """``count`` runs of one model at once (kept as ``streams``): each batch (or list of images) is
+    split into ``count`` parts, run side by side on threads (ONNX Runtime and torch release the GIL) and
+    joined again in order. ``load_runtime`` gave the wrapped runtime ``threads / count`` intra-op threads, so the runs
     share the cores instead of one run's threads waiting on each other. Everything else (``name``,
     ``device``, ``fixed_batch``, a TorchScript ``module``) is the wrapped runtime's."""
 
