@@ -305,6 +305,12 @@ def yolov8n(tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "yolov8n", build)
 
 
+# The session's server starts all these archives at once: one worker each (the default's two would double
+# its start-up and memory on a 2-core machine; the default itself: test_plain_archiver) and batch size 8, the
+# batch the batching tests were written for.
+SESSION_ARCHIVE = ("--workers", "1", "--batch-size", "8")
+
+
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory, exports, toy_exports) -> Path:
     """Six default archives, a long-delay classifier, four toy archives, two people counters and three
@@ -314,11 +320,11 @@ def model_store(tmp_path_factory, exports, toy_exports) -> Path:
             for backend, filename in BACKENDS.items():
                 assert archive_main(["--model", str(exports / task / filename),
                                      "--settings", str(exports / task / "settings.json"),
-                                     "--name", f"{task}_{backend}", "--store", str(store)]) == 0
+                                     "--name", f"{task}_{backend}", "--store", str(store), *SESSION_ARCHIVE]) == 0
         # For the input tests: batch size 8 and a delay long enough that concurrent requests share a batch.
         assert archive_main(["--model", str(exports / "classification" / "model.onnx"), "--settings",
                              str(exports / "classification" / "settings.json"), "--name", "classification_batched",
-                             "--store", str(store), "--batch-size", "8", "--max-batch-delay", "300"]) == 0
+                             "--store", str(store), *SESSION_ARCHIVE, "--max-batch-delay", "300"]) == 0
         for task in ("detection", "segmentation"):
             overrides = [f"--set={key}={json.dumps(value)}" for key, value in TOY_SETTINGS[task].items()]
             for backend, filename in BACKENDS.items():
@@ -326,7 +332,7 @@ def model_store(tmp_path_factory, exports, toy_exports) -> Path:
                 # batch delay makes concurrent requests share a batch.
                 assert archive_main(["--model", str(toy_exports / task / filename), "--task", task,
                                      "--labels", str(toy_exports / task / "labels.json"),
-                                     "--name", f"toy_{task}_{backend}", "--store", str(store),
+                                     "--name", f"toy_{task}_{backend}", "--store", str(store), *SESSION_ARCHIVE,
                                      "--max-batch-delay", "300", *overrides]) == 0
         # A user's handler file (examples/handlers/people_counter.py) on the toy detector: class 1 is
         # "person" in one archive and "cat" in the other; per-step timings on (handler: profile: true).
@@ -335,15 +341,15 @@ def model_store(tmp_path_factory, exports, toy_exports) -> Path:
             (toy_exports / f"labels-{kind}.json").write_text(json.dumps(["background", kind]))
             assert archive_main(["--model", str(toy_exports / "detection" / "model.onnx"), "--task", "detection",
                                  "--labels", str(toy_exports / f"labels-{kind}.json"), "--name", f"{kind}_counter",
-                                 "--handler", str(EXAMPLE_HANDLER), "--store", str(store), "--set", "profile=true",
-                                 *overrides]) == 0
+                                 "--handler", str(EXAMPLE_HANDLER), "--store", str(store), *SESSION_ARCHIVE,
+                                 "--set", "profile=true", *overrides]) == 0
         # Versions 1.0, 2.0 and 3.0 of a classifier (they differ in top_k only); 3.0 stays in the store
         # until a test registers it.
         for version, top_k in AB_TOP_K.items():
             assert archive_main(["--model", str(exports / "classification" / "model.onnx"),
                                  "--settings", str(exports / "classification" / "settings.json"),
                                  "--name", AB_MODEL, "--version", version, "--archive-file", f"{AB_MODEL}-{version}",
-                                 "--store", str(store), "--set", f"top_k={top_k}",
+                                 "--store", str(store), *SESSION_ARCHIVE, "--set", f"top_k={top_k}",
                                  "--set", "top_label_header=true"]) == 0
 
     return built_once(tmp_path_factory, "model_store", build)

@@ -138,3 +138,39 @@ def test_an_unknown_spinning_value_is_refused():
 
     with pytest.raises(ValueError, match="spinning must be one of"):
         Settings.from_mapping({"task": "classification", "spinning": "sometimes"})
+
+
+@pytest.mark.parametrize("config, expected", [({"minWorkers": 2}, 2), ({"minWorkers": 1}, 1), ({}, 6)])
+def test_each_worker_sizes_its_threads_by_the_archives_workers(exports, monkeypatch, config, expected):
+    """The handler tells the task how many workers share the host: the model-config's minWorkers, else
+    TorchServe's default (one per core; 6 cores here); on a GPU, one per device."""
+    import ts
+    from ts.context import Context
+
+    from tsvision.serving import handler as adapter
+
+    seen = []
+
+    def build_task(model_path, settings, base_dir, workers, device):
+        seen.append(workers)
+        raise StopIteration  # the count is all this test needs
+
+    monkeypatch.setattr(adapter, "available_cores", lambda: 6)
+    monkeypatch.setattr(adapter, "build_task", build_task)
+    settings = json.loads((exports / "classification" / "settings.json").read_text())
+    manifest = {"model": {"modelName": "m", "modelVersion": "1.0", "serializedFile": "model.onnx"}}
+    context = Context("m", str(exports / "classification"), manifest, 1, None, ts.__version__, True, None,
+                      {**config, "handler": settings})
+    with pytest.raises(StopIteration):
+        ImageClassifier().initialize(context)
+    assert seen == [expected]
+    assert adapter.default_workers("cuda:0") == 1
+
+
+def test_a_local_worker_runs_alone_whatever_workers_the_archive_asks_for(exports):
+    """tsvision predict, batch and kserve run one handler in the process: it gets the process's cores."""
+    settings = json.loads((exports / "classification" / "settings.json").read_text())
+    worker = LocalWorker(ImageClassifier, exports / "classification", "model.onnx",
+                         {"minWorkers": 2, "maxWorkers": 2, "handler": settings})
+    assert worker.context.model_yaml_config["minWorkers"] == 1
+    assert worker.predict([{"body": png(bright_box_scene(64, 48)[0])}])[0].status == 200

@@ -71,7 +71,7 @@ def test_export_writes_model_config_for_the_archiver(exports):
         # What README says `tsvision archive` writes, and the handler section equal to settings.json.
         assert {k: config[k] for k in ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers",
                                        "responseTimeout")} == \
-            {"batchSize": 8, "maxBatchDelay": 20, "minWorkers": 1, "maxWorkers": 1, "responseTimeout": 120}
+            {"batchSize": 4, "maxBatchDelay": 20, "minWorkers": 2, "maxWorkers": 2, "responseTimeout": 120}
         assert config["handler"] == json.loads((exports / task / "settings.json").read_text())
         assert config["handler"]["labels"] == "labels.json" and config["handler"]["task"] == task
 

@@ -36,7 +36,7 @@ from tsvision import __version__
 from tsvision.serving import explanations
 from tsvision.serving.errors import RequestError, internal_error
 from tsvision.serving.payloads import is_stream
-from tsvision.serving.runtimes import pick_device
+from tsvision.serving.runtimes import available_cores, pick_device
 from tsvision.serving.service import Batch, Response, read_batch
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks import build_task
@@ -75,7 +75,7 @@ class VisionHandler(BaseHandler):
             raise ValueError(f"{type(self).__name__} serves {self.task_name}, "
                              f"but the archive's settings say task: {self.settings.task}")
         self.device = pick_device(context.system_properties.get("gpu_id"))
-        workers = int(config.get("minWorkers") or 1)
+        workers = int(config.get("minWorkers") or default_workers(self.device))
         self.task = build_task(model_dir / model["serializedFile"], self.settings, model_dir, workers, self.device)
         if self.task.settings.labels != self.settings.labels:  # found in the archive (tasks.LABEL_FILES)
             logger.info("labels: %s in the archive (%d names; the settings name no labels file)",
@@ -260,3 +260,9 @@ class ImageEmbedder(VisionHandler):
     tensor over the Open Inference Protocol)."""
 
     task_name = "embedding"
+
+
+def default_workers(device: str) -> int:
+    """The workers TorchServe starts for an archive whose model-config names none (its
+    ``default_workers_per_model``: one per core, or one per GPU); each worker's threads are its share."""
+    return available_cores() if device == "cpu" else 1

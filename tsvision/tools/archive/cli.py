@@ -34,6 +34,7 @@ from tsvision.tools.command import (
     writable_folder,
 )
 from tsvision.tools.command import parser as command_parser
+from tsvision.tools.export.model_files import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_DELAY, DEFAULT_WORKERS
 
 
 def check_name(name: str, flag: str = "--name") -> str:
@@ -67,10 +68,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--archive-file", help="file name without .mar (default: --name); give each version its own, "
                         "e.g. --name classifier --version 2.0 --archive-file classifier-2.0")
     parser.add_argument("--store", type=Path, default=Path("model_store"), help="folder the .mar is written to")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="TorchServe's batchSize for the model")
-    parser.add_argument("--max-batch-delay", type=int, default=20, help="milliseconds a batch may wait to fill")
-    parser.add_argument("--workers", type=positive_int, default=1,
-                        help="TorchServe workers for the model (minWorkers = maxWorkers)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                        help=f"TorchServe's batchSize for the model (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--max-batch-delay", type=int, default=DEFAULT_MAX_BATCH_DELAY,
+                        help=f"milliseconds a batch may wait to fill (default {DEFAULT_MAX_BATCH_DELAY})")
+    parser.add_argument("--workers", type=positive_int, default=DEFAULT_WORKERS,
+                        help=f"TorchServe workers for the model (minWorkers = maxWorkers; default {DEFAULT_WORKERS}; "
+                        "each gets its share of the cores)")
     parser.add_argument("--handler", type=existing_file, help="your own handler file: one class subclassing "
                         f"{', '.join(name for _, name in DEFAULT_HANDLERS.values())} from tsvision.serving "
                         "(default: the task's file in handlers/)")

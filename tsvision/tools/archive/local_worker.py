@@ -56,6 +56,9 @@ class LocalWorker:
         manifest = {"model": {"modelName": name, "modelVersion": version, "serializedFile": model_file}}
         metrics = MetricsCacheYamlImpl(config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
         metrics.initialize_cache()
+        # The only worker of this process: its runtime gets all the process's cores, whatever number of
+        # workers the archive's model-config asks TorchServe for.
+        config = {**config, "minWorkers": 1, "maxWorkers": 1}
         self.context = Context(name, str(model_dir), manifest, int(config.get("batchSize", 1)), gpu, ts.__version__,
                                True, metrics, dict(config))
         self.handler = handler_class()

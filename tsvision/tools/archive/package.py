@@ -19,7 +19,7 @@ from onnx.external_data_helper import uses_external_data
 
 from tsvision.serving.settings import Settings, load_labels
 from tsvision.tools.command import CommandError
-from tsvision.tools.export.model_files import model_config
+from tsvision.tools.export.model_files import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_DELAY, DEFAULT_WORKERS, model_config
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2]          # tsvision/
 HANDLERS_DIR = PACKAGE_DIR.parent / "handlers"              # the entry files TorchServe loads
@@ -73,7 +73,8 @@ def stage_package(destination: Path) -> None:
 
 
 def build_archive(model: Path, settings: Settings, labels: Optional[Path], name: str, version: str, store: Path,
-                  batch_size: int = 8, max_batch_delay: int = 20, workers: int = 1, archive_file: Optional[str] = None,
+                  batch_size: int = DEFAULT_BATCH_SIZE, max_batch_delay: int = DEFAULT_MAX_BATCH_DELAY,
+                  workers: int = DEFAULT_WORKERS, archive_file: Optional[str] = None,
                   handler: Optional[Path] = None, external_data: Optional[List[Path]] = None) -> Path:
     """Write ``store/<archive_file or name>.mar`` and its ``.sha256``; return the archive path.
     ``handler`` is the ``--handler`` file (default: the task's file in ``handlers/``); ``external_data``

@@ -141,7 +141,15 @@ def write_model_config(out_dir: Path, settings: Settings) -> Path:
     return path
 
 
-def model_config(settings: Settings, batch_size: int = 8, max_batch_delay: int = 20, workers: int = 1) -> dict:
+# ``tsvision archive``'s defaults (docs/performance.md, "Workers and batch size"): two workers of batch 4 overlap
+# one batch's reading and answering with the other's model run; the best measured for every task on 2 cores.
+DEFAULT_WORKERS = 2
+DEFAULT_BATCH_SIZE = 4
+DEFAULT_MAX_BATCH_DELAY = 20
+
+
+def model_config(settings: Settings, batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_batch_delay: int = DEFAULT_MAX_BATCH_DELAY, workers: int = DEFAULT_WORKERS) -> dict:
     """An archive's ``model-config.yaml``: TorchServe's batching, workers and timeout, and the
     ``handler:`` section (the defaults are ``tsvision archive``'s)."""
     return {
