@@ -39,6 +39,7 @@ from benchmarks.lock import heavy_run
 from benchmarks.models import build_floor, build_ours, prepare_exports
 from benchmarks.photo import make_photo
 from benchmarks.warmup import warm_batch_sizes
+from tsvision.tools.export.model_files import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_DELAY, DEFAULT_WORKERS
 from tsvision.tools.serve.server import TorchServe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,9 +120,10 @@ def cpu_seconds(pid: int) -> Dict[str, float]:
 
 def served(folders: Dict[str, Path], photo_path: Path, out: Path, seconds: float) -> Dict[str, dict]:
     store = out / "store"
-    build_floor(FLOOR, store, 8, 20, 1)
+    build_floor(FLOOR, store, DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_DELAY, DEFAULT_WORKERS)
     for task_name, folder in folders.items():
-        build_ours(folder, "onnx", f"budget_{task_name}", store, 8, 20, 1)
+        build_ours(folder, "onnx", f"budget_{task_name}", store, DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_DELAY,
+                   DEFAULT_WORKERS)
     names = {FLOOR: "floor", **{f"budget_{t}": t for t in folders}}
     server = TorchServe(store, out / "torchserve", models=[f"{name}.mar" for name in names])
     found: Dict[str, dict] = {}
@@ -130,7 +132,7 @@ def served(folders: Dict[str, Path], photo_path: Path, out: Path, seconds: float
         headers = server.headers("inference")
         for model, label in names.items():
             url = f"{server.inference_url}/predictions/{model}"
-            warm_batch_sizes(url, photo_path.read_bytes(), headers, 8, budget_s=30)
+            warm_batch_sizes(url, photo_path.read_bytes(), headers, DEFAULT_BATCH_SIZE, budget_s=30)
             found[label] = {}
             for clients in (1, 16):
                 run_wrk(url, photo_path, headers, clients, 2)

@@ -44,6 +44,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from tsvision.tools.export.model_files import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_DELAY, DEFAULT_WORKERS
+
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("yolov8n", "fasterrcnn", "maskrcnn", "keypointrcnn")
 # family -> (tsvision task, architecture, archive name as archive.sh names it)
@@ -355,8 +357,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--best-batch", type=int, default=8,
                         help="the reference's batch (a list of images per call); 0: skip")
-    parser.add_argument("--batch-size", type=int, default=8, help="served batch size (ours and stock)")
-    parser.add_argument("--max-batch-delay", type=int, default=20, help="ms (ours and stock)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="served batch size (ours; default: tsvision archive's; the stock's: benchmarks.models)")
+    parser.add_argument("--max-batch-delay", type=int, default=DEFAULT_MAX_BATCH_DELAY, help="ms (ours and stock)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="workers per model (ours; default: tsvision archive's)")
     parser.add_argument("--exports", type=Path, default=ROOT / "build" / "families",
                         help="exported models, reused between runs")
     parser.add_argument("--fresh", action="store_true", help="export the models again")
@@ -386,7 +391,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
     import torch
 
     from benchmarks.load import run_wrk
-    from benchmarks.models import archive_handler, build_ours
+    from benchmarks.models import STOCK_BATCH_SIZE, STOCK_WORKERS, archive_handler, build_ours
     from benchmarks.run import machine
     from benchmarks.warmup import warm_batch_sizes
     from tsvision.tools.serve.server import TorchServe
@@ -412,7 +417,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
         folders[family] = prepare(family, args.exports, args.fresh)
         values = json.loads((folders[family] / "settings.json").read_text())
         models[family] = SPECS[family][2]
-        build_ours(folders[family], "onnx", models[family], store, args.batch_size, args.max_batch_delay, 1)
+        build_ours(folders[family], "onnx", models[family], store, args.batch_size, args.max_batch_delay, args.workers)
         print(f"  export+archive {family:<13} {time.time() - tick:5.1f} s  ({values.get('description')})", flush=True)
     stock = "fasterrcnn" in families and not args.no_stock
     if stock:
@@ -420,7 +425,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
         mapping = out / "index_to_name.json"
         mapping.write_text(json.dumps({str(i): name for i, name in enumerate(labels)}))
         files = ["--serialized-file", str(folders["fasterrcnn"] / "stock.pt"), "--extra-files", str(mapping)]
-        archive_handler(STOCK, "object_detector", files, store, args.batch_size, args.max_batch_delay, 1)
+        archive_handler(STOCK, "object_detector", files, store, STOCK_BATCH_SIZE, args.max_batch_delay, STOCK_WORKERS)
 
     references = {family: reference_for(family, folders[family]) for family in families}
     server = TorchServe(store, out / "torchserve",
@@ -463,7 +468,8 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
                 urls["stock"] = f"{server.inference_url}/predictions/{STOCK}"
             probe_s = {}
             for side, url in urls.items():
-                warm_batch_sizes(url, body, headers, args.batch_size, budget_s=20)
+                warm_batch_sizes(url, body, headers, args.batch_size if side == "ours" else STOCK_BATCH_SIZE,
+                                 budget_s=20)
                 probe_s[side] = _drain(server, models[family] if side == "ours" else STOCK, body)
             result["single_request_s"] = probe_s
             measured = {"single": [], "best": [], **{side: [] for side in urls}}
@@ -538,7 +544,8 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
     print()
     print(f"Weights: RANDOM (seeded); machine: {data['machine']['cores']} cores (shared); "
           f"photo {data['photos'][PHOTOS[0]]}; "
-          f"served: 1 TorchServe, batch {args.batch_size}, delay {args.max_batch_delay} ms, wrk c={args.connections}, "
+          f"served: 1 TorchServe, {args.workers} worker(s) of batch {args.batch_size} (stock: {STOCK_WORKERS} of "
+          f"{STOCK_BATCH_SIZE}), delay {args.max_batch_delay} ms, wrk c={args.connections}, "
           f"{args.seconds:g} s after {args.warmup:g} s; medians of {args.rounds} round(s)")
     print(table)
     print(f"families: done in {data['elapsed_s'] / 60:.1f} min -> {out}/results.json, results.md")

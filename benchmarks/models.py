@@ -104,6 +104,14 @@ def build_ours(folder: Path, backend: str, name: str, store: Path, batch_size: i
     return store / f"{name}.mar"
 
 
+# The stock handlers run at their best measured configuration, one worker of batch 8, not at our archives'
+# default of two workers of batch 4: the stock handler sets no thread count, so each of two workers runs one
+# OpenMP thread per core, and on 2 cores its classifier fell from 99.9 to 7.1 req/s at 32 clients
+# (2026-12-04, docs/performance.md "Workers and batch size").
+STOCK_WORKERS = 1
+STOCK_BATCH_SIZE = 8
+
+
 def build_stock(folder: Path, task: str, name: str, store: Path, batch_size: int, delay: int, workers: int) -> Path:
     """A stock-handler archive: the TorchScript, ``index_to_name.json`` and the same batch settings."""
     labels = json.loads((folder / "labels.json").read_text())

@@ -141,8 +141,10 @@ def markdown(data: dict) -> str:
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']:.0f} GiB RAM; "
         f"torch {machine['torch']}, "
         f"onnxruntime {machine['onnxruntime']}, TorchServe {machine['torchserve']}.",
-        f"Server: 1 TorchServe, {config['workers']} worker(s) per model, batch size {config['batch_size']}, "
-        f"max batch delay {config['max_batch_delay']} ms; load: wrk, {config['seconds']:g} s per point after "
+        f"Server: 1 TorchServe, {config['workers']} worker(s) per model, batch size {config['batch_size']}"
+        + (f" (stock handlers: {config['stock_workers']} worker(s), batch size {config['stock_batch_size']})"
+           if "stock_workers" in config else "") +
+        f", max batch delay {config['max_batch_delay']} ms; load: wrk, {config['seconds']:g} s per point after "
         f"{config['warmup']:g} s warm-up, on 127.0.0.1. Photo: {config['photo']}. Weights: RANDOM (seeded).",
         "",
         "| task | variant | in-process img/s " + " ".join(f"(b{b}) |" for b in config["batch_sizes"])

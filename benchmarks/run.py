@@ -26,10 +26,19 @@ from benchmarks import report
 from benchmarks.inprocess import close, load_task, measure_batches
 from benchmarks.load import drain, run_wrk, wrk_path
 from benchmarks.lock import HEAVY_LOCK, heavy_run
-from benchmarks.models import MODEL_FILES, build_floor, build_ours, build_stock, prepare_exports
+from benchmarks.models import (
+    MODEL_FILES,
+    STOCK_BATCH_SIZE,
+    STOCK_WORKERS,
+    build_floor,
+    build_ours,
+    build_stock,
+    prepare_exports,
+)
 from benchmarks.photo import make_photo
 from benchmarks.warmup import warm_batch_sizes
 from tsvision.serving.settings import parse_overrides
+from tsvision.tools.export.model_files import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_DELAY, DEFAULT_WORKERS
 from tsvision.tools.serve.server import TorchServe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,9 +120,15 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="clients for the picture points (JSON at the same "
                         "count, from --concurrency, is the baseline)")
     parser.add_argument("--inprocess-seconds", type=float, help="per batch size, default 3 (--quick: 1)")
-    parser.add_argument("--batch-size", type=int, default=8, help="served batch size (ours and stock)")
-    parser.add_argument("--max-batch-delay", type=int, default=20, help="ms (ours and stock)")
-    parser.add_argument("--workers", type=int, default=1, help="workers per model (ours and stock)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="served batch size (ours and the floor; default: tsvision archive's)")
+    parser.add_argument("--max-batch-delay", type=int, default=DEFAULT_MAX_BATCH_DELAY, help="ms (ours and stock)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="workers per model (ours and the floor; default: tsvision archive's)")
+    parser.add_argument("--stock-workers", type=int, default=STOCK_WORKERS,
+                        help=f"workers per stock-handler model (default {STOCK_WORKERS}: its best; see STOCK_WORKERS)")
+    parser.add_argument("--stock-batch-size", type=int, default=STOCK_BATCH_SIZE,
+                        help=f"stock-handler batch size (default {STOCK_BATCH_SIZE})")
     parser.add_argument("--torchscript-fuser", action="store_true",
                         help="leave TorchScript's NNC fuser on in the server (off by default: PYTORCH_TENSOREXPR=0, "
                              "without which the stock handlers stall for seconds on every new batch size)")
@@ -184,8 +199,8 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
             continue
         folder = folders[variant["task"]]
         if variant["variant"].startswith("stock"):
-            build_stock(folder, variant["task"], variant["model"], store, args.batch_size, args.max_batch_delay,
-                        args.workers)
+            build_stock(folder, variant["task"], variant["model"], store, args.stock_batch_size, args.max_batch_delay,
+                        args.stock_workers)
         else:
             build_ours(folder, variant["backend"], variant["model"], store, args.batch_size, args.max_batch_delay,
                        args.workers, overrides)
@@ -197,7 +212,8 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
         for variant, result in zip(chosen, results):
             url = f"{server.inference_url}/predictions/{variant['model']}"
             result["probe"] = probe(server, variant["model"], photo)
-            result["warmup"] = warm_batch_sizes(url, photo, headers, args.batch_size, budget_s=args.shape_warmup)
+            batch_size = args.stock_batch_size if variant["variant"].startswith("stock") else args.batch_size
+            result["warmup"] = warm_batch_sizes(url, photo, headers, batch_size, budget_s=args.shape_warmup)
             print(f"  warm-up    {variant['task']:<14} {variant['variant']:<22} {result['warmup']['rounds']} bursts "
                   f"in {result['warmup']['seconds']} s", flush=True)
             result["served"] = []
@@ -240,6 +256,7 @@ def benchmark(args: argparse.Namespace, argv: List[str]) -> int:
                    "concurrency": concurrency,
                    "seconds": args.seconds, "warmup": args.warmup, "batch_sizes": batch_sizes,
                    "batch_size": args.batch_size, "max_batch_delay": args.max_batch_delay, "workers": args.workers,
+                   "stock_workers": args.stock_workers, "stock_batch_size": args.stock_batch_size,
                    "pictures": pictures, "picture_clients": args.picture_clients,
                    "torchscript_fuser": args.torchscript_fuser,
                    "overrides": overrides, "photo": f"scikit-image astronaut, 1280x720 JPEG, {len(photo):,} bytes"},

@@ -44,9 +44,9 @@ JSON_UNCHANGED = 0.95          # goal 5: JSON after ÷ before picture answers ex
 # issue 28: classification served ÷ the stock image_classifier per backend; YOLOv8n served ÷ ultralytics' predictor
 STOCK_GOALS_28 = {"tsvision-onnx": 2.5, "tsvision-torchscript": 1.5}
 YOLO_GOAL_28 = 1.2
-# The archives' default per task: 1 worker, batch size 8, the task's default micro_batch (4 on ONNX Runtime
-# for classification, detection and, since 2026-12-03, segmentation); the names scaling configurations give it.
-DEFAULT_CONFIGS = {"classification": ("w1b8p4",), "detection": ("w1b8p4",), "segmentation": ("w1b8p4",)}
+# The archives' default per task (tsvision archive's --workers 2 --batch-size 4, since 2026-12-04; the task's
+# default micro_batch); the names scaling configurations give it.
+DEFAULT_CONFIGS = {"classification": ("w2b4",), "detection": ("w2b4",), "segmentation": ("w2b4",)}
 
 
 def steps(python: str = sys.executable) -> Dict[str, Callable[[Path, List[str]], List[str]]]:
