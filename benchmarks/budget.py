@@ -7,7 +7,7 @@ for 1 and 16 clients:
   ``decode_image`` does (PIL ``open`` + ``load`` + EXIF), the task's ``prepare`` (resize, crop or
   letterbox), collating (normalise + stack), the model (``runtime.run``), finishing (the task's
   post-processing) and encoding (``answers`` + ``json.dumps``): at batch 1 (what one client gets)
-  and per image at batch 8 (what 16 clients fill);
+  and per image at the archives' default batch size (what 16 clients fill);
 - **served**: one TorchServe with the archives and the empty handler (``floor_handler.py``, the
   frontend and IPC with no model), wrk at 1 and 16 clients: p50 at 1 client; at 16 clients the CPU
   time the server's processes spent per answered request (``psutil``, before and after the run): the
@@ -95,9 +95,10 @@ def stages(task, photo: bytes, batch: int, rounds: int) -> Dict[str, float]:
 def inprocess(folders: Dict[str, Path], photo: bytes, rounds: int) -> Dict[str, dict]:
     found = {}
     for task_name, folder in folders.items():
-        worker = load_task(folder, "model.onnx", {"preprocess_threads": 1}, 8)
+        worker = load_task(folder, "model.onnx", {"preprocess_threads": 1}, DEFAULT_BATCH_SIZE)
         try:
-            found[task_name] = {f"batch_{b}": stages(worker.handler.task, photo, b, rounds) for b in (1, 8)}
+            found[task_name] = {f"batch_{b}": stages(worker.handler.task, photo, b, rounds)
+                                for b in (1, DEFAULT_BATCH_SIZE)}
         finally:
             close(worker)
         print(f"  stages     {task_name:<14} {json.dumps(found[task_name])}", flush=True)
@@ -154,9 +155,11 @@ def served(folders: Dict[str, Path], photo_path: Path, out: Path, seconds: float
 def markdown(data: dict) -> str:
     """The budget table: per task, one row at 1 client (latency) and one at 16 (CPU per request), ms."""
     floor = data["served"]["floor"]
+    batch, workers = data.get("batch_size", 8), data.get("workers", 1)  # runs before 2026-12-04: one worker of 8
     lines = [f"Measured {data['started']} (`python -m benchmarks.budget`; {data['cores']} cores; ONNX Runtime; "
-             "the 1280×720 JPEG; archive defaults: batch 8, delay 20 ms, one worker). Stages: in-process, serially "
-             "on one thread, at batch 1 (1 client) and per image at batch 8 (what 16 clients fill). 1 client: the "
+             f"the 1280×720 JPEG; archive defaults: {workers} worker(s) of batch {batch}, delay 20 ms). Stages: "
+             f"in-process, serially on one thread, at batch 1 (1 client) and per image at batch {batch} (what 16 "
+             "clients fill). 1 client: the "
              "p50, the empty handler's p50 (frontend, IPC, batch delay), the stages, the rest. 16 clients: CPU ms "
              "per answered request of TorchServe's Java frontend and of the worker (the empty handler's beside "
              "them: the floor), the stages, and the worker's CPU left after them.", "",
@@ -167,7 +170,7 @@ def markdown(data: dict) -> str:
         rest = point["p50_ms"] - floor["c1"]["p50_ms"] - sum(spent)
         lines.append(f"| {task_name} | 1 | {point['p50_ms']:.1f} ms p50 | {floor['c1']['p50_ms']:.1f} ms p50 | | | "
                      + " | ".join(f"{value:.1f}" for value in spent) + f" | {rest:.1f} |")
-        point, spent = data["served"][task_name]["c16"], [budget["batch_8"][stage] for stage in STAGES]
+        point, spent = data["served"][task_name]["c16"], [budget[f"batch_{batch}"][stage] for stage in STAGES]
         base = floor["c16"]
         rest = point["workers_cpu_ms"] - sum(spent)
         lines.append(f"| {task_name} | 16 | {point['req_s']:.1f} req/s | {base['req_s']:.0f} req/s: "
@@ -195,6 +198,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         photo_path.write_bytes(photo)
         folders = {task: prepare_exports(task, args.exports) for task in args.tasks.split(",") if task}
         data = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count() or 1,
+                "batch_size": DEFAULT_BATCH_SIZE, "workers": DEFAULT_WORKERS,
                 "inprocess": inprocess(folders, photo, args.rounds)}
         if not args.no_served:
             wrk_path()

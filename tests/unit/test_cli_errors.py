@@ -214,7 +214,8 @@ def test_every_help_is_complete(capsys):
         text = capsys.readouterr().out
         assert exit_.value.code == 0 and f"usage: tsvision {name}" in text and "--debug" in text, name
     for args, expected in ((["archive", "--help"],
-                            [*HANDLER_CLASSES, "(default: model_store)", "(default: 8)", "(default: 1.0)"]),
+                            [*HANDLER_CLASSES, "(default: model_store)", "batchSize for the model (default: 4)",
+                             "the memory (default: 2)", "(default: 1.0)"]),
                            (["predict", "--help"],
                             ["(default: rest)", "(default: http://127.0.0.1:8080)", "key_file.json"]),
                            (["manage", "register", "--help"], ["(default: model_store)", "(default: 1)"]),

@@ -69,12 +69,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "e.g. --name classifier --version 2.0 --archive-file classifier-2.0")
     parser.add_argument("--store", type=Path, default=Path("model_store"), help="folder the .mar is written to")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                        help=f"TorchServe's batchSize for the model (default {DEFAULT_BATCH_SIZE})")
+                        help="TorchServe's batchSize for the model")
     parser.add_argument("--max-batch-delay", type=int, default=DEFAULT_MAX_BATCH_DELAY,
-                        help=f"milliseconds a batch may wait to fill (default {DEFAULT_MAX_BATCH_DELAY})")
+                        help="milliseconds a batch may wait to fill")
     parser.add_argument("--workers", type=positive_int, default=DEFAULT_WORKERS,
-                        help=f"TorchServe workers for the model (minWorkers = maxWorkers; default {DEFAULT_WORKERS}; "
-                        "each gets its share of the cores)")
+                        help="TorchServe workers for the model (minWorkers = maxWorkers), each with its share of "
+                        "the cores; 1 for the lowest one-client latency of a large model or half the memory")
     parser.add_argument("--handler", type=existing_file, help="your own handler file: one class subclassing "
                         f"{', '.join(name for _, name in DEFAULT_HANDLERS.values())} from tsvision.serving "
                         "(default: the task's file in handlers/)")
