@@ -113,7 +113,8 @@ STOCK_BATCH_SIZE = 8
 
 
 def build_stock(folder: Path, task: str, name: str, store: Path, batch_size: int, delay: int, workers: int) -> Path:
-    """A stock-handler archive: the TorchScript, ``index_to_name.json`` and the same batch settings."""
+    """A stock-handler archive: the TorchScript, ``index_to_name.json`` and these batch settings (the bench
+    passes ``STOCK_BATCH_SIZE`` and ``STOCK_WORKERS``)."""
     labels = json.loads((folder / "labels.json").read_text())
     with tempfile.TemporaryDirectory(prefix="tsvision-stock-") as tmp:
         mapping = Path(tmp) / "index_to_name.json"

@@ -23,11 +23,13 @@ BATCH_SIZE = 4
 
 
 def version_arguments(exports: Path, version: str) -> List[str]:
-    """The archive CLI's arguments for one version of the ONNX classifier (batch size 4; the versions
-    differ in top_k only), without ``--name`` and ``--store``."""
+    """The archive CLI's arguments for one version of the ONNX classifier (one worker of batch size 4: the
+    load tests measure and kill one worker; the versions differ in top_k only), without ``--name`` and
+    ``--store``."""
     return ["--model", str(exports / "classification" / "model.onnx"),
             "--settings", str(exports / "classification" / "settings.json"), "--version", version,
-            "--batch-size", str(BATCH_SIZE), "--max-batch-delay", "20", "--set", f"top_k={TOP_K[version]}"]
+            "--batch-size", str(BATCH_SIZE), "--max-batch-delay", "20", "--workers", "1",
+            "--set", f"top_k={TOP_K[version]}"]
 
 
 def build_versions(exports: Path, store: Path) -> Path:

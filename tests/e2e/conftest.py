@@ -49,7 +49,9 @@ def registered(server: TorchServe, archives: Dict[str, Sequence[str]], timeout: 
     names: List[str] = []
     try:
         for name, arguments in archives.items():
-            assert archive_main([*arguments, "--name", name, "--store", str(server.model_store)]) == 0
+            # TorchServe starts an archive's own minWorkers whatever initial_workers says: one, unless asked.
+            workers = [] if "--workers" in arguments else ["--workers", "1"]
+            assert archive_main([*arguments, *workers, "--name", name, "--store", str(server.model_store)]) == 0
             verify_archive(server.model_store / f"{name}.mar")
             response = requests.post(f"{server.management_url}/models", headers=headers, timeout=60,
                                      params={"url": f"{name}.mar", "initial_workers": 1, "synchronous": "false"})

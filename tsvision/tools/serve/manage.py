@@ -102,8 +102,11 @@ class Management:
     def register(self, archive: str, workers: int = 1, store: Optional[Path] = None) -> dict:
         """Register an archive that is already in TorchServe's model store (a file name, no URL).
 
-        With ``store`` (the model store as this machine sees it) the archive's SHA-256 must match
-        the ``.mar.sha256`` recorded when it was built; otherwise it is refused."""
+        ``workers`` is TorchServe's ``initial_workers``, which TorchServe uses only for an archive whose
+        model-config names no ``minWorkers`` (without it such an archive would start none); ``tsvision
+        archive`` always names them (2 by default), and ``scale`` changes the count afterwards. With
+        ``store`` (the model store as this machine sees it) the archive's SHA-256 must match the
+        ``.mar.sha256`` recorded when it was built; otherwise it is refused."""
         if "://" in archive or "/" in archive:
             raise ManagementError(f"{archive!r}: give the file name of an archive in the model store, "
                                   "not a path or URL")
@@ -159,7 +162,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     commands.add_parser("list", help="models, versions, defaults and workers")
     register = commands.add_parser("register", help="register an archive from the model store")
     register.add_argument("archive", help="file name of the .mar in TorchServe's model store")
-    register.add_argument("--workers", type=positive_int, default=1, help="workers to start")
+    register.add_argument("--workers", type=positive_int, default=1,
+                          help="workers to start for an archive whose model-config names none (TorchServe starts "
+                          "an archive's own minWorkers: 2 for tsvision archive's; change it with scale)")
     register.add_argument("--store", type=Path, default=Path("model_store"),
                           help="the model store on this machine, to check the archive's recorded SHA-256")
     register.add_argument("--skip-integrity-check", action="store_true",
