@@ -27,6 +27,7 @@ from tests.helpers import (
     EXAMPLE_HANDLER,
     FORMAT_OUTPUTS,
     FORMAT_SIZE,
+    ONE_WORKER,
     TASKS,
     TOY_INPUT_SIZE,
     TOY_SETTINGS,
@@ -308,7 +309,7 @@ def yolov8n(tmp_path_factory) -> Path:
 # The session's server starts all these archives at once: one worker each (the default's two would double
 # its start-up and memory on a 2-core machine; the default itself: test_plain_archiver) and batch size 8, the
 # batch the batching tests were written for.
-SESSION_ARCHIVE = ("--workers", "1", "--batch-size", "8")
+SESSION_ARCHIVE = (*ONE_WORKER, "--batch-size", "8")
 
 
 @pytest.fixture(scope="session")

@@ -88,6 +88,8 @@ class FixedOutputs:
 TASKS = ("classification", "segmentation", "detection")
 BACKENDS = {"torchscript": "model.pt", "onnx": "model.onnx"}
 AB_MODEL = "ab_classifier"
+# Archive arguments for tests that start, measure or kill exactly one worker (the default is two).
+ONE_WORKER = ("--workers", "1")
 AB_TOP_K = {"1.0": 5, "2.0": 3, "3.0": 1}  # the length of an answer tells which version answered
 EXAMPLE_HANDLER = REPO / "examples" / "handlers" / "people_counter.py"
 TOY_INPUT_SIZE = 640

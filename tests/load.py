@@ -13,6 +13,7 @@ from typing import List, Optional
 import psutil
 import requests
 
+from tests.helpers import ONE_WORKER
 from tsvision.tools.archive.cli import main as archive_main
 from tsvision.tools.serve.server import TorchServe
 
@@ -28,7 +29,7 @@ def version_arguments(exports: Path, version: str) -> List[str]:
     ``--store``."""
     return ["--model", str(exports / "classification" / "model.onnx"),
             "--settings", str(exports / "classification" / "settings.json"), "--version", version,
-            "--batch-size", str(BATCH_SIZE), "--max-batch-delay", "20", "--workers", "1",
+            "--batch-size", str(BATCH_SIZE), "--max-batch-delay", "20", *ONE_WORKER,
             "--set", f"top_k={TOP_K[version]}"]
 
 

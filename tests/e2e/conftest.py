@@ -15,7 +15,7 @@ from typing import Dict, Iterator, List, Sequence
 import pytest
 import requests
 
-from tests.helpers import AB_MODEL, BACKENDS, TASKS
+from tests.helpers import AB_MODEL, BACKENDS, ONE_WORKER, TASKS
 from tests.transports import TRANSPORTS, LocalTransport, Transport, local_sources, served_transport
 from tsvision.tools.archive.cli import main as archive_main
 from tsvision.tools.serve.manage import verify_archive
@@ -50,7 +50,7 @@ def registered(server: TorchServe, archives: Dict[str, Sequence[str]], timeout: 
     try:
         for name, arguments in archives.items():
             # TorchServe starts an archive's own minWorkers whatever initial_workers says: one, unless asked.
-            workers = [] if "--workers" in arguments else ["--workers", "1"]
+            workers = () if "--workers" in arguments else ONE_WORKER
             assert archive_main([*arguments, *workers, "--name", name, "--store", str(server.model_store)]) == 0
             verify_archive(server.model_store / f"{name}.mar")
             response = requests.post(f"{server.management_url}/models", headers=headers, timeout=60,

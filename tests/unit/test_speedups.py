@@ -4,8 +4,6 @@ whose export compiles with g++: tests/slow/test_pt2.py)."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -85,7 +83,9 @@ def test_several_workers_split_the_cores_between_their_runtimes(toy_exports):
     assert runtime_threads(0, 2, cores=8) == 4 and runtime_threads(0, 3, cores=2) == 1
     folder = toy_exports / "segmentation"
     values = {"task": "segmentation", "labels": "labels.json", **TOY_SETTINGS["segmentation"], "streams": 1}
-    for workers, expected in ((1, 0), (2, max(1, (os.cpu_count() or 1) // 2))):
+    from tsvision.serving.runtimes import available_cores
+
+    for workers, expected in ((1, 0), (2, max(1, available_cores() // 2))):
         task = build_task(folder / "model.onnx", Settings.from_mapping(values), folder, workers)
         assert task.runtime._session.get_session_options().intra_op_num_threads == expected
         task.close()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Dict, Optional, Type
 
 from tsvision.serving import formats
-from tsvision.serving.runtimes import load_runtime
+from tsvision.serving.runtimes import available_cores, load_runtime
 from tsvision.serving.settings import DETECTING_TASKS, Settings, load_labels
 from tsvision.serving.tasks.base import VisionTask
 from tsvision.serving.tasks.classification import ClassificationTask
@@ -67,7 +66,7 @@ def runtime_threads(threads: int, workers: int, cores: Optional[int] = None) -> 
     docs/performance.md, "Scaling"); else 0, the runtime's own default."""
     if threads > 0 or workers <= 1:
         return threads
-    return max(1, (cores or os.cpu_count() or 1) // workers)
+    return max(1, (cores or available_cores()) // workers)
 
 
 # Above this many model-input pixels ``streams`` defaults to 1: two runs at once served faster at 224×224

@@ -8,7 +8,6 @@ explicitly; ``answers`` turns results into JSON-ready answers."""
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -28,7 +27,7 @@ from tsvision.serving.errors import RequestError, as_request_error, internal_err
 from tsvision.serving.geometry import check_resizer, normalize
 from tsvision.serving.images import Draft, decode_image
 from tsvision.serving.results import Result
-from tsvision.serving.runtimes import Runtime
+from tsvision.serving.runtimes import Runtime, available_cores
 from tsvision.serving.settings import Settings, label_for
 from tsvision.serving.tasks.slices import SliceMeta, Slices, finish_slices, group_rows, prepare_slices, wants_slices
 
@@ -81,7 +80,7 @@ class VisionTask:
         self.settings = settings  # the archive's; a request's own come to ``prepare`` and ``finish``
         self.labels = list(labels)
         # The worker's share of the cores: workers x threads must not oversubscribe the machine.
-        threads = settings.preprocess_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+        threads = settings.preprocess_threads or max(1, available_cores() // max(1, workers))
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tsvision") if threads > 1 else None
         # With micro_batch and threads, batches of more than micro_batch images are pipelined by this wrapper.
         self.micro_batching: Optional[MicroBatching] = None
