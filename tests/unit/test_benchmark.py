@@ -576,3 +576,17 @@ def test_suite_reads_step_folders_and_rewrites_marked_sections(tmp_path):
     text = doc.read_text()
     assert "STALE" not in text and "| the families table |" in text
     assert text.startswith("intro\n") and text.endswith("end\n")
+
+
+def test_the_model_ceiling_study_measures_one_session_and_sessions_at_once(exports, capsys):
+    from benchmarks.studies.model_ceiling import main
+
+    model = exports / "classification" / "model.onnx"
+    assert main(["--model", str(model), "--size", "224", "--batches", "1,2", "--threads", "1", "--processes", "2",
+                 "--rounds", "2", "--seconds", "0.3"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    alone = found["alone"]["1 thread(s), batch 2"]
+    assert alone["ms_per_image"] > 0 and alone["images_per_s"] == pytest.approx(1000 / alone["ms_per_image"], rel=0.02)
+    together = found["together"]["2 one-thread processes, batch 2"]
+    assert len(together["each"]) == 2 and min(together["each"]) > 0
+    assert together["images_per_s"] == pytest.approx(sum(together["each"]), abs=0.11)
