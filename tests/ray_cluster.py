@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -66,11 +67,24 @@ class RayCluster:
         for _ in range(self.nodes - 1):
             self._spawn([RAY, "start", f"--address={self.address}", f"--node-ip-address={LOOPBACK}", *common,
                          *node_ports()])
-        waited = subprocess.run([sys.executable, "-c", WAIT_FOR_NODES, self.address, str(self.nodes), str(timeout)],
-                                env=self.env, capture_output=True, text=True, timeout=timeout + 60)
-        if waited.returncode != 0:
-            raise RuntimeError(f"the Ray cluster did not start: {waited.stderr[-2000:]}")
+        self._wait_for_nodes(timeout)
         return self
+
+    def _wait_for_nodes(self, timeout: float) -> None:
+        """Until every node has joined; fails at once when a ``ray start --block`` exits (a node died)."""
+        waiter = subprocess.Popen([sys.executable, "-c", WAIT_FOR_NODES, self.address, str(self.nodes), str(timeout)],
+                                  env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout + 60
+        while waiter.poll() is None:
+            exited = [n for n, process in enumerate(self.processes) if process.poll() is not None]
+            if exited or time.monotonic() > deadline:
+                waiter.kill()
+                waiter.wait()
+                reason = f"node(s) {exited} exited" if exited else "the wait timed out"
+                raise RuntimeError(f"the Ray cluster did not start: {reason}\n{self.log_tail()}")
+            time.sleep(0.5)
+        if waiter.returncode != 0:
+            raise RuntimeError(f"the Ray cluster did not start: {waiter.stderr.read()[-2000:]}\n{self.log_tail()}")
 
     def _spawn(self, command: List[str], **env: str) -> None:
         log = open(self.temp / f"node{len(self.processes)}.log", "w")
@@ -107,11 +121,22 @@ class RayCluster:
         return "\n".join((p.read_text()[-1500:]) for p in sorted(self.temp.glob("node*.log")))
 
     def __enter__(self) -> "RayCluster":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
+        """Starts the cluster; once more, on fresh ports, when the first try fails (a port picked free can be
+        taken by another test before the node binds it)."""
+        for attempt in (1, 2):
+            try:
+                return self.start()
+            except Exception as failed:
+                self.stop()
+                if attempt == 2:
+                    raise
+                print(f"retrying the Ray cluster: {failed}", file=sys.stderr)
+                self.processes = []
+                self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def __exit__(self, *exc) -> None:
         self.stop()

@@ -90,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for threads in (int(t) for t in args.threads.split(",")):
         for batch in batches:
             ms = ms_per_image(args.model, threads, batch, args.size, args.rounds)
-            found["alone"][f"{threads} thread(s), batch {batch}"] = {"ms_per_image": round(ms, 1),
+            found["alone"][f"{threads} thread(s), batch {batch}"] = {"ms_per_image": round(ms, 3),
                                                                       "images_per_s": round(1000 / ms, 1)}
     for batch in batches:
         rates = together(args.model, args.processes, batch, args.size, args.seconds)
