@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from tests.checks import assert_same_answer, assert_same_classification
-from tests.helpers import jpeg, load_task
+from tests.helpers import jpeg, load_task, png
 from tests.unit.test_fixed_batch import SETTINGS as TINY_SETTINGS
 from tests.unit.test_fixed_batch import TinyClassifier
-from tsvision.serving.batching import PendingBatch
+from tsvision.serving.batching import InlineExecutor, PendingBatch
 from tsvision.serving.errors import RequestError
 from tsvision.serving.service import answer_requests
 from tsvision.serving.settings import Settings
@@ -70,8 +70,10 @@ def test_pipelined_answers_equal_serial(request, photos, task_name):
         assert_same(name, a, b)
 
 
-def test_a_model_failure_fails_only_its_micro_batch(exports, photos):
-    serial, pipelined = pair(exports / "classification")
+@pytest.mark.parametrize("threads", [THREADS, 1])
+def test_a_model_failure_fails_only_its_micro_batch(exports, photos, threads):
+    serial = load_task(exports / "classification", "onnx", preprocess_threads=threads, micro_batch=0)
+    pipelined = load_task(exports / "classification", "onnx", preprocess_threads=threads, micro_batch=MICRO)
     pipelined.runtime = CountingRuntime(pipelined.runtime, fail={1})  # the second micro-batch: live images 3 and 4
     data = mixed(photos)
     expected, got = serial.run(data), pipelined.run(data)
@@ -111,9 +113,38 @@ def test_a_fixed_batch_model_runs_whole_chunks(tmp_path, photos):
         assert_same("classification", a, b)
 
 
-def test_one_thread_or_a_small_batch_stays_serial(exports, photos):
-    one_thread = load_task(exports / "classification", "onnx", preprocess_threads=1, micro_batch=MICRO)
-    assert not isinstance(one_thread.prepare_batch(mixed(photos)), PendingBatch)
+@pytest.mark.parametrize("task_name", ["classification", "detection"])
+def test_without_threads_a_set_micro_batch_runs_chunk_after_chunk(exports, photos, task_name):
+    """One preparation thread: a micro_batch that is set runs the model on that many images at a time, one
+    chunk after another, with the serial path's answers; the task's default (measured for pipelining) does not
+    apply there: one forward pass for the whole batch."""
+    serial = load_task(exports / task_name, "onnx", preprocess_threads=1, micro_batch=0)
+    chunked = load_task(exports / task_name, "onnx", preprocess_threads=1, micro_batch=MICRO)
+    assert isinstance(chunked.micro_batching.pool, InlineExecutor)
+    chunked.runtime = counting = CountingRuntime(chunked.runtime)
+    data = mixed(photos)
+    expected, got = serial.run(data), chunked.run(data)
+    assert counting.sizes == [2, 2, 1]  # five live images, two at a time
+    assert [getattr(r, "status", 200) for r in got] == [200, 400, 200, 400, 200, 415, 200, 200]
+    for a, b in zip(expected, got):
+        assert_same(task_name, a, b)
+    default = load_task(exports / task_name, "onnx", preprocess_threads=1)
+    assert default.micro_batch == 4 and default.micro_batching is None
+    default.runtime = counting = CountingRuntime(default.runtime)
+    default.run(data)
+    assert counting.sizes == [5]
+
+
+def test_an_inline_executor_runs_at_once_and_keeps_the_error_for_result():
+    inline = InlineExecutor()
+    assert inline.submit(lambda a, b=0: a + b, 2, b=3).result() == 5
+    failed = inline.submit(lambda: 1 / 0)
+    assert failed.done()
+    with pytest.raises(ZeroDivisionError):
+        failed.result()
+
+
+def test_a_small_batch_stays_serial(exports, photos):
     _, pipelined = pair(exports / "classification")
     assert not isinstance(pipelined.prepare_batch(mixed(photos)[:MICRO]), PendingBatch)
 
@@ -164,3 +195,24 @@ def test_torchscript_runs_serially_on_one_stream_unless_micro_batch_is_set(expor
     for answers in (pipelined.run(images), two.run(images)):
         for a, b in zip(serial, answers):
             assert_same("classification", a, b)
+
+
+def test_a_yolov8_detector_without_threads_runs_one_image_at_a_time(format_exports):
+    """The yolov8 layout's measured ``serial_micro_batch`` (1): a worker without threads runs its images one by
+    one, with the answers of one forward pass for the whole batch; with threads it pipelines at the task's 4,
+    and a micro_batch that is set wins over both."""
+    from tests.scenes import bright_box_scene
+    from tests.unit.test_detection_formats import format_task
+
+    data = [png(bright_box_scene(w, h)[0]) for w, h in ((640, 480), (777, 333), (41, 333))] + [b"not an image"]
+    whole = format_task(format_exports, "yolov8", preprocess_threads=1, micro_batch=0)
+    alone = format_task(format_exports, "yolov8", preprocess_threads=1)
+    assert alone.serial_micro_batch == 1 and isinstance(alone.micro_batching.pool, InlineExecutor)
+    whole.runtime = CountingRuntime(whole.runtime)
+    alone.runtime = counting = CountingRuntime(alone.runtime)
+    expected, got = whole.run(data), alone.run(data)
+    assert counting.sizes == [1, 1, 1] and whole.runtime.sizes == [3]
+    assert got[:3] == expected[:3] and got[3].status == expected[3].status == 400
+    assert format_task(format_exports, "yolov8", preprocess_threads=THREADS).micro_batching.size == 4
+    assert format_task(format_exports, "yolov8", preprocess_threads=1, micro_batch=2).micro_batching.size == 2
+    assert format_task(format_exports, "yolov5", preprocess_threads=1).micro_batching is None  # not measured

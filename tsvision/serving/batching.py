@@ -11,12 +11,13 @@ images. A task picks a strategy for the forward pass:
 
 ``MicroBatching`` wraps a task's three steps as pytorch/serve's ``MicroBatching`` wraps a handler:
 it pipelines one batch in chunks (prepare, model and finish overlapped on the worker's threads) and
-gives the answers of the plain steps.
+gives the answers of the plain steps. On a worker without threads (``InlineExecutor``) it only runs the
+model on one chunk at a time, which is faster where a big input's batch outgrows the caches (YOLO at 640²).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
@@ -190,12 +191,26 @@ class Steps(Protocol):
     def finish_item(self, row: Tuple[List[np.ndarray], Any, Optional[Settings]]) -> Any: ...
 
 
+class InlineExecutor(Executor):
+    """An executor that runs each call at once on the caller's thread (a worker without threads):
+    ``MicroBatching`` over it runs the chunks one after another, nothing overlapped."""
+
+    def submit(self, fn, /, *args, **kwargs) -> "Future[Any]":
+        future: "Future[Any]" = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:  # as a thread pool's future: raised by result()
+            future.set_exception(error)
+        return future
+
+
 class MicroBatching:
     """Wraps a task's steps: ``size`` live images per forward pass, in order. While the model runs
-    on one chunk, the ``pool`` prepares the next ones and finishes the previous ones. Each chunk is
-    stacked, run and failed on its own (its images only get its 500)."""
+    on one chunk, the ``pool`` prepares the next ones and finishes the previous ones (an
+    ``InlineExecutor``: one after another). Each chunk is stacked, run and failed on its own (its
+    images only get its 500)."""
 
-    def __init__(self, task: Steps, size: int, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, task: Steps, size: int, pool: Executor) -> None:
         self.task, self.size, self.pool = task, size, pool
 
     def prepare_batch(self, items: Sequence[Any], settings: List[Optional[Settings]],

@@ -87,8 +87,10 @@ class Settings:
                                            # (docs/performance.md, "Streams"), 1 on a GPU
     preprocess_threads: int = 0            # threads decoding/resizing a batch's images; 0: one per CPU, 1: serial
     micro_batch: Optional[int] = None      # N > 0: run the model on N images at a time while the threads prepare
-                                           # the next N and finish the last (one batch pipelined); 0: off;
-                                           # None: the task's default (4 for classification and detection, else 0)
+                                           # the next N and finish the last (one batch pipelined); a worker
+                                           # without threads runs the N one chunk after another; 0: off;
+                                           # None: the task's default with threads (4 for classification,
+                                           # detection and segmentation, else 0), off without
     decode_draft: bool = False             # classification: JPEGs decoded at a reduced scale (PIL's draft), lossy,
                                            # opt-in (fidelity in docs/performance.md)
     top_label_header: bool = False         # add X-Top-Label to one-image answers (the A/B router logs it)

@@ -56,7 +56,9 @@ class Format:
     when output shapes (batch axis included) can only be this format (the archive's guess).
     ``class_count(outputs, background)``: how many classes one image's outputs score and where
     that shows (None: the layout does not tell). ``task_class``: ``"module:Class"`` serving it.
-    ``ultralytics_task``: the ultralytics task whose ONNX export has this layout (the export tool)."""
+    ``ultralytics_task``: the ultralytics task whose ONNX export has this layout (the export tool).
+    ``serial_micro_batch``: images per forward pass on a worker without preprocessing threads when
+    ``micro_batch`` is unset (0: the whole batch at once; measured, docs/performance.md)."""
 
     name: str
     task: str
@@ -70,6 +72,7 @@ class Format:
     class_count: Optional[Callable[[Sequence[np.ndarray], bool], ClassCount]] = None
     task_class: str = "tsvision.serving.tasks.detection:DetectionTask"
     ultralytics_task: str = ""
+    serial_micro_batch: int = 0
 
     @property
     def implied(self) -> Dict[str, Any]:

@@ -134,8 +134,10 @@ def pose_classes(outputs: List[np.ndarray], background: bool) -> ClassCount:
 
 
 FORMATS = (
+    # serial_micro_batch 1: YOLOv8n at 640² runs faster one image at a time on one thread than four at once (two
+    # one-thread processes: 29.1 against 26.7 img/s; served, two workers of batch 4: 1.03x; docs/performance.md)
     Format("yolov8", "detection", decode_yolov8, RESIZE, PREDICT, recognise=is_yolov8, class_count=yolov8_classes,
-           ultralytics_task="detect"),
+           ultralytics_task="detect", serial_micro_batch=1),
     Format("yolov5", "detection", decode_yolov5, RESIZE, {**PREDICT, "iou_threshold": 0.45},
            class_count=yolov5_classes),
     Format("yolo_nms", "detection", decode_yolo_nms, RESIZE, PREDICT, nms_free=True, recognise=is_yolo_nms),

@@ -14,8 +14,10 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Uni
 import numpy as np
 from PIL import Image
 
+from tsvision.serving import formats
 from tsvision.serving.batching import (  # noqa: F401 (ImageBatch, group_by_shape: their old home)
     ImageBatch,
+    InlineExecutor,
     MicroBatching,
     PendingBatch,
     Prepared,
@@ -82,10 +84,12 @@ class VisionTask:
         # The worker's share of the cores: workers x threads must not oversubscribe the machine.
         threads = settings.preprocess_threads or max(1, available_cores() // max(1, workers))
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tsvision") if threads > 1 else None
-        # With micro_batch and threads, batches of more than micro_batch images are pipelined by this wrapper.
+        # Batches of more than micro_batch images go through this wrapper: pipelined on the threads, or, on a
+        # worker without threads, run a chunk at a time.
         self.micro_batching: Optional[MicroBatching] = None
-        if self._pool is not None and self.micro_batch > 0:
-            self.micro_batching = MicroBatching(self, self.micro_batch, self._pool)
+        size = self.micro_batch if self._pool is not None else self.serial_micro_batch
+        if size > 0:
+            self.micro_batching = MicroBatching(self, size, self._pool or InlineExecutor())
 
     @classmethod
     def before_load(cls) -> None:
@@ -151,6 +155,15 @@ class VisionTask:
             return value
         serial = getattr(self.runtime, "name", "") in self.serial_runtimes and getattr(self.runtime, "streams", 1) == 1
         return 0 if serial else self.default_micro_batch
+
+    @property
+    def serial_micro_batch(self) -> int:
+        """Images per forward pass on a worker without preprocessing threads (0: the whole batch): the setting,
+        else the model format's measured value (the tasks' ``default_micro_batch`` was measured pipelining)."""
+        if self.settings.micro_batch is not None:
+            return self.settings.micro_batch
+        record = formats.find(self.settings.task, self.settings.detection_format)
+        return record.serial_micro_batch if record is not None else 0
 
     # -- the three steps ---------------------------------------------------------------------
     def prepare_batch(self, items: Sequence[Item], settings: Optional[Sequence[Optional[Settings]]] = None,
