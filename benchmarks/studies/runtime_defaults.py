@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.studies.runtime_defaults [--task classification] [--rounds 3]``: the same
 exported weights archived as several variants (backend × ``micro_batch`` × ``threads``) beside
-TorchServe's stock handler, all in one TorchServe (batch 8, delay 20 ms, one worker each), loaded
+TorchServe's stock handler, all in one TorchServe (batch 8, delay 20 ms, one worker each; ``--workers`` and
+``--batch-size`` change that for our variants), loaded
 by wrk at ``--clients`` in alternating rounds (``benchmarks.load.alternating_rounds``: the order
 reversed every other round, so the shared machine's noise falls on every side alike). Prints each
 side's median req/s and its ratio to the stock handler.
@@ -35,6 +36,8 @@ VARIANTS = {
     "onnx_default": ("onnx", {}),
     "onnx_mb0": ("onnx", {"micro_batch": 0}),
     "onnx_mb4": ("onnx", {"micro_batch": 4}),
+    "onnx_mb1": ("onnx", {"micro_batch": 1}),  # one image per forward pass (on a worker without threads: in turn)
+    "onnx_mb2": ("onnx", {"micro_batch": 2}),
     "onnx_spin_never": ("onnx", {"spinning": "never"}),  # the only choice before 2026-12-03
     "onnx_spin_always": ("onnx", {"spinning": "always"}),  # ONNX Runtime's own
     "onnx_draft": ("onnx", {"decode_draft": True}),  # opt-in, lossy (docs/performance.md): what it would give
@@ -57,6 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seconds", type=float, default=6)
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="workers of each of our variants")
+    parser.add_argument("--batch-size", type=int, default=8, help="batch size of each of our variants")
     parser.add_argument("--exports", type=Path, default=ROOT / "build" / "bench")
     parser.add_argument("--folder", type=Path, help="an export folder to archive instead of the task's default "
                         "export (e.g. build/families/yolov8n; no stock handler then)")
@@ -75,7 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         models = {}
         for name in chosen:
             backend, overrides = VARIANTS[name]
-            build_ours(folder, backend, f"{args.task}_{name}", store, 8, 20, 1, overrides)
+            build_ours(folder, backend, f"{args.task}_{name}", store, args.batch_size, 20, args.workers, overrides)
             models[name] = f"{args.task}_{name}"
         if args.task in STOCK_HANDLERS and not args.folder:
             build_stock(folder, args.task, f"{args.task}_stock", store, 8, 20, 1)
@@ -86,8 +91,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         server = TorchServe(store, out / "torchserve", models=[f"{m}.mar" for m in models.values()])
         try:
             server.start(timeout=600)
-            rates = side_by_side(server, models, photo, photo_path, 8, args.clients, args.seconds, args.warmup,
-                                 args.rounds, args.task)
+            rates = side_by_side(server, models, photo, photo_path, max(8, args.batch_size), args.clients, args.seconds,
+                                 args.warmup, args.rounds, args.task)
         finally:
             server.stop()
     medians: Dict[str, float] = {name: statistics.median(r) for name, r in rates.items()}
