@@ -130,6 +130,22 @@ def test_in_process_equals_ultralytics_predictor(task, yolo, images, name):
           f"largest box difference {box:.4f} px, score {score:.1e}")
 
 
+def test_the_real_export_runs_with_its_head_split(task, exported, images):
+    """``split_head`` (the default) cuts ultralytics' real graph at the head's raw outputs; the answers are the
+    whole graph's (above: also ultralytics' predictor's)."""
+    batch = np.zeros((1, 3, 640, 640), dtype=np.float32)
+    assert [o.shape for o in task.runtime.run(batch)] == [(1, 64, 8400), (1, 80, 8400)]
+    whole = load_export(exported, "model.onnx", split_head=False, **SAME_AS_ULTRALYTICS)
+    try:
+        assert [o.shape for o in whole.runtime.run(batch)] == [(1, 84, 8400)]
+        for name in UNRESAMPLED + RESAMPLED:
+            box, score, _ = assert_equal_answers(task.run([png(images[name])])[0],
+                                                 whole.run([png(images[name])])[0], name)
+            assert box <= 1e-3 and score <= 1e-5, (name, box, score)
+    finally:
+        whole.close()
+
+
 def test_predictor_default_rect_is_another_input(task, yolo, images):
     """Not hidden: ultralytics' default ``rect=True`` pads a dynamic ONNX's input only to a multiple of
     32 (640×384 for the 640×360 crop), another input than the 640 square, so other answers."""

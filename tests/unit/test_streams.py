@@ -8,6 +8,7 @@ from typing import List
 import numpy as np
 import pytest
 
+from tests.checks import assert_same_answer
 from tests.helpers import jpeg, load_task
 from tests.instance_checks import toy_task
 from tsvision.serving.errors import RequestError
@@ -38,7 +39,13 @@ def test_two_streams_answer_as_one_run(exports, photos, task_name, backend):
     two = load_task(exports / task_name, backend, streams=2, micro_batch=0)
     if available_cores() >= 2:
         assert isinstance(two.runtime, Streams) and two.runtime.streams == 2
-    assert comparable(two.run(images)) == comparable(one.run(images))
+    # within float noise: a part of the batch may take other kernels than the whole (TorchScript's oneDNN on
+    # an AMD EPYC, 2026-12-04: classification scores 1.5e-9 apart)
+    for a, b in zip(comparable(two.run(images)), comparable(one.run(images)), strict=True):
+        if isinstance(a, tuple) or isinstance(b, tuple):
+            assert a == b
+        else:
+            assert_same_answer(task_name, a, b)
 
 
 def comparable(answers: list) -> list:

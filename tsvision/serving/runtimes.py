@@ -120,7 +120,9 @@ class Pt2Runtime(_TorchRuntime):
 class OnnxRuntime:
     name = "onnx"
 
-    def __init__(self, path: Path, threads: int = 0, device: str = "cpu", spinning: str = "run") -> None:
+    def __init__(self, path: Path, threads: int = 0, device: str = "cpu", spinning: str = "run",
+                 graph: Optional[bytes] = None) -> None:
+        """``graph``: a serialised graph to run instead of the file's (a format's ``faster_graph``)."""
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -139,7 +141,8 @@ class OnnxRuntime:
         # The CUDA provider comes with the onnxruntime-gpu package; plain onnxruntime runs on the CPU.
         if device.startswith("cuda:") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])}))
-        self._session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        self._session = onnxruntime.InferenceSession(graph if graph is not None else str(path), options,
+                                                     providers=providers)
         self.device = device if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         model_input = self._session.get_inputs()[0]
         self._input = model_input.name
@@ -211,10 +214,11 @@ def available_cores() -> int:
 
 
 def load_runtime(path: Path, threads: int = 0, device: str = "cpu", spinning: str = "run",
-                 streams: int = 1) -> Runtime:
+                 streams: int = 1, graph: Optional[bytes] = None) -> Runtime:
     """The runtime for the model file ``path`` (by its suffix). ``threads``: intra-op threads in all
     (0: the runtime's default, one per core); ``streams`` > 1: that many runs at once (``Streams``),
-    each with its share of the threads, never more runs than threads."""
+    each with its share of the threads, never more runs than threads; ``graph``: ONNX only, the
+    serialised graph to run in place of the file's (a format's ``faster_graph``)."""
     suffix = Path(path).suffix.lower()
     if suffix not in RUNTIMES:
         raise ValueError(f"cannot tell the backend of {path}: expected one of {sorted(RUNTIMES)}")
@@ -223,7 +227,7 @@ def load_runtime(path: Path, threads: int = 0, device: str = "cpu", spinning: st
         streams = min(streams, total)
         threads = total // streams if streams > 1 else threads
     if RUNTIMES[suffix] is OnnxRuntime:
-        runtime: Runtime = OnnxRuntime(Path(path), threads, device, spinning)
+        runtime: Runtime = OnnxRuntime(Path(path), threads, device, spinning, graph)
     else:
         runtime = RUNTIMES[suffix](Path(path), threads, device)  # torch's threads do not spin between runs
     return Streams(runtime, streams) if streams > 1 else runtime

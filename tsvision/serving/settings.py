@@ -91,6 +91,9 @@ class Settings:
                                            # without threads runs the N one chunk after another; 0: off;
                                            # None: the task's default with threads (4 for classification,
                                            # detection and segmentation, else 0), off without
+    split_head: bool = True                # detection_format yolov8 on ONNX Runtime: run the graph to the head's raw
+                                           # outputs and decode only the boxes above the threshold (checked equal
+                                           # to the whole graph at load; formats/yolo_head.py); false: the whole graph
     decode_draft: bool = False             # classification: JPEGs decoded at a reduced scale (PIL's draft), lossy,
                                            # opt-in (fidelity in docs/performance.md)
     top_label_header: bool = False         # add X-Top-Label to one-image answers (the A/B router logs it)

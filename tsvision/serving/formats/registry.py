@@ -58,7 +58,9 @@ class Format:
     that shows (None: the layout does not tell). ``task_class``: ``"module:Class"`` serving it.
     ``ultralytics_task``: the ultralytics task whose ONNX export has this layout (the export tool).
     ``serial_micro_batch``: images per forward pass on a worker without preprocessing threads when
-    ``micro_batch`` is unset (0: the whole batch at once; measured, docs/performance.md)."""
+    ``micro_batch`` is unset (0: the whole batch at once; measured, docs/performance.md).
+    ``faster_graph(path, settings)``: for an ONNX model file, an equivalent graph (serialised) that is
+    cheaper to run and whose outputs ``decode`` also reads; None (or a call returning None): the file's."""
 
     name: str
     task: str
@@ -73,6 +75,7 @@ class Format:
     task_class: str = "tsvision.serving.tasks.detection:DetectionTask"
     ultralytics_task: str = ""
     serial_micro_batch: int = 0
+    faster_graph: Optional[Callable[[Any, Any], Optional[bytes]]] = None
 
     @property
     def implied(self) -> Dict[str, Any]:

@@ -3,7 +3,8 @@
 Preprocessed as ultralytics predicts: letterboxed to 640 on grey 114, centred (``letterbox_center``),
 pixels in [0, 1]; ultralytics' predict thresholds (confidence 0.25, IoU 0.7).
 
-- ``yolov8`` (YOLOv8, YOLO11): one (4+C)×A: cx, cy, w, h input pixels, sigmoid class scores.
+- ``yolov8`` (YOLOv8, YOLO11): one (4+C)×A: cx, cy, w, h input pixels, sigmoid class scores. An ONNX
+  model runs cut at its head's raw outputs by default (``yolo_head``, ``split_head``).
 - ``yolov5``: A×(5+C): cx, cy, w, h, objectness, class scores; score = objectness × class.
 - ``yolo_nms`` (``nms=True``, YOLOv10, YOLO26): K×6: x1, y1, x2, y2, score, class, zero-padded;
   already suppressed, so no NMS runs.
@@ -21,6 +22,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from tsvision.serving.formats import yolo_head
 from tsvision.serving.formats.registry import Candidates, ClassCount, Format, Shapes
 from tsvision.serving.geometry import Placement
 from tsvision.serving.ops import best_class, one_output, shape_error, shape_text, xyxy_from_cxcywh
@@ -31,6 +33,9 @@ TASKS = "tsvision.serving.tasks"
 
 
 def decode_yolov8(outputs: Sequence[np.ndarray], settings, placement: Placement) -> Candidates:
+    """The whole graph's (4+C)×A output, or the split head's two (``yolo_head``: ``split_head``)."""
+    if yolo_head.is_split(outputs) and settings.split_head:  # the worker runs the cut graph (build_task)
+        return yolo_head.decode_split(outputs[0], outputs[1], settings.score_threshold, placement.input_size)
     raw = one_output("yolov8", outputs, "one output N×(4+C)×A with 4+C < A", lambda o: 5 <= o.shape[0] < o.shape[1])
     keep, scores, classes = best_class(raw[4:].T, settings.score_threshold)
     return Candidates(xyxy_from_cxcywh(raw[:4, keep].T), scores, classes)
@@ -102,6 +107,8 @@ def _one_2d(outputs: Sequence[np.ndarray]) -> bool:
 
 
 def yolov8_classes(outputs: Sequence[np.ndarray], background: bool) -> ClassCount:
+    if yolo_head.is_split(outputs):
+        return np.shape(outputs[1])[0], f"class logits {shape_text(outputs[1])}: one row per class"
     if _one_2d(outputs) and np.shape(outputs[0])[0] > 4:
         return np.shape(outputs[0])[0] - 4, f"output {shape_text(outputs[0])}: 4 box rows, then one per class"
     return None
@@ -137,7 +144,7 @@ FORMATS = (
     # serial_micro_batch 1: YOLOv8n at 640² runs faster one image at a time on one thread than four at once (two
     # one-thread processes: 29.1 against 26.7 img/s; served, two workers of batch 4: 1.03x; docs/performance.md)
     Format("yolov8", "detection", decode_yolov8, RESIZE, PREDICT, recognise=is_yolov8, class_count=yolov8_classes,
-           ultralytics_task="detect", serial_micro_batch=1),
+           ultralytics_task="detect", serial_micro_batch=1, faster_graph=yolo_head.faster_graph),
     Format("yolov5", "detection", decode_yolov5, RESIZE, {**PREDICT, "iou_threshold": 0.45},
            class_count=yolov5_classes),
     Format("yolo_nms", "detection", decode_yolo_nms, RESIZE, PREDICT, nms_free=True, recognise=is_yolo_nms),
