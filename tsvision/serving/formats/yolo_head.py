@@ -58,7 +58,7 @@ def split_graph(model) -> Optional[Tuple[Any, str, str]]:
     if distributions == softmaxes[0].input[0] or distributions in (i.name for i in graph.input):
         return None
     outputs = [distributions, sigmoid.input[0]]
-    return (_prune(model, outputs), *outputs) if _prunable(graph, producers, outputs) else None
+    return (_prune(model, outputs), *outputs) if _prunable(producers, outputs) else None
 
 
 def _axis(node) -> Optional[int]:
@@ -66,20 +66,17 @@ def _axis(node) -> Optional[int]:
 
 
 def _needed(producers: dict, outputs: Sequence[str]) -> List[Any]:
-    """The nodes the ``outputs`` depend on, by identity."""
-    seen, stack, nodes = set(), list(outputs), {}
+    """The nodes the ``outputs`` depend on."""
+    nodes, stack = {}, list(outputs)
     while stack:
-        name = stack.pop()
-        node = producers.get(name)
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        nodes[id(node)] = node
-        stack.extend(i for i in node.input if i)
+        node = producers.get(stack.pop())
+        if node is not None and id(node) not in nodes:
+            nodes[id(node)] = node
+            stack.extend(name for name in node.input if name)
     return list(nodes.values())
 
 
-def _prunable(graph, producers: dict, outputs: Sequence[str]) -> bool:
+def _prunable(producers: dict, outputs: Sequence[str]) -> bool:
     """No node the cut keeps has a subgraph (whose outer-scope inputs this walk would not see)."""
     return all(not any(a.g.node or a.graphs for a in node.attribute) for node in _needed(producers, outputs))
 
