@@ -28,6 +28,12 @@ def one_output(fmt: str, outputs: Sequence[np.ndarray], expected: str,
     return outputs[0]
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """The logistic function, in the array's own float type (overflow to 0 is not a warning)."""
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-logits))
+
+
 def xyxy_from_cxcywh(cxcywh: np.ndarray) -> np.ndarray:
     """K×4 centre x, y, width, height -> K×4 float32 x1, y1, x2, y2."""
     cx, cy, w, h = cxcywh[:, 0], cxcywh[:, 1], cxcywh[:, 2], cxcywh[:, 3]

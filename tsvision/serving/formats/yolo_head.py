@@ -27,7 +27,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tsvision.serving.formats.registry import Candidates
-from tsvision.serving.ops import best_class, xyxy_from_cxcywh
+from tsvision.serving.ops import best_class, sigmoid, xyxy_from_cxcywh
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +48,21 @@ def split_graph(model) -> Optional[Tuple[Any, str, str]]:
     final = producers.get(graph.output[0].name)
     if final is None or final.op_type != "Concat" or len(final.input) != 2 or _axis(final) not in (1, -2):
         return None
-    sigmoid = producers.get(final.input[1])
+    scores = producers.get(final.input[1])
     softmaxes = [node for node in graph.node if node.op_type == "Softmax"]
-    if sigmoid is None or sigmoid.op_type != "Sigmoid" or len(softmaxes) != 1:
+    if scores is None or scores.op_type != "Sigmoid" or len(softmaxes) != 1:
         return None
     distributions = softmaxes[0].input[0]
     while producers.get(distributions) is not None and producers[distributions].op_type in ("Reshape", "Transpose"):
         distributions = producers[distributions].input[0]
     if distributions == softmaxes[0].input[0] or distributions in (i.name for i in graph.input):
         return None
-    outputs = [distributions, sigmoid.input[0]]
-    return (_prune(model, outputs), *outputs) if _prunable(producers, outputs) else None
+    outputs = [distributions, scores.input[0]]
+    needed = _needed(producers, outputs)
+    # a node with a subgraph may read outer-scope tensors this walk does not see: such a graph is not cut
+    if any(a.g.node or a.graphs for node in needed for a in node.attribute):
+        return None
+    return _prune(model, needed, outputs), *outputs
 
 
 def _axis(node) -> Optional[int]:
@@ -76,17 +80,12 @@ def _needed(producers: dict, outputs: Sequence[str]) -> List[Any]:
     return list(nodes.values())
 
 
-def _prunable(producers: dict, outputs: Sequence[str]) -> bool:
-    """No node the cut keeps has a subgraph (whose outer-scope inputs this walk would not see)."""
-    return all(not any(a.g.node or a.graphs for a in node.attribute) for node in _needed(producers, outputs))
-
-
-def _prune(model, outputs: Sequence[str]):
+def _prune(model, needed: Sequence[Any], outputs: Sequence[str]):
+    """``model`` with only the ``needed`` nodes (and their initializers), ``outputs`` its outputs."""
     import onnx
 
     graph = model.graph
-    producers = {name: node for node in graph.node for name in node.output}
-    keep = {id(node) for node in _needed(producers, outputs)}
+    keep = {id(node) for node in needed}
     nodes = [node for node in graph.node if id(node) in keep]  # in the graph's (topological) order
     used = {name for node in nodes for name in node.input}
     initializers = [tensor for tensor in graph.initializer if tensor.name in used]
@@ -126,11 +125,6 @@ def dfl_boxes(distributions: np.ndarray, points: np.ndarray, strides: np.ndarray
     top_left, bottom_right = points - expected[:2].T, points + expected[2:].T
     boxes = np.concatenate([(top_left + bottom_right) / 2, bottom_right - top_left], axis=1)
     return (boxes * strides[:, None]).astype(np.float32)
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        return (1 / (1 + np.exp(-logits))).astype(np.float32)
 
 
 def is_split(outputs: Sequence[np.ndarray]) -> bool:

@@ -6,6 +6,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from tsvision.serving.ops import sigmoid
 from tsvision.serving.results import Classification
 from tsvision.serving.settings import Settings
 from tsvision.serving.tasks.base import Runtime
@@ -29,7 +30,7 @@ class MultiLabelClassificationTask(ClassificationTask):
         s = settings or self.settings
         scores = outputs[0].astype(np.float64).reshape(-1)
         if s.output == "logits":
-            scores = 1.0 / (1.0 + np.exp(-scores))
+            scores = sigmoid(scores)
         thresholds = np.full(scores.size, s.score_threshold)
         for index, value in self.thresholds.items():
             if index < scores.size:
