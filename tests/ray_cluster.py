@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 import psutil
 
@@ -35,12 +35,28 @@ while sum(node["Alive"] for node in ray.nodes()) < int(sys.argv[2]):
 """
 
 
-def node_ports(workers: int = 12) -> List[str]:
-    """Every port a node listens on, picked free (two nodes on one host must not share any)."""
-    ports = [free_port() for _ in range(workers)]
-    return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+def distinct_free_ports(count: int, taken: Set[int]) -> List[int]:
+    """``count`` free ports, none in ``taken`` (which grows by them): the OS may hand one port out twice."""
+    ports: List[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in taken:
+            taken.add(port)
+            ports.append(port)
+    return ports
+
+
+def node_ports(taken: Set[int], workers: int = 48) -> List[str]:
+    """Every port a node listens on, picked free (two nodes on one host must not share any).
+
+    Each driver and each worker process holds one port of ``--worker-port-list`` until Raylet reaps it, and
+    the workers of a driver killed by SIGKILL live on for a while: a short list ends a later job with
+    "No available ports", so each node gets ``workers`` of them (the batch tests run up to 8 jobs)."""
+    (manager, objects, agent, agent_grpc, metrics, runtime_env), ports = (distinct_free_ports(6, taken),
+                                                                          distinct_free_ports(workers, taken))
+    return [f"--node-manager-port={manager}", f"--object-manager-port={objects}",
+            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
             "--worker-port-list=" + ",".join(map(str, ports))]
 
 
@@ -57,16 +73,17 @@ class RayCluster:
                                         RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
 
     def start(self, timeout: float = 180) -> "RayCluster":
-        port = free_port()
+        taken: Set[int] = set()
+        port, client_port = distinct_free_ports(2, taken)
         self.address = f"{LOOPBACK}:{port}"
         common = ["--block", f"--num-cpus={self.cpus}", "--num-gpus=0", "--object-store-memory=200000000",
                   "--disable-usage-stats"]
         self._spawn([RAY, "start", "--head", f"--node-ip-address={LOOPBACK}", f"--port={port}",
-                     "--include-dashboard=false", f"--ray-client-server-port={free_port()}", f"--temp-dir={self.temp}",
-                     *common, *node_ports()])
+                     "--include-dashboard=false", f"--ray-client-server-port={client_port}", f"--temp-dir={self.temp}",
+                     *common, *node_ports(taken)])
         for _ in range(self.nodes - 1):
             self._spawn([RAY, "start", f"--address={self.address}", f"--node-ip-address={LOOPBACK}", *common,
-                         *node_ports()])
+                         *node_ports(taken)])
         self._wait_for_nodes(timeout)
         return self
 
