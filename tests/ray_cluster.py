@@ -110,7 +110,8 @@ class RayCluster:
         log.close()
 
     def stop(self) -> None:
-        """SIGTERM to each ``ray start --block`` (it stops its node), then SIGKILL whatever of its tree is left."""
+        """SIGTERM to each ``ray start --block`` (it stops its node), then SIGKILL whatever of its tree is left
+        after ten seconds."""
         trees = []
         for process in reversed(self.processes):
             try:
@@ -119,19 +120,23 @@ class RayCluster:
                 trees.append([])
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+        # Ten seconds for the nodes together: after a driver was killed by SIGKILL, the head's ``ray start``
+        # may not exit on SIGTERM at all (it waited out 30 s), and the trees are killed below anyway.
+        deadline = time.monotonic() + 10
         for process in reversed(self.processes):
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
-        for child in (c for tree in trees for c in tree):
+        # Ten seconds for all of them together (one by one, a few workers of a killed job took 30 s).
+        _, alive = psutil.wait_procs([child for tree in trees for child in tree], timeout=10)
+        for child in alive:
             try:
-                child.wait(timeout=10)
-            except psutil.TimeoutExpired:
                 child.kill()
             except psutil.NoSuchProcess:
                 pass
+        psutil.wait_procs(alive, timeout=10)
         shutil.rmtree(self.temp, ignore_errors=True)
 
     def log_tail(self) -> str:
