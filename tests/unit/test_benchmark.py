@@ -583,10 +583,34 @@ def test_the_model_ceiling_study_measures_one_session_and_sessions_at_once(expor
 
     model = exports / "classification" / "model.onnx"
     assert main(["--model", str(model), "--size", "224", "--batches", "1,2", "--threads", "1", "--processes", "2",
-                 "--rounds", "2", "--seconds", "0.3"]) == 0
+                 "--rounds", "2", "--seconds", "0.6", "--turns", "3"]) == 0
     found = json.loads(capsys.readouterr().out)
     alone = found["alone"]["1 thread(s), batch 2"]
     assert alone["ms_per_image"] > 0 and alone["images_per_s"] == pytest.approx(1000 / alone["ms_per_image"], rel=0.02)
     together = found["together"]["2 one-thread processes, batch 2"]
-    assert len(together["each"]) == 2 and min(together["each"]) > 0
-    assert together["images_per_s"] == pytest.approx(sum(together["each"]), abs=0.11)
+    assert len(together["turns"]) == 3 and min(together["turns"]) > 0
+    assert together["images_per_s"] == sorted(together["turns"])[1]
+    assert "split_head" not in found
+
+
+def test_the_model_ceiling_study_measures_the_graph_cut_at_yolov8s_head_beside_the_whole(tmp_path, capsys):
+    from benchmarks.studies.model_ceiling import main
+    from tests.unit.test_yolo_head import SIZE, export
+
+    model = export(tmp_path)  # ultralytics' own Detect head, exported at SIZE×SIZE
+    assert main(["--model", str(model), "--size", str(SIZE), "--batches", "1", "--threads", "1", "--processes", "1",
+                 "--rounds", "3", "--seconds", "0.3", "--turns", "1", "--split-head"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    whole, cut = found["alone"]["1 thread(s), batch 1"], found["split_head"]["alone"]["1 thread(s), batch 1"]
+    assert whole["ms_per_image"] > 0 and cut["ms_per_image"] > 0
+    speed_up = found["split_head"]["speed_up"]
+    assert set(speed_up) == {"alone: 1 thread(s), batch 1", "together: 1 one-thread processes, batch 1"}
+    assert speed_up["alone: 1 thread(s), batch 1"] == pytest.approx(cut["images_per_s"] / whole["images_per_s"],
+                                                                      abs=0.002)
+
+
+def test_the_model_ceiling_study_refuses_to_split_a_graph_without_yolov8s_head(exports):
+    from benchmarks.studies.model_ceiling import main
+
+    with pytest.raises(SystemExit, match="not a YOLOv8 detection graph"):
+        main(["--model", str(exports / "classification" / "model.onnx"), "--split-head"])
