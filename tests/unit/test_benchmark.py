@@ -34,6 +34,7 @@ PUBLIC_TSVISION = {
     "tsvision.serving.settings": {"parse_overrides"},
     "tsvision.serving.tasks": {"load_export"},
     "tsvision.serving.masks": None,
+    "tsvision.serving.formats.yolo_head": {"split_graph"},  # docs/formats.md, "`yolov8`'s split head"
     "tsvision.tools.serve.server": {"TorchServe", "free_port"},
     "tsvision.tools.serve.kserve_server": {"KServeServer"},
     "tsvision.tools.archive.local_worker": {"LocalWorker"},
