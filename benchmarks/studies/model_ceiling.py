@@ -7,7 +7,7 @@ random N×3×size×size inputs, ONNX Runtime on the CPU, no decoding, no serving
   image at each of ``--batches`` (medians of ``--rounds`` timed calls);
 - ``together``: ``--processes`` one-thread sessions in their own processes at once (what the same
   number of one-thread TorchServe workers can do at most), images per second summed, per batch size
-  (the median of ``--turns`` turns of ``--seconds`` ÷ ``--turns`` each);
+  (the median of ``--turns`` turns of ``--seconds`` ÷ ``--turns`` each; ``each``: every process's rate per turn);
 - with ``--split-head`` (a YOLOv8 export): the same again for the graph cut at the head's raw outputs, as
   the worker runs it with ``split_head`` on (docs/formats.md), and each figure's speed-up over the whole graph.
 
@@ -104,11 +104,13 @@ def measure(graphs: Sequence[Graph], args: argparse.Namespace) -> List[Dict[str,
                 figures["alone"][f"{threads} thread(s), batch {batch}"] = {"ms_per_image": round(ms, 3),
                                                                             "images_per_s": round(1000 / ms, 1)}
     for batch in batches:
+        key = f"{args.processes} one-thread processes, batch {batch}"
         for _ in range(args.turns):  # the graphs take turns here too, each turn adding its seconds
             for graph, figures in zip(graphs, found):
                 rates = together(graph, args.processes, batch, args.size, args.seconds / args.turns)
-                key = f"{args.processes} one-thread processes, batch {batch}"
-                figures["together"].setdefault(key, {"turns": []})["turns"].append(round(sum(rates), 1))
+                row = figures["together"].setdefault(key, {"turns": [], "each": []})
+                row["turns"].append(round(sum(rates), 1))
+                row["each"].append([round(rate, 1) for rate in rates])
     for figures in found:
         for row in figures["together"].values():
             row["images_per_s"] = round(statistics.median(row["turns"]), 1)

@@ -591,14 +591,21 @@ def test_the_model_ceiling_study_measures_one_session_and_sessions_at_once(expor
     together = found["together"]["2 one-thread processes, batch 2"]
     assert len(together["turns"]) == 3 and min(together["turns"]) > 0
     assert together["images_per_s"] == sorted(together["turns"])[1]
+    assert [len(rates) for rates in together["each"]] == [2, 2, 2] and min(map(min, together["each"])) > 0
+    assert together["turns"] == pytest.approx([sum(rates) for rates in together["each"]], abs=0.11)
     assert "split_head" not in found
 
 
 def test_the_model_ceiling_study_measures_the_graph_cut_at_yolov8s_head_beside_the_whole(tmp_path, capsys):
-    from benchmarks.studies.model_ceiling import main
+    import onnx
+
+    from benchmarks.studies.model_ceiling import cut_at_the_head, main
     from tests.unit.test_yolo_head import SIZE, export
 
     model = export(tmp_path)  # ultralytics' own Detect head, exported at SIZE×SIZE
+    cut = onnx.load_from_string(cut_at_the_head(model))
+    assert len(onnx.load(str(model)).graph.output) == 1 and len(cut.graph.output) == 2  # boxes' bins, class logits
+    assert not any(node.op_type == "Softmax" for node in cut.graph.node)  # the DFL is left to the decoder
     assert main(["--model", str(model), "--size", str(SIZE), "--batches", "1", "--threads", "1", "--processes", "1",
                  "--rounds", "3", "--seconds", "0.3", "--turns", "1", "--split-head"]) == 0
     found = json.loads(capsys.readouterr().out)
